@@ -1,0 +1,182 @@
+//! The HTTP API (actix-web): the reference's paths and fields, one error envelope.
+
+pub mod health;
+pub mod inventory;
+pub mod params;
+
+use actix::Addr;
+use actix_web::dev::Service;
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::FutureExt;
+
+use crate::config::Settings;
+use crate::engine::persistence::PersistenceActor;
+use crate::engine::stock::StockService;
+use crate::engine::EngineError;
+use crate::error::{ApiError, Code};
+use crate::metrics::Metrics;
+use crate::store::db::DbError;
+use crate::store::redis::RedisStoreError;
+
+/// Shared by every handler.
+pub struct AppState {
+    pub settings: Settings,
+    pub stock: StockService,
+    pub metrics: Metrics,
+    pub persistence: Addr<PersistenceActor>,
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
+        match e {
+            EngineError::Invalid(_) => ApiError::new(Code::InvalidParameter, message),
+            EngineError::QuantityOutOfRange(_) => ApiError::new(Code::QuantityOutOfRange, message),
+            EngineError::InventoryNotFound(key) => ApiError::new(Code::InventoryNotFound, message)
+                .with_data(
+                    serde_json::json!({"skuId": key.sku_id, "warehouseId": key.warehouse_id}),
+                ),
+            EngineError::SkuNotFound(sku) => ApiError::new(Code::SkuNotFound, message)
+                .with_data(serde_json::json!({"skuId": sku})),
+            EngineError::InsufficientStock {
+                key,
+                available,
+                requested,
+            } => ApiError::new(Code::InsufficientStock, message).with_data(serde_json::json!({
+                "skuId": key.sku_id, "warehouseId": key.warehouse_id,
+                "availableQty": available, "requestedQty": requested,
+            })),
+            EngineError::StockLimitExceeded {
+                key,
+                available,
+                max,
+            } => ApiError::new(Code::StockLimitExceeded, message).with_data(serde_json::json!({
+                "skuId": key.sku_id, "warehouseId": key.warehouse_id,
+                "availableQty": available, "maxQty": max,
+            })),
+            EngineError::IdempotencyConflict(_) => {
+                ApiError::new(Code::IdempotencyConflict, message)
+            }
+            EngineError::JournalFull => ApiError::new(Code::Overloaded, message),
+            EngineError::JournalBehind(_) => ApiError::new(Code::Timeout, message),
+            EngineError::Redis(RedisStoreError::Timeout(_)) => {
+                ApiError::new(Code::Timeout, "redis did not answer in time")
+            }
+            EngineError::Redis(e) => {
+                tracing::error!(error = %e, "redis call failed");
+                ApiError::new(Code::StoreUnavailable, "redis is unavailable")
+            }
+            EngineError::Db(DbError::PoolTimeout(_)) | EngineError::Db(DbError::Connect(_)) => {
+                tracing::error!(error = %message, "database unavailable");
+                ApiError::new(Code::StoreUnavailable, "the database is unavailable")
+            }
+            EngineError::Db(e) => {
+                tracing::error!(error = %e, "database error");
+                ApiError::system("database error")
+            }
+        }
+    }
+}
+
+fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    let api = match &err {
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            ApiError::new(Code::PayloadTooLarge, err.to_string())
+        }
+        JsonPayloadError::ContentType => ApiError::new(
+            Code::UnsupportedMediaType,
+            "expected Content-Type: application/json",
+        ),
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::new(Code::InvalidJson, format!("invalid JSON body: {e}"))
+        }
+        other => ApiError::new(Code::InvalidJson, format!("invalid JSON body: {other}")),
+    };
+    api.into()
+}
+
+fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid(format!("invalid query string: {err}")).into()
+}
+
+fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid(format!("invalid path: {err}")).into()
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        Code::RouteNotFound,
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}
+
+/// Registers every route and the extractor error handlers.
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(max_body_bytes)
+            .error_handler(json_error),
+    )
+    .app_data(web::QueryConfig::default().error_handler(query_error))
+    .app_data(web::PathConfig::default().error_handler(path_error))
+    .route("/health", web::get().to(health::live))
+    .route("/health/ready", web::get().to(health::ready))
+    .route("/metrics", web::get().to(health::metrics))
+    .service(
+        web::scope("/inventory")
+            .route("/{sku_id}", web::get().to(inventory::get_inventory))
+            .route(
+                "/{sku_id}/all",
+                web::get().to(inventory::get_all_warehouses),
+            )
+            .route("/{sku_id}/sync", web::post().to(inventory::sync_to_redis))
+            .route("/{sku_id}/stock", web::post().to(inventory::adjust_stock)),
+    )
+    .default_service(web::to(not_found));
+}
+
+/// Counts requests and their latency by route pattern (bounded label set).
+pub fn metrics_middleware<S, B>(
+    metrics: Metrics,
+) -> impl Fn(
+    actix_web::dev::ServiceRequest,
+    &S,
+) -> futures_util::future::LocalBoxFuture<
+    'static,
+    Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
+> + Clone
+where
+    S: Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    S::Future: 'static,
+{
+    move |req, srv| {
+        let metrics = metrics.clone();
+        let started = std::time::Instant::now();
+        let route = req
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_string());
+        let method = req.method().to_string();
+        srv.call(req)
+            .map(move |result| {
+                let status = match &result {
+                    Ok(res) => res.status().as_u16().to_string(),
+                    Err(e) => e.as_response_error().status_code().as_u16().to_string(),
+                };
+                metrics
+                    .http_requests
+                    .with_label_values(&[&method, &route, &status])
+                    .inc();
+                metrics
+                    .http_latency
+                    .with_label_values(&[&method, &route])
+                    .observe(started.elapsed().as_secs_f64());
+                result
+            })
+            .boxed_local()
+    }
+}

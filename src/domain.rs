@@ -1,0 +1,199 @@
+//! Plain domain types shared by every layer.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One stock position: a SKU in a warehouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkuKey {
+    pub warehouse_id: i64,
+    pub sku_id: i64,
+}
+
+impl SkuKey {
+    pub fn new(warehouse_id: i64, sku_id: i64) -> Self {
+        SkuKey {
+            warehouse_id,
+            sku_id,
+        }
+    }
+
+    /// The shard that serialises this SKU's requests (stable across processes and
+    /// restarts: FNV-1a, not the std hasher, whose seed is random).
+    pub fn shard(&self, shards: usize) -> usize {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self
+            .warehouse_id
+            .to_le_bytes()
+            .iter()
+            .chain(self.sku_id.to_le_bytes().iter())
+        {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        (hash % shards.max(1) as u64) as usize
+    }
+}
+
+impl fmt::Display for SkuKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.warehouse_id, self.sku_id)
+    }
+}
+
+/// State of one reservation line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReservationStatus {
+    Reserved,
+    Confirmed,
+    Released,
+}
+
+impl ReservationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationStatus::Reserved => "RESERVED",
+            ReservationStatus::Confirmed => "CONFIRMED",
+            ReservationStatus::Released => "RELEASED",
+        }
+    }
+
+    /// The reference's `statusDesc`.
+    pub fn description(self) -> &'static str {
+        match self {
+            ReservationStatus::Reserved => "已预留",
+            ReservationStatus::Confirmed => "已确认",
+            ReservationStatus::Released => "已释放",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "RESERVED" => Some(ReservationStatus::Reserved),
+            "CONFIRMED" => Some(ReservationStatus::Confirmed),
+            "RELEASED" => Some(ReservationStatus::Released),
+            _ => None,
+        }
+    }
+
+    /// Position in the one-way life of a line; a DB row only ever moves to a higher rank,
+    /// which makes replaying journal entries in any order safe.
+    pub fn rank(self) -> i32 {
+        match self {
+            ReservationStatus::Reserved => 1,
+            ReservationStatus::Confirmed | ReservationStatus::Released => 2,
+        }
+    }
+}
+
+/// Why a ledger row was written (`t_inventory_txn.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LedgerReason {
+    Reserve,
+    Confirm,
+    Release,
+    Expired,
+    Adjust,
+    Inbound,
+    Outbound,
+    RefundRestore,
+    Reconcile,
+}
+
+impl LedgerReason {
+    pub const ALL: &'static [LedgerReason] = &[
+        LedgerReason::Reserve,
+        LedgerReason::Confirm,
+        LedgerReason::Release,
+        LedgerReason::Expired,
+        LedgerReason::Adjust,
+        LedgerReason::Inbound,
+        LedgerReason::Outbound,
+        LedgerReason::RefundRestore,
+        LedgerReason::Reconcile,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerReason::Reserve => "RESERVE",
+            LedgerReason::Confirm => "CONFIRM",
+            LedgerReason::Release => "RELEASE",
+            LedgerReason::Expired => "EXPIRED",
+            LedgerReason::Adjust => "ADJUST",
+            LedgerReason::Inbound => "INBOUND",
+            LedgerReason::Outbound => "OUTBOUND",
+            LedgerReason::RefundRestore => "REFUND_RESTORE",
+            LedgerReason::Reconcile => "RECONCILE",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        LedgerReason::ALL
+            .iter()
+            .copied()
+            .find(|r| r.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// Reasons that change what the shop owns (as opposed to moving units between
+    /// available, reserved and sold). Invariant 2 sums these.
+    pub fn changes_stock_on_hand(self) -> bool {
+        matches!(
+            self,
+            LedgerReason::Adjust
+                | LedgerReason::Inbound
+                | LedgerReason::Outbound
+                | LedgerReason::RefundRestore
+                | LedgerReason::Reconcile
+        )
+    }
+}
+
+/// The stock counters of one position as Redis holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StockLevels {
+    pub available: i64,
+    pub reserved: i64,
+    pub confirmed: i64,
+    /// Bumped by every change; the DB row's `version` follows it.
+    pub seq: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_is_stable_and_in_range() {
+        let key = SkuKey::new(1, 1001);
+        assert_eq!(key.shard(8), key.shard(8));
+        for sku in 0..1000 {
+            assert!(SkuKey::new(1, sku).shard(7) < 7);
+        }
+        // Spread: 1000 SKUs over 8 shards leave no shard empty.
+        let mut counts = [0; 8];
+        for sku in 0..1000 {
+            counts[SkuKey::new(1, sku).shard(8)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 50), "{counts:?}");
+    }
+
+    #[test]
+    fn reasons_round_trip() {
+        for reason in LedgerReason::ALL {
+            assert_eq!(LedgerReason::parse(reason.as_str()), Some(*reason));
+        }
+        assert_eq!(LedgerReason::parse("inbound"), Some(LedgerReason::Inbound));
+        assert_eq!(LedgerReason::parse("nope"), None);
+    }
+
+    #[test]
+    fn statuses_only_move_forward() {
+        assert!(ReservationStatus::Reserved.rank() < ReservationStatus::Confirmed.rank());
+        assert!(ReservationStatus::Reserved.rank() < ReservationStatus::Released.rank());
+        assert_eq!(ReservationStatus::Reserved.description(), "已预留");
+    }
+}

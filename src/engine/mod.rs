@@ -1,0 +1,60 @@
+//! The engine: decides every stock change in Redis, journals it, and gets it into the DB.
+
+pub mod persistence;
+pub mod stock;
+
+use chrono::NaiveDateTime;
+use serde::Serializer;
+
+use crate::domain::SkuKey;
+use crate::store::db::DbError;
+use crate::store::redis::RedisStoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    QuantityOutOfRange(String),
+    #[error("no inventory for sku {} in warehouse {}", .0.sku_id, .0.warehouse_id)]
+    InventoryNotFound(SkuKey),
+    #[error("sku {0} has no inventory in any warehouse")]
+    SkuNotFound(i64),
+    #[error("insufficient stock for sku {} in warehouse {}: available {available}, requested {requested}", .key.sku_id, .key.warehouse_id)]
+    InsufficientStock {
+        key: SkuKey,
+        available: i64,
+        requested: i64,
+    },
+    #[error("available stock of sku {} in warehouse {} would exceed {max} (now {available})", .key.sku_id, .key.warehouse_id)]
+    StockLimitExceeded {
+        key: SkuKey,
+        available: i64,
+        max: i64,
+    },
+    #[error("{0}")]
+    IdempotencyConflict(String),
+    #[error("too many changes are waiting to be persisted; retry shortly")]
+    JournalFull,
+    #[error("the journal has not reached the DB for sku {} in warehouse {} yet; retry shortly", .0.sku_id, .0.warehouse_id)]
+    JournalBehind(SkuKey),
+    #[error(transparent)]
+    Redis(#[from] RedisStoreError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Local date-time without zone, as the reference prints them (`2024-01-01T12:00:00`).
+pub fn format_local_datetime(t: &NaiveDateTime) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+pub fn serialize_local_datetime_opt<S: Serializer>(
+    t: &Option<NaiveDateTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&format_local_datetime(t)),
+        None => s.serialize_none(),
+    }
+}

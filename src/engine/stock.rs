@@ -1,0 +1,438 @@
+//! Stock positions: queries, adjustments, sync to Redis, start-up warm-up.
+//! Redis decides every change (in a Lua script that also journals it); the DB follows
+//! through the persistence actor.
+
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDateTime;
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::domain::{LedgerReason, SkuKey, StockLevels};
+use crate::engine::EngineError;
+use crate::metrics::Metrics;
+use crate::store::db::{self, DbPool};
+use crate::store::models::{Inventory, Reservation};
+use crate::store::redis::{AdjustCommand, AdjustOutcome, RedisStore, SyncStatus};
+
+/// The reference's inventory view (`GET /inventory/{skuId}`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryView {
+    pub id: Option<i64>,
+    pub sku_id: i64,
+    pub warehouse_id: i64,
+    pub available_qty: i64,
+    pub reserved_qty: i64,
+    pub total_qty: i64,
+    pub redis_available_qty: Option<i64>,
+    #[serde(serialize_with = "crate::engine::serialize_local_datetime_opt")]
+    pub updated_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdjustRequest {
+    pub key: SkuKey,
+    pub delta: i64,
+    pub reason: LedgerReason,
+    pub request_id: Option<String>,
+    pub remark: String,
+    pub trace_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdjustResult {
+    pub sku_id: i64,
+    pub warehouse_id: i64,
+    pub delta: i64,
+    pub reason: &'static str,
+    pub request_id: Option<String>,
+    /// False when this request id was applied before (nothing changed this time).
+    pub applied: bool,
+    pub available_qty: i64,
+    pub reserved_qty: i64,
+    /// Whether the DB had the change when we answered.
+    pub persisted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncResult {
+    pub sku_id: i64,
+    pub warehouse_id: i64,
+    pub status: &'static str,
+    pub db_available_qty: i64,
+    pub redis_available_before: Option<i64>,
+    pub redis_available_qty: i64,
+}
+
+#[derive(Clone)]
+pub struct StockService {
+    redis: RedisStore,
+    pool: DbPool,
+    settings: Settings,
+    metrics: Metrics,
+}
+
+/// Demo stock of the reference's quick start: (sku, available) in the default warehouse.
+const DEMO_STOCK: &[(i64, i64)] = &[(1001, 100), (1002, 200)];
+
+impl StockService {
+    pub fn new(redis: RedisStore, pool: DbPool, settings: Settings, metrics: Metrics) -> Self {
+        StockService {
+            redis,
+            pool,
+            settings,
+            metrics,
+        }
+    }
+
+    pub fn redis(&self) -> &RedisStore {
+        &self.redis
+    }
+
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    pub async fn get(&self, key: SkuKey) -> Result<InventoryView, EngineError> {
+        let row = {
+            let mut conn = db::connection(&self.pool).await?;
+            Inventory::find(&mut conn, key)
+                .await
+                .map_err(db::DbError::from)?
+        };
+        let redis_available = self.redis.available(key).await?;
+        match row {
+            Some(row) => Ok(view(&row, redis_available)),
+            // Redis holds it but the journal has not reached the DB yet.
+            None => match self.redis.stock(key).await? {
+                Some(levels) => Ok(InventoryView {
+                    id: None,
+                    sku_id: key.sku_id,
+                    warehouse_id: key.warehouse_id,
+                    available_qty: levels.available,
+                    reserved_qty: levels.reserved,
+                    total_qty: levels.available + levels.reserved,
+                    redis_available_qty: Some(levels.available),
+                    updated_at: None,
+                }),
+                None => Err(EngineError::InventoryNotFound(key)),
+            },
+        }
+    }
+
+    pub async fn list_by_sku(&self, sku_id: i64) -> Result<Vec<InventoryView>, EngineError> {
+        let rows = {
+            let mut conn = db::connection(&self.pool).await?;
+            Inventory::by_sku(&mut conn, sku_id)
+                .await
+                .map_err(db::DbError::from)?
+        };
+        if rows.is_empty() {
+            return Err(EngineError::SkuNotFound(sku_id));
+        }
+        let mut views = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let redis_available = self.redis.available(row.key()).await?;
+            views.push(view(row, redis_available));
+        }
+        Ok(views)
+    }
+
+    pub async fn adjust(&self, req: AdjustRequest) -> Result<AdjustResult, EngineError> {
+        let limits = &self.settings.inventory;
+        if req.delta == 0 || req.delta.abs() > limits.max_adjust_qty {
+            return Err(EngineError::QuantityOutOfRange(format!(
+                "delta must be non-zero and at most {} in absolute value",
+                limits.max_adjust_qty
+            )));
+        }
+        let sign_ok = match req.reason {
+            LedgerReason::Inbound | LedgerReason::RefundRestore => req.delta > 0,
+            LedgerReason::Outbound => req.delta < 0,
+            LedgerReason::Adjust | LedgerReason::Reconcile => true,
+            _ => false,
+        };
+        if !sign_ok {
+            return Err(EngineError::Invalid(format!(
+                "reason {} does not allow delta {}",
+                req.reason.as_str(),
+                req.delta
+            )));
+        }
+        let mut cmd = AdjustCommand {
+            key: req.key,
+            delta: req.delta,
+            max_available: limits.max_stock_qty,
+            reason: req.reason.as_str(),
+            trace_id: &req.trace_id,
+            request_id: req.request_id.as_deref(),
+            remark: &req.remark,
+            marker_ttl_secs: self.settings.reservation.marker_ttl_hours * 3600,
+            max_journal_entries: self.settings.journal.max_pending_entries,
+            create_if_missing: false,
+        };
+        // At most: missing -> load from DB (or create) -> apply.
+        let mut outcome = self.timed_adjust(&cmd).await?;
+        if outcome == AdjustOutcome::Missing {
+            if self.load_position(req.key).await? {
+                outcome = self.timed_adjust(&cmd).await?;
+            }
+            if outcome == AdjustOutcome::Missing {
+                if req.delta < 0 {
+                    self.count_adjust(req.reason, "not_found");
+                    return Err(EngineError::InventoryNotFound(req.key));
+                }
+                cmd.create_if_missing = true;
+                outcome = self.timed_adjust(&cmd).await?;
+            }
+        }
+        let (applied, levels) = match outcome {
+            AdjustOutcome::Applied { levels, .. } => (true, levels),
+            AdjustOutcome::AlreadyApplied { levels } => (false, levels),
+            AdjustOutcome::Conflict { first_delta } => {
+                self.count_adjust(req.reason, "conflict");
+                return Err(EngineError::IdempotencyConflict(format!(
+                    "request {} was applied with delta {first_delta}, not {}",
+                    req.request_id.as_deref().unwrap_or(""),
+                    req.delta
+                )));
+            }
+            AdjustOutcome::Insufficient { levels } => {
+                self.count_adjust(req.reason, "insufficient");
+                return Err(EngineError::InsufficientStock {
+                    key: req.key,
+                    available: levels.available,
+                    requested: -req.delta,
+                });
+            }
+            AdjustOutcome::LimitExceeded { levels } => {
+                self.count_adjust(req.reason, "limit");
+                return Err(EngineError::StockLimitExceeded {
+                    key: req.key,
+                    available: levels.available,
+                    max: limits.max_stock_qty,
+                });
+            }
+            AdjustOutcome::JournalFull => {
+                self.count_adjust(req.reason, "journal_full");
+                return Err(EngineError::JournalFull);
+            }
+            AdjustOutcome::Missing => return Err(EngineError::InventoryNotFound(req.key)),
+        };
+        self.count_adjust(req.reason, if applied { "applied" } else { "repeat" });
+        let persisted = self
+            .wait_persisted(
+                req.key,
+                levels.seq,
+                Duration::from_millis(limits.adjust_persist_wait_ms),
+            )
+            .await?;
+        Ok(AdjustResult {
+            sku_id: req.key.sku_id,
+            warehouse_id: req.key.warehouse_id,
+            delta: req.delta,
+            reason: req.reason.as_str(),
+            request_id: req.request_id,
+            applied,
+            available_qty: levels.available,
+            reserved_qty: levels.reserved,
+            persisted,
+        })
+    }
+
+    async fn timed_adjust(&self, cmd: &AdjustCommand<'_>) -> Result<AdjustOutcome, EngineError> {
+        let started = Instant::now();
+        let outcome = self.redis.adjust(cmd).await;
+        self.metrics
+            .redis_call_latency
+            .with_label_values(&["adjust"])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(outcome?)
+    }
+
+    fn count_adjust(&self, reason: LedgerReason, outcome: &str) {
+        self.metrics
+            .stock_adjustments
+            .with_label_values(&[reason.as_str(), outcome])
+            .inc();
+    }
+
+    /// Puts a DB position Redis lacks into Redis; false when the DB has none either.
+    async fn load_position(&self, key: SkuKey) -> Result<bool, EngineError> {
+        let Some(levels) = self.db_levels(key).await? else {
+            return Ok(false);
+        };
+        self.redis.warm_up(&[(key, levels)]).await?;
+        Ok(true)
+    }
+
+    /// The DB's levels of one position, with the units sold.
+    async fn db_levels(&self, key: SkuKey) -> Result<Option<StockLevels>, EngineError> {
+        let mut conn = db::connection(&self.pool).await?;
+        let Some(row) = Inventory::find(&mut conn, key)
+            .await
+            .map_err(db::DbError::from)?
+        else {
+            return Ok(None);
+        };
+        let confirmed = Reservation::confirmed_totals(&mut conn, &[key])
+            .await
+            .map_err(db::DbError::from)?;
+        Ok(Some(StockLevels {
+            available: row.available_qty.into(),
+            reserved: row.reserved_qty.into(),
+            confirmed: confirmed.get(&key).copied().unwrap_or(0),
+            seq: row.version,
+        }))
+    }
+
+    /// Waits until the DB row has reached `seq` (the journal entry is persisted).
+    pub async fn wait_persisted(
+        &self,
+        key: SkuKey,
+        seq: i64,
+        limit: Duration,
+    ) -> Result<bool, EngineError> {
+        let deadline = Instant::now() + limit;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let version = {
+                let mut conn = db::connection(&self.pool).await?;
+                Inventory::find(&mut conn, key)
+                    .await
+                    .map_err(db::DbError::from)?
+                    .map(|row| row.version)
+            };
+            if version.is_some_and(|v| v >= seq) {
+                return Ok(true);
+            }
+            if Instant::now() + pause > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Copies the DB's stock to Redis. While Redis is ahead of the DB (the journal has
+    /// not drained for this position) it waits for the journal first.
+    pub async fn sync(&self, key: SkuKey) -> Result<SyncResult, EngineError> {
+        let wait = Duration::from_millis(self.settings.inventory.adjust_persist_wait_ms);
+        for _ in 0..3 {
+            let Some(levels) = self.db_levels(key).await? else {
+                return Err(EngineError::InventoryNotFound(key));
+            };
+            let outcome = self.redis.sync(key, levels).await?;
+            let status = match outcome.status {
+                SyncStatus::Pending => {
+                    self.wait_persisted(key, outcome.seq, wait).await?;
+                    continue;
+                }
+                SyncStatus::Loaded => "LOADED",
+                SyncStatus::InSync => "IN_SYNC",
+                SyncStatus::Overwritten => {
+                    tracing::warn!(
+                        position = %key,
+                        redis_before = ?outcome.available_before,
+                        db = levels.available,
+                        "sync overwrote a Redis value that differed from the DB at the same version"
+                    );
+                    "OVERWRITTEN"
+                }
+            };
+            return Ok(SyncResult {
+                sku_id: key.sku_id,
+                warehouse_id: key.warehouse_id,
+                status,
+                db_available_qty: levels.available,
+                redis_available_before: outcome.available_before,
+                redis_available_qty: outcome.available_after,
+            });
+        }
+        Err(EngineError::JournalBehind(key))
+    }
+
+    /// Loads every DB position Redis lacks; existing Redis values are left alone.
+    pub async fn warm_up(&self) -> Result<usize, EngineError> {
+        const PAGE: i64 = 500;
+        let mut after_id = 0;
+        let mut loaded = 0;
+        loop {
+            let (rows, confirmed) = {
+                let mut conn = db::connection(&self.pool).await?;
+                let rows = Inventory::page_after(&mut conn, after_id, PAGE)
+                    .await
+                    .map_err(db::DbError::from)?;
+                let keys: Vec<SkuKey> = rows.iter().map(Inventory::key).collect();
+                let confirmed = Reservation::confirmed_totals(&mut conn, &keys)
+                    .await
+                    .map_err(db::DbError::from)?;
+                (rows, confirmed)
+            };
+            let Some(last) = rows.last() else { break };
+            after_id = last.id;
+            let positions: Vec<(SkuKey, StockLevels)> = rows
+                .iter()
+                .map(|row| {
+                    let key = row.key();
+                    (
+                        key,
+                        StockLevels {
+                            available: row.available_qty.into(),
+                            reserved: row.reserved_qty.into(),
+                            confirmed: confirmed.get(&key).copied().unwrap_or(0),
+                            seq: row.version,
+                        },
+                    )
+                })
+                .collect();
+            loaded += self.redis.warm_up(&positions).await?;
+            if (rows.len() as i64) < PAGE {
+                break;
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// The reference's demo stock, created through the normal adjustment path (so it has
+    /// ledger rows) and only where the position does not exist anywhere yet.
+    pub async fn seed_demo(&self) -> Result<usize, EngineError> {
+        let warehouse_id = self.settings.inventory.default_warehouse_id;
+        let mut created = 0;
+        for &(sku_id, qty) in DEMO_STOCK {
+            let key = SkuKey::new(warehouse_id, sku_id);
+            if self.db_levels(key).await?.is_some() || self.redis.stock(key).await?.is_some() {
+                continue;
+            }
+            self.adjust(AdjustRequest {
+                key,
+                delta: qty,
+                reason: LedgerReason::Inbound,
+                request_id: Some(format!("demo-seed-{warehouse_id}-{sku_id}")),
+                remark: "demo stock".to_string(),
+                trace_id: "demo-seed".to_string(),
+            })
+            .await?;
+            created += 1;
+        }
+        Ok(created)
+    }
+}
+
+fn view(row: &Inventory, redis_available: Option<i64>) -> InventoryView {
+    let available = i64::from(row.available_qty);
+    let reserved = i64::from(row.reserved_qty);
+    InventoryView {
+        id: Some(row.id),
+        sku_id: row.sku_id,
+        warehouse_id: row.warehouse_id,
+        available_qty: available,
+        reserved_qty: reserved,
+        total_qty: available + reserved,
+        redis_available_qty: redis_available,
+        updated_at: Some(row.updated_at),
+    }
+}

@@ -1,0 +1,110 @@
+//! Prometheus metrics, one registry per application instance (tests run several in one
+//! process).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_latency: HistogramVec,
+    pub stock_adjustments: IntCounterVec,
+    pub journal_entries_persisted: IntCounterVec,
+    pub journal_batch_size: HistogramVec,
+    pub journal_lag: IntGauge,
+    pub journal_write_failures: IntCounterVec,
+    pub redis_call_latency: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("inventory".to_string()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["method", "route", "status"],
+        )?;
+        let http_latency = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
+            &["method", "route"],
+        )?;
+        let stock_adjustments = IntCounterVec::new(
+            Opts::new(
+                "stock_adjustments_total",
+                "Stock adjustments by reason and outcome",
+            ),
+            &["reason", "outcome"],
+        )?;
+        let journal_entries_persisted = IntCounterVec::new(
+            Opts::new(
+                "journal_entries_persisted_total",
+                "Journal entries written to the DB and acknowledged",
+            ),
+            &["outcome"],
+        )?;
+        let journal_batch_size = HistogramVec::new(
+            HistogramOpts::new("journal_batch_entries", "Entries per persistence batch").buckets(
+                vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
+            ),
+            &["stage"],
+        )?;
+        let journal_lag = IntGauge::new(
+            "journal_lag_entries",
+            "Journal entries not yet persisted to the DB",
+        )?;
+        let journal_write_failures = IntCounterVec::new(
+            Opts::new(
+                "journal_write_failures_total",
+                "Failed persistence attempts (retried with backoff)",
+            ),
+            &["kind"],
+        )?;
+        let redis_call_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "redis_call_duration_seconds",
+                "Latency of Redis script calls",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ]),
+            &["op"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_latency.clone()))?;
+        registry.register(Box::new(stock_adjustments.clone()))?;
+        registry.register(Box::new(journal_entries_persisted.clone()))?;
+        registry.register(Box::new(journal_batch_size.clone()))?;
+        registry.register(Box::new(journal_lag.clone()))?;
+        registry.register(Box::new(journal_write_failures.clone()))?;
+        registry.register(Box::new(redis_call_latency.clone()))?;
+        Ok(Metrics {
+            registry,
+            http_requests,
+            http_latency,
+            stock_adjustments,
+            journal_entries_persisted,
+            journal_batch_size,
+            journal_lag,
+            journal_write_failures,
+            redis_call_latency,
+        })
+    }
+
+    /// The Prometheus text exposition of everything registered.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

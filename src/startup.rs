@@ -1,0 +1,145 @@
+//! `Application::build(settings)`: connects the stores, migrates, warms Redis up, starts
+//! the actors and binds the HTTP server (port 0 picks a free port, for tests).
+
+use std::net::TcpListener;
+
+use actix::{Actor, Addr};
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::engine::persistence::{JournalPersister, PersistenceActor, StopPersistence};
+use crate::engine::stock::StockService;
+use crate::engine::EngineError;
+use crate::metrics::Metrics;
+use crate::store::db::{self, DbError};
+use crate::store::redis::{RedisStore, RedisStoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] RedisStoreError),
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    #[error("start-up: {0}")]
+    Engine(#[from] EngineError),
+    #[error("journal: {0}")]
+    Journal(#[from] crate::engine::persistence::PersistError),
+    #[error("http: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+    persistence: Addr<PersistenceActor>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let metrics = Metrics::new()?;
+        let redis = RedisStore::connect(&settings.redis).await?;
+        redis.ping().await?;
+        if settings.database.run_migrations {
+            let applied = db::run_migrations(settings.database.url.expose()).await?;
+            if !applied.is_empty() {
+                tracing::info!(?applied, "migrations applied");
+            }
+        }
+        let pool = db::build_pool(&settings.database)?;
+        let stock = StockService::new(
+            redis.clone(),
+            pool.clone(),
+            settings.clone(),
+            metrics.clone(),
+        );
+
+        let loaded = stock.warm_up().await?;
+        tracing::info!(loaded, "redis warm-up done");
+
+        let persister = JournalPersister::new(
+            redis.dedicated().await?,
+            pool.clone(),
+            consumer_name(),
+            settings.journal.clone(),
+            metrics.clone(),
+        );
+        persister.prepare().await?;
+        let persistence = PersistenceActor::new(persister, redis.clone()).start();
+
+        if settings.demo.seed_stock {
+            let created = stock.seed_demo().await?;
+            tracing::info!(created, "demo stock seeded");
+        }
+
+        let listener = TcpListener::bind(settings.bind_addr())?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            stock,
+            metrics: metrics.clone(),
+            persistence: persistence.clone(),
+        });
+        let app_state = state.clone();
+        let max_body = settings.http.max_body_bytes;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap_fn(api::metrics_middleware(app_state.metrics.clone()))
+                .app_data(app_state.clone())
+                .app_data(web::PayloadConfig::new(max_body))
+                .configure(|cfg| api::configure(cfg, max_body))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(10);
+        if settings.http.workers > 0 {
+            server = server.workers(settings.http.workers);
+        }
+        let server = server.run();
+        tracing::info!(port, "listening");
+        Ok(Application {
+            port,
+            server,
+            state,
+            persistence,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server is stopped, then stops the persistence loop.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        let _ = self.persistence.send(StopPersistence).await;
+        result
+    }
+}
+
+/// This instance's name in the journal consumer group: stable across restarts of the
+/// same host so that a restarted instance re-reads its own pending entries at once.
+fn consumer_name() -> String {
+    if let Ok(name) = std::env::var("INVENTORY_INSTANCE_ID") {
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "inventory".to_string())
+}

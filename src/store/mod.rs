@@ -1,0 +1,7 @@
+//! Where state lives: Redis (the arbiter of stock) and MySQL (the durable record).
+
+pub mod db;
+pub mod journal;
+pub mod models;
+pub mod redis;
+pub mod schema;
