@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: run test services build lint fmt clippy unit-test bench clean-test-dbs stop-services
+.PHONY: run test services build lint fmt clippy unit-test clean-test-dbs stop-services
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
@@ -30,9 +30,6 @@ clean-test-dbs:
 	@mariadb --protocol=tcp -h 127.0.0.1 -P 3306 -u inventory -pinventory -N -e \
 	  "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'inventory\_t\_%'" \
 	  | while read -r db; do mariadb --protocol=tcp -h 127.0.0.1 -P 3306 -u inventory -pinventory -e "DROP DATABASE \`$$db\`"; done
-
-bench: services
-	cargo bench --bench oversell
 
 stop-services:
 	-redis-cli -p 6379 shutdown nosave

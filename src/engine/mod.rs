@@ -1,5 +1,6 @@
 //! The engine: decides every stock change in Redis, journals it, and gets it into the DB.
 
+pub mod audit;
 pub mod persistence;
 pub mod stock;
 

@@ -1,0 +1,8 @@
+//! Integration tests against a real Redis and a real MariaDB (`make services`).
+
+mod helpers;
+
+mod config_cli;
+mod health;
+mod inventory;
+mod journal;
