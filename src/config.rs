@@ -108,6 +108,8 @@ pub struct InventorySettings {
     pub max_stock_qty: i64,
     pub max_adjust_qty: i64,
     pub max_qty_per_line: i64,
+    pub max_lines_per_order: usize,
+    pub max_order_no_len: usize,
     pub adjust_persist_wait_ms: u64,
 }
 
@@ -133,6 +135,8 @@ pub struct EngineSettings {
     pub shards: usize,
     pub max_batch: usize,
     pub mailbox_capacity: usize,
+    pub arbiters: usize,
+    pub reply_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -289,6 +293,18 @@ impl Settings {
             self.inventory.max_stock_qty,
         )?;
         check_range(
+            "inventory.max_lines_per_order",
+            self.inventory.max_lines_per_order as i64,
+            1,
+            1000,
+        )?;
+        check_range(
+            "inventory.max_order_no_len",
+            self.inventory.max_order_no_len as i64,
+            1,
+            64,
+        )?;
+        check_range(
             "inventory.adjust_persist_wait_ms",
             self.inventory.adjust_persist_wait_ms as i64,
             0,
@@ -326,6 +342,13 @@ impl Settings {
             self.engine.mailbox_capacity as i64,
             1,
             1_000_000,
+        )?;
+        check_range("engine.arbiters", self.engine.arbiters as i64, 0, 256)?;
+        check_range(
+            "engine.reply_timeout_ms",
+            self.engine.reply_timeout_ms as i64,
+            1,
+            600_000,
         )?;
         check_range(
             "journal.max_pending_entries",

@@ -2,7 +2,8 @@
 //! process).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Clone)]
@@ -16,6 +17,9 @@ pub struct Metrics {
     pub journal_lag: IntGauge,
     pub journal_write_failures: IntCounterVec,
     pub redis_call_latency: HistogramVec,
+    pub reservations: IntCounterVec,
+    pub reserve_batch_size: Histogram,
+    pub transitions: IntCounterVec,
 }
 
 impl Metrics {
@@ -77,6 +81,29 @@ impl Metrics {
             ]),
             &["op"],
         )?;
+        let reservations = IntCounterVec::new(
+            Opts::new("reservations_total", "Reserve requests (orders) by outcome"),
+            &["outcome"],
+        )?;
+        let reserve_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "reserve_batch_orders",
+                "Orders per reserve script call (shard batch)",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
+        )?;
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "reservation_transitions_total",
+                "Confirm and release requests by outcome",
+            ),
+            &["op", "outcome"],
+        )?;
+        registry.register(Box::new(reservations.clone()))?;
+        registry.register(Box::new(reserve_batch_size.clone()))?;
+        registry.register(Box::new(transitions.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_latency.clone()))?;
         registry.register(Box::new(stock_adjustments.clone()))?;
@@ -95,6 +122,9 @@ impl Metrics {
             journal_lag,
             journal_write_failures,
             redis_call_latency,
+            reservations,
+            reserve_batch_size,
+            transitions,
         })
     }
 

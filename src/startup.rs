@@ -10,6 +10,8 @@ use actix_web::{web, App, HttpServer};
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::engine::persistence::{JournalPersister, PersistenceActor, StopPersistence};
+use crate::engine::reservation::ReservationEngine;
+use crate::engine::shard::{ShardActor, ShardCore};
 use crate::engine::stock::StockService;
 use crate::engine::EngineError;
 use crate::metrics::Metrics;
@@ -71,6 +73,16 @@ impl Application {
         persister.prepare().await?;
         let persistence = PersistenceActor::new(persister, redis.clone()).start();
 
+        let shards = start_shards(&settings, &redis, &metrics);
+        let reservations = ReservationEngine::new(
+            shards,
+            redis.clone(),
+            pool.clone(),
+            stock.clone(),
+            settings.clone(),
+            metrics.clone(),
+        );
+
         if settings.demo.seed_stock {
             let created = stock.seed_demo().await?;
             tracing::info!(created, "demo stock seeded");
@@ -81,6 +93,7 @@ impl Application {
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             stock,
+            reservations,
             metrics: metrics.clone(),
             persistence: persistence.clone(),
         });
@@ -127,6 +140,41 @@ impl Application {
         let _ = self.persistence.send(StopPersistence).await;
         result
     }
+}
+
+/// Starts the shard actors, spread over a few arbiters (threads).
+fn start_shards(
+    settings: &Settings,
+    redis: &RedisStore,
+    metrics: &Metrics,
+) -> Vec<Addr<ShardActor>> {
+    let threads = match settings.engine.arbiters {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        n => n,
+    }
+    .min(settings.engine.shards);
+    let arbiters: Vec<actix::Arbiter> = (0..threads).map(|_| actix::Arbiter::new()).collect();
+    let core = ShardCore {
+        redis: redis.clone(),
+        hold_ms: (settings.reservation.expire_minutes * 60_000) as i64,
+        marker_ttl_ms: (settings.reservation.marker_ttl_hours * 3_600_000) as i64,
+        max_journal_entries: settings.journal.max_pending_entries,
+        metrics: metrics.clone(),
+    };
+    let capacity = settings.engine.mailbox_capacity;
+    let max_batch = settings.engine.max_batch;
+    (0..settings.engine.shards)
+        .map(|i| {
+            let core = core.clone();
+            let arbiter = &arbiters[i % arbiters.len()];
+            ShardActor::start_in_arbiter(&arbiter.handle(), move |ctx| {
+                ctx.set_mailbox_capacity(capacity);
+                ShardActor::new(core, capacity, max_batch)
+            })
+        })
+        .collect()
 }
 
 /// This instance's name in the journal consumer group: stable across restarts of the

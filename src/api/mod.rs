@@ -3,6 +3,7 @@
 pub mod health;
 pub mod inventory;
 pub mod params;
+pub mod reservations;
 
 use actix::Addr;
 use actix_web::dev::Service;
@@ -12,6 +13,7 @@ use futures_util::FutureExt;
 
 use crate::config::Settings;
 use crate::engine::persistence::PersistenceActor;
+use crate::engine::reservation::ReservationEngine;
 use crate::engine::stock::StockService;
 use crate::engine::EngineError;
 use crate::error::{ApiError, Code};
@@ -23,6 +25,7 @@ use crate::store::redis::RedisStoreError;
 pub struct AppState {
     pub settings: Settings,
     pub stock: StockService,
+    pub reservations: ReservationEngine,
     pub metrics: Metrics,
     pub persistence: Addr<PersistenceActor>,
 }
@@ -58,7 +61,19 @@ impl From<EngineError> for ApiError {
             EngineError::IdempotencyConflict(_) => {
                 ApiError::new(Code::IdempotencyConflict, message)
             }
-            EngineError::JournalFull => ApiError::new(Code::Overloaded, message),
+            EngineError::JournalFull | EngineError::Overloaded => {
+                ApiError::new(Code::Overloaded, message)
+            }
+            EngineError::Timeout => ApiError::new(Code::Timeout, message),
+            EngineError::ReservationNotFound(order_no) => {
+                ApiError::new(Code::ReservationNotFound, message)
+                    .with_data(serde_json::json!({"orderNo": order_no}))
+            }
+            EngineError::InvalidStatus(_) => ApiError::new(Code::InvalidReservationStatus, message),
+            EngineError::OrderCancelled(order_no) => {
+                ApiError::new(Code::InvalidReservationStatus, message)
+                    .with_data(serde_json::json!({"orderNo": order_no, "status": "FAILED"}))
+            }
             EngineError::JournalBehind(_) => ApiError::new(Code::Timeout, message),
             EngineError::Redis(RedisStoreError::Timeout(_)) => {
                 ApiError::new(Code::Timeout, "redis did not answer in time")
@@ -125,6 +140,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .route("/metrics", web::get().to(health::metrics))
     .service(
         web::scope("/inventory")
+            .route("/reserve", web::post().to(reservations::reserve))
+            .route("/reservations", web::get().to(reservations::list))
+            .route(
+                "/reservations/confirm",
+                web::post().to(reservations::confirm),
+            )
+            .route(
+                "/reservations/release",
+                web::post().to(reservations::release),
+            )
             .route("/{sku_id}", web::get().to(inventory::get_inventory))
             .route(
                 "/{sku_id}/all",

@@ -2,6 +2,8 @@
 
 pub mod audit;
 pub mod persistence;
+pub mod reservation;
+pub mod shard;
 pub mod stock;
 
 use chrono::NaiveDateTime;
@@ -39,6 +41,16 @@ pub enum EngineError {
     JournalFull,
     #[error("the journal has not reached the DB for sku {} in warehouse {} yet; retry shortly", .0.sku_id, .0.warehouse_id)]
     JournalBehind(SkuKey),
+    #[error("no reservation for order {0}")]
+    ReservationNotFound(String),
+    #[error("{0}")]
+    InvalidStatus(String),
+    #[error("order {0} was released before it was reserved")]
+    OrderCancelled(String),
+    #[error("the service is busy; retry shortly")]
+    Overloaded,
+    #[error("no answer in time; retrying with the same orderNo is safe")]
+    Timeout,
     #[error(transparent)]
     Redis(#[from] RedisStoreError),
     #[error(transparent)]
@@ -48,6 +60,20 @@ pub enum EngineError {
 /// Local date-time without zone, as the reference prints them (`2024-01-01T12:00:00`).
 pub fn format_local_datetime(t: &NaiveDateTime) -> String {
     t.format("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+pub fn ms_to_local_datetime(ms: i64) -> NaiveDateTime {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .naive_utc()
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn serialize_local_datetime<S: Serializer>(t: &NaiveDateTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_local_datetime(t))
 }
 
 pub fn serialize_local_datetime_opt<S: Serializer>(

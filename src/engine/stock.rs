@@ -261,7 +261,7 @@ impl StockService {
     }
 
     /// Puts a DB position Redis lacks into Redis; false when the DB has none either.
-    async fn load_position(&self, key: SkuKey) -> Result<bool, EngineError> {
+    pub async fn load_position(&self, key: SkuKey) -> Result<bool, EngineError> {
         let Some(levels) = self.db_levels(key).await? else {
             return Ok(false);
         };

@@ -4,4 +4,5 @@ pub mod db;
 pub mod journal;
 pub mod models;
 pub mod redis;
+pub mod reservations;
 pub mod schema;

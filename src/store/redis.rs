@@ -70,6 +70,16 @@ impl Keys {
         format!("{}inv:order:{{{}}}", self.prefix, order_no)
     }
 
+    /// Set by a release of an order we never saw: its late reservation is refused.
+    pub fn tombstone(&self, order_no: &str) -> String {
+        format!("{}inv:order:{{{}}}:released", self.prefix, order_no)
+    }
+
+    /// Orders with held lines, scored by expiry (ms): the expiry scan reads it.
+    pub fn holds(&self) -> String {
+        format!("{}inv:holds", self.prefix)
+    }
+
     /// The stream every stock change is appended to.
     pub fn journal(&self) -> String {
         format!("{}inv:journal", self.prefix)
@@ -81,10 +91,13 @@ impl Keys {
     }
 }
 
-struct Scripts {
-    adjust: Script,
-    warmup: Script,
-    sync: Script,
+pub(super) struct Scripts {
+    pub(super) adjust: Script,
+    pub(super) warmup: Script,
+    pub(super) sync: Script,
+    pub(super) reserve: Script,
+    pub(super) confirm: Script,
+    pub(super) release: Script,
 }
 
 impl Scripts {
@@ -93,6 +106,9 @@ impl Scripts {
             adjust: Script::new(include_str!("../../lua/adjust.lua")),
             warmup: Script::new(include_str!("../../lua/warmup.lua")),
             sync: Script::new(include_str!("../../lua/sync.lua")),
+            reserve: Script::new(include_str!("../../lua/reserve.lua")),
+            confirm: Script::new(include_str!("../../lua/confirm.lua")),
+            release: Script::new(include_str!("../../lua/release.lua")),
         }
     }
 }
@@ -182,10 +198,10 @@ pub struct RedisStore {
     client: redis::Client,
     manager_config: ConnectionManagerConfig,
     connect_timeout: Duration,
-    conn: ConnectionManager,
-    keys: Keys,
-    scripts: Arc<Scripts>,
-    timeout: Duration,
+    pub(super) conn: ConnectionManager,
+    pub(super) keys: Keys,
+    pub(super) scripts: Arc<Scripts>,
+    pub(super) timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -238,7 +254,7 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    async fn timed<T>(
+    pub(super) async fn timed<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> RedisResult<T> {
@@ -589,7 +605,7 @@ fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-fn value_string(v: &Value) -> Option<String> {
+pub(super) fn value_string(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),

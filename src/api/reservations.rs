@@ -1,0 +1,148 @@
+//! `/inventory/reserve` and `/inventory/reservations...`: TryReserve, Confirm, Release.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::params::{check_len, required_str, trace_id};
+use crate::api::AppState;
+use crate::domain::{LedgerReason, SkuKey};
+use crate::engine::reservation::ReserveRequest;
+use crate::engine::EngineError;
+use crate::error::{ok, ApiError, Code};
+use crate::store::reservations::OrderLine;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ItemBody {
+    pub sku_id: i64,
+    pub warehouse_id: Option<i64>,
+    pub qty: i64,
+}
+
+/// The reference's single-line body, or `items` for several lines (not both).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReserveBody {
+    pub order_no: String,
+    pub sku_id: Option<i64>,
+    pub warehouse_id: Option<i64>,
+    pub qty: Option<i64>,
+    pub items: Option<Vec<ItemBody>>,
+}
+
+fn lines_of(body: &ReserveBody, default_warehouse: i64) -> Result<Vec<OrderLine>, ApiError> {
+    let line = |sku_id: i64, warehouse_id: Option<i64>, qty: i64| OrderLine {
+        key: SkuKey::new(warehouse_id.unwrap_or(default_warehouse), sku_id),
+        qty,
+    };
+    match (&body.items, body.sku_id, body.qty) {
+        (Some(items), None, None) if body.warehouse_id.is_none() => Ok(items
+            .iter()
+            .map(|i| line(i.sku_id, i.warehouse_id, i.qty))
+            .collect()),
+        (None, Some(sku), Some(qty)) => Ok(vec![line(sku, body.warehouse_id, qty)]),
+        (None, _, _) => Err(ApiError::new(
+            Code::MissingParameter,
+            "give skuId and qty, or items",
+        )),
+        _ => Err(ApiError::invalid(
+            "give either skuId/warehouseId/qty or items, not both",
+        )),
+    }
+}
+
+/// `POST /inventory/reserve`
+pub async fn reserve(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<ReserveBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let lines = lines_of(&body, state.settings.inventory.default_warehouse_id)?;
+    let order_no = body.order_no.clone();
+    let result = state
+        .reservations
+        .reserve(ReserveRequest {
+            order_no: body.order_no,
+            lines,
+            trace_id: trace_id(&req),
+        })
+        .await;
+    match result {
+        Ok(outcome) => Ok(ok(outcome)),
+        // A short line is a normal business outcome: FAILED, with which line and why.
+        Err(EngineError::InsufficientStock {
+            key,
+            available,
+            requested,
+        }) => {
+            let data = json!({
+                "orderNo": order_no,
+                "status": "FAILED",
+                "failedSkuId": key.sku_id,
+                "failedWarehouseId": key.warehouse_id,
+                "requestedQty": requested,
+                "availableQty": available,
+            });
+            let e = EngineError::InsufficientStock {
+                key,
+                available,
+                requested,
+            };
+            Err(ApiError::from(e).with_data(data))
+        }
+        Err(e) => {
+            let failed = !matches!(
+                e,
+                EngineError::Overloaded | EngineError::Timeout | EngineError::Redis(_)
+            );
+            let mut api = ApiError::from(e);
+            if failed && api.data.is_null() {
+                api = api.with_data(json!({"orderNo": order_no, "status": "FAILED"}));
+            }
+            Err(api)
+        }
+    }
+}
+
+/// `POST /inventory/reservations/confirm?orderNo=...`
+pub async fn confirm(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let order_no = required_str(&query, "orderNo", 64)?;
+    let outcome = state
+        .reservations
+        .confirm(order_no, &trace_id(&req))
+        .await?;
+    Ok(ok(outcome))
+}
+
+/// `POST /inventory/reservations/release?orderNo=...&reason=...`
+pub async fn release(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let order_no = required_str(&query, "orderNo", 64)?;
+    let remark = query.get("reason").map(|s| s.trim()).unwrap_or("");
+    check_len("reason", remark, 255)?;
+    let outcome = state
+        .reservations
+        .release(order_no, LedgerReason::Release, remark, &trace_id(&req))
+        .await?;
+    Ok(ok(outcome))
+}
+
+/// `GET /inventory/reservations?orderNo=...`
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let order_no = required_str(&query, "orderNo", 64)?;
+    Ok(ok(state.reservations.reservations(order_no).await?))
+}

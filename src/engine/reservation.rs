@@ -1,0 +1,570 @@
+//! TryReserve, Confirm and Release. Reservations go through the shard actors (batched);
+//! confirm and release are one script call per order. Every decision is made in Redis.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix::Addr;
+use chrono::NaiveDateTime;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::config::Settings;
+use crate::domain::{LedgerReason, ReservationStatus, SkuKey};
+use crate::engine::shard::{Reserve, ShardActor, ShardError};
+use crate::engine::stock::StockService;
+use crate::engine::{ms_to_local_datetime, now_ms, EngineError};
+use crate::metrics::Metrics;
+use crate::store::db::{self, DbPool};
+use crate::store::models::Reservation;
+use crate::store::redis::RedisStore;
+use crate::store::reservations::{OrderLine, ReserveOrder, ReserveReply, TransitionReply};
+
+/// A reservation request as callers (HTTP, Kafka) give it.
+#[derive(Debug, Clone)]
+pub struct ReserveRequest {
+    pub order_no: String,
+    pub lines: Vec<OrderLine>,
+    pub trace_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LineView {
+    pub sku_id: i64,
+    pub warehouse_id: i64,
+    pub qty: i64,
+}
+
+/// The outcome of a successful reserve: held now, or held before (a repeat).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReserveOutcome {
+    pub order_no: String,
+    /// RESERVED; for a repeat, the order's state now (it may since be CONFIRMED/RELEASED).
+    pub status: ReservationStatus,
+    /// True when this request repeated an earlier one and changed nothing.
+    pub existed: bool,
+    #[serde(serialize_with = "crate::engine::serialize_local_datetime")]
+    pub expire_at: NaiveDateTime,
+    pub items: Vec<LineView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionOutcome {
+    pub order_no: String,
+    pub status: ReservationStatus,
+    pub existed: bool,
+    pub items: Vec<LineView>,
+}
+
+/// The reference's reservation view (`GET /inventory/reservations`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationView {
+    pub id: Option<i64>,
+    pub order_no: String,
+    pub sku_id: i64,
+    pub warehouse_id: i64,
+    pub qty: i64,
+    pub status: ReservationStatus,
+    pub status_desc: &'static str,
+    #[serde(serialize_with = "crate::engine::serialize_local_datetime")]
+    pub expire_at: NaiveDateTime,
+    pub expired: bool,
+}
+
+#[derive(Clone)]
+pub struct ReservationEngine {
+    shards: Vec<Addr<ShardActor>>,
+    redis: RedisStore,
+    pool: DbPool,
+    stock: StockService,
+    settings: Settings,
+    metrics: Metrics,
+}
+
+/// Checks an orderNo: it becomes part of Redis keys and a VARCHAR(64) column.
+pub fn check_order_no(order_no: &str, max_len: usize) -> Result<(), EngineError> {
+    if order_no.is_empty()
+        || order_no.len() > max_len
+        || !order_no
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '{' && c != '}')
+    {
+        return Err(EngineError::Invalid(format!(
+            "orderNo must be 1-{max_len} printable ASCII characters without spaces or braces"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates lines and sums those naming the same position (sorted by position).
+pub fn merge_lines(
+    lines: &[OrderLine],
+    max_lines: usize,
+    max_qty: i64,
+) -> Result<Vec<OrderLine>, EngineError> {
+    if lines.is_empty() {
+        return Err(EngineError::Invalid(
+            "an order needs at least one line".into(),
+        ));
+    }
+    if lines.len() > max_lines {
+        return Err(EngineError::Invalid(format!(
+            "an order may have at most {max_lines} lines, got {}",
+            lines.len()
+        )));
+    }
+    let mut merged: BTreeMap<SkuKey, i64> = BTreeMap::new();
+    for line in lines {
+        if line.key.sku_id <= 0 || line.key.warehouse_id <= 0 {
+            return Err(EngineError::Invalid(
+                "skuId and warehouseId must be positive integers".into(),
+            ));
+        }
+        if line.qty <= 0 || line.qty > max_qty {
+            return Err(EngineError::QuantityOutOfRange(format!(
+                "qty must be between 1 and {max_qty}, got {} for sku {}",
+                line.qty, line.key.sku_id
+            )));
+        }
+        *merged.entry(line.key).or_insert(0) += line.qty;
+    }
+    let merged: Vec<OrderLine> = merged
+        .into_iter()
+        .map(|(key, qty)| OrderLine { key, qty })
+        .collect();
+    if let Some(line) = merged.iter().find(|l| l.qty > max_qty) {
+        return Err(EngineError::QuantityOutOfRange(format!(
+            "lines of sku {} add up to {}, more than {max_qty}",
+            line.key.sku_id, line.qty
+        )));
+    }
+    Ok(merged)
+}
+
+fn line_views(lines: &[OrderLine]) -> Vec<LineView> {
+    lines
+        .iter()
+        .map(|l| LineView {
+            sku_id: l.key.sku_id,
+            warehouse_id: l.key.warehouse_id,
+            qty: l.qty,
+        })
+        .collect()
+}
+
+impl ReservationEngine {
+    pub fn new(
+        shards: Vec<Addr<ShardActor>>,
+        redis: RedisStore,
+        pool: DbPool,
+        stock: StockService,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> Self {
+        ReservationEngine {
+            shards,
+            redis,
+            pool,
+            stock,
+            settings,
+            metrics,
+        }
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .reservations
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    async fn send_to_shard(&self, order: ReserveOrder) -> Result<ReserveReply, EngineError> {
+        let shard = order
+            .lines
+            .first()
+            .map(|l| l.key.shard(self.shards.len()))
+            .unwrap_or(0);
+        let addr = self.shards.get(shard).ok_or(EngineError::Overloaded)?;
+        let (tx, rx) = oneshot::channel();
+        addr.try_send(Reserve { order, reply: tx })
+            .map_err(|e| match e {
+                actix::prelude::SendError::Full(_) => EngineError::Overloaded,
+                actix::prelude::SendError::Closed(_) => {
+                    EngineError::Invalid("the reservation engine is shutting down".into())
+                }
+            })?;
+        let wait = Duration::from_millis(self.settings.engine.reply_timeout_ms);
+        match tokio::time::timeout(wait, rx).await {
+            Err(_) => Err(EngineError::Timeout),
+            Ok(Err(_)) => Err(EngineError::Timeout),
+            Ok(Ok(Err(ShardError::Overloaded))) => Err(EngineError::Overloaded),
+            Ok(Ok(Err(ShardError::Timeout))) => Err(EngineError::Timeout),
+            Ok(Ok(Err(ShardError::Store(e)))) => Err(EngineError::Redis(
+                crate::store::redis::RedisStoreError::BadReply {
+                    script: "reserve",
+                    detail: e,
+                },
+            )),
+            Ok(Ok(Ok(reply))) => Ok(reply),
+        }
+    }
+
+    /// TryReserve: all lines of the order are held, or none.
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, EngineError> {
+        let limits = &self.settings.inventory;
+        check_order_no(&req.order_no, limits.max_order_no_len)?;
+        let lines = merge_lines(
+            &req.lines,
+            limits.max_lines_per_order,
+            limits.max_qty_per_line,
+        )?;
+        let order = ReserveOrder {
+            order_no: req.order_no.clone(),
+            trace_id: req.trace_id.clone(),
+            lines: lines.clone(),
+        };
+        let mut reply = self.send_to_shard(order.clone()).await?;
+        // A position Redis lacks may exist in the DB (Redis lost it): load it, once.
+        if let ReserveReply::NotFound { line } = reply {
+            let key = lines.get(line).map(|l| l.key);
+            if let Some(key) = key {
+                if self.stock.load_position(key).await? {
+                    reply = self.send_to_shard(order).await?;
+                }
+            }
+        }
+        let result = match reply {
+            ReserveReply::Reserved { expire_at_ms } => Ok(ReserveOutcome {
+                order_no: req.order_no,
+                status: ReservationStatus::Reserved,
+                existed: false,
+                expire_at: ms_to_local_datetime(expire_at_ms),
+                items: line_views(&lines),
+            }),
+            ReserveReply::Exists { lines: states } => {
+                let status = states
+                    .iter()
+                    .map(|(s, _)| *s)
+                    .max_by_key(|s| s.rank())
+                    .unwrap_or(ReservationStatus::Reserved);
+                let expire = states.first().map(|(_, x)| *x).unwrap_or(0);
+                Ok(ReserveOutcome {
+                    order_no: req.order_no,
+                    status,
+                    existed: true,
+                    expire_at: ms_to_local_datetime(expire),
+                    items: line_views(&lines),
+                })
+            }
+            ReserveReply::Insufficient { line, available } => {
+                let failed = lines.get(line).copied().unwrap_or(lines[0]);
+                Err(EngineError::InsufficientStock {
+                    key: failed.key,
+                    available,
+                    requested: failed.qty,
+                })
+            }
+            ReserveReply::NotFound { line } => {
+                let key = lines.get(line).map(|l| l.key).unwrap_or(lines[0].key);
+                Err(EngineError::InventoryNotFound(key))
+            }
+            ReserveReply::Conflict { line } => Err(EngineError::IdempotencyConflict(match line {
+                Some(i) => format!(
+                    "order {} was reserved before with another quantity of sku {}",
+                    req.order_no,
+                    lines.get(i).map(|l| l.key.sku_id).unwrap_or(0)
+                ),
+                None => format!(
+                    "order {} was reserved before with other lines",
+                    req.order_no
+                ),
+            })),
+            ReserveReply::Cancelled => Err(EngineError::OrderCancelled(req.order_no)),
+            ReserveReply::JournalFull => Err(EngineError::Overloaded),
+        };
+        self.count(match &result {
+            Ok(o) if o.existed => "exists",
+            Ok(_) => "reserved",
+            Err(EngineError::InsufficientStock { .. }) => "insufficient",
+            Err(EngineError::IdempotencyConflict(_)) => "conflict",
+            Err(EngineError::OrderCancelled(_)) => "cancelled",
+            Err(EngineError::InventoryNotFound(_)) => "not_found",
+            Err(EngineError::Overloaded) => "overloaded",
+            Err(_) => "error",
+        });
+        result
+    }
+
+    async fn lines_of(&self, order_no: &str) -> Result<Vec<SkuKey>, EngineError> {
+        check_order_no(order_no, self.settings.inventory.max_order_no_len)?;
+        Ok(self.redis.order_lines(order_no).await?)
+    }
+
+    fn count_transition(&self, op: &str, result: &Result<TransitionOutcome, EngineError>) {
+        let outcome = match result {
+            Ok(o) if o.existed => "exists",
+            Ok(_) => "done",
+            Err(EngineError::ReservationNotFound(_)) => "not_found",
+            Err(EngineError::InvalidStatus(_)) => "invalid_status",
+            Err(_) => "error",
+        };
+        self.metrics
+            .transitions
+            .with_label_values(&[op, outcome])
+            .inc();
+    }
+
+    async fn transition_outcome(
+        &self,
+        order_no: &str,
+        status: ReservationStatus,
+        existed: bool,
+    ) -> Result<TransitionOutcome, EngineError> {
+        let views = self.reservations(order_no).await?;
+        Ok(TransitionOutcome {
+            order_no: order_no.to_string(),
+            status,
+            existed,
+            items: views
+                .iter()
+                .map(|v| LineView {
+                    sku_id: v.sku_id,
+                    warehouse_id: v.warehouse_id,
+                    qty: v.qty,
+                })
+                .collect(),
+        })
+    }
+
+    /// Confirm: every line RESERVED -> CONFIRMED, or nothing.
+    pub async fn confirm(
+        &self,
+        order_no: &str,
+        trace_id: &str,
+    ) -> Result<TransitionOutcome, EngineError> {
+        let result = self.confirm_inner(order_no, trace_id).await;
+        self.count_transition("confirm", &result);
+        result
+    }
+
+    async fn confirm_inner(
+        &self,
+        order_no: &str,
+        trace_id: &str,
+    ) -> Result<TransitionOutcome, EngineError> {
+        let lines = self.lines_of(order_no).await?;
+        if lines.is_empty() {
+            return Err(EngineError::ReservationNotFound(order_no.to_string()));
+        }
+        let reply = self
+            .redis
+            .confirm_order(
+                order_no,
+                &lines,
+                trace_id,
+                now_ms(),
+                self.settings.journal.max_pending_entries,
+            )
+            .await?;
+        let sku = |line: usize| lines.get(line).map(|k| k.sku_id).unwrap_or(0);
+        match reply {
+            TransitionReply::Done => {
+                self.transition_outcome(order_no, ReservationStatus::Confirmed, false)
+                    .await
+            }
+            TransitionReply::Exists => {
+                self.transition_outcome(order_no, ReservationStatus::Confirmed, true)
+                    .await
+            }
+            TransitionReply::NotFound { .. } | TransitionReply::Tombstone => {
+                Err(EngineError::ReservationNotFound(order_no.to_string()))
+            }
+            TransitionReply::Released { line } => Err(EngineError::InvalidStatus(format!(
+                "order {order_no} cannot be confirmed: sku {} is RELEASED",
+                sku(line)
+            ))),
+            TransitionReply::Expired { line } => Err(EngineError::InvalidStatus(format!(
+                "order {order_no} cannot be confirmed: the hold of sku {} has expired",
+                sku(line)
+            ))),
+            TransitionReply::Confirmed { .. } | TransitionReply::NotExpired => Err(
+                EngineError::InvalidStatus(format!("order {order_no} cannot be confirmed")),
+            ),
+            TransitionReply::JournalFull => Err(EngineError::Overloaded),
+        }
+    }
+
+    /// Release: every held line RESERVED -> RELEASED (stock back), or nothing if a line is
+    /// confirmed. An unknown order gets a tombstone (its late reservation is refused).
+    pub async fn release(
+        &self,
+        order_no: &str,
+        reason: LedgerReason,
+        remark: &str,
+        trace_id: &str,
+    ) -> Result<TransitionOutcome, EngineError> {
+        let result = self
+            .release_inner(order_no, reason, remark, trace_id, false)
+            .await;
+        self.count_transition("release", &result);
+        result
+    }
+
+    async fn release_inner(
+        &self,
+        order_no: &str,
+        reason: LedgerReason,
+        remark: &str,
+        trace_id: &str,
+        only_if_expired: bool,
+    ) -> Result<TransitionOutcome, EngineError> {
+        let lines = self.lines_of(order_no).await?;
+        let tombstone_ttl_ms = (self.settings.reservation.expire_minutes * 60_000
+            + self.settings.reservation.marker_ttl_hours * 3_600_000)
+            as i64;
+        let reply = self
+            .redis
+            .release_order(
+                order_no,
+                &lines,
+                trace_id,
+                reason,
+                remark,
+                tombstone_ttl_ms,
+                only_if_expired,
+                now_ms(),
+                self.settings.journal.max_pending_entries,
+            )
+            .await?;
+        let sku = |line: usize| lines.get(line).map(|k| k.sku_id).unwrap_or(0);
+        match reply {
+            TransitionReply::Done => {
+                self.transition_outcome(order_no, ReservationStatus::Released, false)
+                    .await
+            }
+            TransitionReply::Exists => {
+                self.transition_outcome(order_no, ReservationStatus::Released, true)
+                    .await
+            }
+            TransitionReply::Tombstone | TransitionReply::NotFound { .. } => {
+                Err(EngineError::ReservationNotFound(order_no.to_string()))
+            }
+            TransitionReply::Confirmed { line } => Err(EngineError::InvalidStatus(format!(
+                "order {order_no} cannot be released: sku {} is CONFIRMED",
+                sku(line)
+            ))),
+            TransitionReply::NotExpired => Err(EngineError::InvalidStatus(format!(
+                "order {order_no} has not expired"
+            ))),
+            TransitionReply::Released { .. } | TransitionReply::Expired { .. } => Err(
+                EngineError::InvalidStatus(format!("order {order_no} cannot be released")),
+            ),
+            TransitionReply::JournalFull => Err(EngineError::Overloaded),
+        }
+    }
+
+    /// The order's lines: Redis' state (current even before the journal drains), with the
+    /// DB ids where the rows exist; DB rows alone once Redis' markers have aged out.
+    pub async fn reservations(&self, order_no: &str) -> Result<Vec<ReservationView>, EngineError> {
+        let lines = self.lines_of(order_no).await?;
+        let markers = self.redis.line_markers(order_no, &lines).await?;
+        let rows = match db::connection(&self.pool).await {
+            Ok(mut conn) => Reservation::by_order(&mut conn, order_no)
+                .await
+                .map_err(db::DbError::from),
+            Err(e) => Err(e),
+        };
+        let rows = match rows {
+            Ok(rows) => rows,
+            // Redis alone can answer while the DB is away.
+            Err(e) if !lines.is_empty() => {
+                tracing::warn!(error = %e, "reservations answered from Redis only");
+                vec![]
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let now = chrono::Utc::now().naive_utc();
+        let mut views: BTreeMap<SkuKey, ReservationView> = BTreeMap::new();
+        for row in &rows {
+            let Some(status) = ReservationStatus::parse(&row.status) else {
+                continue;
+            };
+            views.insert(
+                SkuKey::new(row.warehouse_id, row.sku_id),
+                ReservationView {
+                    id: Some(row.id),
+                    order_no: row.order_no.clone(),
+                    sku_id: row.sku_id,
+                    warehouse_id: row.warehouse_id,
+                    qty: row.qty.into(),
+                    status,
+                    status_desc: status.description(),
+                    expire_at: row.expire_at,
+                    expired: status == ReservationStatus::Reserved && row.expire_at <= now,
+                },
+            );
+        }
+        for (key, marker) in lines.iter().zip(markers) {
+            let Some(marker) = marker else { continue };
+            let expire_at = ms_to_local_datetime(marker.expire_at_ms);
+            let id = views.get(key).and_then(|v| v.id);
+            views.insert(
+                *key,
+                ReservationView {
+                    id,
+                    order_no: order_no.to_string(),
+                    sku_id: key.sku_id,
+                    warehouse_id: key.warehouse_id,
+                    qty: marker.qty,
+                    status: marker.status,
+                    status_desc: marker.status.description(),
+                    expire_at,
+                    expired: marker.status == ReservationStatus::Reserved && expire_at <= now,
+                },
+            );
+        }
+        Ok(views.into_values().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(w: i64, s: i64, qty: i64) -> OrderLine {
+        OrderLine {
+            key: SkuKey::new(w, s),
+            qty,
+        }
+    }
+
+    #[test]
+    fn duplicate_lines_are_summed_and_sorted() {
+        let merged = merge_lines(&[line(1, 9, 2), line(1, 3, 1), line(1, 9, 3)], 10, 100).unwrap();
+        assert_eq!(merged, vec![line(1, 3, 1), line(1, 9, 5)]);
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        assert!(merge_lines(&[], 10, 100).is_err());
+        assert!(merge_lines(&[line(1, 1, 0)], 10, 100).is_err());
+        assert!(merge_lines(&[line(1, 1, 101)], 10, 100).is_err());
+        assert!(merge_lines(&[line(1, 1, 60), line(1, 1, 60)], 10, 100).is_err());
+        assert!(merge_lines(&[line(0, 1, 1)], 10, 100).is_err());
+        let many: Vec<OrderLine> = (1..=11).map(|s| line(1, s, 1)).collect();
+        assert!(merge_lines(&many, 10, 100).is_err());
+    }
+
+    #[test]
+    fn order_numbers_are_checked() {
+        assert!(check_order_no("ORD-2024_01", 64).is_ok());
+        assert!(check_order_no("", 64).is_err());
+        assert!(check_order_no("a{b}", 64).is_err());
+        assert!(check_order_no("a b", 64).is_err());
+        assert!(check_order_no(&"x".repeat(65), 64).is_err());
+    }
+}

@@ -1,0 +1,409 @@
+//! The Redis side of reservations: the batched reserve script, confirm, release, and
+//! reading line markers.
+
+use std::collections::HashMap;
+
+use redis::Value;
+use serde::Deserialize;
+
+use crate::domain::{LedgerReason, ReservationStatus, SkuKey};
+use crate::store::redis::{value_string, RedisResult, RedisStore, RedisStoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderLine {
+    pub key: SkuKey,
+    pub qty: i64,
+}
+
+/// One order to reserve. Its lines name distinct positions (duplicates summed first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveOrder {
+    pub order_no: String,
+    pub trace_id: String,
+    pub lines: Vec<OrderLine>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ReserveParams {
+    pub now_ms: i64,
+    pub hold_ms: i64,
+    pub marker_ttl_ms: i64,
+    pub max_journal_entries: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveReply {
+    Reserved {
+        expire_at_ms: i64,
+    },
+    /// The same order (same lines, same quantities) was reserved before; its lines now.
+    Exists {
+        lines: Vec<(ReservationStatus, i64)>,
+    },
+    /// Line `line` (0-based) is short.
+    Insufficient {
+        line: usize,
+        available: i64,
+    },
+    NotFound {
+        line: usize,
+    },
+    /// The same order with other content; `line` is the differing line, if one.
+    Conflict {
+        line: Option<usize>,
+    },
+    Cancelled,
+    JournalFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransitionReply {
+    /// The transition happened now.
+    Done,
+    /// It had happened before (repeat).
+    Exists,
+    NotFound {
+        line: usize,
+    },
+    /// A line is released (confirm refused).
+    Released {
+        line: usize,
+    },
+    /// A line's hold expired (confirm refused).
+    Expired {
+        line: usize,
+    },
+    /// A line is confirmed (release refused).
+    Confirmed {
+        line: usize,
+    },
+    /// The expiry scan found a line not yet expired.
+    NotExpired,
+    /// Release of an unknown order: tombstone left.
+    Tombstone,
+    JournalFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineMarker {
+    pub status: ReservationStatus,
+    pub qty: i64,
+    pub expire_at_ms: i64,
+}
+
+#[derive(Deserialize)]
+struct RawReply {
+    st: String,
+    #[serde(default)]
+    i: Option<i64>,
+    #[serde(default)]
+    a: Option<i64>,
+    #[serde(default)]
+    x: Option<i64>,
+    #[serde(default)]
+    ls: Option<serde_json::Value>,
+}
+
+fn bad(script: &'static str, detail: impl Into<String>) -> RedisStoreError {
+    RedisStoreError::BadReply {
+        script,
+        detail: detail.into(),
+    }
+}
+
+/// Lua line numbers are 1-based.
+fn line_index(i: Option<i64>) -> usize {
+    i.and_then(|i| usize::try_from(i - 1).ok()).unwrap_or(0)
+}
+
+fn parse_reserve_reply(raw: RawReply) -> RedisResult<ReserveReply> {
+    Ok(match raw.st.as_str() {
+        "RESERVED" => ReserveReply::Reserved {
+            expire_at_ms: raw.x.unwrap_or(0),
+        },
+        "EXISTS" => {
+            let mut lines = Vec::new();
+            if let Some(serde_json::Value::Array(items)) = raw.ls {
+                for item in items {
+                    let status = item
+                        .get(0)
+                        .and_then(|s| s.as_str())
+                        .and_then(ReservationStatus::parse)
+                        .ok_or_else(|| bad("reserve", format!("line state {item}")))?;
+                    let expire = item.get(1).and_then(|x| x.as_f64()).unwrap_or(0.0) as i64;
+                    lines.push((status, expire));
+                }
+            }
+            ReserveReply::Exists { lines }
+        }
+        "INSUFFICIENT" => ReserveReply::Insufficient {
+            line: line_index(raw.i),
+            available: raw.a.unwrap_or(0),
+        },
+        "NOT_FOUND" => ReserveReply::NotFound {
+            line: line_index(raw.i),
+        },
+        "CONFLICT" => ReserveReply::Conflict {
+            line: raw.i.filter(|&i| i > 0).map(|i| line_index(Some(i))),
+        },
+        "CANCELLED" => ReserveReply::Cancelled,
+        "JOURNAL_FULL" => ReserveReply::JournalFull,
+        other => return Err(bad("reserve", format!("status {other}"))),
+    })
+}
+
+fn parse_transition(script: &'static str, json: &str) -> RedisResult<TransitionReply> {
+    let raw: RawReply = serde_json::from_str(json).map_err(|e| bad(script, e.to_string()))?;
+    let line = line_index(raw.i);
+    Ok(match raw.st.as_str() {
+        "CONFIRMED" if script == "confirm" => TransitionReply::Done,
+        "RELEASED" if script == "release" => TransitionReply::Done,
+        "EXISTS" => TransitionReply::Exists,
+        "NOT_FOUND" => TransitionReply::NotFound { line },
+        "RELEASED" => TransitionReply::Released { line },
+        "EXPIRED" => TransitionReply::Expired { line },
+        "CONFIRMED" => TransitionReply::Confirmed { line },
+        "NOT_EXPIRED" => TransitionReply::NotExpired,
+        "TOMBSTONE" => TransitionReply::Tombstone,
+        "JOURNAL_FULL" => TransitionReply::JournalFull,
+        other => return Err(bad(script, format!("status {other}"))),
+    })
+}
+
+impl RedisStore {
+    /// Reserves a batch of orders in one script call.
+    pub async fn reserve_batch(
+        &self,
+        orders: &[ReserveOrder],
+        params: ReserveParams,
+    ) -> RedisResult<Vec<ReserveReply>> {
+        if orders.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys = &self.keys;
+        let mut key_list: Vec<String> = vec![keys.journal(), keys.holds()];
+        let mut stock_index: HashMap<SkuKey, usize> = HashMap::new();
+        let mut batch = Vec::with_capacity(orders.len());
+        for order in orders {
+            key_list.push(keys.order(&order.order_no));
+            let order_key = key_list.len();
+            key_list.push(keys.tombstone(&order.order_no));
+            let tombstone_key = key_list.len();
+            let mut lines = Vec::with_capacity(order.lines.len());
+            for line in &order.lines {
+                let stock = *stock_index.entry(line.key).or_insert_with(|| {
+                    key_list.push(keys.stock(line.key));
+                    key_list.len()
+                });
+                key_list.push(keys.line(line.key, &order.order_no));
+                let marker = key_list.len();
+                lines.push(serde_json::json!({
+                    "s": stock,
+                    "m": marker,
+                    "w": line.key.warehouse_id.to_string(),
+                    "k": line.key.sku_id.to_string(),
+                    "q": line.qty,
+                }));
+            }
+            batch.push(serde_json::json!({
+                "o": order.order_no,
+                "tr": order.trace_id,
+                "k": order_key,
+                "t": tombstone_key,
+                "l": lines,
+            }));
+        }
+        let mut invocation = self.scripts.reserve.prepare_invoke();
+        for key in &key_list {
+            invocation.key(key);
+        }
+        invocation
+            .arg(params.now_ms)
+            .arg(params.hold_ms)
+            .arg(params.marker_ttl_ms)
+            .arg(params.max_journal_entries)
+            .arg(serde_json::Value::Array(batch).to_string());
+        let mut conn = self.conn.clone();
+        let reply: String = self.timed(invocation.invoke_async(&mut conn)).await?;
+        let raw: Vec<RawReply> = if reply == "{}" {
+            vec![]
+        } else {
+            serde_json::from_str(&reply).map_err(|e| bad("reserve", e.to_string()))?
+        };
+        if raw.len() != orders.len() {
+            return Err(bad(
+                "reserve",
+                format!("{} results for {} orders", raw.len(), orders.len()),
+            ));
+        }
+        raw.into_iter().map(parse_reserve_reply).collect()
+    }
+
+    /// The positions of an order's lines, as its index in Redis lists them.
+    pub async fn order_lines(&self, order_no: &str) -> RedisResult<Vec<SkuKey>> {
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = self
+            .timed(
+                redis::cmd("SMEMBERS")
+                    .arg(self.keys.order(order_no))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut lines: Vec<SkuKey> = members
+            .iter()
+            .filter_map(|m| {
+                let (w, s) = m.split_once(':')?;
+                Some(SkuKey::new(w.parse().ok()?, s.parse().ok()?))
+            })
+            .collect();
+        lines.sort();
+        Ok(lines)
+    }
+
+    pub async fn confirm_order(
+        &self,
+        order_no: &str,
+        lines: &[SkuKey],
+        trace_id: &str,
+        now_ms: i64,
+        max_journal_entries: u64,
+    ) -> RedisResult<TransitionReply> {
+        let mut invocation = self.scripts.confirm.prepare_invoke();
+        invocation.key(self.keys.journal()).key(self.keys.holds());
+        for line in lines {
+            invocation
+                .key(self.keys.stock(*line))
+                .key(self.keys.line(*line, order_no));
+        }
+        invocation
+            .arg(now_ms)
+            .arg(order_no)
+            .arg(trace_id)
+            .arg(max_journal_entries);
+        for line in lines {
+            invocation.arg(line.warehouse_id).arg(line.sku_id);
+        }
+        let mut conn = self.conn.clone();
+        let reply: String = self.timed(invocation.invoke_async(&mut conn)).await?;
+        parse_transition("confirm", &reply)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn release_order(
+        &self,
+        order_no: &str,
+        lines: &[SkuKey],
+        trace_id: &str,
+        reason: LedgerReason,
+        remark: &str,
+        tombstone_ttl_ms: i64,
+        only_if_expired: bool,
+        now_ms: i64,
+        max_journal_entries: u64,
+    ) -> RedisResult<TransitionReply> {
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation
+            .key(self.keys.journal())
+            .key(self.keys.holds())
+            .key(self.keys.tombstone(order_no));
+        for line in lines {
+            invocation
+                .key(self.keys.stock(*line))
+                .key(self.keys.line(*line, order_no));
+        }
+        invocation
+            .arg(now_ms)
+            .arg(order_no)
+            .arg(trace_id)
+            .arg(max_journal_entries)
+            .arg(reason.as_str())
+            .arg(remark)
+            .arg(tombstone_ttl_ms)
+            .arg(if only_if_expired { "1" } else { "0" });
+        for line in lines {
+            invocation.arg(line.warehouse_id).arg(line.sku_id);
+        }
+        let mut conn = self.conn.clone();
+        let reply: String = self.timed(invocation.invoke_async(&mut conn)).await?;
+        parse_transition("release", &reply)
+    }
+
+    /// The markers of an order's lines (None where a marker is gone).
+    pub async fn line_markers(
+        &self,
+        order_no: &str,
+        lines: &[SkuKey],
+    ) -> RedisResult<Vec<Option<LineMarker>>> {
+        if lines.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut pipe = redis::pipe();
+        for line in lines {
+            pipe.cmd("HMGET")
+                .arg(self.keys.line(*line, order_no))
+                .arg("st")
+                .arg("q")
+                .arg("x");
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Vec<Value>> = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(replies
+            .iter()
+            .map(|fields| {
+                let text = |i: usize| fields.get(i).and_then(value_string);
+                let status = ReservationStatus::parse(&text(0)?)?;
+                Some(LineMarker {
+                    status,
+                    qty: text(1)?.parse().ok()?,
+                    expire_at_ms: text(2)?.parse().ok()?,
+                })
+            })
+            .collect())
+    }
+
+    /// Whether a release left a tombstone for this order.
+    pub async fn has_tombstone(&self, order_no: &str) -> RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let exists: bool = self
+            .timed(
+                redis::cmd("EXISTS")
+                    .arg(self.keys.tombstone(order_no))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(exists)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse() {
+        let raw: RawReply =
+            serde_json::from_str(r#"{"st":"EXISTS","ls":[["CONFIRMED",1700000000000]]}"#).unwrap();
+        assert_eq!(
+            parse_reserve_reply(raw).unwrap(),
+            ReserveReply::Exists {
+                lines: vec![(ReservationStatus::Confirmed, 1_700_000_000_000)]
+            }
+        );
+        let raw: RawReply = serde_json::from_str(r#"{"st":"INSUFFICIENT","i":2,"a":3}"#).unwrap();
+        assert_eq!(
+            parse_reserve_reply(raw).unwrap(),
+            ReserveReply::Insufficient {
+                line: 1,
+                available: 3
+            }
+        );
+        assert_eq!(
+            parse_transition("release", r#"{"st":"RELEASED"}"#).unwrap(),
+            TransitionReply::Done
+        );
+        assert_eq!(
+            parse_transition("confirm", r#"{"st":"RELEASED","i":1}"#).unwrap(),
+            TransitionReply::Released { line: 0 }
+        );
+    }
+}
