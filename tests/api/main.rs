@@ -3,6 +3,8 @@
 mod helpers;
 
 mod config_cli;
+mod crash;
 mod health;
 mod inventory;
 mod journal;
+mod reservations;

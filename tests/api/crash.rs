@@ -1,0 +1,219 @@
+//! Crash safety with the real binary: `kill -9` after Redis answered but before the DB
+//! heard of it, and at random moments under load. Every reservation a caller was told is
+//! held must be in the DB exactly once after a restart, and nothing else.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use inventory::domain::SkuKey;
+use inventory::store::models::Reservation;
+use serde_json::{json, Value};
+
+use crate::helpers::{create_test_database, redis_url, test_settings, CuttableProxy};
+
+struct Service {
+    child: Child,
+    base: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn start_service(db_url: &str, prefix: &str) -> Service {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_inventory-service"))
+        .env("INVENTORY__HTTP__BIND", format!("127.0.0.1:{port}"))
+        .env("INVENTORY__DATABASE__URL", db_url)
+        .env("INVENTORY__REDIS__URL", redis_url())
+        .env("INVENTORY__REDIS__KEY_PREFIX", prefix)
+        .env("INVENTORY__JOURNAL__BLOCK_MS", "20")
+        .env("INVENTORY__JOURNAL__RETRY_MAX_MS", "200")
+        .env("INVENTORY__DATABASE__POOL_TIMEOUT_MS", "500")
+        .env("INVENTORY_INSTANCE_ID", "crash-test")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("service starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "service did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Service { child, base }
+}
+
+impl Service {
+    fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Reserves until the service dies or `limit` orders were sent; returns the orders the
+/// service answered 200 for.
+async fn reserve_until_dead(base: &str, prefix: &str, limit: usize, sku: i64) -> Vec<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let client = client.clone();
+        let base = base.to_string();
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            for n in 0..limit / 8 {
+                let order = format!("{prefix}-{worker}-{n}");
+                let sent = client
+                    .post(format!("{base}/inventory/reserve"))
+                    .json(&json!({"orderNo": order, "skuId": sku, "qty": 1}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().as_u16() == 200 => held.push(order),
+                    Ok(_) => {}
+                    Err(_) => break, // the service is gone
+                }
+            }
+            held
+        }));
+    }
+    let mut held = Vec::new();
+    for task in tasks {
+        held.extend(task.await.expect("worker"));
+    }
+    held
+}
+
+async fn stock_in(base: &str, sku: i64, qty: i64) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/inventory/{sku}/stock"))
+        .json(&json!({"delta": qty}))
+        .send()
+        .await
+        .expect("stock in");
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[actix_web::test]
+async fn kill_9_never_loses_or_invents_a_reservation() {
+    let (db_name, db_url) = create_test_database().await;
+    let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
+    let db_proxy = CuttableProxy::start("127.0.0.1:3306").await;
+    let proxied = format!(
+        "{}?prefer_socket=false",
+        db_url.replace("127.0.0.1:3306", &format!("127.0.0.1:{}", db_proxy.port))
+    );
+    let key = SkuKey::new(1, 777);
+    let mut acknowledged: HashSet<String> = HashSet::new();
+
+    // 1. The DB is unreachable: Redis answers, the journal waits, then kill -9.
+    let mut service = start_service(&proxied, &prefix).await;
+    stock_in(&service.base, 777, 100_000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    db_proxy.cut().await;
+    let held = reserve_until_dead(&service.base, "DBDOWN", 200, 777).await;
+    assert_eq!(
+        held.len(),
+        200,
+        "reservations keep being served while the DB is down"
+    );
+    acknowledged.extend(held);
+    service.kill9();
+    db_proxy.restore();
+
+    // 2. kill -9 at random moments under load, several times.
+    for round in 0..4 {
+        let mut service = start_service(&proxied, &prefix).await;
+        let base = service.base.clone();
+        let load = tokio::spawn({
+            let order_prefix = format!("R{round}");
+            async move { reserve_until_dead(&base, &order_prefix, 4000, 777).await }
+        });
+        let pause = 100 + (rand::random::<u64>() % 400);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        service.kill9();
+        acknowledged.extend(load.await.expect("load"));
+    }
+
+    // 3. Restart, drain, check.
+    let service = start_service(&proxied, &prefix).await;
+    let settings = test_settings(&db_url, &prefix, &[]);
+    let redis = inventory::store::redis::RedisStore::connect(&settings.redis)
+        .await
+        .expect("redis");
+    let pool = inventory::store::db::build_pool(&settings.database).expect("pool");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lag = redis
+            .journal_lag(inventory::engine::persistence::PERSIST_GROUP)
+            .await
+            .expect("lag");
+        if lag.not_persisted() == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "journal did not drain: {lag:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let audit = inventory::engine::audit::audit_position(&redis, &pool, key)
+        .await
+        .expect("audit");
+    assert!(audit.is_clean(), "{audit:#?}");
+
+    let mut conn = inventory::store::db::connection(&pool).await.expect("conn");
+    let rows = Reservation::for_position(&mut conn, key)
+        .await
+        .expect("rows");
+    let in_db: HashSet<String> = rows.iter().map(|r| r.order_no.clone()).collect();
+    assert_eq!(in_db.len(), rows.len(), "a line is in the DB twice");
+    let missing: Vec<&String> = acknowledged.difference(&in_db).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not in the DB: {missing:?}"
+    );
+    // Nothing in the DB that Redis never held: every row has its Redis marker.
+    let lines: Vec<SkuKey> = vec![key];
+    for order in &in_db {
+        let markers = redis.line_markers(order, &lines).await.expect("markers");
+        assert!(
+            markers[0].is_some(),
+            "{order} is in the DB but Redis never held it"
+        );
+    }
+    assert_eq!(audit.lines_reserved as usize, rows.len());
+    assert!(acknowledged.len() >= 200);
+
+    // The restarted service still answers with the right state.
+    let body: Value = reqwest::Client::new()
+        .get(format!("{}/inventory/777", service.base))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        body["data"]["availableQty"].as_i64(),
+        Some(100_000 - rows.len() as i64)
+    );
+}
