@@ -78,9 +78,17 @@ impl Inventory {
         conn: &mut AsyncMysqlConnection,
         rows: &[(SkuKey, StockLevels)],
     ) -> QueryResult<usize> {
-        if rows.is_empty() {
-            return Ok(0);
+        let mut written = 0;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            written += Self::upsert_levels_chunk(conn, chunk).await?;
         }
+        Ok(written)
+    }
+
+    async fn upsert_levels_chunk(
+        conn: &mut AsyncMysqlConnection,
+        rows: &[(SkuKey, StockLevels)],
+    ) -> QueryResult<usize> {
         let mut sql = String::from(
             "INSERT INTO t_inventory (sku_id, warehouse_id, available_qty, reserved_qty, version) VALUES ",
         );
@@ -105,6 +113,9 @@ impl Inventory {
         query.execute(conn).await
     }
 }
+
+/// MySQL allows 65,535 placeholders per statement; the widest row here has 11 columns.
+const ROWS_PER_STATEMENT: usize = 2_000;
 
 /// Quantities are bounded by config far below i32::MAX; the clamp only keeps a corrupt
 /// value from wrapping around.
@@ -186,9 +197,17 @@ impl Reservation {
         conn: &mut AsyncMysqlConnection,
         rows: &[ReservationUpsert],
     ) -> QueryResult<usize> {
-        if rows.is_empty() {
-            return Ok(0);
+        let mut written = 0;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            written += Self::upsert_chunk(conn, chunk).await?;
         }
+        Ok(written)
+    }
+
+    async fn upsert_chunk(
+        conn: &mut AsyncMysqlConnection,
+        rows: &[ReservationUpsert],
+    ) -> QueryResult<usize> {
         let mut sql = String::from(
             "INSERT INTO t_inventory_reservation \
              (order_no, sku_id, warehouse_id, qty, status, expire_at, version, release_reason, trace_id) VALUES ",
@@ -284,13 +303,14 @@ impl LedgerEntry {
         conn: &mut AsyncMysqlConnection,
         rows: &[NewLedgerEntry],
     ) -> QueryResult<usize> {
-        if rows.is_empty() {
-            return Ok(0);
+        let mut written = 0;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            written += diesel::insert_or_ignore_into(t_inventory_txn::table)
+                .values(chunk)
+                .execute(conn)
+                .await?;
         }
-        diesel::insert_or_ignore_into(t_inventory_txn::table)
-            .values(rows)
-            .execute(conn)
-            .await
+        Ok(written)
     }
 
     pub async fn for_position(

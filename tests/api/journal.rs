@@ -79,3 +79,44 @@ async fn replaying_entries_that_were_already_written_changes_nothing() {
     assert_eq!(audits[0].db_available, Some(6));
     assert_eq!(audits[0].ledger_rows, 2);
 }
+
+#[actix_web::test]
+async fn a_batch_larger_than_one_statement_allows_is_written_in_chunks() {
+    let app = spawn_app_with(&[]).await;
+    // One journal entry with 5,000 events (a shard batch can carry thousands of lines),
+    // beyond MySQL's 65,535 placeholders if written as one statement.
+    let events: Vec<serde_json::Value> = (0..5_000)
+        .map(|n| {
+            json!({"k": "RES", "w": "1", "s": (90_000 + n % 50).to_string(), "da": -1, "dr": 1,
+                   "a": 100, "r": 1, "v": n + 1, "rs": "RESERVE", "o": format!("BIG-{n}"),
+                   "tr": "", "ts": 0, "q": 1, "x": 1_700_000_000_000i64})
+        })
+        .collect();
+    let entry = (
+        "1-0".to_string(),
+        serde_json::Value::Array(events).to_string(),
+    );
+    let parsed = vec![(
+        entry.0.clone(),
+        inventory::store::journal::parse_entry(&entry.0, &entry.1).unwrap(),
+    )];
+    let writes = inventory::store::journal::plan_batch(&parsed);
+    let mut conn = app.db_conn().await;
+    inventory::store::journal::persist_batch(&mut conn, &writes)
+        .await
+        .expect("a large batch is written");
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use inventory::store::schema::{t_inventory_reservation, t_inventory_txn};
+    let lines: i64 = t_inventory_reservation::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    let ledger: i64 = t_inventory_txn::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((lines, ledger), (5_000, 5_000));
+}
