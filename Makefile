@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: run test services build lint fmt clippy unit-test clean-test-dbs stop-services
+.PHONY: run test services lint fmt clippy clean-test-dbs stop-services bench
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
@@ -34,3 +34,7 @@ clean-test-dbs:
 stop-services:
 	-redis-cli -p 6379 shutdown nosave
 	-[ -f .data/mariadb.pid ] && kill $$(cat .data/mariadb.pid)
+
+## Oversell benchmark (release build): hot SKU through the in-process engine.
+bench: services
+	cargo bench --bench oversell -- --target inprocess --skus 1 --stock 20000 --requests 50000 --concurrency 256
