@@ -70,6 +70,7 @@ pub struct Settings {
     pub reservation: ReservationSettings,
     pub engine: EngineSettings,
     pub journal: JournalSettings,
+    pub kafka: KafkaSettings,
     pub demo: DemoSettings,
     pub log: LogSettings,
 }
@@ -148,6 +149,32 @@ pub struct JournalSettings {
     pub retry_min_ms: u64,
     pub retry_max_ms: u64,
     pub claim_idle_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub enabled: bool,
+    pub brokers: String,
+    pub group_id: String,
+    pub client_id: String,
+    pub source: String,
+    pub order_topic: String,
+    pub payment_topic: String,
+    pub aftersales_topic: String,
+    pub inventory_topic: String,
+    pub dead_letter_topic: String,
+    pub consume_order_created: bool,
+    pub consume_order_canceled: bool,
+    pub consume_payment_succeeded: bool,
+    pub consume_aftersale_refunded: bool,
+    pub partition_queue: usize,
+    pub producer_queue_messages: u64,
+    pub delivery_timeout_ms: u64,
+    pub idempotent_producer: bool,
+    pub session_timeout_ms: u64,
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -380,6 +407,67 @@ impl Settings {
             self.journal.claim_idle_ms as i64,
             1_000,
             3_600_000,
+        )?;
+        if self.kafka.enabled {
+            if self.kafka.brokers.trim().is_empty() {
+                return Err(invalid("kafka.brokers", "must name at least one broker"));
+            }
+            for (key, topic) in [
+                ("kafka.order_topic", &self.kafka.order_topic),
+                ("kafka.payment_topic", &self.kafka.payment_topic),
+                ("kafka.aftersales_topic", &self.kafka.aftersales_topic),
+                ("kafka.inventory_topic", &self.kafka.inventory_topic),
+                ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
+                ("kafka.group_id", &self.kafka.group_id),
+            ] {
+                if topic.is_empty()
+                    || topic.len() > 128
+                    || !topic
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                {
+                    return Err(invalid(
+                        key,
+                        "must be 1-128 characters of letters, digits, '.', '_' or '-'",
+                    ));
+                }
+            }
+        }
+        check_range(
+            "kafka.partition_queue",
+            self.kafka.partition_queue as i64,
+            1,
+            100_000,
+        )?;
+        check_range(
+            "kafka.producer_queue_messages",
+            self.kafka.producer_queue_messages as i64,
+            1,
+            10_000_000,
+        )?;
+        check_range(
+            "kafka.delivery_timeout_ms",
+            self.kafka.delivery_timeout_ms as i64,
+            100,
+            600_000,
+        )?;
+        check_range(
+            "kafka.session_timeout_ms",
+            self.kafka.session_timeout_ms as i64,
+            1000,
+            600_000,
+        )?;
+        check_range(
+            "kafka.retry_min_ms",
+            self.kafka.retry_min_ms as i64,
+            1,
+            60_000,
+        )?;
+        check_range(
+            "kafka.retry_max_ms",
+            self.kafka.retry_max_ms as i64,
+            self.kafka.retry_min_ms as i64,
+            600_000,
         )?;
         Ok(())
     }

@@ -162,6 +162,18 @@ pub struct StockLevels {
     pub seq: i64,
 }
 
+/// Times are local date-times without zone, as the reference stores and prints them.
+pub fn ms_to_local(ms: i64) -> chrono::NaiveDateTime {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .with_timezone(&chrono::Local)
+        .naive_local()
+}
+
+pub fn local_now() -> chrono::NaiveDateTime {
+    chrono::Local::now().naive_local()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub reservations: IntCounterVec,
     pub reserve_batch_size: Histogram,
     pub transitions: IntCounterVec,
+    pub kafka_consumed: IntCounterVec,
+    pub kafka_produced: IntCounterVec,
+    pub kafka_dead_lettered: IntCounterVec,
+    pub kafka_consumer_lag: IntGauge,
 }
 
 impl Metrics {
@@ -101,6 +105,35 @@ impl Metrics {
             ),
             &["op", "outcome"],
         )?;
+        let kafka_consumed = IntCounterVec::new(
+            Opts::new(
+                "kafka_messages_consumed_total",
+                "Kafka messages consumed by tag and outcome",
+            ),
+            &["tag", "outcome"],
+        )?;
+        let kafka_produced = IntCounterVec::new(
+            Opts::new(
+                "kafka_messages_produced_total",
+                "Kafka messages published by tag and outcome",
+            ),
+            &["tag", "outcome"],
+        )?;
+        let kafka_dead_lettered = IntCounterVec::new(
+            Opts::new(
+                "kafka_dead_letter_total",
+                "Messages sent to the dead-letter topic",
+            ),
+            &["tag"],
+        )?;
+        let kafka_consumer_lag = IntGauge::new(
+            "kafka_consumer_lag_messages",
+            "Messages in assigned partitions not yet consumed",
+        )?;
+        registry.register(Box::new(kafka_consumed.clone()))?;
+        registry.register(Box::new(kafka_produced.clone()))?;
+        registry.register(Box::new(kafka_dead_lettered.clone()))?;
+        registry.register(Box::new(kafka_consumer_lag.clone()))?;
         registry.register(Box::new(reservations.clone()))?;
         registry.register(Box::new(reserve_batch_size.clone()))?;
         registry.register(Box::new(transitions.clone()))?;
@@ -125,6 +158,10 @@ impl Metrics {
             reservations,
             reserve_batch_size,
             transitions,
+            kafka_consumed,
+            kafka_produced,
+            kafka_dead_lettered,
+            kafka_consumer_lag,
         })
     }
 

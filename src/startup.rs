@@ -7,6 +7,7 @@ use actix::{Actor, Addr};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 
+use crate::api::kafka::{KafkaConsumer, OrderEventHandler};
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::engine::persistence::{JournalPersister, PersistenceActor, StopPersistence};
@@ -14,6 +15,7 @@ use crate::engine::reservation::ReservationEngine;
 use crate::engine::shard::{ShardActor, ShardCore};
 use crate::engine::stock::StockService;
 use crate::engine::EngineError;
+use crate::events::producer::EventPublisher;
 use crate::metrics::Metrics;
 use crate::store::db::{self, DbError};
 use crate::store::redis::{RedisStore, RedisStoreError};
@@ -30,6 +32,8 @@ pub enum StartupError {
     Engine(#[from] EngineError),
     #[error("journal: {0}")]
     Journal(#[from] crate::engine::persistence::PersistError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
     #[error("http: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -39,6 +43,10 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     persistence: Addr<PersistenceActor>,
+    kafka: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl Application {
@@ -83,6 +91,25 @@ impl Application {
             metrics.clone(),
         );
 
+        let kafka = if settings.kafka.enabled {
+            let publisher = EventPublisher::new(&settings.kafka)?;
+            let handler = OrderEventHandler::new(
+                reservations.clone(),
+                stock.clone(),
+                publisher,
+                pool.clone(),
+                settings.clone(),
+                metrics.clone(),
+            );
+            let consumer = KafkaConsumer::new(handler)?;
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let task = actix::spawn(consumer.run(stop_rx));
+            tracing::info!(brokers = %settings.kafka.brokers, "kafka consumer started");
+            Some((stop, task))
+        } else {
+            None
+        };
+
         if settings.demo.seed_stock {
             let created = stock.seed_demo().await?;
             tracing::info!(created, "demo stock seeded");
@@ -119,6 +146,7 @@ impl Application {
             server,
             state,
             persistence,
+            kafka,
         })
     }
 
@@ -137,6 +165,11 @@ impl Application {
     /// Serves until the server is stopped, then stops the persistence loop.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        // Stop consuming, finish the message in hand, commit offsets, flush the producer.
+        if let Some((stop, task)) = self.kafka {
+            let _ = stop.send(true);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(15), task).await;
+        }
         let _ = self.persistence.send(StopPersistence).await;
         result
     }

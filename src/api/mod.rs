@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod inventory;
+pub mod kafka;
 pub mod params;
 pub mod reservations;
 

@@ -63,9 +63,7 @@ pub fn format_local_datetime(t: &NaiveDateTime) -> String {
 }
 
 pub fn ms_to_local_datetime(ms: i64) -> NaiveDateTime {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .naive_utc()
+    crate::domain::ms_to_local(ms)
 }
 
 pub fn now_ms() -> i64 {

@@ -299,6 +299,11 @@ impl ReservationEngine {
         result
     }
 
+    /// The positions an order holds (or held) stock in, per Redis.
+    pub async fn order_positions(&self, order_no: &str) -> Result<Vec<SkuKey>, EngineError> {
+        self.lines_of(order_no).await
+    }
+
     async fn lines_of(&self, order_no: &str) -> Result<Vec<SkuKey>, EngineError> {
         check_order_no(order_no, self.settings.inventory.max_order_no_len)?;
         Ok(self.redis.order_lines(order_no).await?)
@@ -487,7 +492,7 @@ impl ReservationEngine {
             }
             Err(e) => return Err(e.into()),
         };
-        let now = chrono::Utc::now().naive_utc();
+        let now = crate::domain::local_now();
         let mut views: BTreeMap<SkuKey, ReservationView> = BTreeMap::new();
         for row in &rows {
             let Some(status) = ReservationStatus::parse(&row.status) else {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDateTime};
+use chrono::NaiveDateTime;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection};
 use serde::{Deserialize, Deserializer};
 
@@ -104,9 +104,7 @@ pub fn parse_entry(id: &str, payload: &str) -> Result<Vec<JournalEvent>, BadEntr
 }
 
 fn ms_to_datetime(ms: i64) -> NaiveDateTime {
-    DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .naive_utc()
+    crate::domain::ms_to_local(ms)
 }
 
 /// Everything one batch writes.

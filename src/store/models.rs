@@ -331,3 +331,69 @@ impl LedgerEntry {
 pub fn ledger_i32(v: i64) -> i32 {
     clamp_i32(v)
 }
+
+/// Idempotency layer 1: what was done with one message, per consumer group.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = crate::store::schema::t_mq_consume_log, check_for_backend(Mysql))]
+pub struct ConsumeLog {
+    pub id: i64,
+    pub event_id: String,
+    pub consumer_group: String,
+    pub topic: String,
+    pub tag: Option<String>,
+    pub business_key: Option<String>,
+    pub status: String,
+    pub result: Option<String>,
+    pub cost_ms: Option<i32>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = crate::store::schema::t_mq_consume_log)]
+pub struct NewConsumeLog {
+    pub event_id: String,
+    pub consumer_group: String,
+    pub topic: String,
+    pub tag: Option<String>,
+    pub business_key: Option<String>,
+    pub status: String,
+    pub result: Option<String>,
+    pub cost_ms: Option<i32>,
+}
+
+impl ConsumeLog {
+    pub async fn find(
+        conn: &mut AsyncMysqlConnection,
+        event_id: &str,
+        group: &str,
+    ) -> QueryResult<Option<Self>> {
+        use crate::store::schema::t_mq_consume_log::dsl as l;
+        l::t_mq_consume_log
+            .filter(l::event_id.eq(event_id))
+            .filter(l::consumer_group.eq(group))
+            .select(ConsumeLog::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// Inserts the row, or updates status, result and cost of an existing one.
+    pub async fn record(
+        conn: &mut AsyncMysqlConnection,
+        row: &NewConsumeLog,
+    ) -> QueryResult<usize> {
+        use crate::store::schema::t_mq_consume_log::dsl as l;
+        diesel::insert_into(l::t_mq_consume_log)
+            .values(row)
+            .on_conflict(diesel::dsl::DuplicatedKeys)
+            .do_update()
+            .set((
+                l::status.eq(&row.status),
+                l::result.eq(&row.result),
+                l::cost_ms.eq(row.cost_ms),
+            ))
+            .execute(conn)
+            .await
+    }
+}

@@ -7,4 +7,5 @@ mod crash;
 mod health;
 mod inventory;
 mod journal;
+mod kafka;
 mod reservations;

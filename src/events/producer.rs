@@ -1,0 +1,112 @@
+//! Publishing to Kafka: an idempotent producer whose sends are confirmed (the caller
+//! awaits the broker's acknowledgement) before the consumer stores its offset. A full
+//! local queue makes sends wait: backpressure, not unbounded memory.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::config::KafkaSettings;
+use crate::events::wire::Outcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("encoding: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+#[derive(Clone)]
+pub struct EventPublisher {
+    producer: FutureProducer,
+    settings: KafkaSettings,
+}
+
+impl EventPublisher {
+    pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .set("client.id", &settings.client_id)
+            .set(
+                "enable.idempotence",
+                if settings.idempotent_producer {
+                    "true"
+                } else {
+                    "false"
+                },
+            )
+            .set("acks", "all")
+            .set(
+                "queue.buffering.max.messages",
+                settings.producer_queue_messages.to_string(),
+            )
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout_ms.to_string(),
+            )
+            .set("linger.ms", "2")
+            .create()?;
+        Ok(EventPublisher {
+            producer,
+            settings: settings.clone(),
+        })
+    }
+
+    /// Publishes to `topic` and waits for the broker's acknowledgement.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), PublishError> {
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        // Waits up to the delivery timeout for room in a full local queue.
+        let queue_wait = Timeout::After(Duration::from_millis(self.settings.delivery_timeout_ms));
+        self.producer
+            .send(record, queue_wait)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| PublishError::Kafka(e))
+    }
+
+    /// Publishes an order's outcome to the inventory topic (tag and trace id as headers,
+    /// the orderNo as key).
+    pub async fn publish_outcome(&self, outcome: &Outcome) -> Result<(), PublishError> {
+        let envelope = outcome.envelope(&self.settings.source);
+        let body = serde_json::to_vec(&envelope)?;
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "tag",
+                value: Some(outcome.tag.as_str()),
+            })
+            .insert(Header {
+                key: "traceId",
+                value: Some(outcome.trace_id.as_str()),
+            });
+        self.send(
+            &self.settings.inventory_topic,
+            &outcome.order_no,
+            &body,
+            headers,
+        )
+        .await
+    }
+
+    /// Waits for everything queued to be delivered (shutdown).
+    pub fn flush(&self, limit: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(Timeout::After(limit))
+    }
+
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.settings
+    }
+}

@@ -1,0 +1,560 @@
+//! Kafka order events on librdkafka's in-process mock cluster (a real Kafka protocol
+//! peer), with messages written by hand in the reference's wire format.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use inventory::domain::SkuKey;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use serde_json::Value;
+
+use crate::helpers::{spawn_app_with, start, TestApp};
+
+pub const TOPICS: &[&str] = &[
+    "ORDER_TOPIC",
+    "PAYMENT_TOPIC",
+    "AFTERSALES_TOPIC",
+    "INVENTORY_TOPIC",
+    "INVENTORY_DLQ",
+];
+
+pub struct Received {
+    pub key: String,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn envelope(&self) -> Value {
+        serde_json::from_str(&self.body).expect("envelope is JSON")
+    }
+    pub fn payload(&self) -> Value {
+        let env = self.envelope();
+        serde_json::from_str(env["payload"].as_str().expect("payload is a string"))
+            .expect("payload is JSON")
+    }
+}
+
+pub struct KafkaClient {
+    pub brokers: String,
+    producer: FutureProducer,
+}
+
+impl KafkaClient {
+    pub fn new(brokers: &str) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("message.timeout.ms", "10000")
+            .create()
+            .expect("test producer");
+        KafkaClient {
+            brokers: brokers.to_string(),
+            producer,
+        }
+    }
+
+    pub async fn send(&self, topic: &str, tag: &str, key: &str, body: &str) {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "tag",
+            value: Some(tag),
+        });
+        self.producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(body)
+                    .headers(headers),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("test message sent");
+    }
+
+    /// Reads `topic` from the beginning until `count` messages arrived (or the time is up).
+    pub async fn collect(&self, topic: &str, count: usize, limit: Duration) -> Vec<Received> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("test consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let deadline = Instant::now() + limit;
+        let mut out = Vec::new();
+        while out.len() < count && Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .filter_map(|h| {
+                                    Some((
+                                        h.key.to_string(),
+                                        String::from_utf8(h.value?.to_vec()).ok()?,
+                                    ))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(Received {
+                        key: m
+                            .key()
+                            .map(|k| String::from_utf8_lossy(k).to_string())
+                            .unwrap_or_default(),
+                        headers,
+                        body: m
+                            .payload()
+                            .map(|p| String::from_utf8_lossy(p).to_string())
+                            .unwrap_or_default(),
+                    });
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+}
+
+/// A message byte for byte as the reference's services write it.
+pub fn envelope(message_id: &str, event_type: &str, key: &str, payload: &str) -> String {
+    format!(
+        r#"{{"messageId":"{message_id}","businessKey":"{key}","traceId":"trace-{key}","eventType":"{event_type}","version":"1.0","eventTime":"2024-01-15T10:30:45.123","source":"order-service","payload":{}}}"#,
+        serde_json::to_string(payload).expect("string")
+    )
+}
+
+pub fn order_created(message_id: &str, order_no: &str, items: &str) -> String {
+    let payload = format!(
+        r#"{{"eventId":"ev-{message_id}","orderNo":"{order_no}","userId":10001,"amount":199.00,"status":"CREATED","items":{items},"eventTime":"2024-01-15T10:30:45.123","traceId":"trace-{order_no}","version":"1.0"}}"#
+    );
+    envelope(message_id, "OrderCreatedEvent", order_no, &payload)
+}
+
+fn mid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+struct Setup {
+    app: TestApp,
+    kafka: KafkaClient,
+    // Dropped last: the broker.
+    _cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+async fn setup(overrides: &[(&str, toml::Value)]) -> Setup {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    for topic in TOPICS {
+        cluster.create_topic(topic, 2, 1).expect("topic");
+    }
+    let brokers = cluster.bootstrap_servers();
+    let mut all: Vec<(&str, toml::Value)> = vec![
+        ("kafka.enabled", true.into()),
+        ("kafka.brokers", brokers.clone().into()),
+        ("kafka.retry_max_ms", 200.into()),
+        ("kafka.session_timeout_ms", 6000.into()),
+    ];
+    all.extend(overrides.iter().cloned());
+    let app = spawn_app_with(&all).await;
+    Setup {
+        app,
+        kafka: KafkaClient::new(&brokers),
+        _cluster: cluster,
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn sorted_keys(v: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+#[actix_web::test]
+async fn order_created_is_reserved_and_answered_in_the_reference_format() {
+    let s = setup(&[]).await;
+    s.app.stock_in(1001, 1, 10).await;
+    let message = order_created(
+        "0123456789abcdef0123456789abcdef",
+        "ORD20240115001",
+        r#"[{"skuId":1001,"qty":2,"title":"Phone","price":99.50}]"#,
+    );
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "ORD20240115001", &message)
+        .await;
+    let out = s.kafka.collect("INVENTORY_TOPIC", 1, WAIT).await;
+    assert_eq!(out.len(), 1, "no STOCK_RESERVED published");
+    let m = &out[0];
+    assert_eq!(m.key, "ORD20240115001");
+    assert_eq!(
+        m.headers.get("tag").map(String::as_str),
+        Some("STOCK_RESERVED")
+    );
+    assert_eq!(
+        m.headers.get("traceId").map(String::as_str),
+        Some("trace-ORD20240115001")
+    );
+    let env = m.envelope();
+    assert_eq!(
+        sorted_keys(&env),
+        [
+            "businessKey",
+            "eventTime",
+            "eventType",
+            "messageId",
+            "payload",
+            "source",
+            "traceId",
+            "version"
+        ]
+    );
+    assert_eq!(env["eventType"], "StockReservedEvent");
+    assert_eq!(env["version"], "1.0");
+    let message_id = env["messageId"].as_str().unwrap();
+    assert!(message_id.len() == 32 && message_id.chars().all(|c| c.is_ascii_hexdigit()));
+    assert!(
+        inventory::events::wire::parse_event_time(env["eventTime"].as_str().unwrap()).is_some()
+    );
+    // The inner event: exactly the documented fields.
+    let payload = m.payload();
+    assert_eq!(
+        sorted_keys(&payload),
+        [
+            "eventId",
+            "eventTime",
+            "items",
+            "orderNo",
+            "traceId",
+            "version"
+        ]
+    );
+    let typed: inventory::events::wire::StockReservedEvent =
+        serde_json::from_str(env["payload"].as_str().unwrap()).expect("strict parse");
+    assert_eq!(typed.items.len(), 1);
+    assert_eq!(
+        sorted_keys(&payload["items"][0]),
+        ["qty", "skuId", "warehouseId"]
+    );
+    assert_eq!(
+        payload["items"][0]["warehouseId"], 1,
+        "missing warehouseId = default"
+    );
+    assert_eq!(payload["items"][0]["qty"], 2);
+
+    let audits = s.app.assert_invariants(&[SkuKey::new(1, 1001)]).await;
+    assert_eq!(audits[0].lines_reserved, 2);
+    // The consume log recorded it.
+    let mut conn = s.app.db_conn().await;
+    let log = inventory::store::models::ConsumeLog::find(
+        &mut conn,
+        "0123456789abcdef0123456789abcdef",
+        "inventory-service",
+    )
+    .await
+    .unwrap()
+    .expect("consume log row");
+    assert_eq!(log.status, "SUCCESS");
+    assert_eq!(log.tag.as_deref(), Some("ORDER_CREATED"));
+}
+
+#[actix_web::test]
+async fn insufficient_stock_publishes_stock_reserve_failed() {
+    let s = setup(&[]).await;
+    s.app.stock_in(2001, 1, 1).await;
+    s.app.stock_in(2002, 1, 5).await;
+    let message = order_created(
+        &mid(),
+        "ORD-SHORT",
+        r#"[{"skuId":2002,"qty":1},{"skuId":2001,"qty":3,"warehouseId":1}]"#,
+    );
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "ORD-SHORT", &message)
+        .await;
+    let out = s.kafka.collect("INVENTORY_TOPIC", 1, WAIT).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].headers["tag"], "STOCK_RESERVE_FAILED");
+    let env = out[0].envelope();
+    assert_eq!(env["eventType"], "StockReserveFailedEvent");
+    let typed: inventory::events::wire::StockReserveFailedEvent =
+        serde_json::from_str(env["payload"].as_str().unwrap()).expect("strict parse");
+    assert_eq!(typed.error_code, "INSUFFICIENT_STOCK");
+    assert_eq!(typed.failed_sku_id, Some(2001));
+    assert_eq!(typed.requested_items.len(), 2);
+    let audits = s
+        .app
+        .assert_invariants(&[SkuKey::new(1, 2001), SkuKey::new(1, 2002)])
+        .await;
+    assert!(audits.iter().all(|a| a.lines_reserved == 0), "nothing held");
+}
+
+#[actix_web::test]
+async fn a_redelivered_message_reserves_once_and_republishes_the_same_outcome() {
+    let s = setup(&[]).await;
+    s.app.stock_in(3001, 1, 10).await;
+    let id = mid();
+    let message = order_created(&id, "ORD-TWICE", r#"[{"skuId":3001,"qty":4}]"#);
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "ORD-TWICE", &message)
+        .await;
+    let first = s.kafka.collect("INVENTORY_TOPIC", 1, WAIT).await;
+    assert_eq!(first.len(), 1);
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "ORD-TWICE", &message)
+        .await;
+    let both = s.kafka.collect("INVENTORY_TOPIC", 2, WAIT).await;
+    assert_eq!(both.len(), 2);
+    assert_eq!(
+        both[0].payload(),
+        both[1].payload(),
+        "the same outcome, eventId included"
+    );
+    assert_ne!(
+        both[0].envelope()["messageId"],
+        both[1].envelope()["messageId"]
+    );
+    let audits = s.app.assert_invariants(&[SkuKey::new(1, 3001)]).await;
+    assert_eq!(audits[0].lines_reserved, 4);
+    assert_eq!(audits[0].db_available, Some(6));
+    assert_eq!(audits[0].ledger_rows, 2, "inbound + one reserve");
+}
+
+#[actix_web::test]
+async fn a_poison_message_goes_to_the_dead_letter_topic_and_the_next_one_is_processed() {
+    let s = setup(&[]).await;
+    s.app.stock_in(4001, 1, 10).await;
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "BAD-1", "{not json")
+        .await;
+    let invalid = order_created(&mid(), "BAD-2", r#"[{"skuId":4001,"qty":0}]"#);
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "BAD-2", &invalid)
+        .await;
+    let no_items = envelope(
+        &mid(),
+        "OrderCreatedEvent",
+        "BAD-3",
+        r#"{"orderNo":"BAD-3"}"#,
+    );
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "BAD-3", &no_items)
+        .await;
+    let good = order_created(&mid(), "GOOD-1", r#"[{"skuId":4001,"qty":1}]"#);
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "GOOD-1", &good)
+        .await;
+
+    let dlq = s.kafka.collect("INVENTORY_DLQ", 3, WAIT).await;
+    assert_eq!(dlq.len(), 3);
+    let keys: HashSet<&str> = dlq.iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(keys, HashSet::from(["BAD-1", "BAD-2", "BAD-3"]));
+    for m in &dlq {
+        assert!(!m.headers["dlq-reason"].is_empty());
+        assert_eq!(m.headers["dlq-source-topic"], "ORDER_TOPIC");
+        assert_eq!(m.headers["tag"], "ORDER_CREATED");
+    }
+    let bad1 = dlq.iter().find(|m| m.key == "BAD-1").unwrap();
+    assert_eq!(bad1.body, "{not json", "the original bytes are kept");
+    let out = s.kafka.collect("INVENTORY_TOPIC", 1, WAIT).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].key, "GOOD-1");
+    let audits = s.app.assert_invariants(&[SkuKey::new(1, 4001)]).await;
+    assert_eq!(audits[0].lines_reserved, 1);
+}
+
+fn cancel(message_id: &str, order_no: &str) -> String {
+    let payload = format!(
+        r#"{{"eventId":"c-{message_id}","orderNo":"{order_no}","userId":10001,"amount":10.00,"cancelReason":"user cancelled","operator":"user","eventTime":"2024-01-15T10:31:00.000","traceId":"t","version":"1.0"}}"#
+    );
+    envelope(message_id, "OrderCanceledEvent", order_no, &payload)
+}
+
+fn payment(message_id: &str, order_no: &str) -> String {
+    let payload = format!(
+        r#"{{"eventId":"p-{message_id}","payNo":"PAY-{order_no}","orderNo":"{order_no}","amount":10.00,"channel":"ALIPAY","channelTradeNo":"T1","paidAt":"2024-01-15T10:32:00","eventTime":"2024-01-15T10:32:00.000","traceId":"t","version":"1.0"}}"#
+    );
+    envelope(message_id, "PaymentSucceededEvent", order_no, &payload)
+}
+
+fn refund(message_id: &str, as_no: &str, order_no: &str, sku: i64, qty: i64) -> String {
+    let payload = format!(
+        r#"{{"eventId":"r-{message_id}","asNo":"{as_no}","orderNo":"{order_no}","userId":10001,"refundAmount":5.00,"refundNo":"RF1","items":[{{"orderItemId":1,"skuId":{sku},"qty":{qty},"refundAmount":5.00}}],"refundedAt":"2024-01-16T09:00:00","eventTime":"2024-01-16T09:00:00.000","traceId":"t","version":"1.0"}}"#
+    );
+    envelope(message_id, "AfterSaleRefundedEvent", order_no, &payload)
+}
+
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn line_status(app: &TestApp, order: &str) -> String {
+    let (_, body) = app
+        .get(&format!("/inventory/reservations?orderNo={order}"))
+        .await;
+    body["data"][0]["status"].as_str().unwrap_or("").to_string()
+}
+
+#[actix_web::test]
+async fn cancel_payment_and_refund_events_do_their_job() {
+    let s = setup(&[]).await;
+    let key = SkuKey::new(1, 5001);
+    s.app.stock_in(5001, 1, 20).await;
+    for order in ["PAID-1", "CANCEL-1"] {
+        let m = order_created(&mid(), order, r#"[{"skuId":5001,"qty":3}]"#);
+        s.kafka
+            .send("ORDER_TOPIC", "ORDER_CREATED", order, &m)
+            .await;
+    }
+    assert_eq!(s.kafka.collect("INVENTORY_TOPIC", 2, WAIT).await.len(), 2);
+
+    s.kafka
+        .send(
+            "PAYMENT_TOPIC",
+            "PAYMENT_SUCCEEDED",
+            "PAID-1",
+            &payment(&mid(), "PAID-1"),
+        )
+        .await;
+    s.kafka
+        .send(
+            "ORDER_TOPIC",
+            "ORDER_CANCELED",
+            "CANCEL-1",
+            &cancel(&mid(), "CANCEL-1"),
+        )
+        .await;
+    wait_for("payment", || async {
+        line_status(&s.app, "PAID-1").await == "CONFIRMED"
+    })
+    .await;
+    wait_for("cancel", || async {
+        line_status(&s.app, "CANCEL-1").await == "RELEASED"
+    })
+    .await;
+
+    // A refund of 2 of the 3 sold units, delivered twice under two message ids: once.
+    s.kafka
+        .send(
+            "AFTERSALES_TOPIC",
+            "AFTERSALE_REFUNDED",
+            "PAID-1",
+            &refund(&mid(), "AS-1", "PAID-1", 5001, 2),
+        )
+        .await;
+    s.kafka
+        .send(
+            "AFTERSALES_TOPIC",
+            "AFTERSALE_REFUNDED",
+            "PAID-1",
+            &refund(&mid(), "AS-1", "PAID-1", 5001, 2),
+        )
+        .await;
+    // A cancel that overtakes its order leaves a tombstone: the order is then refused.
+    s.kafka
+        .send(
+            "ORDER_TOPIC",
+            "ORDER_CANCELED",
+            "EARLY-1",
+            &cancel(&mid(), "EARLY-1"),
+        )
+        .await;
+    let late = order_created(&mid(), "EARLY-1", r#"[{"skuId":5001,"qty":1}]"#);
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "EARLY-1", &late)
+        .await;
+    let out = s.kafka.collect("INVENTORY_TOPIC", 3, WAIT).await;
+    let refused = out
+        .iter()
+        .find(|m| m.key == "EARLY-1")
+        .expect("outcome for EARLY-1");
+    assert_eq!(refused.headers["tag"], "STOCK_RESERVE_FAILED");
+    assert_eq!(refused.payload()["errorCode"], "INVALID_RESERVATION_STATUS");
+
+    wait_for("refund", || async {
+        let mut conn = s.app.db_conn().await;
+        inventory::store::models::LedgerEntry::for_position(&mut conn, key)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.reason == "REFUND_RESTORE")
+    })
+    .await;
+    // Give the duplicate refund time to be (not) applied.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let audits = s.app.assert_invariants(&[key]).await;
+    let a = &audits[0];
+    // 20 in; PAID-1 sold 3; CANCEL-1 back; 2 refunded units back on the shelf.
+    assert_eq!(a.lines_confirmed, 3);
+    assert_eq!(a.db_reserved, Some(0));
+    assert_eq!(a.db_available, Some(20 - 3 + 2));
+    assert_eq!(a.ledger_stock_on_hand, 22);
+}
+
+#[actix_web::test]
+async fn a_consumer_restarted_mid_stream_loses_nothing_and_reserves_nothing_twice() {
+    let mut s = setup(&[]).await;
+    let key = SkuKey::new(1, 6001);
+    s.app.stock_in(6001, 1, 150).await;
+    for n in 0..300 {
+        let order = format!("STREAM-{n}");
+        let m = order_created(&mid(), &order, r#"[{"skuId":6001,"qty":1}]"#);
+        s.kafka
+            .send("ORDER_TOPIC", "ORDER_CREATED", &order, &m)
+            .await;
+    }
+    // Stop after some were handled, then a new instance takes over the group.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let handled = s
+            .app
+            .redis
+            .journal_lag(inventory::engine::persistence::PERSIST_GROUP)
+            .await
+            .unwrap()
+            .length;
+        if handled >= 20 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.app.stop().await;
+    let settings = s.app.settings.clone();
+    let db_name = s.app.db_name.clone();
+    s.app = start(settings, db_name).await;
+
+    let out = s
+        .kafka
+        .collect("INVENTORY_TOPIC", 300, Duration::from_secs(60))
+        .await;
+    let mut outcome: HashMap<String, String> = HashMap::new();
+    for m in &out {
+        let previous = outcome.insert(m.key.clone(), m.headers["tag"].clone());
+        if let Some(previous) = previous {
+            assert_eq!(
+                previous, m.headers["tag"],
+                "{} got two different outcomes",
+                m.key
+            );
+        }
+    }
+    assert_eq!(outcome.len(), 300, "every order got an outcome");
+    let reserved = outcome.values().filter(|t| *t == "STOCK_RESERVED").count();
+    assert_eq!(reserved, 150);
+    let audits = s.app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].lines_reserved, 150);
+    assert_eq!(audits[0].db_available, Some(0));
+}
