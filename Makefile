@@ -2,13 +2,15 @@
 SHELL := /bin/bash
 export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
+export KAFKA_BROKERS ?= 127.0.0.1:9092
 
 .PHONY: run test services lint fmt clippy clean-test-dbs stop-services bench
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
 	cargo build --release --bin inventory-service
-	INVENTORY__DEMO__SEED_STOCK=true ./target/release/inventory-service --config config/local.toml
+	INVENTORY__DEMO__SEED_STOCK=true INVENTORY__KAFKA__ENABLED=true INVENTORY__KAFKA__BROKERS=$(KAFKA_BROKERS) \
+	  ./target/release/inventory-service --config config/local.toml
 
 ## Everything CI checks: formatting, clippy with -D warnings, all tests against real stores.
 test: services lint clean-test-dbs
@@ -34,6 +36,7 @@ clean-test-dbs:
 stop-services:
 	-redis-cli -p 6379 shutdown nosave
 	-[ -f .data/mariadb.pid ] && kill $$(cat .data/mariadb.pid)
+	-[ -f .data/tansu.pid ] && kill $$(cat .data/tansu.pid)
 
 ## Oversell benchmark (release build): hot SKU through the in-process engine.
 bench: services

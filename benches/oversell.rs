@@ -51,6 +51,13 @@ fn parse_options() -> Options {
         corrupt: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --all-targets` runs this without `--bench`: a small smoke run, so CI checks
+    // that the harness and its verification work.
+    if !args.iter().any(|a| a == "--bench") {
+        o.requests = 2_000;
+        o.stock = 500;
+        o.concurrency = 64;
+    }
     let mut i = 0;
     while i < args.len() {
         let value = || args.get(i + 1).cloned().unwrap_or_default();

@@ -19,6 +19,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -85,4 +86,30 @@ FLUSH PRIVILEGES;
 SQL
   db_ping || { log "mariadb does not answer for $DB_USER on :$DB_PORT"; tail -20 "$DATA/mariadb.err" >&2 || true; exit 1; }
 fi
-log "ready: redis://127.0.0.1:$REDIS_PORT mysql://$DB_USER@127.0.0.1:$DB_PORT/$DB_NAME"
+# ---------- Kafka-compatible broker (tansu) ----------
+# No Kafka in Debian: tansu speaks the Kafka protocol. Installed once with cargo (several
+# minutes), then reused; in-memory storage, so every start is a clean broker.
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+if [ "${SKIP_KAFKA:-0}" != "1" ]; then
+  kafka_up() { (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; }
+  if kafka_up; then
+    log "kafka broker already answering on :$KAFKA_PORT"
+  else
+    command -v cc >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq build-essential >/dev/null; }
+    if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+      log "installing tansu (a Kafka-compatible broker; once, takes several minutes)"
+      cargo install tansu --locked --no-default-features --features dynostore >"$DATA/tansu-install.log" 2>&1 \
+        || { tail -30 "$DATA/tansu-install.log" >&2; exit 1; }
+    fi
+    TANSU=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
+    log "starting tansu on :$KAFKA_PORT"
+    setsid "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine memory://tansu/ </dev/null >"$DATA/tansu.log" 2>&1 &
+    echo $! >"$DATA/tansu.pid"
+    for _ in $(seq 1 100); do kafka_up && break; sleep 0.1; done
+    kafka_up || { log "tansu did not start"; tail -20 "$DATA/tansu.log" >&2; exit 1; }
+  fi
+fi
+
+log "ready: redis://127.0.0.1:$REDIS_PORT mysql://$DB_USER@127.0.0.1:$DB_PORT/$DB_NAME kafka 127.0.0.1:$KAFKA_PORT"

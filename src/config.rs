@@ -168,6 +168,8 @@ pub struct KafkaSettings {
     pub consume_order_canceled: bool,
     pub consume_payment_succeeded: bool,
     pub consume_aftersale_refunded: bool,
+    pub create_topics: bool,
+    pub topic_partitions: i32,
     pub partition_queue: usize,
     pub producer_queue_messages: u64,
     pub delivery_timeout_ms: u64,
@@ -433,6 +435,12 @@ impl Settings {
                 }
             }
         }
+        check_range(
+            "kafka.topic_partitions",
+            self.kafka.topic_partitions as i64,
+            1,
+            1024,
+        )?;
         check_range(
             "kafka.partition_queue",
             self.kafka.partition_queue as i64,

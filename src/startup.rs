@@ -92,6 +92,9 @@ impl Application {
         );
 
         let kafka = if settings.kafka.enabled {
+            if settings.kafka.create_topics {
+                crate::events::producer::ensure_topics(&settings.kafka).await;
+            }
             let publisher = EventPublisher::new(&settings.kafka)?;
             let handler = OrderEventHandler::new(
                 reservations.clone(),

@@ -21,6 +21,51 @@ pub enum PublishError {
     Encode(#[from] serde_json::Error),
 }
 
+/// Creates the configured topics that do not exist yet. Failures are logged, not fatal:
+/// a broker without CreateTopics (or with auto-creation) still works.
+pub async fn ensure_topics(settings: &KafkaSettings) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .create()
+    {
+        Ok(admin) => admin,
+        Err(e) => {
+            tracing::warn!(error = %e, "kafka admin client");
+            return;
+        }
+    };
+    let names = [
+        &settings.order_topic,
+        &settings.payment_topic,
+        &settings.aftersales_topic,
+        &settings.inventory_topic,
+        &settings.dead_letter_topic,
+    ];
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|name| NewTopic::new(name, settings.topic_partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    match admin.create_topics(&topics, &options).await {
+        Ok(results) => {
+            for result in results {
+                match result {
+                    Ok(name) => tracing::info!(topic = %name, "kafka topic created"),
+                    Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                        tracing::debug!(topic = %name, "kafka topic exists")
+                    }
+                    Err((name, code)) => {
+                        tracing::warn!(topic = %name, error = %code, "kafka topic not created")
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "kafka topics not created"),
+    }
+}
+
 #[derive(Clone)]
 pub struct EventPublisher {
     producer: FutureProducer,

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::helpers::{spawn_app_with, start, TestApp};
 
-pub const TOPICS: &[&str] = &[
+const TOPICS: &[&str] = &[
     "ORDER_TOPIC",
     "PAYMENT_TOPIC",
     "AFTERSALES_TOPIC",
@@ -137,7 +137,7 @@ pub fn order_created(message_id: &str, order_no: &str, items: &str) -> String {
     envelope(message_id, "OrderCreatedEvent", order_no, &payload)
 }
 
-fn mid() -> String {
+pub fn mid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
@@ -159,6 +159,8 @@ async fn setup(overrides: &[(&str, toml::Value)]) -> Setup {
         ("kafka.brokers", brokers.clone().into()),
         ("kafka.retry_max_ms", 200.into()),
         ("kafka.session_timeout_ms", 6000.into()),
+        // The mock broker has no CreateTopics; the test made them.
+        ("kafka.create_topics", false.into()),
     ];
     all.extend(overrides.iter().cloned());
     let app = spawn_app_with(&all).await;

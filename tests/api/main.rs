@@ -8,4 +8,5 @@ mod health;
 mod inventory;
 mod journal;
 mod kafka;
+mod kafka_e2e;
 mod reservations;
