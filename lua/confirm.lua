@@ -4,7 +4,8 @@
 --
 -- KEYS[1] journal, KEYS[2] holds, then per line: stock hash, line marker
 -- ARGV[1] now (ms), ARGV[2] orderNo, ARGV[3] trace id, ARGV[4] max journal entries,
--- ARGV[5..] per line: warehouseId, skuId
+-- ARGV[5] '1' = confirm even if the hold expired (the order service says it was paid),
+-- ARGV[6..] per line: warehouseId, skuId
 --
 -- Returns JSON {st = CONFIRMED | EXISTS | NOT_FOUND | RELEASED | EXPIRED | JOURNAL_FULL, i = line#}
 local now = tonumber(ARGV[1])
@@ -23,7 +24,7 @@ for j = 1, lines do
   if m[1] == 'RELEASED' then
     return cjson.encode({st = 'RELEASED', i = j})
   end
-  if m[1] == 'RESERVED' and tonumber(m[3]) <= now then
+  if m[1] == 'RESERVED' and tonumber(m[3]) <= now and ARGV[5] ~= '1' then
     return cjson.encode({st = 'EXPIRED', i = j})
   end
   if m[1] == 'CONFIRMED' then
@@ -49,7 +50,7 @@ for j = 1, lines do
     local a = tonumber(redis.call('HGET', stock, 'avail'))
     redis.call('HSET', marker, 'st', 'CONFIRMED')
     events[#events + 1] = {
-      k = 'CNF', w = ARGV[3 + 2 * j], s = ARGV[4 + 2 * j], da = 0, dr = -q, a = a, r = r, v = v,
+      k = 'CNF', w = ARGV[4 + 2 * j], s = ARGV[5 + 2 * j], da = 0, dr = -q, a = a, r = r, v = v,
       rs = 'CONFIRM', o = ARGV[2], tr = ARGV[3], ts = now, q = q, x = tonumber(states[j][3]),
     }
   end

@@ -71,6 +71,8 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub journal: JournalSettings,
     pub kafka: KafkaSettings,
+    pub reconcile: ReconcileSettings,
+    pub supervisor: SupervisorSettings,
     pub demo: DemoSettings,
     pub log: LogSettings,
 }
@@ -118,6 +120,7 @@ pub struct InventorySettings {
 #[serde(deny_unknown_fields)]
 pub struct ReservationSettings {
     pub expire_minutes: u64,
+    pub expire_after_ms: u64,
     pub marker_ttl_hours: u64,
     pub timeout: TimeoutSettings,
 }
@@ -128,6 +131,26 @@ pub struct TimeoutSettings {
     pub enabled: bool,
     pub batch_size: usize,
     pub cron: String,
+    pub interval_ms: u64,
+    pub order_status_url: String,
+    pub order_status_timeout_ms: u64,
+    pub order_status_max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub repair: bool,
+    pub drain_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorSettings {
+    pub lease_ms: u64,
+    pub tick_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -364,6 +387,63 @@ impl Settings {
                 format!("expected a Quartz cron with 6 or 7 fields, got {fields}"),
             ));
         }
+        <cron::Schedule as std::str::FromStr>::from_str(&self.reservation.timeout.cron)
+            .map_err(|e| invalid("reservation.timeout.cron", e.to_string()))?;
+        check_range(
+            "reservation.expire_after_ms",
+            self.reservation.expire_after_ms as i64,
+            0,
+            30 * 24 * 3_600_000,
+        )?;
+        check_range(
+            "reservation.timeout.interval_ms",
+            self.reservation.timeout.interval_ms as i64,
+            0,
+            86_400_000,
+        )?;
+        let url = &self.reservation.timeout.order_status_url;
+        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "reservation.timeout.order_status_url",
+                "must be empty or an http(s) URL",
+            ));
+        }
+        check_range(
+            "reservation.timeout.order_status_timeout_ms",
+            self.reservation.timeout.order_status_timeout_ms as i64,
+            1,
+            60_000,
+        )?;
+        check_range(
+            "reservation.timeout.order_status_max_attempts",
+            self.reservation.timeout.order_status_max_attempts as i64,
+            1,
+            10_000,
+        )?;
+        check_range(
+            "reconcile.interval_ms",
+            self.reconcile.interval_ms as i64,
+            100,
+            86_400_000,
+        )?;
+        check_range(
+            "reconcile.drain_wait_ms",
+            self.reconcile.drain_wait_ms as i64,
+            0,
+            60_000,
+        )?;
+        check_range(
+            "supervisor.lease_ms",
+            self.supervisor.lease_ms as i64,
+            200,
+            600_000,
+        )?;
+        check_range(
+            "supervisor.tick_ms",
+            self.supervisor.tick_ms as i64,
+            10,
+            self.supervisor.lease_ms as i64 / 2,
+        )?;
         check_range("engine.shards", self.engine.shards as i64, 1, 1024)?;
         check_range("engine.max_batch", self.engine.max_batch as i64, 1, 10_000)?;
         check_range(
@@ -478,6 +558,20 @@ impl Settings {
             600_000,
         )?;
         Ok(())
+    }
+
+    /// How long a hold lives.
+    pub fn hold_ms(&self) -> i64 {
+        if self.reservation.expire_after_ms > 0 {
+            self.reservation.expire_after_ms as i64
+        } else {
+            (self.reservation.expire_minutes * 60_000) as i64
+        }
+    }
+
+    /// How long a line marker lives past its hold.
+    pub fn marker_ttl_ms(&self) -> i64 {
+        (self.reservation.marker_ttl_hours * 3_600_000) as i64
     }
 
     pub fn bind_addr(&self) -> SocketAddr {

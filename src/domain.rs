@@ -139,7 +139,8 @@ impl LedgerReason {
     }
 
     /// Reasons that change what the shop owns (as opposed to moving units between
-    /// available, reserved and sold). Invariant 2 sums these.
+    /// available, reserved and sold). Invariant 2 sums these. RECONCILE rows record
+    /// corrections of a store that had drifted from the ledger, not changes of stock.
     pub fn changes_stock_on_hand(self) -> bool {
         matches!(
             self,
@@ -147,7 +148,6 @@ impl LedgerReason {
                 | LedgerReason::Inbound
                 | LedgerReason::Outbound
                 | LedgerReason::RefundRestore
-                | LedgerReason::Reconcile
         )
     }
 }

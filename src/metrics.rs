@@ -24,6 +24,12 @@ pub struct Metrics {
     pub kafka_produced: IntCounterVec,
     pub kafka_dead_lettered: IntCounterVec,
     pub kafka_consumer_lag: IntGauge,
+    pub holds_expired: IntCounterVec,
+    pub reconcile_runs: IntCounterVec,
+    pub reconcile_differences: IntCounterVec,
+    pub reconcile_repairs: IntCounterVec,
+    pub redis_rebuilds: IntCounterVec,
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -130,6 +136,48 @@ impl Metrics {
             "kafka_consumer_lag_messages",
             "Messages in assigned partitions not yet consumed",
         )?;
+        let holds_expired = IntCounterVec::new(
+            Opts::new(
+                "holds_expired_total",
+                "Expired holds by what happened to them (released, confirmed by the order-status hook, kept)",
+            ),
+            &["outcome"],
+        )?;
+        let reconcile_runs = IntCounterVec::new(
+            Opts::new("reconcile_runs_total", "Reconciliation runs"),
+            &["trigger"],
+        )?;
+        let reconcile_differences = IntCounterVec::new(
+            Opts::new(
+                "reconcile_differences_total",
+                "Differences found by reconciliation",
+            ),
+            &["kind"],
+        )?;
+        let reconcile_repairs = IntCounterVec::new(
+            Opts::new(
+                "reconcile_repairs_total",
+                "Differences repaired by reconciliation",
+            ),
+            &["kind"],
+        )?;
+        let redis_rebuilds = IntCounterVec::new(
+            Opts::new(
+                "redis_rebuilds_total",
+                "Rebuilds of Redis from the DB after it lost data",
+            ),
+            &["scope"],
+        )?;
+        let leader = IntGauge::new(
+            "supervisor_leader",
+            "1 while this instance holds the supervisor lease",
+        )?;
+        registry.register(Box::new(holds_expired.clone()))?;
+        registry.register(Box::new(reconcile_runs.clone()))?;
+        registry.register(Box::new(reconcile_differences.clone()))?;
+        registry.register(Box::new(reconcile_repairs.clone()))?;
+        registry.register(Box::new(redis_rebuilds.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(kafka_consumed.clone()))?;
         registry.register(Box::new(kafka_produced.clone()))?;
         registry.register(Box::new(kafka_dead_lettered.clone()))?;
@@ -162,6 +210,12 @@ impl Metrics {
             kafka_produced,
             kafka_dead_lettered,
             kafka_consumer_lag,
+            holds_expired,
+            reconcile_runs,
+            reconcile_differences,
+            reconcile_repairs,
+            redis_rebuilds,
+            leader,
         })
     }
 

@@ -14,6 +14,9 @@ use crate::engine::persistence::{JournalPersister, PersistenceActor, StopPersist
 use crate::engine::reservation::ReservationEngine;
 use crate::engine::shard::{ShardActor, ShardCore};
 use crate::engine::stock::StockService;
+use crate::engine::supervisor::{
+    ExpiryJob, Reconciler, StopSupervisor, SupervisorActor, SupervisorCore,
+};
 use crate::engine::EngineError;
 use crate::events::producer::EventPublisher;
 use crate::metrics::Metrics;
@@ -43,6 +46,7 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     persistence: Addr<PersistenceActor>,
+    supervisor: Addr<SupervisorActor>,
     kafka: Option<(
         tokio::sync::watch::Sender<bool>,
         tokio::task::JoinHandle<()>,
@@ -68,8 +72,16 @@ impl Application {
             metrics.clone(),
         );
 
-        let loaded = stock.warm_up().await?;
-        tracing::info!(loaded, "redis warm-up done");
+        // A Redis without our epoch key lost its data (or is new): load stock and the
+        // markers of live lines from the DB. Otherwise only load positions it lacks.
+        if redis.has_epoch().await? {
+            let loaded = stock.warm_up().await?;
+            tracing::info!(loaded, "redis warm-up done");
+        } else {
+            let (loaded, markers) = stock.rebuild_all().await?;
+            tracing::info!(loaded, markers, "redis loaded from the DB");
+        }
+        redis.mark_epoch().await?;
 
         let persister = JournalPersister::new(
             redis.dedicated().await?,
@@ -90,6 +102,23 @@ impl Application {
             settings.clone(),
             metrics.clone(),
         );
+
+        let instance_id = format!("{}-{}", consumer_name(), uuid::Uuid::new_v4().simple());
+        let reconciler = Reconciler::new(stock.clone(), settings.clone(), metrics.clone());
+        let expiry = ExpiryJob::new(
+            reservations.clone(),
+            stock.clone(),
+            settings.clone(),
+            metrics.clone(),
+        );
+        let supervisor = SupervisorActor::new(SupervisorCore::new(
+            instance_id,
+            expiry.clone(),
+            reconciler.clone(),
+            settings.clone(),
+            metrics.clone(),
+        ))
+        .start();
 
         let kafka = if settings.kafka.enabled {
             if settings.kafka.create_topics {
@@ -124,6 +153,9 @@ impl Application {
             settings: settings.clone(),
             stock,
             reservations,
+            reconciler,
+            expiry,
+            supervisor: supervisor.clone(),
             metrics: metrics.clone(),
             persistence: persistence.clone(),
         });
@@ -149,6 +181,7 @@ impl Application {
             server,
             state,
             persistence,
+            supervisor,
             kafka,
         })
     }
@@ -168,6 +201,7 @@ impl Application {
     /// Serves until the server is stopped, then stops the persistence loop.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        let _ = self.supervisor.send(StopSupervisor).await;
         // Stop consuming, finish the message in hand, commit offsets, flush the producer.
         if let Some((stop, task)) = self.kafka {
             let _ = stop.send(true);
@@ -194,8 +228,8 @@ fn start_shards(
     let arbiters: Vec<actix::Arbiter> = (0..threads).map(|_| actix::Arbiter::new()).collect();
     let core = ShardCore {
         redis: redis.clone(),
-        hold_ms: (settings.reservation.expire_minutes * 60_000) as i64,
-        marker_ttl_ms: (settings.reservation.marker_ttl_hours * 3_600_000) as i64,
+        hold_ms: settings.hold_ms(),
+        marker_ttl_ms: settings.marker_ttl_ms(),
         max_journal_entries: settings.journal.max_pending_entries,
         metrics: metrics.clone(),
     };

@@ -109,3 +109,35 @@ pub async fn adjust_stock(
         .await?;
     Ok(ok(result))
 }
+
+/// `POST /inventory/reconcile[?skuId=S][&warehouseId=W][&repair=true|false]`: compares Redis
+/// with the DB and the ledger now; repairs when asked (default: `reconcile.repair`).
+pub async fn reconcile(
+    state: web::Data<AppState>,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let sku_id = query
+        .get("skuId")
+        .map(|raw| positive_id("skuId", raw))
+        .transpose()?;
+    let warehouse_id = query
+        .get("warehouseId")
+        .map(|raw| positive_id("warehouseId", raw))
+        .transpose()?;
+    let repair = match query.get("repair").map(|s| s.as_str()) {
+        None => state.settings.reconcile.repair,
+        Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "repair must be true or false, got {:?}",
+                other.chars().take(20).collect::<String>()
+            )))
+        }
+    };
+    let report = state
+        .reconciler
+        .run(sku_id, warehouse_id, repair, "request")
+        .await?;
+    Ok(ok(report))
+}

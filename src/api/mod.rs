@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::engine::persistence::PersistenceActor;
 use crate::engine::reservation::ReservationEngine;
 use crate::engine::stock::StockService;
+use crate::engine::supervisor::{ExpiryJob, Reconciler, SupervisorActor};
 use crate::engine::EngineError;
 use crate::error::{ApiError, Code};
 use crate::metrics::Metrics;
@@ -27,6 +28,9 @@ pub struct AppState {
     pub settings: Settings,
     pub stock: StockService,
     pub reservations: ReservationEngine,
+    pub reconciler: Reconciler,
+    pub expiry: ExpiryJob,
+    pub supervisor: Addr<SupervisorActor>,
     pub metrics: Metrics,
     pub persistence: Addr<PersistenceActor>,
 }
@@ -142,6 +146,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .service(
         web::scope("/inventory")
             .route("/reserve", web::post().to(reservations::reserve))
+            .route("/reconcile", web::post().to(inventory::reconcile))
             .route("/reservations", web::get().to(reservations::list))
             .route(
                 "/reservations/confirm",

@@ -196,6 +196,10 @@ impl JournalPersister {
                     Ok(entries) => batch = entries,
                     Err(e) => {
                         self.failure("read", &e);
+                        // Redis lost the stream and its group (data loss): make them again.
+                        if e.to_string().contains("NOGROUP") {
+                            let _ = self.prepare().await;
+                        }
                         if sleep_or_stop(self.backoff(attempt), &mut stop).await {
                             break;
                         }

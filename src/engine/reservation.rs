@@ -351,8 +351,40 @@ impl ReservationEngine {
         order_no: &str,
         trace_id: &str,
     ) -> Result<TransitionOutcome, EngineError> {
-        let result = self.confirm_inner(order_no, trace_id).await;
+        let result = self.confirm_inner(order_no, trace_id, false).await;
         self.count_transition("confirm", &result);
+        result
+    }
+
+    /// Confirm for an order the order service says was paid, even if its hold expired
+    /// (the expiry job's order-status hook).
+    pub async fn confirm_paid(
+        &self,
+        order_no: &str,
+        trace_id: &str,
+    ) -> Result<TransitionOutcome, EngineError> {
+        let result = self.confirm_inner(order_no, trace_id, true).await;
+        self.count_transition("confirm", &result);
+        result
+    }
+
+    /// Release an expired hold (the expiry job): only lines whose hold has expired, with
+    /// ledger reason EXPIRED.
+    pub async fn release_expired(
+        &self,
+        order_no: &str,
+        trace_id: &str,
+    ) -> Result<TransitionOutcome, EngineError> {
+        let result = self
+            .release_inner(
+                order_no,
+                LedgerReason::Expired,
+                "hold expired",
+                trace_id,
+                true,
+            )
+            .await;
+        self.count_transition("expire", &result);
         result
     }
 
@@ -360,6 +392,7 @@ impl ReservationEngine {
         &self,
         order_no: &str,
         trace_id: &str,
+        even_if_expired: bool,
     ) -> Result<TransitionOutcome, EngineError> {
         let lines = self.lines_of(order_no).await?;
         if lines.is_empty() {
@@ -373,6 +406,7 @@ impl ReservationEngine {
                 trace_id,
                 now_ms(),
                 self.settings.journal.max_pending_entries,
+                even_if_expired,
             )
             .await?;
         let sku = |line: usize| lines.get(line).map(|k| k.sku_id).unwrap_or(0);
@@ -428,9 +462,7 @@ impl ReservationEngine {
         only_if_expired: bool,
     ) -> Result<TransitionOutcome, EngineError> {
         let lines = self.lines_of(order_no).await?;
-        let tombstone_ttl_ms = (self.settings.reservation.expire_minutes * 60_000
-            + self.settings.reservation.marker_ttl_hours * 3_600_000)
-            as i64;
+        let tombstone_ttl_ms = self.settings.hold_ms() + self.settings.marker_ttl_ms();
         let reply = self
             .redis
             .release_order(

@@ -14,6 +14,17 @@ use crate::metrics::Metrics;
 use crate::store::db::{self, DbPool};
 use crate::store::models::{Inventory, Reservation};
 use crate::store::redis::{AdjustCommand, AdjustOutcome, RedisStore, SyncStatus};
+use crate::store::supervision::LineSnapshot;
+
+/// A local date-time (as stored) to ms since the epoch.
+pub fn local_to_ms(t: NaiveDateTime) -> i64 {
+    use chrono::TimeZone;
+    chrono::Local
+        .from_local_datetime(&t)
+        .earliest()
+        .map(|t| t.timestamp_millis())
+        .unwrap_or_else(|| t.and_utc().timestamp_millis())
+}
 
 /// The reference's inventory view (`GET /inventory/{skuId}`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -152,7 +163,7 @@ impl StockService {
         let sign_ok = match req.reason {
             LedgerReason::Inbound | LedgerReason::RefundRestore => req.delta > 0,
             LedgerReason::Outbound => req.delta < 0,
-            LedgerReason::Adjust | LedgerReason::Reconcile => true,
+            LedgerReason::Adjust => true,
             _ => false,
         };
         if !sign_ok {
@@ -260,17 +271,82 @@ impl StockService {
             .inc();
     }
 
-    /// Puts a DB position Redis lacks into Redis; false when the DB has none either.
+    /// Puts a DB position Redis lacks into Redis, with the markers of its lines (so that a
+    /// repeated order is still recognised); false when the DB has none either.
     pub async fn load_position(&self, key: SkuKey) -> Result<bool, EngineError> {
+        Ok(self.rebuild_position(key).await?.is_some())
+    }
+
+    /// Rebuilds one position from the DB where Redis lacks it: the stock hash (if missing
+    /// or behind) and the markers of lines still within their marker lifetime.
+    /// Returns (stock loaded, markers restored), or None when the DB has no such position.
+    pub async fn rebuild_position(
+        &self,
+        key: SkuKey,
+    ) -> Result<Option<(bool, usize)>, EngineError> {
         let Some(levels) = self.db_levels(key).await? else {
-            return Ok(false);
+            return Ok(None);
         };
-        self.redis.warm_up(&[(key, levels)]).await?;
-        Ok(true)
+        let now = crate::engine::now_ms();
+        let marker_ttl = self.settings.marker_ttl_ms();
+        let lines = {
+            let mut conn = db::connection(&self.pool).await?;
+            Reservation::live_for_position(
+                &mut conn,
+                key,
+                crate::domain::ms_to_local(now - marker_ttl),
+            )
+            .await
+            .map_err(db::DbError::from)?
+        };
+        let snapshots: Vec<LineSnapshot> = lines
+            .iter()
+            .filter_map(|line| {
+                Some(LineSnapshot {
+                    order_no: line.order_no.clone(),
+                    status: crate::domain::ReservationStatus::parse(&line.status)?,
+                    qty: line.qty.into(),
+                    expire_at_ms: local_to_ms(line.expire_at),
+                })
+            })
+            .collect();
+        let result = self
+            .redis
+            .rebuild_position(key, levels, &snapshots, marker_ttl, now)
+            .await?;
+        Ok(Some(result))
+    }
+
+    /// Rebuilds every DB position in Redis (Redis lost its data). Returns (positions
+    /// loaded, markers restored).
+    pub async fn rebuild_all(&self) -> Result<(usize, usize), EngineError> {
+        const PAGE: i64 = 500;
+        let mut after_id = 0;
+        let (mut loaded, mut restored) = (0, 0);
+        loop {
+            let rows = {
+                let mut conn = db::connection(&self.pool).await?;
+                Inventory::page_after(&mut conn, after_id, PAGE)
+                    .await
+                    .map_err(db::DbError::from)?
+            };
+            let Some(last) = rows.last() else { break };
+            after_id = last.id;
+            for row in &rows {
+                if let Some((l, r)) = self.rebuild_position(row.key()).await? {
+                    loaded += usize::from(l);
+                    restored += r;
+                }
+            }
+            if (rows.len() as i64) < PAGE {
+                break;
+            }
+        }
+        Ok((loaded, restored))
     }
 
     /// The DB's levels of one position, with the units sold.
-    async fn db_levels(&self, key: SkuKey) -> Result<Option<StockLevels>, EngineError> {
+    pub async fn db_levels(&self, key: SkuKey) -> Result<Option<StockLevels>, EngineError> {
         let mut conn = db::connection(&self.pool).await?;
         let Some(row) = Inventory::find(&mut conn, key)
             .await

@@ -6,3 +6,4 @@ pub mod models;
 pub mod redis;
 pub mod reservations;
 pub mod schema;
+pub mod supervision;

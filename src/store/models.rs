@@ -191,6 +191,23 @@ impl Reservation {
             .await
     }
 
+    /// Lines whose Redis markers should still exist (hold end + marker ttl after `since`).
+    pub async fn live_for_position(
+        conn: &mut AsyncMysqlConnection,
+        key: SkuKey,
+        expiring_after: NaiveDateTime,
+    ) -> QueryResult<Vec<Self>> {
+        use t_inventory_reservation::dsl as r;
+        r::t_inventory_reservation
+            .filter(r::sku_id.eq(key.sku_id))
+            .filter(r::warehouse_id.eq(key.warehouse_id))
+            .filter(r::expire_at.gt(expiring_after))
+            .order(r::id.asc())
+            .select(Reservation::as_select())
+            .load(conn)
+            .await
+    }
+
     /// Inserts lines and moves existing ones forward (never back: a CONFIRMED or RELEASED
     /// row stays so even if an older RESERVED event is replayed after it).
     pub async fn upsert(

@@ -80,6 +80,20 @@ impl Keys {
         format!("{}inv:holds", self.prefix)
     }
 
+    /// The supervisor's lease and its fencing counter.
+    pub fn leader(&self) -> String {
+        format!("{}inv:leader", self.prefix)
+    }
+
+    pub fn leader_token(&self) -> String {
+        format!("{}inv:leader:token", self.prefix)
+    }
+
+    /// Set when Redis was loaded from the DB; its absence means Redis lost its data.
+    pub fn epoch(&self) -> String {
+        format!("{}inv:epoch", self.prefix)
+    }
+
     /// The stream every stock change is appended to.
     pub fn journal(&self) -> String {
         format!("{}inv:journal", self.prefix)
@@ -98,6 +112,9 @@ pub(super) struct Scripts {
     pub(super) reserve: Script,
     pub(super) confirm: Script,
     pub(super) release: Script,
+    pub(super) lease: Script,
+    pub(super) rebuild: Script,
+    pub(super) reconcile: Script,
 }
 
 impl Scripts {
@@ -109,6 +126,9 @@ impl Scripts {
             reserve: Script::new(include_str!("../../lua/reserve.lua")),
             confirm: Script::new(include_str!("../../lua/confirm.lua")),
             release: Script::new(include_str!("../../lua/release.lua")),
+            lease: Script::new(include_str!("../../lua/lease.lua")),
+            rebuild: Script::new(include_str!("../../lua/rebuild.lua")),
+            reconcile: Script::new(include_str!("../../lua/reconcile.lua")),
         }
     }
 }

@@ -260,6 +260,7 @@ impl RedisStore {
         Ok(lines)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn confirm_order(
         &self,
         order_no: &str,
@@ -267,6 +268,7 @@ impl RedisStore {
         trace_id: &str,
         now_ms: i64,
         max_journal_entries: u64,
+        even_if_expired: bool,
     ) -> RedisResult<TransitionReply> {
         let mut invocation = self.scripts.confirm.prepare_invoke();
         invocation.key(self.keys.journal()).key(self.keys.holds());
@@ -279,7 +281,8 @@ impl RedisStore {
             .arg(now_ms)
             .arg(order_no)
             .arg(trace_id)
-            .arg(max_journal_entries);
+            .arg(max_journal_entries)
+            .arg(if even_if_expired { "1" } else { "0" });
         for line in lines {
             invocation.arg(line.warehouse_id).arg(line.sku_id);
         }
@@ -359,6 +362,36 @@ impl RedisStore {
                 })
             })
             .collect())
+    }
+
+    /// The markers of many orders' lines in one position (pipelined, in chunks).
+    pub async fn position_markers(
+        &self,
+        key: SkuKey,
+        orders: &[String],
+    ) -> RedisResult<Vec<Option<LineMarker>>> {
+        let mut out = Vec::with_capacity(orders.len());
+        for chunk in orders.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for order in chunk {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.line(key, order))
+                    .arg("st")
+                    .arg("q")
+                    .arg("x");
+            }
+            let mut conn = self.conn.clone();
+            let replies: Vec<Vec<Value>> = self.timed(pipe.query_async(&mut conn)).await?;
+            out.extend(replies.iter().map(|fields| {
+                let text = |i: usize| fields.get(i).and_then(value_string);
+                Some(LineMarker {
+                    status: ReservationStatus::parse(&text(0)?)?,
+                    qty: text(1)?.parse().ok()?,
+                    expire_at_ms: text(2)?.parse().ok()?,
+                })
+            }));
+        }
+        Ok(out)
     }
 
     /// Whether a release left a tombstone for this order.

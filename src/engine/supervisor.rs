@@ -1,0 +1,784 @@
+//! The supervisor: expiry of stale holds, Redis-vs-DB reconciliation, and the rebuild of a
+//! Redis that lost its data. With several instances only the holder of a Redis lease runs
+//! the periodic jobs; every action is decided in a script, so even two jobs racing apply
+//! each change once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::config::Settings;
+use crate::domain::{LedgerReason, SkuKey, StockLevels};
+use crate::engine::persistence::PERSIST_GROUP;
+use crate::engine::reservation::ReservationEngine;
+use crate::engine::stock::StockService;
+use crate::engine::{now_ms, EngineError};
+use crate::metrics::Metrics;
+use crate::store::db::{self, DbError};
+use crate::store::models::{Inventory, LedgerEntry, Reservation};
+
+// ---------------------------------------------------------------- expiry
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpiryReport {
+    /// Orders whose holds were released now.
+    pub released: usize,
+    /// Orders the order service said were paid: confirmed instead.
+    pub confirmed: usize,
+    /// Orders kept because the order service could not be asked (retried later).
+    pub kept: usize,
+    /// Orders already settled by someone else (another job, a confirm, a cancel).
+    pub settled: usize,
+}
+
+/// Releases expired holds (the reference's timeout job), asking the order service first
+/// when configured.
+#[derive(Clone)]
+pub struct ExpiryJob {
+    reservations: ReservationEngine,
+    stock: StockService,
+    settings: Settings,
+    metrics: Metrics,
+    http: reqwest::Client,
+    /// Orders whose status could not be read, and how often.
+    attempts: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+enum PaidAnswer {
+    Paid,
+    NotPaid,
+    Unknown(String),
+}
+
+impl ExpiryJob {
+    pub fn new(
+        reservations: ReservationEngine,
+        stock: StockService,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(
+                settings.reservation.timeout.order_status_timeout_ms,
+            ))
+            .build()
+            .unwrap_or_default();
+        ExpiryJob {
+            reservations,
+            stock,
+            settings,
+            metrics,
+            http,
+            attempts: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    async fn order_paid(&self, order_no: &str) -> PaidAnswer {
+        let url = self
+            .settings
+            .reservation
+            .timeout
+            .order_status_url
+            .replace("{orderNo}", order_no);
+        let response = match self.http.get(&url).send().await {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => return PaidAnswer::Unknown(format!("order service answered {}", r.status())),
+            Err(e) => return PaidAnswer::Unknown(e.to_string()),
+        };
+        let body: serde_json::Value = match response.json().await {
+            Ok(body) => body,
+            Err(e) => return PaidAnswer::Unknown(e.to_string()),
+        };
+        let status = body["data"]["status"]
+            .as_str()
+            .or_else(|| body["status"].as_str())
+            .unwrap_or("");
+        if status.eq_ignore_ascii_case("PAID") {
+            PaidAnswer::Paid
+        } else if status.is_empty() {
+            PaidAnswer::Unknown(format!("no status in {body}"))
+        } else {
+            PaidAnswer::NotPaid
+        }
+    }
+
+    /// One run: up to `timeout.batch_size` due orders.
+    pub async fn run_once(&self) -> Result<ExpiryReport, EngineError> {
+        let timeout = &self.settings.reservation.timeout;
+        let batch = timeout.batch_size;
+        let hook = !timeout.order_status_url.is_empty();
+        let mut report = ExpiryReport::default();
+        let kept_before = self.attempts.lock().await.len();
+        let due = self
+            .stock
+            .redis()
+            .due_holds(now_ms(), batch + kept_before)
+            .await?;
+        let trace = format!("expiry-{}", uuid::Uuid::new_v4().simple());
+        for order_no in due.into_iter() {
+            if report.released + report.confirmed + report.settled >= batch {
+                break;
+            }
+            if hook {
+                match self.order_paid(&order_no).await {
+                    PaidAnswer::Paid => {
+                        self.attempts.lock().await.remove(&order_no);
+                        match self.reservations.confirm_paid(&order_no, &trace).await {
+                            Ok(_) => {
+                                report.confirmed += 1;
+                                self.count("confirmed_paid");
+                            }
+                            Err(e) if is_transient(&e) => return Err(e),
+                            Err(e) => {
+                                tracing::warn!(order_no, error = %e, "paid order could not be confirmed");
+                                self.stock.redis().forget_hold(&order_no).await?;
+                                report.settled += 1;
+                            }
+                        }
+                        continue;
+                    }
+                    PaidAnswer::NotPaid => {
+                        self.attempts.lock().await.remove(&order_no);
+                    }
+                    PaidAnswer::Unknown(reason) => {
+                        let mut attempts = self.attempts.lock().await;
+                        let n = attempts.entry(order_no.clone()).or_insert(0);
+                        *n += 1;
+                        if *n < timeout.order_status_max_attempts {
+                            tracing::warn!(
+                                order_no,
+                                attempt = *n,
+                                reason,
+                                "order status unknown; hold kept"
+                            );
+                            report.kept += 1;
+                            self.count("kept");
+                            continue;
+                        }
+                        tracing::error!(
+                            order_no,
+                            attempts = *n,
+                            reason,
+                            "order status still unknown; releasing the expired hold"
+                        );
+                        attempts.remove(&order_no);
+                    }
+                }
+            }
+            match self.reservations.release_expired(&order_no, &trace).await {
+                Ok(outcome) if !outcome.existed => {
+                    report.released += 1;
+                    self.count("released");
+                }
+                Ok(_) => {
+                    report.settled += 1;
+                }
+                Err(e) if is_transient(&e) => return Err(e),
+                // Confirmed, not found, or not (yet) expired: not ours to release.
+                Err(e) => {
+                    tracing::debug!(order_no, error = %e, "expired hold already settled");
+                    self.stock.redis().forget_hold(&order_no).await?;
+                    report.settled += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .holds_expired
+            .with_label_values(&[outcome])
+            .inc();
+    }
+}
+
+fn is_transient(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Overloaded
+            | EngineError::Timeout
+            | EngineError::JournalFull
+            | EngineError::Redis(_)
+            | EngineError::Db(_)
+    )
+}
+
+// ---------------------------------------------------------------- reconciliation
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Difference {
+    pub sku_id: i64,
+    pub warehouse_id: i64,
+    /// REDIS_MISSING, MARKER_MISSING, MARKER_STATE, REDIS_STOCK, DB_STOCK, OVERSOLD
+    pub kind: &'static str,
+    pub detail: String,
+    pub repaired: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Skipped {
+    pub sku_id: i64,
+    pub warehouse_id: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileReport {
+    pub repair: bool,
+    /// Redis had lost its data and was rebuilt from the DB first.
+    pub redis_rebuilt: bool,
+    pub positions_checked: usize,
+    pub differences: Vec<Difference>,
+    pub skipped: Vec<Skipped>,
+    pub duration_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct Reconciler {
+    stock: StockService,
+    settings: Settings,
+    metrics: Metrics,
+}
+
+/// What the ledger and the lines say a position must hold.
+fn expected_levels(ledger: &[LedgerEntry], lines: &[Reservation]) -> (i64, i64, i64) {
+    let on_hand: i64 = ledger
+        .iter()
+        .filter(|e| LedgerReason::parse(&e.reason).is_some_and(LedgerReason::changes_stock_on_hand))
+        .map(|e| i64::from(e.delta_available) + i64::from(e.delta_reserved))
+        .sum();
+    let sum = |status: &str| -> i64 {
+        lines
+            .iter()
+            .filter(|l| l.status == status)
+            .map(|l| i64::from(l.qty))
+            .sum()
+    };
+    let reserved = sum("RESERVED");
+    let confirmed = sum("CONFIRMED");
+    (on_hand - reserved - confirmed, reserved, confirmed)
+}
+
+impl Reconciler {
+    pub fn new(stock: StockService, settings: Settings, metrics: Metrics) -> Self {
+        Reconciler {
+            stock,
+            settings,
+            metrics,
+        }
+    }
+
+    /// Rebuilds Redis from the DB when it lost its data (its epoch key is gone).
+    /// Returns true when it did.
+    pub async fn rebuild_if_lost(&self) -> Result<bool, EngineError> {
+        let redis = self.stock.redis();
+        if redis.has_epoch().await? {
+            return Ok(false);
+        }
+        tracing::error!(
+            "redis lost its data (no epoch key): rebuilding stock and markers from the DB"
+        );
+        let (loaded, restored) = self.stock.rebuild_all().await?;
+        redis.ensure_journal_group(PERSIST_GROUP).await?;
+        redis.mark_epoch().await?;
+        self.metrics
+            .redis_rebuilds
+            .with_label_values(&["all"])
+            .inc();
+        tracing::warn!(
+            positions = loaded,
+            markers = restored,
+            "redis rebuilt from the DB"
+        );
+        Ok(true)
+    }
+
+    async fn positions(
+        &self,
+        sku_id: Option<i64>,
+        warehouse_id: Option<i64>,
+    ) -> Result<Vec<SkuKey>, EngineError> {
+        let mut keys: Vec<SkuKey> = Vec::new();
+        if let (Some(s), Some(w)) = (sku_id, warehouse_id) {
+            return Ok(vec![SkuKey::new(w, s)]);
+        }
+        {
+            let mut conn = db::connection(self.stock.pool()).await?;
+            match sku_id {
+                Some(s) => keys.extend(
+                    Inventory::by_sku(&mut conn, s)
+                        .await
+                        .map_err(DbError::from)?
+                        .iter()
+                        .map(Inventory::key),
+                ),
+                None => {
+                    let mut after = 0;
+                    loop {
+                        let page = Inventory::page_after(&mut conn, after, 1000)
+                            .await
+                            .map_err(DbError::from)?;
+                        let Some(last) = page.last() else { break };
+                        after = last.id;
+                        keys.extend(page.iter().map(Inventory::key));
+                    }
+                }
+            }
+        }
+        keys.extend(self.stock.redis().scan_positions().await?);
+        keys.retain(|k| {
+            sku_id.is_none_or(|s| k.sku_id == s) && warehouse_id.is_none_or(|w| k.warehouse_id == w)
+        });
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Compares Redis, the DB rows, the lines and the ledger for the selected positions;
+    /// with `repair`, fixes what it safely can with journalled changes.
+    pub async fn run(
+        &self,
+        sku_id: Option<i64>,
+        warehouse_id: Option<i64>,
+        repair: bool,
+        trigger: &str,
+    ) -> Result<ReconcileReport, EngineError> {
+        let started = Instant::now();
+        self.metrics
+            .reconcile_runs
+            .with_label_values(&[trigger])
+            .inc();
+        let mut report = ReconcileReport {
+            repair,
+            ..ReconcileReport::default()
+        };
+        if repair {
+            report.redis_rebuilt = self.rebuild_if_lost().await?;
+        } else if !self.stock.redis().has_epoch().await? {
+            report.differences.push(Difference {
+                sku_id: 0,
+                warehouse_id: 0,
+                kind: "REDIS_LOST_DATA",
+                detail: "redis has no epoch key: it lost its data since it was loaded".into(),
+                repaired: false,
+            });
+        }
+        for key in self.positions(sku_id, warehouse_id).await? {
+            report.positions_checked += 1;
+            match self.check_position(key, repair).await? {
+                Ok(differences) => {
+                    for d in &differences {
+                        tracing::warn!(
+                            sku_id = d.sku_id,
+                            warehouse_id = d.warehouse_id,
+                            kind = d.kind,
+                            repaired = d.repaired,
+                            detail = %d.detail,
+                            "reconciliation difference"
+                        );
+                        self.metrics
+                            .reconcile_differences
+                            .with_label_values(&[d.kind])
+                            .inc();
+                        if d.repaired {
+                            self.metrics
+                                .reconcile_repairs
+                                .with_label_values(&[d.kind])
+                                .inc();
+                        }
+                    }
+                    report.differences.extend(differences);
+                }
+                Err(reason) => report.skipped.push(Skipped {
+                    sku_id: key.sku_id,
+                    warehouse_id: key.warehouse_id,
+                    reason,
+                }),
+            }
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    /// Ok(differences), or Err(why the position was not compared).
+    async fn check_position(
+        &self,
+        key: SkuKey,
+        repair: bool,
+    ) -> Result<Result<Vec<Difference>, String>, EngineError> {
+        let redis = self.stock.redis();
+        let wait = Duration::from_millis(self.settings.reconcile.drain_wait_ms);
+        // Compare only once the journal has reached the DB for this position.
+        if let Some(levels) = redis.stock(key).await? {
+            if !self.stock.wait_persisted(key, levels.seq, wait).await? {
+                let db_has_row = self.stock.db_levels(key).await?.is_some();
+                if db_has_row || levels.seq > 0 {
+                    return Ok(Err(format!(
+                        "journal not drained (redis seq {})",
+                        levels.seq
+                    )));
+                }
+            }
+        }
+        let mut differences = Vec::new();
+        let diff = |kind: &'static str, detail: String| Difference {
+            sku_id: key.sku_id,
+            warehouse_id: key.warehouse_id,
+            kind,
+            detail,
+            repaired: false,
+        };
+        let (row, lines, ledger) = {
+            let mut conn = db::connection(self.stock.pool()).await?;
+            let row = Inventory::find(&mut conn, key)
+                .await
+                .map_err(DbError::from)?;
+            let lines = Reservation::for_position(&mut conn, key)
+                .await
+                .map_err(DbError::from)?;
+            let ledger = LedgerEntry::for_position(&mut conn, key)
+                .await
+                .map_err(DbError::from)?;
+            (row, lines, ledger)
+        };
+        let Some(row) = row else {
+            if redis.stock(key).await?.is_some() {
+                differences.push(diff(
+                    "DB_STOCK",
+                    "redis has the position, the DB does not".into(),
+                ));
+            }
+            return Ok(Ok(differences));
+        };
+
+        // Markers of lines that should still have them.
+        let now = now_ms();
+        let marker_ttl = self.settings.marker_ttl_ms();
+        let live: Vec<&Reservation> = lines
+            .iter()
+            .filter(|l| crate::engine::stock::local_to_ms(l.expire_at) + marker_ttl > now)
+            .collect();
+        let orders: Vec<String> = live.iter().map(|l| l.order_no.clone()).collect();
+        let markers = redis.position_markers(key, &orders).await?;
+        let mut missing_markers = 0;
+        for (line, marker) in live.iter().zip(&markers) {
+            match marker {
+                None => {
+                    missing_markers += 1;
+                    differences.push(diff(
+                        "MARKER_MISSING",
+                        format!(
+                            "order {} ({} x{}) has no marker in redis",
+                            line.order_no, line.status, line.qty
+                        ),
+                    ));
+                }
+                Some(m) if m.status.as_str() != line.status || m.qty != i64::from(line.qty) => {
+                    differences.push(diff(
+                        "MARKER_STATE",
+                        format!(
+                            "order {}: redis says {} x{}, the DB {} x{}",
+                            line.order_no,
+                            m.status.as_str(),
+                            m.qty,
+                            line.status,
+                            line.qty
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let redis_levels = redis.stock(key).await?;
+        if redis_levels.is_none() {
+            differences.push(diff(
+                "REDIS_MISSING",
+                "the DB has the position, redis does not".into(),
+            ));
+        }
+        if repair && (redis_levels.is_none() || missing_markers > 0) {
+            if let Some((_, restored)) = self.stock.rebuild_position(key).await? {
+                self.metrics
+                    .redis_rebuilds
+                    .with_label_values(&["position"])
+                    .inc();
+                for d in differences
+                    .iter_mut()
+                    .filter(|d| d.kind == "REDIS_MISSING" || d.kind == "MARKER_MISSING")
+                {
+                    d.repaired = restored > 0 || d.kind == "REDIS_MISSING";
+                }
+            }
+        }
+
+        // Counters against what the ledger and the lines say.
+        let (available, reserved, confirmed) = expected_levels(&ledger, &lines);
+        let expected = StockLevels {
+            available,
+            reserved,
+            confirmed,
+            seq: 0,
+        };
+        let redis_levels = redis.stock(key).await?;
+        let db_available = i64::from(row.available_qty);
+        let db_reserved = i64::from(row.reserved_qty);
+        let mut counters_differ = false;
+        if let Some(r) = redis_levels {
+            if (r.available, r.reserved, r.confirmed) != (available, reserved, confirmed) {
+                counters_differ = true;
+                differences.push(diff(
+                    "REDIS_STOCK",
+                    format!(
+                        "redis available {} reserved {} confirmed {}; ledger and lines say {available} {reserved} {confirmed}",
+                        r.available, r.reserved, r.confirmed
+                    ),
+                ));
+            }
+        }
+        if (db_available, db_reserved) != (available, reserved) {
+            counters_differ = true;
+            differences.push(diff(
+                "DB_STOCK",
+                format!(
+                    "db available {db_available} reserved {db_reserved}; ledger and lines say {available} {reserved}"
+                ),
+            ));
+        }
+        if available < 0 {
+            // More is held or sold than the ledger says the shop owns: no automatic fix.
+            differences.push(diff(
+                "OVERSOLD",
+                format!(
+                    "lines hold {} units more than the stock on hand; needs a decision (stock in or cancel orders)",
+                    -available
+                ),
+            ));
+            return Ok(Ok(differences));
+        }
+        if repair && counters_differ {
+            if let Some(r) = redis_levels {
+                let remark = format!(
+                    "reconcile: redis was {}/{}/{}, db {}/{}",
+                    r.available, r.reserved, r.confirmed, db_available, db_reserved
+                );
+                let applied = redis
+                    .reconcile_position(key, r.seq, expected, &remark, "reconcile")
+                    .await?;
+                if let Some(seq) = applied {
+                    self.stock.wait_persisted(key, seq, wait).await?;
+                    for d in differences
+                        .iter_mut()
+                        .filter(|d| d.kind == "REDIS_STOCK" || d.kind == "DB_STOCK")
+                    {
+                        d.repaired = true;
+                    }
+                }
+            }
+        }
+        Ok(Ok(differences))
+    }
+}
+
+// ---------------------------------------------------------------- the actor
+
+/// The supervisor's state between ticks (plain struct; the actor only forwards).
+pub struct SupervisorCore {
+    pub instance_id: String,
+    pub expiry: ExpiryJob,
+    pub reconciler: Reconciler,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    next_expiry: Option<Instant>,
+    next_reconcile: Option<Instant>,
+    pub leader_token: Option<i64>,
+}
+
+impl SupervisorCore {
+    pub fn new(
+        instance_id: String,
+        expiry: ExpiryJob,
+        reconciler: Reconciler,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> Self {
+        SupervisorCore {
+            instance_id,
+            expiry,
+            reconciler,
+            settings,
+            metrics,
+            next_expiry: None,
+            next_reconcile: None,
+            leader_token: None,
+        }
+    }
+
+    /// When the expiry job runs next after `now`.
+    fn next_expiry_after(&self) -> Instant {
+        let timeout = &self.settings.reservation.timeout;
+        if timeout.interval_ms > 0 {
+            return Instant::now() + Duration::from_millis(timeout.interval_ms);
+        }
+        let wait = <cron::Schedule as std::str::FromStr>::from_str(&timeout.cron)
+            .ok()
+            .and_then(|s| s.upcoming(chrono::Local).next())
+            .and_then(|next| (next - chrono::Local::now()).to_std().ok())
+            .unwrap_or(Duration::from_secs(60));
+        Instant::now() + wait
+    }
+}
+
+/// What one tick should do, decided before the async work starts.
+struct TickPlan {
+    run_expiry: bool,
+    run_reconcile: bool,
+}
+
+pub struct SupervisorActor {
+    core: SupervisorCore,
+    busy: bool,
+}
+
+impl SupervisorActor {
+    pub fn new(core: SupervisorCore) -> Self {
+        SupervisorActor { core, busy: false }
+    }
+
+    fn plan(&mut self) -> TickPlan {
+        let now = Instant::now();
+        let settings = &self.core.settings;
+        let run_expiry =
+            settings.reservation.timeout.enabled && self.core.next_expiry.is_none_or(|t| t <= now);
+        if run_expiry {
+            self.core.next_expiry = Some(self.core.next_expiry_after());
+        }
+        let run_reconcile =
+            settings.reconcile.enabled && self.core.next_reconcile.is_some_and(|t| t <= now);
+        if run_reconcile || self.core.next_reconcile.is_none() {
+            self.core.next_reconcile =
+                Some(now + Duration::from_millis(settings.reconcile.interval_ms));
+        }
+        TickPlan {
+            run_expiry,
+            run_reconcile,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.busy {
+            return;
+        }
+        self.busy = true;
+        let redis = self.core.reconciler.stock.redis().clone();
+        let owner = self.core.instance_id.clone();
+        let lease_ms = self.core.settings.supervisor.lease_ms;
+        let expiry = self.core.expiry.clone();
+        let reconciler = self.core.reconciler.clone();
+        let repair = self.core.settings.reconcile.repair;
+        let was_leader = self.core.leader_token.is_some();
+        let plan = self.plan();
+        ctx.spawn(
+            async move {
+                let token = match redis.lease(&owner, lease_ms, false).await {
+                    Ok(token) => token,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "supervisor lease not renewed");
+                        None
+                    }
+                };
+                if token.is_some() {
+                    if let Err(e) = reconciler.rebuild_if_lost().await {
+                        tracing::error!(error = %e, "redis rebuild failed");
+                    }
+                    if plan.run_expiry {
+                        match expiry.run_once().await {
+                            Ok(r) if r != ExpiryReport::default() => {
+                                tracing::info!(?r, "expiry run")
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "expiry run failed"),
+                        }
+                    }
+                    if plan.run_reconcile {
+                        match reconciler.run(None, None, repair, "schedule").await {
+                            Ok(r) if !r.differences.is_empty() => tracing::warn!(
+                                differences = r.differences.len(),
+                                "reconciliation found differences"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
+                        }
+                    }
+                }
+                token
+            }
+            .into_actor(self)
+            .map(move |token, act, _ctx| {
+                if token.is_some() != was_leader {
+                    tracing::info!(
+                        instance = %act.core.instance_id,
+                        leader = token.is_some(),
+                        ?token,
+                        "supervisor leadership changed"
+                    );
+                }
+                act.core.leader_token = token;
+                act.core.metrics.leader.set(i64::from(token.is_some()));
+                act.busy = false;
+            }),
+        );
+    }
+}
+
+impl Actor for SupervisorActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let tick = Duration::from_millis(self.core.settings.supervisor.tick_ms);
+        self.tick(ctx);
+        ctx.run_interval(tick, |act, ctx| act.tick(ctx));
+    }
+}
+
+/// Gives up the lease (shutdown), so another instance takes over at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopSupervisor;
+
+impl Handler<StopSupervisor> for SupervisorActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: StopSupervisor, ctx: &mut Self::Context) -> Self::Result {
+        let redis = self.core.reconciler.stock.redis().clone();
+        let owner = self.core.instance_id.clone();
+        let lease_ms = self.core.settings.supervisor.lease_ms;
+        self.core.leader_token = None;
+        self.core.metrics.leader.set(0);
+        ctx.stop();
+        Box::pin(async move {
+            let _ = redis.lease(&owner, lease_ms, true).await;
+        })
+    }
+}
+
+/// Whether this instance leads, and its fencing token.
+#[derive(Message)]
+#[rtype(result = "Option<i64>")]
+pub struct LeaderToken;
+
+impl Handler<LeaderToken> for SupervisorActor {
+    type Result = Option<i64>;
+
+    fn handle(&mut self, _msg: LeaderToken, _ctx: &mut Self::Context) -> Self::Result {
+        self.core.leader_token
+    }
+}
