@@ -402,7 +402,7 @@ impl Settings {
             86_400_000,
         )?;
         let url = &self.reservation.timeout.order_status_url;
-        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(invalid(
                 "reservation.timeout.order_status_url",
                 "must be empty or an http(s) URL",
