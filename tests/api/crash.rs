@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 
 use crate::helpers::{create_test_database, redis_url, test_settings, CuttableProxy};
 
-struct Service {
+pub struct Service {
     child: Child,
-    base: String,
+    pub base: String,
 }
 
 fn free_port() -> u16 {
@@ -25,8 +25,14 @@ fn free_port() -> u16 {
 }
 
 async fn start_service(db_url: &str, prefix: &str) -> Service {
+    start_service_with(db_url, prefix, &[]).await
+}
+
+/// The real binary against the given database and key prefix.
+pub async fn start_service_with(db_url: &str, prefix: &str, env: &[(&str, &str)]) -> Service {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_inventory-service"))
+        .envs(env.iter().copied())
         .env("INVENTORY__HTTP__BIND", format!("127.0.0.1:{port}"))
         .env("INVENTORY__DATABASE__URL", db_url)
         .env("INVENTORY__REDIS__URL", redis_url())
@@ -56,7 +62,7 @@ async fn start_service(db_url: &str, prefix: &str) -> Service {
 }
 
 impl Service {
-    fn kill9(&mut self) {
+    pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
     }

@@ -10,3 +10,4 @@ mod journal;
 mod kafka;
 mod kafka_e2e;
 mod reservations;
+mod supervisor;

@@ -1,0 +1,438 @@
+//! The supervisor: expiry (with the order-status hook), reconciliation and repair, Redis
+//! data loss, and leader failover between instances.
+
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use diesel_async::RunQueryDsl;
+use inventory::domain::SkuKey;
+use inventory::engine::supervisor::LeaderToken;
+use inventory::store::models::LedgerEntry;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app_with, start, TestApp};
+
+async fn reserve(app: &TestApp, order: &str, items: Value) -> Value {
+    let (status, body) = app
+        .post_json(
+            "/inventory/reserve",
+            &json!({"orderNo": order, "items": items}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn ledger_reasons(app: &TestApp, key: SkuKey) -> Vec<String> {
+    let mut conn = app.db_conn().await;
+    LedgerEntry::for_position(&mut conn, key)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.reason)
+        .collect()
+}
+
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn status_of(app: &TestApp, order: &str) -> String {
+    let (_, body) = app
+        .get(&format!("/inventory/reservations?orderNo={order}"))
+        .await;
+    body["data"][0]["status"].as_str().unwrap_or("").to_string()
+}
+
+#[actix_web::test]
+async fn expired_holds_are_released_once_by_the_scheduled_job() {
+    let app = spawn_app_with(&[
+        ("reservation.expire_after_ms", 400.into()),
+        ("reservation.timeout.enabled", true.into()),
+        ("reservation.timeout.interval_ms", 100.into()),
+        ("supervisor.tick_ms", 50.into()),
+        ("supervisor.lease_ms", 1000.into()),
+    ])
+    .await;
+    let a = SkuKey::new(1, 101);
+    let b = SkuKey::new(1, 102);
+    app.stock_in(101, 1, 10).await;
+    app.stock_in(102, 1, 10).await;
+    reserve(
+        &app,
+        "EXP-1",
+        json!([{"skuId": 101, "qty": 2}, {"skuId": 102, "qty": 1}]),
+    )
+    .await;
+    reserve(&app, "EXP-2", json!([{"skuId": 101, "qty": 3}])).await;
+    reserve(&app, "KEEP-1", json!([{"skuId": 102, "qty": 4}])).await;
+    let (status, _) = app
+        .post("/inventory/reservations/confirm?orderNo=KEEP-1")
+        .await;
+    assert_eq!(status, 200);
+
+    eventually("expiry", Duration::from_secs(10), || async {
+        status_of(&app, "EXP-1").await == "RELEASED" && status_of(&app, "EXP-2").await == "RELEASED"
+    })
+    .await;
+    assert_eq!(status_of(&app, "KEEP-1").await, "CONFIRMED");
+    // A confirm after expiry fails.
+    let (status, body) = app
+        .post("/inventory/reservations/confirm?orderNo=EXP-2")
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // Give the job a few more runs: nothing is released twice.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let audits = app.assert_invariants(&[a, b]).await;
+    assert_eq!(audits[0].db_available, Some(10));
+    assert_eq!(audits[1].db_available, Some(6));
+    let expired_a = ledger_reasons(&app, a)
+        .await
+        .iter()
+        .filter(|r| *r == "EXPIRED")
+        .count();
+    let expired_b = ledger_reasons(&app, b)
+        .await
+        .iter()
+        .filter(|r| *r == "EXPIRED")
+        .count();
+    assert_eq!((expired_a, expired_b), (2, 1), "one EXPIRED row per line");
+}
+
+#[actix_web::test]
+async fn an_expired_hold_reads_as_expired_before_any_scan() {
+    let app = spawn_app_with(&[("reservation.expire_after_ms", 200.into())]).await;
+    app.stock_in(201, 1, 5).await;
+    reserve(&app, "LATE-PAY", json!([{"skuId": 201, "qty": 1}])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, body) = app.get("/inventory/reservations?orderNo=LATE-PAY").await;
+    assert_eq!(body["data"][0]["status"], "RESERVED");
+    assert_eq!(body["data"][0]["expired"], true);
+    let (status, body) = app
+        .post("/inventory/reservations/confirm?orderNo=LATE-PAY")
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "INVALID_RESERVATION_STATUS");
+}
+
+#[actix_web::test]
+async fn two_expiry_jobs_at_once_release_each_hold_once() {
+    let first = spawn_app_with(&[("reservation.expire_after_ms", 300.into())]).await;
+    let second = start(first.settings.clone(), first.db_name.clone()).await;
+    let key = SkuKey::new(1, 301);
+    first.stock_in(301, 1, 100).await;
+    for n in 0..25 {
+        reserve(
+            &first,
+            &format!("TWO-{n}"),
+            json!([{"skuId": 301, "qty": 2}]),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (a, b) = tokio::join!(
+        first.state.expiry.run_once(),
+        second.state.expiry.run_once()
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.released + b.released, 25, "{a:?} {b:?}");
+    let audits = first.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].db_available, Some(100));
+    let expired = ledger_reasons(&first, key)
+        .await
+        .iter()
+        .filter(|r| *r == "EXPIRED")
+        .count();
+    assert_eq!(expired, 25);
+}
+
+/// A stand-in for the order service: PAID-* are paid, DOWN-* fail, others are not paid.
+async fn order_service() -> u16 {
+    let server = HttpServer::new(|| {
+        App::new().route(
+            "/orders/{order_no}/status",
+            web::get().to(|path: web::Path<String>| async move {
+                let order = path.into_inner();
+                if order.starts_with("DOWN-") {
+                    HttpResponse::InternalServerError().finish()
+                } else if order.starts_with("PAID-") {
+                    HttpResponse::Ok().json(json!({"code": "0", "data": {"status": "PAID"}}))
+                } else {
+                    HttpResponse::Ok().json(json!({"code": "0", "data": {"status": "CANCELLED"}}))
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .expect("bind");
+    let port = server.addrs()[0].port();
+    actix_web::rt::spawn(server.run());
+    port
+}
+
+#[actix_web::test]
+async fn the_order_status_hook_confirms_paid_orders_instead_of_releasing_them() {
+    let port = order_service().await;
+    let app = spawn_app_with(&[
+        ("reservation.expire_after_ms", 200.into()),
+        (
+            "reservation.timeout.order_status_url",
+            format!("http://127.0.0.1:{port}/orders/{{orderNo}}/status").into(),
+        ),
+        ("reservation.timeout.order_status_max_attempts", 3.into()),
+    ])
+    .await;
+    let key = SkuKey::new(1, 401);
+    app.stock_in(401, 1, 10).await;
+    reserve(&app, "PAID-1", json!([{"skuId": 401, "qty": 1}])).await;
+    reserve(&app, "UNPAID-1", json!([{"skuId": 401, "qty": 2}])).await;
+    reserve(&app, "DOWN-1", json!([{"skuId": 401, "qty": 3}])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let report = app.state.expiry.run_once().await.unwrap();
+    assert_eq!(
+        (report.confirmed, report.released, report.kept),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(status_of(&app, "PAID-1").await, "CONFIRMED");
+    assert_eq!(status_of(&app, "UNPAID-1").await, "RELEASED");
+    assert_eq!(
+        status_of(&app, "DOWN-1").await,
+        "RESERVED",
+        "kept while unknown"
+    );
+    // Bounded: after max attempts the hold is released.
+    app.state.expiry.run_once().await.unwrap();
+    assert_eq!(status_of(&app, "DOWN-1").await, "RESERVED");
+    let report = app.state.expiry.run_once().await.unwrap();
+    assert_eq!(report.released, 1, "{report:?}");
+    assert_eq!(status_of(&app, "DOWN-1").await, "RELEASED");
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].lines_confirmed, 1);
+    assert_eq!(audits[0].db_available, Some(9));
+}
+
+fn kinds(report: &Value) -> Vec<(i64, String)> {
+    let mut out: Vec<(i64, String)> = report["data"]["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["skuId"].as_i64().unwrap(),
+                d["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[actix_web::test]
+async fn reconciliation_reports_each_difference_and_repair_restores_the_invariants() {
+    let app = spawn_app_with(&[]).await;
+    let a = SkuKey::new(1, 501);
+    let b = SkuKey::new(1, 502);
+    let c = SkuKey::new(1, 503);
+    for sku in [501, 502, 503] {
+        app.stock_in(sku, 1, 20).await;
+    }
+    reserve(&app, "R-A", json!([{"skuId": 501, "qty": 2}])).await;
+    reserve(&app, "R-B", json!([{"skuId": 502, "qty": 3}])).await;
+    app.drain_journal().await;
+
+    let (status, clean) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(status, 200, "{clean}");
+    assert_eq!(clean["data"]["differences"], json!([]), "{clean}");
+    assert_eq!(clean["data"]["positionsChecked"], 3);
+
+    // Corrupt on purpose: Redis stock of A, the marker of R-B, the DB row of C.
+    let _: i64 = app
+        .redis_cmd(
+            redis::cmd("HINCRBY")
+                .arg(app.redis.keys().stock(a))
+                .arg("avail")
+                .arg(5),
+        )
+        .await;
+    let _: i64 = app
+        .redis_cmd(redis::cmd("DEL").arg(app.redis.keys().line(b, "R-B")))
+        .await;
+    let mut conn = app.db_conn().await;
+    diesel::sql_query(
+        "UPDATE t_inventory SET available_qty = available_qty + 7 WHERE sku_id = 503",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let (status, report) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        kinds(&report),
+        vec![
+            (501, "REDIS_STOCK".to_string()),
+            (502, "MARKER_MISSING".to_string()),
+            (503, "DB_STOCK".to_string()),
+        ],
+        "{report}"
+    );
+    assert!(!app.audit(a).await.is_clean());
+
+    let (status, report) = app.post("/inventory/reconcile?repair=true").await;
+    assert_eq!(status, 200, "{report}");
+    let diffs = report["data"]["differences"].as_array().unwrap();
+    assert_eq!(diffs.len(), 3, "{report}");
+    assert!(diffs.iter().all(|d| d["repaired"] == true), "{report}");
+
+    let audits = app.assert_invariants(&[a, b, c]).await;
+    assert_eq!(audits[0].db_available, Some(18));
+    assert_eq!(audits[2].db_available, Some(20));
+    assert!(ledger_reasons(&app, a)
+        .await
+        .contains(&"RECONCILE".to_string()));
+    assert!(ledger_reasons(&app, c)
+        .await
+        .contains(&"RECONCILE".to_string()));
+    // The restored marker works: confirming R-B goes through.
+    let (status, body) = app
+        .post("/inventory/reservations/confirm?orderNo=R-B")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, after) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(after["data"]["differences"], json!([]), "{after}");
+}
+
+#[actix_web::test]
+async fn a_redis_that_lost_everything_is_rebuilt_from_the_db() {
+    let app = spawn_app_with(&[]).await;
+    let key = SkuKey::new(2, 601);
+    app.stock_in(601, 2, 30).await;
+    reserve(
+        &app,
+        "LOST-1",
+        json!([{"skuId": 601, "warehouseId": 2, "qty": 4}]),
+    )
+    .await;
+    reserve(
+        &app,
+        "LOST-2",
+        json!([{"skuId": 601, "warehouseId": 2, "qty": 5}]),
+    )
+    .await;
+    let (status, _) = app
+        .post("/inventory/reservations/confirm?orderNo=LOST-2")
+        .await;
+    assert_eq!(status, 200);
+    app.drain_journal().await;
+
+    // Everything of this deployment disappears from Redis (a restart without persistence).
+    let keys: Vec<String> = app
+        .redis_cmd(redis::cmd("KEYS").arg(format!("{}*", app.redis.keys().prefix())))
+        .await;
+    let _: i64 = app.redis_cmd(redis::cmd("DEL").arg(&keys)).await;
+
+    let (status, report) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        kinds(&report).contains(&(0, "REDIS_LOST_DATA".to_string())),
+        "{report}"
+    );
+    let (status, report) = app.post("/inventory/reconcile?repair=true").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["data"]["redisRebuilt"], true, "{report}");
+
+    let levels = app.redis.stock(key).await.unwrap().expect("stock rebuilt");
+    assert_eq!(
+        (levels.available, levels.reserved, levels.confirmed),
+        (21, 4, 5)
+    );
+    // The markers came back: the same order is recognised, not held twice.
+    let (status, body) = app
+        .post_json(
+            "/inventory/reserve",
+            &json!({"orderNo": "LOST-1", "skuId": 601, "warehouseId": 2, "qty": 4}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["existed"], true);
+    let (status, _) = app
+        .post("/inventory/reservations/release?orderNo=LOST-1")
+        .await;
+    assert_eq!(status, 200);
+    app.assert_invariants(&[key]).await;
+}
+
+async fn token(app: &TestApp) -> Option<i64> {
+    app.state.supervisor.send(LeaderToken).await.unwrap()
+}
+
+#[actix_web::test]
+async fn another_instance_takes_over_when_the_leader_is_killed() {
+    let (db_name, db_url) = crate::helpers::create_test_database().await;
+    let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
+    let env = [
+        ("INVENTORY__SUPERVISOR__LEASE_MS", "800"),
+        ("INVENTORY__SUPERVISOR__TICK_MS", "100"),
+    ];
+    // The leader: the real binary, first to take the lease.
+    let mut leader = crate::crash::start_service_with(&db_url, &prefix, &env).await;
+    let settings = crate::helpers::test_settings(
+        &db_url,
+        &prefix,
+        &[
+            ("supervisor.lease_ms", 800.into()),
+            ("supervisor.tick_ms", 100.into()),
+        ],
+    );
+    let lease_key = inventory::store::redis::Keys::new(&prefix).leader();
+    let redis = inventory::store::redis::RedisStore::connect(&settings.redis)
+        .await
+        .unwrap();
+    eventually("the binary to lead", Duration::from_secs(10), || async {
+        let mut conn = redis.connection();
+        let owner: Option<String> = redis::cmd("GET")
+            .arg(&lease_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        owner.is_some()
+    })
+    .await;
+    let follower = start(settings, db_name).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(token(&follower).await, None, "one leader at a time");
+    let mut conn = redis.connection();
+    let held: String = redis::cmd("GET")
+        .arg(&lease_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let old: i64 = held.rsplit('|').next().unwrap().parse().unwrap();
+
+    // kill -9: the lease is not given up; it runs out and the follower takes over.
+    leader.kill9();
+    let killed = Instant::now();
+    eventually("failover", Duration::from_secs(5), || async {
+        token(&follower).await.is_some()
+    })
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+    let new = token(&follower).await.unwrap();
+    assert!(new > old, "fencing token grows: {old} -> {new}");
+}
