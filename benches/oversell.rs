@@ -1,25 +1,38 @@
 //! Oversell benchmark: drives reservations at the real service (in-process engine or HTTP)
-//! against the real Redis and MariaDB, then verifies that nothing was oversold and that
-//! the invariants hold once the journal drains. Any violation fails the run (exit 1).
+//! against the real Redis and MariaDB, then verifies that nothing was oversold and that the
+//! invariants hold once the journal drains. Any violation fails the run (exit 1).
 //!
-//! cargo bench --bench oversell -- [--target inprocess|http] [--skus N] [--stock N]
-//!     [--requests N] [--concurrency N] [--qty N] [--lines N] [--duplicates F]
+//! cargo bench --bench oversell -- [--target inprocess|http|reference] [--skus N]
+//!     [--stock N] [--requests N] [--concurrency N] [--qty N] [--lines N]
+//!     [--duplicates F] [--confirm F] [--release F] [--duration SECS] [--compare]
 //!     [--json FILE] [--corrupt]
 //!
-//! --corrupt changes a stock count behind the service's back before verifying, to show
-//! that the verification catches it (the run must then fail).
+//! --target reference   the reference's design, for comparison: one EVALSHA per line, then a
+//!                      synchronous DB transaction per request (CAS update of t_inventory,
+//!                      reservation row, ledger row).
+//! --compare            also measures, in the same run and with the same load, the reference
+//!                      design and the single-Redis ceiling (redis-benchmark, pipelined, of a
+//!                      minimal check-and-decrement script), and prints the ratios.
+//! --confirm / --release fractions of held orders confirmed / released right after; the rest
+//!                      are left to expire.
+//! --corrupt            changes a stock count behind the service's back before verifying;
+//!                      the run must then fail (proves the verification works).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inventory::config::Settings;
-use inventory::domain::SkuKey;
+use inventory::domain::{LedgerReason, SkuKey};
 use inventory::engine::audit::audit_position;
 use inventory::engine::persistence::PERSIST_GROUP;
-use inventory::engine::reservation::ReserveRequest;
+use inventory::engine::reservation::{ReservationEngine, ReserveRequest};
+use inventory::engine::stock::AdjustRequest;
+use inventory::engine::EngineError;
 use inventory::startup::Application;
+use inventory::store::db::DbPool;
+use inventory::store::redis::RedisStore;
 use inventory::store::reservations::OrderLine;
 use serde_json::json;
 
@@ -33,6 +46,10 @@ struct Options {
     qty: i64,
     lines: usize,
     duplicates: f64,
+    confirm: f64,
+    release: f64,
+    duration: Option<Duration>,
+    compare: bool,
     json: Option<String>,
     corrupt: bool,
 }
@@ -47,6 +64,10 @@ fn parse_options() -> Options {
         qty: 1,
         lines: 1,
         duplicates: 0.0,
+        confirm: 0.0,
+        release: 0.0,
+        duration: None,
+        compare: false,
         json: None,
         corrupt: false,
     };
@@ -57,10 +78,18 @@ fn parse_options() -> Options {
         o.requests = 2_000;
         o.stock = 500;
         o.concurrency = 64;
+        o.confirm = 0.3;
+        o.release = 0.2;
+        o.duplicates = 0.1;
     }
     let mut i = 0;
     while i < args.len() {
         let value = || args.get(i + 1).cloned().unwrap_or_default();
+        let flag = |o: &mut Options, name: &str| match name {
+            "--corrupt" => o.corrupt = true,
+            "--compare" => o.compare = true,
+            _ => {}
+        };
         match args[i].as_str() {
             "--target" => o.target = value(),
             "--skus" => o.skus = value().parse().unwrap_or(o.skus),
@@ -70,9 +99,12 @@ fn parse_options() -> Options {
             "--qty" => o.qty = value().parse().unwrap_or(o.qty),
             "--lines" => o.lines = value().parse().unwrap_or(o.lines),
             "--duplicates" => o.duplicates = value().parse().unwrap_or(o.duplicates),
+            "--confirm" => o.confirm = value().parse().unwrap_or(o.confirm),
+            "--release" => o.release = value().parse().unwrap_or(o.release),
+            "--duration" => o.duration = value().parse::<f64>().ok().map(Duration::from_secs_f64),
             "--json" => o.json = Some(value()),
-            "--corrupt" => {
-                o.corrupt = true;
+            name @ ("--corrupt" | "--compare") => {
+                flag(&mut o, name);
                 i += 1;
                 continue;
             }
@@ -90,12 +122,50 @@ fn parse_options() -> Options {
     o
 }
 
+/// Deterministic per-request choice (no shared RNG on the hot path).
+fn mix(n: u64) -> u64 {
+    let mut x = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn fraction(n: u64, salt: u64) -> f64 {
+    (mix(n ^ salt) % 10_000) as f64 / 10_000.0
+}
+
+const SKU_BASE: i64 = 100_000;
+const REFERENCE_SKU_BASE: i64 = 900_000;
+
+fn order_lines(o: &Options, n: u64, base: i64) -> Vec<OrderLine> {
+    let first = (mix(n) % o.skus as u64) as i64;
+    (0..o.lines as i64)
+        .map(|l| OrderLine {
+            key: SkuKey::new(1, base + (first + l) % o.skus),
+            qty: o.qty,
+        })
+        .collect()
+}
+
+enum Outcome {
+    Held,
+    Repeat,
+    Insufficient,
+    Error(String),
+}
+
 #[derive(Default)]
-struct Tally {
-    held: AtomicU64,
-    repeats: AtomicU64,
-    insufficient: AtomicU64,
-    other: AtomicU64,
+struct LoadResult {
+    latencies: Vec<Duration>,
+    held: u64,
+    repeats: u64,
+    insufficient: u64,
+    errors: HashMap<String, u64>,
+    confirmed: u64,
+    released: u64,
+    elapsed: Duration,
+    requests: u64,
+    peak_lag: u64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -106,22 +176,371 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx].as_secs_f64() * 1000.0
 }
 
-/// Deterministic per-request choice (no shared RNG on the hot path).
-fn mix(n: u64) -> u64 {
-    let mut x = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
+/// The reference's design: one EVALSHA per line (check the marker, check and decrement
+/// the stock, set the marker), then one synchronous DB transaction per request.
+#[derive(Clone)]
+struct Reference {
+    redis: RedisStore,
+    pool: DbPool,
+    script: Arc<redis::Script>,
+    prefix: String,
 }
 
-fn order_lines(o: &Options, n: u64) -> Vec<OrderLine> {
-    let first = (mix(n) % o.skus as u64) as i64;
-    (0..o.lines as i64)
-        .map(|l| OrderLine {
-            key: SkuKey::new(1, 100_000 + (first + l) % o.skus),
-            qty: o.qty,
+const REFERENCE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local available = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if available < tonumber(ARGV[1]) then return -1 end
+redis.call('DECRBY', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', 86400)
+return 1
+"#;
+
+impl Reference {
+    fn stock_key(&self, key: SkuKey) -> String {
+        format!("{}ref:{}:{}", self.prefix, key.warehouse_id, key.sku_id)
+    }
+
+    async fn setup(&self, keys: &[SkuKey], stock: i64) {
+        use diesel_async::RunQueryDsl;
+        let mut conn = inventory::store::db::connection(&self.pool)
+            .await
+            .expect("db");
+        for key in keys {
+            diesel::sql_query(format!(
+                "INSERT INTO t_inventory (sku_id, warehouse_id, available_qty, reserved_qty) VALUES ({}, {}, {stock}, 0)",
+                key.sku_id, key.warehouse_id
+            ))
+            .execute(&mut conn)
+            .await
+            .expect("reference stock row");
+            let mut r = self.redis.connection();
+            let _: () = redis::cmd("SET")
+                .arg(self.stock_key(*key))
+                .arg(stock)
+                .query_async(&mut r)
+                .await
+                .expect("reference stock key");
+        }
+    }
+
+    async fn reserve(&self, order_no: &str, lines: &[OrderLine]) -> Outcome {
+        for line in lines {
+            let mut r = self.redis.connection();
+            let result: Result<i64, _> = self
+                .script
+                .key(self.stock_key(line.key))
+                .key(format!(
+                    "{}ref:res:{order_no}:{}",
+                    self.prefix, line.key.sku_id
+                ))
+                .arg(line.qty)
+                .invoke_async(&mut r)
+                .await;
+            match result {
+                Ok(1) => {}
+                Ok(0) => return Outcome::Repeat,
+                Ok(_) => return Outcome::Insufficient,
+                Err(e) => return Outcome::Error(format!("redis: {e}")),
+            }
+        }
+        match self.write_db(order_no, lines).await {
+            Ok(()) => Outcome::Held,
+            Err(e) => Outcome::Error(format!("db: {e}")),
+        }
+    }
+
+    async fn write_db(&self, order_no: &str, lines: &[OrderLine]) -> Result<(), String> {
+        use diesel::sql_types::{BigInt, Integer, Varchar};
+        use diesel_async::{AsyncConnection, RunQueryDsl};
+        let mut conn = inventory::store::db::connection(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        let order_no = order_no.to_string();
+        let lines = lines.to_vec();
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            for line in &lines {
+                let updated = diesel::sql_query(
+                    "UPDATE t_inventory SET available_qty = available_qty - ?, reserved_qty = reserved_qty + ?, version = version + 1 \
+                     WHERE sku_id = ? AND warehouse_id = ? AND available_qty >= ?",
+                )
+                .bind::<Integer, _>(line.qty as i32)
+                .bind::<Integer, _>(line.qty as i32)
+                .bind::<BigInt, _>(line.key.sku_id)
+                .bind::<BigInt, _>(line.key.warehouse_id)
+                .bind::<Integer, _>(line.qty as i32)
+                .execute(conn)
+                .await?;
+                if updated != 1 {
+                    return Err(diesel::result::Error::RollbackTransaction);
+                }
+                diesel::sql_query(
+                    "INSERT INTO t_inventory_reservation (order_no, sku_id, warehouse_id, qty, status, expire_at, version) \
+                     VALUES (?, ?, ?, ?, 'RESERVED', NOW() + INTERVAL 30 MINUTE, 1)",
+                )
+                .bind::<Varchar, _>(&order_no)
+                .bind::<BigInt, _>(line.key.sku_id)
+                .bind::<BigInt, _>(line.key.warehouse_id)
+                .bind::<Integer, _>(line.qty as i32)
+                .execute(conn)
+                .await?;
+                diesel::sql_query(
+                    "INSERT INTO t_inventory_txn (txn_id, order_no, sku_id, warehouse_id, delta_available, delta_reserved, \
+                     available_after, reserved_after, reason) \
+                     SELECT ?, ?, sku_id, warehouse_id, ?, ?, available_qty, reserved_qty, 'RESERVE' \
+                     FROM t_inventory WHERE sku_id = ? AND warehouse_id = ?",
+                )
+                .bind::<Varchar, _>(format!("ref-{order_no}-{}", line.key.sku_id))
+                .bind::<Varchar, _>(&order_no)
+                .bind::<Integer, _>(-(line.qty as i32))
+                .bind::<Integer, _>(line.qty as i32)
+                .bind::<BigInt, _>(line.key.sku_id)
+                .bind::<BigInt, _>(line.key.warehouse_id)
+                .execute(conn)
+                .await?;
+            }
+            Ok(())
         })
-        .collect()
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Clone)]
+enum Driver {
+    InProcess(Box<ReservationEngine>),
+    Http(reqwest::Client, String),
+    Reference(Box<Reference>),
+}
+
+impl Driver {
+    async fn reserve(&self, order_no: String, lines: Vec<OrderLine>) -> Outcome {
+        match self {
+            Driver::InProcess(engine) => match engine
+                .reserve(ReserveRequest {
+                    order_no,
+                    lines,
+                    trace_id: String::new(),
+                })
+                .await
+            {
+                Ok(out) if out.existed => Outcome::Repeat,
+                Ok(_) => Outcome::Held,
+                Err(EngineError::InsufficientStock { .. }) => Outcome::Insufficient,
+                Err(e) => Outcome::Error(error_code(&e)),
+            },
+            Driver::Http(client, base) => {
+                let items: Vec<_> = lines
+                    .iter()
+                    .map(|l| json!({"skuId": l.key.sku_id, "warehouseId": l.key.warehouse_id, "qty": l.qty}))
+                    .collect();
+                match client
+                    .post(format!("{base}/inventory/reserve"))
+                    .json(&json!({"orderNo": order_no, "items": items}))
+                    .send()
+                    .await
+                {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let body: serde_json::Value = r.json().await.unwrap_or_default();
+                        match (status, body["data"]["existed"].as_bool()) {
+                            (200, Some(true)) => Outcome::Repeat,
+                            (200, _) => Outcome::Held,
+                            _ if body["code"] == "INSUFFICIENT_STOCK" => Outcome::Insufficient,
+                            _ => {
+                                Outcome::Error(body["code"].as_str().unwrap_or("HTTP").to_string())
+                            }
+                        }
+                    }
+                    Err(e) => Outcome::Error(format!("transport: {e}")),
+                }
+            }
+            Driver::Reference(reference) => reference.reserve(&order_no, &lines).await,
+        }
+    }
+
+    /// Settles a held order right away (confirm or release); false when not supported.
+    async fn settle(&self, order_no: &str, confirm: bool) -> bool {
+        match self {
+            Driver::InProcess(engine) => {
+                if confirm {
+                    engine.confirm(order_no, "").await.is_ok()
+                } else {
+                    engine
+                        .release(order_no, LedgerReason::Release, "bench", "")
+                        .await
+                        .is_ok()
+                }
+            }
+            Driver::Http(client, base) => {
+                let op = if confirm { "confirm" } else { "release" };
+                client
+                    .post(format!(
+                        "{base}/inventory/reservations/{op}?orderNo={order_no}"
+                    ))
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+            Driver::Reference(_) => false,
+        }
+    }
+}
+
+fn error_code(e: &EngineError) -> String {
+    match e {
+        EngineError::Overloaded | EngineError::JournalFull => "SERVICE_OVERLOADED".into(),
+        EngineError::Timeout => "TIMEOUT".into(),
+        EngineError::Redis(_) | EngineError::Db(_) => "STORE_UNAVAILABLE".into(),
+        EngineError::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT".into(),
+        EngineError::InventoryNotFound(_) => "INVENTORY_NOT_FOUND".into(),
+        other => format!("{other:?}").chars().take(40).collect(),
+    }
+}
+
+async fn drive(
+    o: &Options,
+    driver: Driver,
+    base: i64,
+    prefix: &str,
+    lag_source: Option<RedisStore>,
+) -> LoadResult {
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    // Journal lag sampled while the load runs.
+    let sampler = lag_source.map(|redis| {
+        let done = done.clone();
+        let peak = peak.clone();
+        actix_web::rt::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(lag) = redis.journal_lag(PERSIST_GROUP).await {
+                    peak.fetch_max(lag.not_persisted(), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    });
+    let progress_every = (o.requests / 10).max(1) as u64;
+    let deadline = o.duration.map(|d| Instant::now() + d);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..o.concurrency {
+        let o = o.clone();
+        let next = next.clone();
+        let driver = driver.clone();
+        let prefix = prefix.to_string();
+        workers.push(actix_web::rt::spawn(async move {
+            let mut r = LoadResult::default();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= o.requests as u64 || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                if n > 0 && n % progress_every == 0 {
+                    eprintln!("  {n} requests sent");
+                }
+                // A duplicate re-sends an earlier order (a client retry).
+                let order_id = if o.duplicates > 0.0 && n > 0 && fraction(n, 0xD0) < o.duplicates {
+                    mix(n) % n
+                } else {
+                    n
+                };
+                let lines = order_lines(&o, order_id, base);
+                let order_no = format!("{prefix}{order_id}");
+                let t = Instant::now();
+                let outcome = driver.reserve(order_no.clone(), lines).await;
+                r.latencies.push(t.elapsed());
+                r.requests += 1;
+                match outcome {
+                    Outcome::Held => {
+                        r.held += 1;
+                        let f = fraction(order_id, 0xC0);
+                        if f < o.confirm {
+                            r.confirmed += u64::from(driver.settle(&order_no, true).await);
+                        } else if f < o.confirm + o.release {
+                            r.released += u64::from(driver.settle(&order_no, false).await);
+                        }
+                    }
+                    Outcome::Repeat => r.repeats += 1,
+                    Outcome::Insufficient => r.insufficient += 1,
+                    Outcome::Error(code) => *r.errors.entry(code).or_insert(0) += 1,
+                }
+            }
+            r
+        }));
+    }
+    let mut total = LoadResult::default();
+    for w in workers {
+        let r = w.await.expect("worker");
+        total.latencies.extend(r.latencies);
+        total.held += r.held;
+        total.repeats += r.repeats;
+        total.insufficient += r.insufficient;
+        total.confirmed += r.confirmed;
+        total.released += r.released;
+        total.requests += r.requests;
+        for (code, n) in r.errors {
+            *total.errors.entry(code).or_insert(0) += n;
+        }
+    }
+    total.elapsed = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    if let Some(s) = sampler {
+        let _ = s.await;
+    }
+    total.peak_lag = peak.load(Ordering::Relaxed);
+    total.latencies.sort();
+    total
+}
+
+/// redis-benchmark of a minimal check-and-decrement script, pipelined: what one Redis can do
+/// at best on this machine. None when redis-benchmark is not installed.
+fn redis_ceiling(redis_url: &str, prefix: &str) -> Option<f64> {
+    let port = redis_url
+        .rsplit(':')
+        .next()?
+        .trim_end_matches('/')
+        .parse::<u16>()
+        .ok()?;
+    let script = "local a = tonumber(redis.call('GET', KEYS[1]) or '0') if a < 1 then return -1 end return redis.call('DECRBY', KEYS[1], 1)";
+    let cli = |args: &[&str]| {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .ok()
+    };
+    let key = format!("{prefix}ceiling");
+    cli(&["SET", &key, "1000000000000"])?;
+    let sha = String::from_utf8(cli(&["SCRIPT", "LOAD", script])?.stdout).ok()?;
+    let out = std::process::Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-n",
+            "300000",
+            "-c",
+            "32",
+            "-P",
+            "32",
+            "-q",
+        ])
+        .args(["EVALSHA", sha.trim(), "1", &key])
+        .output()
+        .ok()?;
+    cli(&["DEL", &key]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // "EVALSHA ...: 412371.12 requests per second, p50=..." (possibly after \r progress)
+    let line = text.rsplit('\r').next().unwrap_or(&text);
+    let value = line
+        .split(':')
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse::<f64>()
+        .ok()?;
+    Some(value)
 }
 
 async fn admin_sql(url: &str, sql: &str) {
@@ -133,6 +552,48 @@ async fn admin_sql(url: &str, sql: &str) {
         .execute(&mut conn)
         .await
         .expect("admin statement");
+}
+
+fn summary(name: &str, r: &LoadResult) -> serde_json::Value {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    json!({
+        "target": name,
+        "seconds": secs,
+        "requests": r.requests,
+        "requestsPerSec": r.requests as f64 / secs,
+        "reservationsPerSec": r.held as f64 / secs,
+        "latencyMs": {
+            "p50": percentile(&r.latencies, 0.50),
+            "p90": percentile(&r.latencies, 0.90),
+            "p99": percentile(&r.latencies, 0.99),
+            "max": percentile(&r.latencies, 1.0),
+        },
+        "outcomes": {
+            "held": r.held, "repeat": r.repeats, "insufficient": r.insufficient,
+            "confirmed": r.confirmed, "released": r.released,
+        },
+        "errorsByCode": r.errors,
+        "journalPeakLag": r.peak_lag,
+    })
+}
+
+fn print_row(name: &str, r: &LoadResult) {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let errors: u64 = r.errors.values().sum();
+    println!(
+        "| {name} | {:.0} | {:.0} | {:.2} / {:.2} / {:.2} / {:.2} | {} / {} / {} / {} | {} |",
+        r.requests as f64 / secs,
+        r.held as f64 / secs,
+        percentile(&r.latencies, 0.5),
+        percentile(&r.latencies, 0.9),
+        percentile(&r.latencies, 0.99),
+        percentile(&r.latencies, 1.0),
+        r.held,
+        r.repeats,
+        r.insufficient,
+        errors,
+        r.peak_lag,
+    );
 }
 
 fn main() {
@@ -154,11 +615,12 @@ async fn run(o: Options) -> i32 {
     };
     let redis_url =
         std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let prefix = format!("b{id}:");
     let settings = Settings::defaults_with(&[
         ("http.bind", "127.0.0.1:0".into()),
         ("database.url", db_url.clone().into()),
-        ("redis.url", redis_url.into()),
-        ("redis.key_prefix", format!("b{id}:").into()),
+        ("redis.url", redis_url.clone().into()),
+        ("redis.key_prefix", prefix.clone().into()),
         ("log.format", "pretty".into()),
         ("engine.mailbox_capacity", 100_000.into()),
         ("journal.block_ms", 10.into()),
@@ -177,14 +639,14 @@ async fn run(o: Options) -> i32 {
         "setting up {} SKU(s) x {} units ({} target, {} requests, concurrency {})",
         o.skus, o.stock, o.target, o.requests, o.concurrency
     );
-    let keys: Vec<SkuKey> = (0..o.skus).map(|s| SkuKey::new(1, 100_000 + s)).collect();
+    let keys: Vec<SkuKey> = (0..o.skus).map(|s| SkuKey::new(1, SKU_BASE + s)).collect();
     for key in &keys {
         state
             .stock
-            .adjust(inventory::engine::stock::AdjustRequest {
+            .adjust(AdjustRequest {
                 key: *key,
                 delta: o.stock,
-                reason: inventory::domain::LedgerReason::Inbound,
+                reason: LedgerReason::Inbound,
                 request_id: None,
                 remark: "bench".into(),
                 trace_id: "bench".into(),
@@ -192,127 +654,77 @@ async fn run(o: Options) -> i32 {
             .await
             .expect("stock in");
     }
-
-    let tally = Arc::new(Tally::default());
-    let next = Arc::new(AtomicU64::new(0));
+    let reference = Reference {
+        redis: state.stock.redis().clone(),
+        pool: state.stock.pool().clone(),
+        script: Arc::new(redis::Script::new(REFERENCE_LUA)),
+        prefix: prefix.clone(),
+    };
+    let reference_keys: Vec<SkuKey> = (0..o.skus)
+        .map(|s| SkuKey::new(1, REFERENCE_SKU_BASE + s))
+        .collect();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(o.concurrency)
         .build()
         .expect("client");
-    let url = format!("http://127.0.0.1:{port}/inventory/reserve");
-    let started = Instant::now();
-    let progress_every = (o.requests / 10).max(1) as u64;
-    let mut workers = Vec::new();
-    for _ in 0..o.concurrency {
-        let o = o.clone();
-        let tally = tally.clone();
-        let next = next.clone();
-        let engine = state.reservations.clone();
-        let client = client.clone();
-        let url = url.clone();
-        workers.push(actix_web::rt::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= o.requests as u64 {
-                    break;
-                }
-                if n > 0 && n % progress_every == 0 {
-                    eprintln!("  {n} requests sent");
-                }
-                // A duplicate re-sends an earlier order (a client retry).
-                let order_id = if o.duplicates > 0.0
-                    && n > 0
-                    && (mix(n ^ 0xD0) % 10_000) as f64 / 10_000.0 < o.duplicates
-                {
-                    mix(n) % n
-                } else {
-                    n
-                };
-                let lines = order_lines(&o, order_id);
-                let order_no = format!("B-{order_id}");
-                let t = Instant::now();
-                let outcome = if o.target == "http" {
-                    let items: Vec<_> = lines
-                        .iter()
-                        .map(|l| json!({"skuId": l.key.sku_id, "warehouseId": 1, "qty": l.qty}))
-                        .collect();
-                    match client
-                        .post(&url)
-                        .json(&json!({"orderNo": order_no, "items": items}))
-                        .send()
-                        .await
-                    {
-                        Ok(r) => {
-                            let status = r.status().as_u16();
-                            let body: serde_json::Value = r.json().await.unwrap_or_default();
-                            match (status, body["data"]["existed"].as_bool()) {
-                                (200, Some(true)) => "repeat",
-                                (200, _) => "held",
-                                (409, _) if body["code"] == "INSUFFICIENT_STOCK" => "insufficient",
-                                _ => "other",
-                            }
-                        }
-                        Err(_) => "other",
-                    }
-                } else {
-                    match engine
-                        .reserve(ReserveRequest {
-                            order_no,
-                            lines,
-                            trace_id: String::new(),
-                        })
-                        .await
-                    {
-                        Ok(out) if out.existed => "repeat",
-                        Ok(_) => "held",
-                        Err(inventory::engine::EngineError::InsufficientStock { .. }) => {
-                            "insufficient"
-                        }
-                        Err(_) => "other",
-                    }
-                };
-                latencies.push(t.elapsed());
-                let counter = match outcome {
-                    "held" => &tally.held,
-                    "repeat" => &tally.repeats,
-                    "insufficient" => &tally.insufficient,
-                    _ => &tally.other,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-            latencies
-        }));
-    }
-    let mut latencies = Vec::with_capacity(o.requests);
-    for w in workers {
-        latencies.extend(w.await.expect("worker"));
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
 
-    // Journal drain.
-    let drain_started = Instant::now();
-    let mut peak_lag = 0;
-    loop {
-        let lag = state
-            .stock
-            .redis()
-            .journal_lag(PERSIST_GROUP)
-            .await
-            .expect("lag")
-            .not_persisted();
-        peak_lag = peak_lag.max(lag);
-        if lag == 0 {
-            break;
-        }
-        if drain_started.elapsed() > Duration::from_secs(120) {
-            eprintln!("FAIL: journal did not drain in 120 s (lag {lag})");
-            return 1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut results: Vec<(String, LoadResult)> = Vec::new();
+    let mut ceiling = None;
+    if o.compare {
+        eprintln!("baseline: redis-benchmark ceiling");
+        ceiling = redis_ceiling(&redis_url, &prefix);
     }
-    let drain = drain_started.elapsed();
+    if o.compare || o.target == "reference" {
+        eprintln!("baseline: the reference design (EVALSHA per request + DB transaction)");
+        reference.setup(&reference_keys, o.stock).await;
+        let r = drive(
+            &o,
+            Driver::Reference(Box::new(reference.clone())),
+            REFERENCE_SKU_BASE,
+            "R-",
+            None,
+        )
+        .await;
+        results.push(("reference".into(), r));
+    }
+    let main_driver = match o.target.as_str() {
+        "http" => Some(Driver::Http(client, format!("http://127.0.0.1:{port}"))),
+        "inprocess" => Some(Driver::InProcess(Box::new(state.reservations.clone()))),
+        _ => None,
+    };
+    let mut drain = Duration::ZERO;
+    if let Some(driver) = main_driver {
+        eprintln!("load: {}", o.target);
+        let r = drive(
+            &o,
+            driver,
+            SKU_BASE,
+            "B-",
+            Some(state.stock.redis().clone()),
+        )
+        .await;
+        // Journal drain after the load stops.
+        let drain_started = Instant::now();
+        loop {
+            let lag = state
+                .stock
+                .redis()
+                .journal_lag(PERSIST_GROUP)
+                .await
+                .expect("lag")
+                .not_persisted();
+            if lag == 0 {
+                break;
+            }
+            if drain_started.elapsed() > Duration::from_secs(120) {
+                eprintln!("FAIL: journal did not drain in 120 s (lag {lag})");
+                return 1;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drain = drain_started.elapsed();
+        results.push((o.target.clone(), r));
+    }
 
     if o.corrupt {
         eprintln!("--corrupt: adding 1 unit to Redis behind the service's back");
@@ -326,93 +738,124 @@ async fn run(o: Options) -> i32 {
             .expect("corrupt");
     }
 
-    // Verification.
+    // Verification: the service's positions (invariants 1-5) ...
     let mut violations = Vec::new();
-    let mut reserved_units = 0;
-    let mut sold_per_key: HashMap<SkuKey, i64> = HashMap::new();
-    for key in &keys {
-        let audit = audit_position(state.stock.redis(), state.stock.pool(), *key)
-            .await
-            .expect("audit");
-        let held = audit.lines_reserved + audit.lines_confirmed;
-        sold_per_key.insert(*key, held);
-        reserved_units += held;
-        if held > o.stock {
-            violations.push(format!("OVERSOLD {key}: {held} held of {} units", o.stock));
+    let service_result = results
+        .iter()
+        .find(|(n, _)| n != "reference")
+        .map(|(_, r)| r);
+    if let Some(r) = service_result {
+        let mut units = 0;
+        for key in &keys {
+            let audit = audit_position(state.stock.redis(), state.stock.pool(), *key)
+                .await
+                .expect("audit");
+            let held = audit.lines_reserved + audit.lines_confirmed;
+            units += held;
+            if held > o.stock {
+                violations.push(format!("OVERSOLD {key}: {held} held of {} units", o.stock));
+            }
+            for v in &audit.violations {
+                violations.push(format!("{key}: {v}"));
+            }
         }
-        for v in &audit.violations {
-            violations.push(format!("{key}: {v}"));
+        let expected = (r.held - r.released) as i64 * o.qty * o.lines as i64;
+        if units != expected {
+            violations.push(format!(
+                "callers were told {} orders are held ({} released since): {expected} units; the DB holds {units}",
+                r.held, r.released
+            ));
         }
     }
-    let held = tally.held.load(Ordering::Relaxed);
-    let expected_units = held as i64 * o.qty * o.lines as i64;
-    if reserved_units != expected_units {
-        violations.push(format!(
-            "callers were told {held} orders ({expected_units} units) are held; the DB holds {reserved_units} units"
-        ));
+    // ... and the reference's (no oversell there either, or the comparison is void).
+    if results.iter().any(|(n, _)| n == "reference") {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            sku_id: i64,
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            available_qty: i32,
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            reserved_qty: i32,
+        }
+        let mut conn = inventory::store::db::connection(state.stock.pool())
+            .await
+            .expect("db");
+        let rows: Vec<Row> = diesel::sql_query(format!(
+            "SELECT sku_id, available_qty, reserved_qty FROM t_inventory WHERE sku_id >= {REFERENCE_SKU_BASE}"
+        ))
+        .load(&mut conn)
+        .await
+        .expect("reference rows");
+        for row in rows {
+            if row.available_qty < 0 || i64::from(row.reserved_qty) > o.stock {
+                violations.push(format!(
+                    "OVERSOLD reference sku {}: available {}, reserved {}",
+                    row.sku_id, row.available_qty, row.reserved_qty
+                ));
+            }
+        }
     }
 
-    let secs = elapsed.as_secs_f64();
-    let report = json!({
-        "target": o.target,
-        "skus": o.skus,
-        "stockPerSku": o.stock,
-        "requests": o.requests,
-        "concurrency": o.concurrency,
-        "qty": o.qty,
-        "linesPerOrder": o.lines,
-        "duplicates": o.duplicates,
-        "seconds": secs,
-        "requestsPerSec": o.requests as f64 / secs,
-        "reservationsPerSec": held as f64 / secs,
-        "latencyMs": {
-            "p50": percentile(&latencies, 0.50),
-            "p90": percentile(&latencies, 0.90),
-            "p99": percentile(&latencies, 0.99),
-            "max": percentile(&latencies, 1.0),
-        },
-        "outcomes": {
-            "held": held,
-            "repeat": tally.repeats.load(Ordering::Relaxed),
-            "insufficient": tally.insufficient.load(Ordering::Relaxed),
-            "other": tally.other.load(Ordering::Relaxed),
-        },
-        "journal": {"peakLagEntries": peak_lag, "drainMs": drain.as_secs_f64() * 1000.0},
-        "oversold": violations.iter().any(|v| v.starts_with("OVERSOLD")),
-        "violations": violations,
-    });
     println!();
-    println!("| metric | value |");
-    println!("|---|---|");
-    println!("| target | {} |", o.target);
-    println!("| SKUs x stock | {} x {} |", o.skus, o.stock);
     println!(
-        "| requests / concurrency | {} / {} |",
-        o.requests, o.concurrency
+        "{} SKU(s) x {} units, {} requests, concurrency {}, qty {}, lines {}, duplicates {}, confirm {}, release {}",
+        o.skus, o.stock, o.requests, o.concurrency, o.qty, o.lines, o.duplicates, o.confirm, o.release
     );
-    println!("| requests/s | {:.0} |", o.requests as f64 / secs);
-    println!("| reservations/s | {:.0} |", held as f64 / secs);
-    println!(
-        "| latency p50 / p90 / p99 / max (ms) | {:.2} / {:.2} / {:.2} / {:.2} |",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.9),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0)
-    );
-    println!(
-        "| held / repeat / insufficient / other | {} / {} / {} / {} |",
-        held,
-        tally.repeats.load(Ordering::Relaxed),
-        tally.insufficient.load(Ordering::Relaxed),
-        tally.other.load(Ordering::Relaxed)
-    );
-    println!(
-        "| journal peak lag / drain | {} entries / {:.0} ms |",
-        peak_lag,
-        drain.as_secs_f64() * 1000.0
-    );
-    println!("| units held (DB) | {reserved_units} |");
+    println!();
+    println!("| target | requests/s | reservations/s | latency p50 / p90 / p99 / max (ms) | held / repeat / insufficient / errors | journal peak lag |");
+    println!("|---|---|---|---|---|---|");
+    for (name, r) in &results {
+        print_row(name, r);
+    }
+    if let Some(c) = ceiling {
+        println!("| redis-benchmark ceiling (pipelined check-and-decrement) | {c:.0} | | | | |");
+    }
+    let reference_rate = results
+        .iter()
+        .find(|(n, _)| n == "reference")
+        .map(|(_, r)| r.requests as f64 / r.elapsed.as_secs_f64().max(1e-9));
+    let main_rate = service_result.map(|r| r.requests as f64 / r.elapsed.as_secs_f64().max(1e-9));
+    if let (Some(m), Some(r)) = (main_rate, reference_rate) {
+        println!(
+            "\n{}: {:.1}x the reference design's request rate",
+            o.target,
+            m / r
+        );
+    }
+    if let (Some(m), Some(c)) = (main_rate, ceiling) {
+        println!(
+            "{}: {:.0}% of the pipelined redis-benchmark ceiling",
+            o.target,
+            100.0 * m / c
+        );
+    }
+    if service_result.is_some() {
+        println!(
+            "journal drained {:.0} ms after the load stopped",
+            drain.as_secs_f64() * 1000.0
+        );
+    }
+    for (name, r) in &results {
+        if !r.errors.is_empty() {
+            println!("{name} errors by code: {:?}", r.errors);
+        }
+    }
+
     if let Some(path) = &o.json {
+        let report = json!({
+            "options": {
+                "target": o.target, "skus": o.skus, "stockPerSku": o.stock, "requests": o.requests,
+                "concurrency": o.concurrency, "qty": o.qty, "linesPerOrder": o.lines,
+                "duplicates": o.duplicates, "confirm": o.confirm, "release": o.release,
+            },
+            "results": results.iter().map(|(n, r)| summary(n, r)).collect::<Vec<_>>(),
+            "redisBenchmarkCeiling": ceiling,
+            "journalDrainMs": drain.as_secs_f64() * 1000.0,
+            "oversold": violations.iter().any(|v| v.starts_with("OVERSOLD")),
+            "violations": violations,
+        });
         if let Err(e) = std::fs::write(
             path,
             serde_json::to_string_pretty(&report).unwrap_or_default(),
@@ -421,11 +864,11 @@ async fn run(o: Options) -> i32 {
         }
     }
     handle.stop(false).await;
-    // Leave no bench database behind.
+    // Leave nothing behind.
     admin_sql(&base, &format!("DROP DATABASE `{db_name}`")).await;
     let mut conn = state.stock.redis().connection();
     let stale: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("b{id}:*"))
+        .arg(format!("{prefix}*"))
         .query_async(&mut conn)
         .await
         .unwrap_or_default();
