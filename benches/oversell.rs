@@ -531,15 +531,10 @@ fn redis_ceiling(redis_url: &str, prefix: &str) -> Option<f64> {
         .ok()?;
     cli(&["DEL", &key]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    // "EVALSHA ...: 412371.12 requests per second, p50=..." (possibly after \r progress)
+    // "EVALSHA <sha> 1 <key>: 259740.27 requests per second, p50=..." after \r progress.
     let line = text.rsplit('\r').next().unwrap_or(&text);
-    let value = line
-        .split(':')
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse::<f64>()
-        .ok()?;
+    let end = line.find(" requests per second")?;
+    let value = line[..end].rsplit(' ').next()?.parse::<f64>().ok()?;
     Some(value)
 }
 

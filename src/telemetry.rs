@@ -12,7 +12,12 @@ pub fn init(format: LogFormat) {
 pub fn init_with_default(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal, never into log files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     let result = match format {
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
         LogFormat::Pretty => builder.try_init(),

@@ -124,6 +124,18 @@ fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
     ApiError::invalid(format!("invalid path: {err}")).into()
 }
 
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        Code::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    ))
+}
+
+/// A path whose other methods answer 405 with the envelope.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(
         Code::RouteNotFound,
@@ -140,29 +152,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     )
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .app_data(web::PathConfig::default().error_handler(path_error))
-    .route("/health", web::get().to(health::live))
-    .route("/health/ready", web::get().to(health::ready))
-    .route("/metrics", web::get().to(health::metrics))
+    .service(resource("/health").route(web::get().to(health::live)))
+    .service(resource("/health/ready").route(web::get().to(health::ready)))
+    .service(resource("/metrics").route(web::get().to(health::metrics)))
     .service(
         web::scope("/inventory")
-            .route("/reserve", web::post().to(reservations::reserve))
-            .route("/reconcile", web::post().to(inventory::reconcile))
-            .route("/reservations", web::get().to(reservations::list))
-            .route(
-                "/reservations/confirm",
-                web::post().to(reservations::confirm),
-            )
-            .route(
-                "/reservations/release",
-                web::post().to(reservations::release),
-            )
-            .route("/{sku_id}", web::get().to(inventory::get_inventory))
-            .route(
-                "/{sku_id}/all",
-                web::get().to(inventory::get_all_warehouses),
-            )
-            .route("/{sku_id}/sync", web::post().to(inventory::sync_to_redis))
-            .route("/{sku_id}/stock", web::post().to(inventory::adjust_stock)),
+            .service(resource("/reserve").route(web::post().to(reservations::reserve)))
+            .service(resource("/reconcile").route(web::post().to(inventory::reconcile)))
+            .service(resource("/reservations").route(web::get().to(reservations::list)))
+            .service(resource("/reservations/confirm").route(web::post().to(reservations::confirm)))
+            .service(resource("/reservations/release").route(web::post().to(reservations::release)))
+            .service(resource("/{sku_id}").route(web::get().to(inventory::get_inventory)))
+            .service(resource("/{sku_id}/all").route(web::get().to(inventory::get_all_warehouses)))
+            .service(resource("/{sku_id}/sync").route(web::post().to(inventory::sync_to_redis)))
+            .service(resource("/{sku_id}/stock").route(web::post().to(inventory::adjust_stock))),
     )
     .default_service(web::to(not_found));
 }

@@ -412,6 +412,15 @@ fn bad_requests() -> Vec<(
             "INVALID_PARAMETER",
         ),
         ("GET", "/nowhere", None, 404, "ROUTE_NOT_FOUND"),
+        (
+            "GET",
+            "/inventory/7001/stock",
+            None,
+            405,
+            "METHOD_NOT_ALLOWED",
+        ),
+        ("POST", "/inventory/7001", None, 405, "METHOD_NOT_ALLOWED"),
+        ("GET", "/inventory/reserve", None, 405, "METHOD_NOT_ALLOWED"),
     ]
 }
 
