@@ -31,6 +31,24 @@ end
 
 local expire_at = now + hold_ms
 local events = {}
+-- Counters of the positions this batch touches, read once and written once at the end
+-- (the script is atomic, so keeping them here is the same as writing each change).
+local positions = {}
+local touched = {}
+local function position(stock)
+  local p = positions[stock]
+  if not p then
+    local v = redis.call('HMGET', stock, 'avail', 'reserved', 'seq')
+    if v[1] then
+      p = {a = tonumber(v[1]), r = tonumber(v[2] or 0), v = tonumber(v[3] or 0), dirty = false}
+    else
+      p = {missing = true}
+    end
+    positions[stock] = p
+  end
+  return p
+end
+local holds = {}
 
 for i, order in ipairs(batch) do
   local result
@@ -51,11 +69,11 @@ for i, order in ipairs(batch) do
       else
         fresh = fresh + 1
         if not short then
-          local available = redis.call('HGET', KEYS[line.s], 'avail')
-          if not available then
+          local p = position(KEYS[line.s])
+          if p.missing then
             short = {'NOT_FOUND', j, -1}
-          elseif tonumber(available) < line.q then
-            short = {'INSUFFICIENT', j, tonumber(available)}
+          elseif p.a < line.q then
+            short = {'INSUFFICIENT', j, p.a}
           end
         end
       end
@@ -69,27 +87,44 @@ for i, order in ipairs(batch) do
     elseif short then
       result = {st = short[1], i = short[2], a = short[3]}
     else
+      local index = {}
       for _, line in ipairs(order.l) do
         local stock = KEYS[line.s]
-        local a = redis.call('HINCRBY', stock, 'avail', -line.q)
-        local r = redis.call('HINCRBY', stock, 'reserved', line.q)
-        local v = redis.call('HINCRBY', stock, 'seq', 1)
+        local p = position(stock)
+        p.a = p.a - line.q
+        p.r = p.r + line.q
+        p.v = p.v + 1
+        if not p.dirty then
+          p.dirty = true
+          touched[#touched + 1] = stock
+        end
         redis.call('HSET', KEYS[line.m], 'st', 'RESERVED', 'q', line.q, 'x', expire_at)
         redis.call('PEXPIRE', KEYS[line.m], marker_ms)
-        redis.call('SADD', KEYS[order.k], line.w .. ':' .. line.k)
+        index[#index + 1] = line.w .. ':' .. line.k
         events[#events + 1] = {
-          k = 'RES', w = line.w, s = line.k, da = -line.q, dr = line.q, a = a, r = r, v = v,
+          k = 'RES', w = line.w, s = line.k, da = -line.q, dr = line.q, a = p.a, r = p.r, v = p.v,
           rs = 'RESERVE', o = order.o, tr = order.tr, ts = now, q = line.q, x = expire_at,
         }
       end
+      redis.call('SADD', KEYS[order.k], unpack(index))
       redis.call('PEXPIRE', KEYS[order.k], marker_ms)
-      redis.call('ZADD', KEYS[2], expire_at, order.o)
+      holds[#holds + 1] = expire_at
+      holds[#holds + 1] = order.o
       result = {st = 'RESERVED', x = expire_at}
     end
   end
   results[i] = result
 end
 
+for _, stock in ipairs(touched) do
+  local p = positions[stock]
+  redis.call('HSET', stock, 'avail', p.a, 'reserved', p.r, 'seq', p.v)
+end
+-- One ZADD for the whole batch (in slices: Lua's unpack has a stack limit).
+for from = 1, #holds, 1000 do
+  local to = math.min(from + 999, #holds)
+  redis.call('ZADD', KEYS[2], unpack(holds, from, to))
+end
 if #events > 0 then
   redis.call('XADD', KEYS[1], '*', 'e', cjson.encode(events))
 end

@@ -158,6 +158,7 @@ pub struct SupervisorSettings {
 pub struct EngineSettings {
     pub shards: usize,
     pub max_batch: usize,
+    pub max_in_flight: usize,
     pub mailbox_capacity: usize,
     pub arbiters: usize,
     pub reply_timeout_ms: u64,
@@ -452,6 +453,7 @@ impl Settings {
             1,
             1_000_000,
         )?;
+        check_range("engine.max_in_flight", self.engine.max_in_flight as i64, 1, 16)?;
         check_range("engine.arbiters", self.engine.arbiters as i64, 0, 256)?;
         check_range(
             "engine.reply_timeout_ms",

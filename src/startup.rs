@@ -235,13 +235,14 @@ fn start_shards(
     };
     let capacity = settings.engine.mailbox_capacity;
     let max_batch = settings.engine.max_batch;
+    let max_in_flight = settings.engine.max_in_flight;
     (0..settings.engine.shards)
         .map(|i| {
             let core = core.clone();
             let arbiter = &arbiters[i % arbiters.len()];
             ShardActor::start_in_arbiter(&arbiter.handle(), move |ctx| {
                 ctx.set_mailbox_capacity(capacity);
-                ShardActor::new(core, capacity, max_batch)
+                ShardActor::new(core, capacity, max_batch, max_in_flight)
             })
         })
         .collect()

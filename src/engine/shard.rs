@@ -70,16 +70,18 @@ pub struct ShardQueue {
     pending: VecDeque<(ReserveOrder, oneshot::Sender<ReserveResult>)>,
     capacity: usize,
     max_batch: usize,
-    in_flight: bool,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 impl ShardQueue {
-    pub fn new(capacity: usize, max_batch: usize) -> Self {
+    pub fn new(capacity: usize, max_batch: usize, max_in_flight: usize) -> Self {
         ShardQueue {
             pending: VecDeque::new(),
             capacity: capacity.max(1),
             max_batch: max_batch.max(1),
-            in_flight: false,
+            in_flight: 0,
+            max_in_flight: max_in_flight.max(1),
         }
     }
 
@@ -92,18 +94,19 @@ impl ShardQueue {
         self.pending.push_back((order, reply));
     }
 
-    /// The next batch, if none is in flight.
+    /// The next batch, if fewer than `max_in_flight` are in flight. Batches of one shard
+    /// go out on one connection, so Redis applies them in the order they were taken.
     pub fn take_batch(&mut self) -> Option<Vec<(ReserveOrder, oneshot::Sender<ReserveResult>)>> {
-        if self.in_flight || self.pending.is_empty() {
+        if self.in_flight >= self.max_in_flight || self.pending.is_empty() {
             return None;
         }
         let n = self.pending.len().min(self.max_batch);
-        self.in_flight = true;
+        self.in_flight += 1;
         Some(self.pending.drain(..n).collect())
     }
 
     pub fn finish_batch(&mut self) {
-        self.in_flight = false;
+        self.in_flight = self.in_flight.saturating_sub(1);
     }
 
     pub fn len(&self) -> usize {
@@ -140,17 +143,24 @@ pub struct ShardActor {
 }
 
 impl ShardActor {
-    pub fn new(core: ShardCore, capacity: usize, max_batch: usize) -> Self {
+    pub fn new(core: ShardCore, capacity: usize, max_batch: usize, max_in_flight: usize) -> Self {
         ShardActor {
             core: Rc::new(core),
-            queue: ShardQueue::new(capacity, max_batch),
+            queue: ShardQueue::new(capacity, max_batch, max_in_flight),
         }
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        let Some(batch) = self.queue.take_batch() else {
-            return;
-        };
+        while let Some(batch) = self.queue.take_batch() {
+            self.send_batch(batch, ctx);
+        }
+    }
+
+    fn send_batch(
+        &mut self,
+        batch: Vec<(ReserveOrder, oneshot::Sender<ReserveResult>)>,
+        ctx: &mut Context<Self>,
+    ) {
         let (orders, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let core = self.core.clone();
         ctx.spawn(
@@ -204,7 +214,7 @@ mod tests {
 
     #[test]
     fn batches_are_bounded_and_one_at_a_time() {
-        let mut queue = ShardQueue::new(10, 3);
+        let mut queue = ShardQueue::new(10, 3, 1);
         let mut receivers = Vec::new();
         for n in 0..5 {
             let (tx, rx) = oneshot::channel();
@@ -225,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_answers_overloaded_at_once() {
-        let mut queue = ShardQueue::new(2, 10);
+        let mut queue = ShardQueue::new(2, 10, 1);
         let mut receivers = Vec::new();
         for n in 0..3 {
             let (tx, rx) = oneshot::channel();
