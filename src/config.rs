@@ -195,6 +195,7 @@ pub struct KafkaSettings {
     pub create_topics: bool,
     pub topic_partitions: i32,
     pub partition_queue: usize,
+    pub partition_concurrency: usize,
     pub producer_queue_messages: u64,
     pub delivery_timeout_ms: u64,
     pub idempotent_producer: bool,
@@ -453,7 +454,12 @@ impl Settings {
             1,
             1_000_000,
         )?;
-        check_range("engine.max_in_flight", self.engine.max_in_flight as i64, 1, 16)?;
+        check_range(
+            "engine.max_in_flight",
+            self.engine.max_in_flight as i64,
+            1,
+            16,
+        )?;
         check_range("engine.arbiters", self.engine.arbiters as i64, 0, 256)?;
         check_range(
             "engine.reply_timeout_ms",
@@ -528,6 +534,12 @@ impl Settings {
             self.kafka.partition_queue as i64,
             1,
             100_000,
+        )?;
+        check_range(
+            "kafka.partition_concurrency",
+            self.kafka.partition_concurrency as i64,
+            1,
+            1024,
         )?;
         check_range(
             "kafka.producer_queue_messages",

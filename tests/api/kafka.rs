@@ -76,6 +76,24 @@ impl KafkaClient {
 
     /// Reads `topic` from the beginning until `count` messages arrived (or the time is up).
     pub async fn collect(&self, topic: &str, count: usize, limit: Duration) -> Vec<Received> {
+        self.collect_until(topic, limit, |out| out.len() >= count)
+            .await
+    }
+
+    /// Reads until messages with `keys` distinct keys arrived (redeliveries may repeat one).
+    pub async fn collect_keys(&self, topic: &str, keys: usize, limit: Duration) -> Vec<Received> {
+        self.collect_until(topic, limit, |out| {
+            out.iter().map(|m| &m.key).collect::<HashSet<_>>().len() >= keys
+        })
+        .await
+    }
+
+    async fn collect_until(
+        &self,
+        topic: &str,
+        limit: Duration,
+        enough: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
@@ -86,7 +104,7 @@ impl KafkaClient {
         consumer.subscribe(&[topic]).expect("subscribe");
         let deadline = Instant::now() + limit;
         let mut out = Vec::new();
-        while out.len() < count && Instant::now() < deadline {
+        while !enough(&out) && Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, consumer.recv()).await {
                 Ok(Ok(m)) => {
