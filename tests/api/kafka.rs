@@ -558,7 +558,7 @@ async fn a_consumer_restarted_mid_stream_loses_nothing_and_reserves_nothing_twic
 
     let out = s
         .kafka
-        .collect("INVENTORY_TOPIC", 300, Duration::from_secs(60))
+        .collect_keys("INVENTORY_TOPIC", 300, Duration::from_secs(60))
         .await;
     let mut outcome: HashMap<String, String> = HashMap::new();
     for m in &out {
