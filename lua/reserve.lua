@@ -5,32 +5,52 @@
 -- KEYS[3..] stock hashes, line markers, order indexes and tombstones, referenced by index
 --           from the batch description.
 -- ARGV[1] now (ms), ARGV[2] hold (ms), ARGV[3] marker ttl after the hold (ms),
--- ARGV[4] max journal entries,
--- ARGV[5] batch: JSON [{o: orderNo, tr: traceId, k: order index key#, t: tombstone key#,
---                       l: [{s: stock key#, m: marker key#, w: "warehouseId", k: "skuId", q: qty}]}]
---         (the lines of one order name distinct positions: duplicates are summed before).
+-- ARGV[4] max journal entries, ARGV[5] number of orders, then per order:
+--   orderNo, traceId, order index key#, tombstone key#, number of lines,
+--   then per line: stock key#, marker key#, warehouseId, skuId, qty
+--   (the lines of one order name distinct positions: duplicates are summed before).
+-- Positional arguments rather than JSON: decoding is most of a script's cost per order.
 --
--- Returns JSON, one result per order, in order:
---   {st = 'RESERVED', x = expireAt}                    held now
---   {st = 'EXISTS', ls = {{state, expireAt}, ...}}     the same order was reserved before
---   {st = 'INSUFFICIENT', i = line#, a = available}    nothing held
---   {st = 'NOT_FOUND', i = line#}                      no such position in Redis
---   {st = 'CONFLICT', i = line# (0: other lines)}      same order, other content
---   {st = 'CANCELLED'}                                 released before it was reserved
---   {st = 'JOURNAL_FULL'}                              backpressure, nothing done
+-- Returns a flat array, three values per order, in order:
+--   'RESERVED', expireAt, 0                 held now
+--   'EXISTS:<state>', expireAt, 0           the same order was reserved before; its state now
+--   'INSUFFICIENT', line#, available        nothing held
+--   'NOT_FOUND', line#, 0                   no such position in Redis
+--   'CONFLICT', line# (0: other lines), 0   same order, other content
+--   'CANCELLED', 0, 0                       released before it was reserved
+--   'JOURNAL_FULL', 0, 0                    backpressure, nothing done
+-- The journal entry holds one line per reservation:
+--   'RES <warehouseId> <skuId> <qty> <available> <reserved> <seq> <expireAt> <orderNo> <traceId>'
 local now = tonumber(ARGV[1])
 local hold_ms = tonumber(ARGV[2])
 local marker_ms = hold_ms + tonumber(ARGV[3])
-local batch = cjson.decode(ARGV[5])
+local count = tonumber(ARGV[5])
 local results = {}
 
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[4]) then
-  for i = 1, #batch do results[i] = {st = 'JOURNAL_FULL'} end
-  return cjson.encode(results)
+  for _ = 1, count do
+    results[#results + 1] = 'JOURNAL_FULL'
+    results[#results + 1] = 0
+    results[#results + 1] = 0
+  end
+  return results
+end
+
+local orders = {}
+local at = 6
+for i = 1, count do
+  local order = {o = ARGV[at], tr = ARGV[at + 1], k = tonumber(ARGV[at + 2]), t = tonumber(ARGV[at + 3]), l = {}}
+  local lines = tonumber(ARGV[at + 4])
+  at = at + 5
+  for j = 1, lines do
+    order.l[j] = {s = tonumber(ARGV[at]), m = tonumber(ARGV[at + 1]), w = ARGV[at + 2], k = ARGV[at + 3], q = tonumber(ARGV[at + 4])}
+    at = at + 5
+  end
+  orders[i] = order
 end
 
 local expire_at = now + hold_ms
-local events = {}
+local journal = {}
 -- Counters of the positions this batch touches, read once and written once at the end
 -- (the script is atomic, so keeping them here is the same as writing each change).
 local positions = {}
@@ -48,15 +68,16 @@ local function position(stock)
   end
   return p
 end
+local rank = {RESERVED = 1, CONFIRMED = 2, RELEASED = 2}
 local holds = {}
 
-for i, order in ipairs(batch) do
-  local result
+for _, order in ipairs(orders) do
+  local st, n1, n2 = nil, 0, 0
   if redis.call('EXISTS', KEYS[order.t]) == 1 then
-    result = {st = 'CANCELLED'}
+    st = 'CANCELLED'
   else
     local existing, fresh, conflict, short = 0, 0, nil, nil
-    local states = {}
+    local state, state_expire = nil, 0
     for j, line in ipairs(order.l) do
       local m = redis.call('HMGET', KEYS[line.m], 'st', 'q', 'x')
       if m[1] then
@@ -65,13 +86,18 @@ for i, order in ipairs(batch) do
           break
         end
         existing = existing + 1
-        states[#states + 1] = {m[1], tonumber(m[3])}
+        if not state or rank[m[1]] > rank[state] then
+          state = m[1]
+        end
+        if state_expire == 0 then
+          state_expire = tonumber(m[3])
+        end
       else
         fresh = fresh + 1
         if not short then
           local p = position(KEYS[line.s])
           if p.missing then
-            short = {'NOT_FOUND', j, -1}
+            short = {'NOT_FOUND', j, 0}
           elseif p.a < line.q then
             short = {'INSUFFICIENT', j, p.a}
           end
@@ -79,13 +105,13 @@ for i, order in ipairs(batch) do
       end
     end
     if conflict then
-      result = {st = 'CONFLICT', i = conflict}
+      st, n1 = 'CONFLICT', conflict
     elseif existing > 0 and fresh > 0 then
-      result = {st = 'CONFLICT', i = 0}
+      st = 'CONFLICT'
     elseif existing > 0 then
-      result = {st = 'EXISTS', ls = states}
+      st, n1 = 'EXISTS:' .. state, state_expire
     elseif short then
-      result = {st = short[1], i = short[2], a = short[3]}
+      st, n1, n2 = short[1], short[2], short[3]
     else
       local index = {}
       for _, line in ipairs(order.l) do
@@ -101,19 +127,19 @@ for i, order in ipairs(batch) do
         redis.call('HSET', KEYS[line.m], 'st', 'RESERVED', 'q', line.q, 'x', expire_at)
         redis.call('PEXPIRE', KEYS[line.m], marker_ms)
         index[#index + 1] = line.w .. ':' .. line.k
-        events[#events + 1] = {
-          k = 'RES', w = line.w, s = line.k, da = -line.q, dr = line.q, a = p.a, r = p.r, v = p.v,
-          rs = 'RESERVE', o = order.o, tr = order.tr, ts = now, q = line.q, x = expire_at,
-        }
+        journal[#journal + 1] = table.concat(
+          {'RES', line.w, line.k, line.q, p.a, p.r, p.v, expire_at, order.o, order.tr}, ' ')
       end
       redis.call('SADD', KEYS[order.k], unpack(index))
       redis.call('PEXPIRE', KEYS[order.k], marker_ms)
       holds[#holds + 1] = expire_at
       holds[#holds + 1] = order.o
-      result = {st = 'RESERVED', x = expire_at}
+      st, n1 = 'RESERVED', expire_at
     end
   end
-  results[i] = result
+  results[#results + 1] = st
+  results[#results + 1] = n1
+  results[#results + 1] = n2
 end
 
 for _, stock in ipairs(touched) do
@@ -125,7 +151,7 @@ for from = 1, #holds, 1000 do
   local to = math.min(from + 999, #holds)
   redis.call('ZADD', KEYS[2], unpack(holds, from, to))
 end
-if #events > 0 then
-  redis.call('XADD', KEYS[1], '*', 'e', cjson.encode(events))
+if #journal > 0 then
+  redis.call('XADD', KEYS[1], '*', 'e', table.concat(journal, '\n'))
 end
-return cjson.encode(results)
+return results

@@ -561,9 +561,40 @@ fn refund_request_id(as_no: &str, sku_id: i64) -> String {
     format!("refund:h{hash:016x}:{sku_id}")
 }
 
+/// A consumer whose closing (leaving the group, which waits for the broker) happens on a
+/// thread of its own: dropping it never blocks the async runtime, not even when the broker
+/// is gone.
+pub struct ClosingConsumer {
+    inner: Option<StreamConsumer>,
+}
+
+impl std::ops::Deref for ClosingConsumer {
+    type Target = StreamConsumer;
+
+    fn deref(&self) -> &StreamConsumer {
+        // Only taken in drop.
+        self.inner
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("consumer used after drop"))
+    }
+}
+
+impl Drop for ClosingConsumer {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.inner.take() {
+            let closing = std::thread::Builder::new()
+                .name("kafka-close".into())
+                .spawn(move || drop(consumer));
+            if let Err(e) = closing {
+                tracing::warn!(error = %e, "kafka consumer closed inline");
+            }
+        }
+    }
+}
+
 /// The running consumer: a receive loop feeding one worker per partition.
 pub struct KafkaConsumer {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<ClosingConsumer>,
     handler: OrderEventHandler,
     settings: KafkaSettings,
 }
@@ -600,7 +631,9 @@ impl KafkaConsumer {
             consumer.subscribe(&topics)?;
         }
         Ok(KafkaConsumer {
-            consumer: Arc::new(consumer),
+            consumer: Arc::new(ClosingConsumer {
+                inner: Some(consumer),
+            }),
             handler,
             settings,
         })
@@ -653,12 +686,18 @@ impl KafkaConsumer {
         for handle in handles {
             let _ = handle.await;
         }
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(error = %e, "final offset commit");
-        }
-        if let Err(e) = self.handler.publisher.flush(Duration::from_secs(10)) {
-            tracing::warn!(error = %e, "producer flush on shutdown failed");
-        }
+        // Both block on the broker: off the async runtime.
+        let consumer = self.consumer.clone();
+        let publisher = self.handler.publisher.clone();
+        let finished = tokio::task::spawn_blocking(move || {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "final offset commit");
+            }
+            if let Err(e) = publisher.flush(Duration::from_secs(10)) {
+                tracing::warn!(error = %e, "producer flush on shutdown failed");
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(15), finished).await;
         tracing::info!("kafka consumer stopped");
     }
 
@@ -762,7 +801,7 @@ async fn process_message(
 /// the same key (an order's cancel waits for its creation); offsets are stored in order.
 async fn partition_worker(
     mut rx: mpsc::Receiver<OwnedMessage>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<ClosingConsumer>,
     handler: OrderEventHandler,
     settings: KafkaSettings,
     stop: watch::Receiver<bool>,

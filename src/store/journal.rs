@@ -97,9 +97,51 @@ pub fn parse_entry(id: &str, payload: &str) -> Result<Vec<JournalEvent>, BadEntr
     if payload.is_empty() || payload == "{}" {
         return Ok(vec![]);
     }
-    serde_json::from_str(payload).map_err(|e| BadEntry {
+    let bad = |reason: String| BadEntry {
         id: id.to_string(),
-        reason: e.to_string(),
+        reason,
+    };
+    if payload.starts_with("RES ") {
+        // The reserve script's compact lines; the entry id's milliseconds are its time.
+        let ts = id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0);
+        return payload
+            .lines()
+            .map(|line| parse_reserve_line(line, ts).ok_or_else(|| bad(format!("line {line:?}"))))
+            .collect();
+    }
+    serde_json::from_str(payload).map_err(|e| bad(e.to_string()))
+}
+
+/// `RES <w> <s> <qty> <available> <reserved> <seq> <expireAt> <orderNo> <traceId>`
+fn parse_reserve_line(line: &str, ts: i64) -> Option<JournalEvent> {
+    let mut f = line.splitn(10, ' ');
+    if f.next()? != "RES" {
+        return None;
+    }
+    let mut num = || f.next()?.parse::<i64>().ok();
+    let (w, s, q, a, r, v, x) = (num()?, num()?, num()?, num()?, num()?, num()?, num()?);
+    let o = f.next()?.to_string();
+    let tr = f.next().unwrap_or("").to_string();
+    Some(JournalEvent {
+        k: EventKind::Reserve,
+        w,
+        s,
+        da: -q,
+        dr: q,
+        a,
+        r,
+        v,
+        rs: "RESERVE".to_string(),
+        o,
+        tr,
+        ts,
+        rm: String::new(),
+        q,
+        x,
     })
 }
 
@@ -215,6 +257,22 @@ mod tests {
         assert_eq!(events[0].k, EventKind::Adjust);
         assert!(parse_entry("1-0", "not json").is_err());
         assert!(parse_entry("1-0", "{}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn parses_the_reserve_scripts_compact_lines() {
+        let events = parse_entry(
+            "1700000000123-0",
+            "RES 1 1001 2 98 2 7 1700000900000 ORD-1 trace-1\nRES 2 5 1 4 1 3 1700000900000 ORD-2 ",
+        )
+        .unwrap();
+        assert_eq!(events.len(), 2);
+        let e = &events[0];
+        assert_eq!((e.w, e.s, e.q, e.a, e.r, e.v), (1, 1001, 2, 98, 2, 7));
+        assert_eq!((e.da, e.dr, e.ts), (-2, 2, 1_700_000_000_123));
+        assert_eq!((e.o.as_str(), e.tr.as_str()), ("ORD-1", "trace-1"));
+        assert_eq!(events[1].tr, "");
+        assert!(parse_entry("1-0", "RES 1 x").is_err());
     }
 
     #[test]

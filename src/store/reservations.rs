@@ -96,12 +96,6 @@ struct RawReply {
     st: String,
     #[serde(default)]
     i: Option<i64>,
-    #[serde(default)]
-    a: Option<i64>,
-    #[serde(default)]
-    x: Option<i64>,
-    #[serde(default)]
-    ls: Option<serde_json::Value>,
 }
 
 fn bad(script: &'static str, detail: impl Into<String>) -> RedisStoreError {
@@ -116,40 +110,40 @@ fn line_index(i: Option<i64>) -> usize {
     i.and_then(|i| usize::try_from(i - 1).ok()).unwrap_or(0)
 }
 
-fn parse_reserve_reply(raw: RawReply) -> RedisResult<ReserveReply> {
-    Ok(match raw.st.as_str() {
-        "RESERVED" => ReserveReply::Reserved {
-            expire_at_ms: raw.x.unwrap_or(0),
-        },
-        "EXISTS" => {
-            let mut lines = Vec::new();
-            if let Some(serde_json::Value::Array(items)) = raw.ls {
-                for item in items {
-                    let status = item
-                        .get(0)
-                        .and_then(|s| s.as_str())
-                        .and_then(ReservationStatus::parse)
-                        .ok_or_else(|| bad("reserve", format!("line state {item}")))?;
-                    let expire = item.get(1).and_then(|x| x.as_f64()).unwrap_or(0.0) as i64;
-                    lines.push((status, expire));
-                }
-            }
-            ReserveReply::Exists { lines }
-        }
+/// One order's result: status and two numbers (see lua/reserve.lua).
+fn parse_reserve_reply(status: &str, n1: i64, n2: i64) -> RedisResult<ReserveReply> {
+    let line = |n: i64| usize::try_from(n - 1).unwrap_or(0);
+    Ok(match status {
+        "RESERVED" => ReserveReply::Reserved { expire_at_ms: n1 },
         "INSUFFICIENT" => ReserveReply::Insufficient {
-            line: line_index(raw.i),
-            available: raw.a.unwrap_or(0),
+            line: line(n1),
+            available: n2,
         },
-        "NOT_FOUND" => ReserveReply::NotFound {
-            line: line_index(raw.i),
-        },
+        "NOT_FOUND" => ReserveReply::NotFound { line: line(n1) },
         "CONFLICT" => ReserveReply::Conflict {
-            line: raw.i.filter(|&i| i > 0).map(|i| line_index(Some(i))),
+            line: (n1 > 0).then(|| line(n1)),
         },
         "CANCELLED" => ReserveReply::Cancelled,
         "JOURNAL_FULL" => ReserveReply::JournalFull,
-        other => return Err(bad("reserve", format!("status {other}"))),
+        other => match other
+            .strip_prefix("EXISTS:")
+            .and_then(ReservationStatus::parse)
+        {
+            Some(state) => ReserveReply::Exists {
+                lines: vec![(state, n1)],
+            },
+            None => return Err(bad("reserve", format!("status {other}"))),
+        },
     })
+}
+
+/// Trace ids end up in a space-separated journal line: no whitespace, at most 64 chars.
+fn journal_safe(trace_id: &str) -> String {
+    trace_id
+        .chars()
+        .take(64)
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect()
 }
 
 fn parse_transition(script: &'static str, json: &str) -> RedisResult<TransitionReply> {
@@ -183,13 +177,23 @@ impl RedisStore {
         let keys = &self.keys;
         let mut key_list: Vec<String> = vec![keys.journal(), keys.holds()];
         let mut stock_index: HashMap<SkuKey, usize> = HashMap::new();
-        let mut batch = Vec::with_capacity(orders.len());
+        let mut args: Vec<String> = Vec::with_capacity(5 + orders.len() * 10);
+        args.push(params.now_ms.to_string());
+        args.push(params.hold_ms.to_string());
+        args.push(params.marker_ttl_ms.to_string());
+        args.push(params.max_journal_entries.to_string());
+        args.push(orders.len().to_string());
         for order in orders {
             key_list.push(keys.order(&order.order_no));
             let order_key = key_list.len();
             key_list.push(keys.tombstone(&order.order_no));
             let tombstone_key = key_list.len();
-            let mut lines = Vec::with_capacity(order.lines.len());
+            args.push(order.order_no.clone());
+            // The journal line is space-separated; the trace id goes last, without newlines.
+            args.push(journal_safe(&order.trace_id));
+            args.push(order_key.to_string());
+            args.push(tombstone_key.to_string());
+            args.push(order.lines.len().to_string());
             for line in &order.lines {
                 let stock = *stock_index.entry(line.key).or_insert_with(|| {
                     key_list.push(keys.stock(line.key));
@@ -197,46 +201,41 @@ impl RedisStore {
                 });
                 key_list.push(keys.line(line.key, &order.order_no));
                 let marker = key_list.len();
-                lines.push(serde_json::json!({
-                    "s": stock,
-                    "m": marker,
-                    "w": line.key.warehouse_id.to_string(),
-                    "k": line.key.sku_id.to_string(),
-                    "q": line.qty,
-                }));
+                args.push(stock.to_string());
+                args.push(marker.to_string());
+                args.push(line.key.warehouse_id.to_string());
+                args.push(line.key.sku_id.to_string());
+                args.push(line.qty.to_string());
             }
-            batch.push(serde_json::json!({
-                "o": order.order_no,
-                "tr": order.trace_id,
-                "k": order_key,
-                "t": tombstone_key,
-                "l": lines,
-            }));
         }
         let mut invocation = self.scripts.reserve.prepare_invoke();
         for key in &key_list {
             invocation.key(key);
         }
-        invocation
-            .arg(params.now_ms)
-            .arg(params.hold_ms)
-            .arg(params.marker_ttl_ms)
-            .arg(params.max_journal_entries)
-            .arg(serde_json::Value::Array(batch).to_string());
+        for arg in &args {
+            invocation.arg(arg);
+        }
         let mut conn = self.conn.clone();
-        let reply: String = self.timed(invocation.invoke_async(&mut conn)).await?;
-        let raw: Vec<RawReply> = if reply == "{}" {
-            vec![]
-        } else {
-            serde_json::from_str(&reply).map_err(|e| bad("reserve", e.to_string()))?
-        };
-        if raw.len() != orders.len() {
+        let reply: Vec<Value> = self.timed(invocation.invoke_async(&mut conn)).await?;
+        if reply.len() != orders.len() * 3 {
             return Err(bad(
                 "reserve",
-                format!("{} results for {} orders", raw.len(), orders.len()),
+                format!("{} values for {} orders", reply.len(), orders.len()),
             ));
         }
-        raw.into_iter().map(parse_reserve_reply).collect()
+        reply
+            .chunks(3)
+            .map(|chunk| {
+                let status = value_string(&chunk[0]).unwrap_or_default();
+                let number = |v: &Value| match v {
+                    Value::Int(n) => *n,
+                    other => value_string(other)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                };
+                parse_reserve_reply(&status, number(&chunk[1]), number(&chunk[2]))
+            })
+            .collect()
     }
 
     /// The positions of an order's lines, as its index in Redis lists them.
@@ -414,22 +413,25 @@ mod tests {
 
     #[test]
     fn replies_parse() {
-        let raw: RawReply =
-            serde_json::from_str(r#"{"st":"EXISTS","ls":[["CONFIRMED",1700000000000]]}"#).unwrap();
         assert_eq!(
-            parse_reserve_reply(raw).unwrap(),
+            parse_reserve_reply("EXISTS:CONFIRMED", 1_700_000_000_000, 0).unwrap(),
             ReserveReply::Exists {
                 lines: vec![(ReservationStatus::Confirmed, 1_700_000_000_000)]
             }
         );
-        let raw: RawReply = serde_json::from_str(r#"{"st":"INSUFFICIENT","i":2,"a":3}"#).unwrap();
         assert_eq!(
-            parse_reserve_reply(raw).unwrap(),
+            parse_reserve_reply("INSUFFICIENT", 2, 3).unwrap(),
             ReserveReply::Insufficient {
                 line: 1,
                 available: 3
             }
         );
+        assert_eq!(
+            parse_reserve_reply("CONFLICT", 0, 0).unwrap(),
+            ReserveReply::Conflict { line: None }
+        );
+        assert!(parse_reserve_reply("WHAT", 0, 0).is_err());
+        assert_eq!(journal_safe("a b\nc"), "a_b_c");
         assert_eq!(
             parse_transition("release", r#"{"st":"RELEASED"}"#).unwrap(),
             TransitionReply::Done
