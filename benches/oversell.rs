@@ -2,11 +2,13 @@
 //! against the real Redis and MariaDB, then verifies that nothing was oversold and that the
 //! invariants hold once the journal drains. Any violation fails the run (exit 1).
 //!
-//! cargo bench --bench oversell -- [--target inprocess|http|reference] [--skus N]
+//! cargo bench --bench oversell -- [--target inprocess|http|kafka|reference] [--skus N]
 //!     [--stock N] [--requests N] [--concurrency N] [--qty N] [--lines N]
 //!     [--duplicates F] [--confirm F] [--release F] [--duration SECS] [--compare]
 //!     [--json FILE] [--corrupt]
 //!
+//! --target kafka       ORDER_CREATED to the broker in $KAFKA_BROKERS (topics of the run's
+//!                      own), latency until the outcome arrives on INVENTORY_TOPIC.
 //! --target reference   the reference's design, for comparison: one EVALSHA per line, then a
 //!                      synchronous DB transaction per request (CAS update of t_inventory,
 //!                      reservation row, ledger row).
@@ -52,6 +54,7 @@ struct Options {
     compare: bool,
     json: Option<String>,
     corrupt: bool,
+    smoke: bool,
 }
 
 fn parse_options() -> Options {
@@ -70,11 +73,13 @@ fn parse_options() -> Options {
         compare: false,
         json: None,
         corrupt: false,
+        smoke: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo test --all-targets` runs this without `--bench`: a small smoke run, so CI checks
     // that the harness and its verification work.
     if !args.iter().any(|a| a == "--bench") {
+        o.smoke = true;
         o.requests = 2_000;
         o.stock = 500;
         o.concurrency = 64;
@@ -305,11 +310,179 @@ impl Reference {
     }
 }
 
+/// Orders through Kafka: ORDER_CREATED in, the outcome awaited on INVENTORY_TOPIC.
+#[derive(Clone)]
+struct KafkaDriver {
+    producer: rdkafka::producer::FutureProducer,
+    order_topic: String,
+    payment_topic: String,
+    waiting: Arc<dashmap::DashMap<String, tokio::sync::oneshot::Sender<(String, String)>>>,
+    held: Arc<dashmap::DashMap<String, ()>>,
+    sent: Arc<AtomicU64>,
+}
+
+fn envelope(order_no: &str, event_type: &str, payload: &serde_json::Value) -> String {
+    json!({
+        "messageId": uuid::Uuid::new_v4().simple().to_string(),
+        "businessKey": order_no,
+        "traceId": format!("bench-{order_no}"),
+        "eventType": event_type,
+        "version": "1.0",
+        "eventTime": "2024-01-15T10:30:45.123",
+        "source": "bench",
+        "payload": payload.to_string(),
+    })
+    .to_string()
+}
+
+impl KafkaDriver {
+    fn start(brokers: &str, topics: &KafkaTopics) -> KafkaDriver {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::message::{Headers, Message};
+        let producer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "1")
+            .create()
+            .expect("bench producer");
+        let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set(
+                "group.id",
+                format!("bench-listener-{}", uuid::Uuid::new_v4()),
+            )
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("bench consumer");
+        consumer.subscribe(&[&topics.inventory]).expect("subscribe");
+        let waiting: Arc<dashmap::DashMap<String, tokio::sync::oneshot::Sender<(String, String)>>> =
+            Arc::new(dashmap::DashMap::new());
+        let listener = waiting.clone();
+        actix_web::rt::spawn(async move {
+            loop {
+                let Ok(m) = consumer.recv().await else {
+                    continue;
+                };
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
+                let tag = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "tag").and_then(|h| h.value))
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+                    .unwrap_or_default();
+                let body: serde_json::Value =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+                let payload: serde_json::Value = body["payload"]
+                    .as_str()
+                    .and_then(|p| serde_json::from_str(p).ok())
+                    .unwrap_or_default();
+                let code = payload["errorCode"].as_str().unwrap_or("").to_string();
+                if let Some((_, tx)) = listener.remove(&key) {
+                    let _ = tx.send((tag, code));
+                }
+            }
+        });
+        KafkaDriver {
+            producer,
+            order_topic: topics.order.clone(),
+            payment_topic: topics.payment.clone(),
+            waiting,
+            held: Arc::new(dashmap::DashMap::new()),
+            sent: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    async fn send(&self, topic: &str, tag: &str, key: &str, body: &str) -> bool {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "tag",
+            value: Some(tag),
+        });
+        let sent = self
+            .producer
+            .send(
+                rdkafka::producer::FutureRecord::to(topic)
+                    .key(key)
+                    .payload(body)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .is_ok();
+        if sent {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    async fn reserve(&self, order_no: &str, lines: &[OrderLine]) -> Outcome {
+        let items: Vec<_> = lines
+            .iter()
+            .map(
+                |l| json!({"skuId": l.key.sku_id, "warehouseId": l.key.warehouse_id, "qty": l.qty}),
+            )
+            .collect();
+        let payload = json!({"eventId": uuid::Uuid::new_v4().simple().to_string(),
+            "orderNo": order_no, "userId": 1, "amount": 1.0, "status": "CREATED", "items": items,
+            "eventTime": "2024-01-15T10:30:45.123", "traceId": format!("bench-{order_no}"), "version": "1.0"});
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.insert(order_no.to_string(), tx);
+        let body = envelope(order_no, "OrderCreatedEvent", &payload);
+        if !self
+            .send(&self.order_topic, "ORDER_CREATED", order_no, &body)
+            .await
+        {
+            self.waiting.remove(order_no);
+            return Outcome::Error("PRODUCE_FAILED".into());
+        }
+        match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok((tag, _))) if tag == "STOCK_RESERVED" => {
+                if self.held.insert(order_no.to_string(), ()).is_some() {
+                    Outcome::Repeat
+                } else {
+                    Outcome::Held
+                }
+            }
+            Ok(Ok((_, code))) if code == "INSUFFICIENT_STOCK" => Outcome::Insufficient,
+            Ok(Ok((_, code))) => Outcome::Error(code),
+            _ => Outcome::Error("NO_OUTCOME".into()),
+        }
+    }
+
+    async fn settle(&self, order_no: &str, confirm: bool) -> bool {
+        if confirm {
+            let payload = json!({"eventId": uuid::Uuid::new_v4().simple().to_string(),
+                "payNo": format!("PAY-{order_no}"), "orderNo": order_no, "amount": 1.0,
+                "channel": "BENCH", "channelTradeNo": "T", "paidAt": "2024-01-15T10:32:00",
+                "eventTime": "2024-01-15T10:32:00.000", "traceId": "bench", "version": "1.0"});
+            let body = envelope(order_no, "PaymentSucceededEvent", &payload);
+            self.send(&self.payment_topic, "PAYMENT_SUCCEEDED", order_no, &body)
+                .await
+        } else {
+            let payload = json!({"eventId": uuid::Uuid::new_v4().simple().to_string(),
+                "orderNo": order_no, "userId": 1, "amount": 1.0, "cancelReason": "bench",
+                "operator": "bench", "eventTime": "2024-01-15T10:32:00.000", "traceId": "bench",
+                "version": "1.0"});
+            let body = envelope(order_no, "OrderCanceledEvent", &payload);
+            self.send(&self.order_topic, "ORDER_CANCELED", order_no, &body)
+                .await
+        }
+    }
+}
+
+struct KafkaTopics {
+    order: String,
+    payment: String,
+    aftersales: String,
+    inventory: String,
+    dead_letter: String,
+}
+
 #[derive(Clone)]
 enum Driver {
     InProcess(Box<ReservationEngine>),
     Http(reqwest::Client, String),
     Reference(Box<Reference>),
+    Kafka(Box<KafkaDriver>),
 }
 
 impl Driver {
@@ -355,6 +528,7 @@ impl Driver {
                 }
             }
             Driver::Reference(reference) => reference.reserve(&order_no, &lines).await,
+            Driver::Kafka(kafka) => kafka.reserve(&order_no, &lines).await,
         }
     }
 
@@ -383,6 +557,7 @@ impl Driver {
                     .unwrap_or(false)
             }
             Driver::Reference(_) => false,
+            Driver::Kafka(kafka) => kafka.settle(order_no, confirm).await,
         }
     }
 }
@@ -538,6 +713,60 @@ fn redis_ceiling(redis_url: &str, prefix: &str) -> Option<f64> {
     Some(value)
 }
 
+/// Waits until the service's consume log has `sent` messages (every one handled).
+async fn wait_consumed(state: &actix_web::web::Data<inventory::api::AppState>, sent: u64) {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use inventory::store::schema::t_mq_consume_log;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut conn = inventory::store::db::connection(state.stock.pool())
+            .await
+            .expect("db");
+        let done: i64 = t_mq_consume_log::table
+            .count()
+            .get_result(&mut conn)
+            .await
+            .unwrap_or(0);
+        if done as u64 >= sent || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Oversell, invariants 1-5 per SKU, and "units held == what callers were told".
+async fn verify(
+    state: &actix_web::web::Data<inventory::api::AppState>,
+    keys: &[SkuKey],
+    o: &Options,
+    r: &LoadResult,
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut units = 0;
+    for key in keys {
+        let audit = audit_position(state.stock.redis(), state.stock.pool(), *key)
+            .await
+            .expect("audit");
+        let held = audit.lines_reserved + audit.lines_confirmed;
+        units += held;
+        if held > o.stock {
+            violations.push(format!("OVERSOLD {key}: {held} held of {} units", o.stock));
+        }
+        for v in &audit.violations {
+            violations.push(format!("{key}: {v}"));
+        }
+    }
+    let expected = (r.held - r.released) as i64 * o.qty * o.lines as i64;
+    if units != expected {
+        violations.push(format!(
+            "callers were told {} orders are held ({} released since): {expected} units; the DB holds {units}",
+            r.held, r.released
+        ));
+    }
+    violations
+}
+
 async fn admin_sql(url: &str, sql: &str) {
     use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
     let mut conn = AsyncMysqlConnection::establish(url)
@@ -611,7 +840,16 @@ async fn run(o: Options) -> i32 {
     let redis_url =
         std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
     let prefix = format!("b{id}:");
-    let settings = Settings::defaults_with(&[
+    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string());
+    let topic = |name: &str| format!("bench-{id}-{name}");
+    let topics = KafkaTopics {
+        order: topic("ORDER_TOPIC"),
+        payment: topic("PAYMENT_TOPIC"),
+        aftersales: topic("AFTERSALES_TOPIC"),
+        inventory: topic("INVENTORY_TOPIC"),
+        dead_letter: topic("INVENTORY_DLQ"),
+    };
+    let mut overrides: Vec<(&str, toml::Value)> = vec![
         ("http.bind", "127.0.0.1:0".into()),
         ("database.url", db_url.clone().into()),
         ("redis.url", redis_url.clone().into()),
@@ -619,8 +857,21 @@ async fn run(o: Options) -> i32 {
         ("log.format", "pretty".into()),
         ("engine.mailbox_capacity", 100_000.into()),
         ("journal.block_ms", 10.into()),
-    ])
-    .expect("settings");
+    ];
+    if o.target == "kafka" {
+        overrides.extend([
+            ("kafka.enabled", true.into()),
+            ("kafka.brokers", brokers.clone().into()),
+            ("kafka.group_id", format!("bench-{id}").into()),
+            ("kafka.order_topic", topics.order.clone().into()),
+            ("kafka.payment_topic", topics.payment.clone().into()),
+            ("kafka.aftersales_topic", topics.aftersales.clone().into()),
+            ("kafka.inventory_topic", topics.inventory.clone().into()),
+            ("kafka.dead_letter_topic", topics.dead_letter.clone().into()),
+            ("kafka.topic_partitions", 8.into()),
+        ]);
+    }
+    let settings = Settings::defaults_with(&overrides).expect("settings");
     inventory::telemetry::init_with_default(settings.log.format, "warn");
     let app = Application::build(settings.clone())
         .await
@@ -685,11 +936,18 @@ async fn run(o: Options) -> i32 {
     let main_driver = match o.target.as_str() {
         "http" => Some(Driver::Http(client, format!("http://127.0.0.1:{port}"))),
         "inprocess" => Some(Driver::InProcess(Box::new(state.reservations.clone()))),
+        "kafka" => Some(Driver::Kafka(Box::new(KafkaDriver::start(
+            &brokers, &topics,
+        )))),
         _ => None,
     };
     let mut drain = Duration::ZERO;
     if let Some(driver) = main_driver {
         eprintln!("load: {}", o.target);
+        let kafka_sent = match &driver {
+            Driver::Kafka(k) => Some(k.sent.clone()),
+            _ => None,
+        };
         let r = drive(
             &o,
             driver,
@@ -698,6 +956,10 @@ async fn run(o: Options) -> i32 {
             Some(state.stock.redis().clone()),
         )
         .await;
+        // Kafka: the confirms and cancels sent are consumed before anything is checked.
+        if let Some(sent) = kafka_sent {
+            wait_consumed(&state, sent.load(Ordering::Relaxed)).await;
+        }
         // Journal drain after the load stops.
         let drain_started = Instant::now();
         loop {
@@ -740,26 +1002,35 @@ async fn run(o: Options) -> i32 {
         .find(|(n, _)| n != "reference")
         .map(|(_, r)| r);
     if let Some(r) = service_result {
-        let mut units = 0;
-        for key in &keys {
-            let audit = audit_position(state.stock.redis(), state.stock.pool(), *key)
+        violations.extend(verify(&state, &keys, &o, r).await);
+        // Smoke runs (under `cargo test`) also prove the verification catches a corruption.
+        if o.smoke && violations.is_empty() {
+            let redis = state.stock.redis();
+            let stock_key = redis.keys().stock(keys[0]);
+            let mut conn = redis.connection();
+            let _: i64 = redis::cmd("HINCRBY")
+                .arg(&stock_key)
+                .arg("avail")
+                .arg(1)
+                .query_async(&mut conn)
                 .await
-                .expect("audit");
-            let held = audit.lines_reserved + audit.lines_confirmed;
-            units += held;
-            if held > o.stock {
-                violations.push(format!("OVERSOLD {key}: {held} held of {} units", o.stock));
+                .expect("corrupt");
+            let caught = verify(&state, &keys, &o, r).await;
+            let _: i64 = redis::cmd("HINCRBY")
+                .arg(&stock_key)
+                .arg("avail")
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .expect("undo");
+            if caught.is_empty() {
+                violations.push("self-test: a corrupted count went unnoticed".to_string());
+            } else {
+                println!(
+                    "self-test: an injected corruption was caught: {}",
+                    caught[0]
+                );
             }
-            for v in &audit.violations {
-                violations.push(format!("{key}: {v}"));
-            }
-        }
-        let expected = (r.held - r.released) as i64 * o.qty * o.lines as i64;
-        if units != expected {
-            violations.push(format!(
-                "callers were told {} orders are held ({} released since): {expected} units; the DB holds {units}",
-                r.held, r.released
-            ));
         }
     }
     // ... and the reference's (no oversell there either, or the comparison is void).

@@ -200,6 +200,7 @@ pub struct KafkaSettings {
     pub delivery_timeout_ms: u64,
     pub idempotent_producer: bool,
     pub session_timeout_ms: u64,
+    pub fetch_wait_max_ms: u64,
     pub retry_min_ms: u64,
     pub retry_max_ms: u64,
 }

@@ -616,6 +616,9 @@ impl KafkaConsumer {
                 settings.session_timeout_ms.to_string(),
             )
             .set("enable.partition.eof", "false")
+            // Brokers that hold a fetch for its whole wait (tansu does) would add this much
+            // latency to every message.
+            .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
             .create()?;
         let mut topics: Vec<&str> = Vec::new();
         if settings.consume_order_created || settings.consume_order_canceled {
