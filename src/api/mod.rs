@@ -108,12 +108,30 @@ fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
             Code::UnsupportedMediaType,
             "expected Content-Type: application/json",
         ),
-        JsonPayloadError::Deserialize(e) => {
-            ApiError::new(Code::InvalidJson, format!("invalid JSON body: {e}"))
-        }
+        JsonPayloadError::Deserialize(e) => ApiError::new(
+            Code::InvalidJson,
+            format!("invalid JSON body: {}", without_type_names(&e.to_string())),
+        ),
         other => ApiError::new(Code::InvalidJson, format!("invalid JSON body: {other}")),
     };
     api.into()
+}
+
+/// serde names our Rust types ("expected struct ReserveBody"); callers need not see them.
+fn without_type_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("struct ") {
+        out.push_str(&rest[..at]);
+        out.push_str("an object");
+        let after = &rest[at + "struct ".len()..];
+        let end = after
+            .find(|c: char| !c.is_alphanumeric() && c != '_')
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
@@ -212,5 +230,22 @@ where
                 result
             })
             .boxed_local()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn type_names_are_not_shown_to_callers() {
+        assert_eq!(
+            super::without_type_names(
+                "invalid type: sequence, expected struct ReserveBody at line 1"
+            ),
+            "invalid type: sequence, expected an object at line 1"
+        );
+        assert_eq!(
+            super::without_type_names("missing field `delta`"),
+            "missing field `delta`"
+        );
     }
 }
