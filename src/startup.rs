@@ -56,6 +56,9 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let metrics = Metrics::new()?;
+        // Bound first: the port is part of this instance's name.
+        let listener = TcpListener::bind(settings.bind_addr())?;
+        let port = listener.local_addr()?.port();
         let redis = RedisStore::connect(&settings.redis).await?;
         redis.ping().await?;
         if settings.database.run_migrations {
@@ -86,7 +89,7 @@ impl Application {
         let persister = JournalPersister::new(
             redis.dedicated().await?,
             pool.clone(),
-            consumer_name(),
+            consumer_name(port),
             settings.journal.clone(),
             metrics.clone(),
         );
@@ -103,7 +106,7 @@ impl Application {
             metrics.clone(),
         );
 
-        let instance_id = format!("{}-{}", consumer_name(), uuid::Uuid::new_v4().simple());
+        let instance_id = format!("{}-{}", consumer_name(port), uuid::Uuid::new_v4().simple());
         let reconciler = Reconciler::new(stock.clone(), settings.clone(), metrics.clone());
         let expiry = ExpiryJob::new(
             reservations.clone(),
@@ -147,8 +150,6 @@ impl Application {
             tracing::info!(created, "demo stock seeded");
         }
 
-        let listener = TcpListener::bind(settings.bind_addr())?;
-        let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             stock,
@@ -248,17 +249,19 @@ fn start_shards(
         .collect()
 }
 
-/// This instance's name in the journal consumer group: stable across restarts of the
-/// same host so that a restarted instance re-reads its own pending entries at once.
-fn consumer_name() -> String {
+/// This instance's name in the journal consumer group: stable across restarts (host and
+/// port, or INVENTORY_INSTANCE_ID) so that a restarted instance re-reads its own pending
+/// entries at once, and distinct for instances sharing a host.
+fn consumer_name(port: u16) -> String {
     if let Ok(name) = std::env::var("INVENTORY_INSTANCE_ID") {
         if !name.is_empty() {
             return name;
         }
     }
-    std::fs::read_to_string("/etc/hostname")
+    let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "inventory".to_string())
+        .unwrap_or_else(|| "inventory".to_string());
+    format!("{host}:{port}")
 }
