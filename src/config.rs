@@ -173,6 +173,7 @@ pub struct JournalSettings {
     pub retry_min_ms: u64,
     pub retry_max_ms: u64,
     pub claim_idle_ms: u64,
+    pub shutdown_drain_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -491,6 +492,12 @@ impl Settings {
             "journal.retry_max_ms",
             self.journal.retry_max_ms as i64,
             self.journal.retry_min_ms as i64,
+            600_000,
+        )?;
+        check_range(
+            "journal.shutdown_drain_ms",
+            self.journal.shutdown_drain_ms as i64,
+            0,
             600_000,
         )?;
         check_range(

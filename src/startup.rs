@@ -10,7 +10,9 @@ use actix_web::{web, App, HttpServer};
 use crate::api::kafka::{KafkaConsumer, OrderEventHandler};
 use crate::api::{self, AppState};
 use crate::config::Settings;
-use crate::engine::persistence::{JournalPersister, PersistenceActor, StopPersistence};
+use crate::engine::persistence::{
+    JournalPersister, PersistenceActor, StopPersistence, PERSIST_GROUP,
+};
 use crate::engine::reservation::ReservationEngine;
 use crate::engine::shard::{ShardActor, ShardCore};
 use crate::engine::stock::StockService;
@@ -208,7 +210,28 @@ impl Application {
             let _ = stop.send(true);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(15), task).await;
         }
+        // Persist what the journal still holds (bounded), so the DB is complete at exit.
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(self.state.settings.journal.shutdown_drain_ms);
+        loop {
+            match self.state.stock.redis().journal_lag(PERSIST_GROUP).await {
+                Ok(lag) if lag.not_persisted() == 0 => break,
+                Ok(lag) if std::time::Instant::now() >= deadline => {
+                    tracing::warn!(
+                        not_persisted = lag.not_persisted(),
+                        "shutdown: journal not drained in time; the next start persists the rest"
+                    );
+                    break;
+                }
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "shutdown: journal lag unknown");
+                    break;
+                }
+            }
+        }
         let _ = self.persistence.send(StopPersistence).await;
+        tracing::info!("stopped");
         result
     }
 }

@@ -62,6 +62,21 @@ pub async fn start_service_with(db_url: &str, prefix: &str, env: &[(&str, &str)]
 }
 
 impl Service {
+    /// SIGTERM, then waits for the process to exit (at most `limit`); true if it exited 0.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
@@ -221,5 +236,57 @@ async fn kill_9_never_loses_or_invents_a_reservation() {
     assert_eq!(
         body["data"]["availableQty"].as_i64(),
         Some(100_000 - rows.len() as i64)
+    );
+}
+
+#[actix_web::test]
+async fn sigterm_under_load_persists_every_acknowledged_reservation_before_exit() {
+    let (db_name, db_url) = create_test_database().await;
+    let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
+    let key = SkuKey::new(1, 778);
+    let mut service = start_service(&db_url, &prefix).await;
+    stock_in(&service.base, 778, 100_000).await;
+    let base = service.base.clone();
+    let load = tokio::spawn(async move { reserve_until_dead(&base, "TERM", 100_000, 778).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The load runs on this runtime; the signal and the wait happen on a thread of their own.
+    let stopped = tokio::task::spawn_blocking(move || {
+        let ok = service.terminate(Duration::from_secs(20));
+        (ok, service)
+    });
+    let acknowledged: HashSet<String> = load.await.expect("load").into_iter().collect();
+    let (exited_cleanly, _service) = stopped.await.expect("stop");
+    assert!(
+        exited_cleanly,
+        "the service did not exit 0 within the deadline"
+    );
+    assert!(!acknowledged.is_empty());
+
+    // No restart: the DB must already have everything.
+    let settings = test_settings(&db_url, &prefix, &[]);
+    let redis = inventory::store::redis::RedisStore::connect(&settings.redis)
+        .await
+        .expect("redis");
+    let lag = redis
+        .journal_lag(inventory::engine::persistence::PERSIST_GROUP)
+        .await
+        .expect("lag");
+    assert_eq!(lag.not_persisted(), 0, "journal left undrained: {lag:?}");
+    let pool = inventory::store::db::build_pool(&settings.database).expect("pool");
+    let audit = inventory::engine::audit::audit_position(&redis, &pool, key)
+        .await
+        .expect("audit");
+    assert!(audit.is_clean(), "{audit:#?}");
+    let mut conn = inventory::store::db::connection(&pool).await.expect("conn");
+    let in_db: HashSet<String> = Reservation::for_position(&mut conn, key)
+        .await
+        .expect("rows")
+        .into_iter()
+        .map(|r| r.order_no)
+        .collect();
+    let missing: Vec<&String> = acknowledged.difference(&in_db).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not in the DB: {missing:?}"
     );
 }
