@@ -9,6 +9,9 @@ export KAFKA_BROKERS ?= 127.0.0.1:9092
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
 	cargo build --release --bin inventory-service --bin inventory-events
+	@bash scripts/dev-tokens.sh
+	. .data/dev-tokens.env && \
+	INVENTORY__AUTH__ADMIN_TOKENS=$$ADMIN_TOKEN INVENTORY__AUTH__SERVICE_TOKENS=$$SERVICE_TOKEN \
 	INVENTORY__DEMO__SEED_STOCK=true INVENTORY__KAFKA__ENABLED=true INVENTORY__KAFKA__BROKERS=$(KAFKA_BROKERS) \
 	  ./target/release/inventory-service --config config/local.toml
 

@@ -140,6 +140,7 @@ fn fraction(n: u64, salt: u64) -> f64 {
 }
 
 const SKU_BASE: i64 = 100_000;
+const BENCH_TOKEN: &str = "bench-admin-token-0123456789";
 const REFERENCE_SKU_BASE: i64 = 900_000;
 
 fn order_lines(o: &Options, n: u64, base: i64) -> Vec<OrderLine> {
@@ -857,6 +858,7 @@ async fn run(o: Options) -> i32 {
         ("log.format", "pretty".into()),
         ("engine.mailbox_capacity", 100_000.into()),
         ("journal.block_ms", 10.into()),
+        ("auth.admin_tokens", BENCH_TOKEN.into()),
     ];
     if o.target == "kafka" {
         overrides.extend([
@@ -909,8 +911,14 @@ async fn run(o: Options) -> i32 {
     let reference_keys: Vec<SkuKey> = (0..o.skus)
         .map(|s| SkuKey::new(1, REFERENCE_SKU_BASE + s))
         .collect();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {BENCH_TOKEN}")).expect("header"),
+    );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(o.concurrency)
+        .default_headers(headers)
         .build()
         .expect("client");
 

@@ -73,6 +73,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub reconcile: ReconcileSettings,
     pub supervisor: SupervisorSettings,
+    pub auth: AuthSettings,
     pub demo: DemoSettings,
     pub log: LogSettings,
 }
@@ -204,6 +205,34 @@ pub struct KafkaSettings {
     pub fetch_wait_max_ms: u64,
     pub retry_min_ms: u64,
     pub retry_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub service_tokens: Secret,
+    pub admin_tokens: Secret,
+    pub protect_reads: bool,
+    pub disabled: bool,
+}
+
+impl AuthSettings {
+    fn split(list: &Secret) -> Vec<String> {
+        list.expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn service(&self) -> Vec<String> {
+        Self::split(&self.service_tokens)
+    }
+
+    pub fn admin(&self) -> Vec<String> {
+        Self::split(&self.admin_tokens)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -579,6 +608,21 @@ impl Settings {
             self.kafka.retry_min_ms as i64,
             600_000,
         )?;
+        for (key, tokens) in [
+            ("auth.service_tokens", self.auth.service()),
+            ("auth.admin_tokens", self.auth.admin()),
+        ] {
+            if tokens.iter().any(|t| t.len() < 16) {
+                return Err(invalid(key, "every token must be at least 16 characters"));
+            }
+        }
+        if !self.auth.disabled && self.auth.service().is_empty() && self.auth.admin().is_empty() {
+            return Err(invalid(
+                "auth",
+                "no tokens configured: set auth.service_tokens / auth.admin_tokens \
+                 (INVENTORY__AUTH__ADMIN_TOKENS=...) or, for development only, auth.disabled = true",
+            ));
+        }
         Ok(())
     }
 
@@ -730,9 +774,34 @@ mod tests {
             .collect()
     }
 
+    fn dev() -> Vec<(String, String)> {
+        env(&[("INVENTORY__AUTH__DISABLED", "true")])
+    }
+
+    #[test]
+    fn no_tokens_stop_start_up_unless_auth_is_disabled_explicitly() {
+        let err = Settings::load_from(None, &[]).unwrap_err().to_string();
+        assert!(err.contains("auth") && err.contains("tokens"), "{err}");
+        assert!(Settings::load_from(None, &dev()).is_ok());
+        let s = Settings::load_from(
+            None,
+            &env(&[(
+                "INVENTORY__AUTH__ADMIN_TOKENS",
+                "0123456789abcdef, fedcba9876543210",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(s.auth.admin().len(), 2);
+        assert!(!format!("{s:?}").contains("0123456789abcdef"));
+        let err = Settings::load_from(None, &env(&[("INVENTORY__AUTH__SERVICE_TOKENS", "short")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.service_tokens"), "{err}");
+    }
+
     #[test]
     fn defaults_are_valid_and_match_the_reference() {
-        let s = Settings::load_from(None, &[]).unwrap();
+        let s = Settings::load_from(None, &dev()).unwrap();
         assert_eq!(s.http.bind, "0.0.0.0:8082");
         assert_eq!(s.reservation.expire_minutes, 30);
         assert!(!s.reservation.timeout.enabled);
@@ -750,6 +819,7 @@ mod tests {
                 ("INVENTORY__RESERVATION__TIMEOUT__ENABLED", "true"),
                 ("INVENTORY__ENGINE__SHARDS", "3"),
                 ("INVENTORY__REDIS__KEY_PREFIX", "123"),
+                ("INVENTORY__AUTH__DISABLED", "true"),
                 ("OTHER__IGNORED", "x"),
             ]),
         )
@@ -798,7 +868,7 @@ mod tests {
             .to_string();
         assert!(err.contains("engine") && err.contains("shardz"), "{err}");
         std::fs::write(&file, "[reservation]\nexpire_minutes = 5\n").unwrap();
-        let s = Settings::load_from(Some(&file), &[]).unwrap();
+        let s = Settings::load_from(Some(&file), &dev()).unwrap();
         assert_eq!(s.reservation.expire_minutes, 5);
         assert_eq!(s.reservation.timeout.batch_size, 100);
     }
@@ -807,7 +877,10 @@ mod tests {
     fn secrets_are_not_printed() {
         let s = Settings::load_from(
             None,
-            &env(&[("INVENTORY__DATABASE__URL", "mysql://u:hunter2@h:3306/d")]),
+            &env(&[
+                ("INVENTORY__DATABASE__URL", "mysql://u:hunter2@h:3306/d"),
+                ("INVENTORY__AUTH__DISABLED", "true"),
+            ]),
         )
         .unwrap();
         let printed = format!("{s:?}");

@@ -36,6 +36,8 @@ error_codes! {
     PayloadTooLarge => (PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
     UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
     RouteNotFound => (NOT_FOUND, "ROUTE_NOT_FOUND"),
+    Unauthorized => (UNAUTHORIZED, "UNAUTHORIZED"),
+    Forbidden => (FORBIDDEN, "FORBIDDEN"),
     MethodNotAllowed => (METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
     // The reference's business codes.
     InsufficientStock => (CONFLICT, "INSUFFICIENT_STOCK"),

@@ -152,7 +152,11 @@ impl Application {
             tracing::info!(created, "demo stock seeded");
         }
 
+        if settings.auth.disabled {
+            tracing::warn!("auth.disabled = true: every endpoint is open (development only)");
+        }
         let state = web::Data::new(AppState {
+            auth: api::auth::Authenticator::new(&settings.auth),
             settings: settings.clone(),
             stock,
             reservations,

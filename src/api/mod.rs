@@ -1,5 +1,6 @@
 //! The HTTP API (actix-web): the reference's paths and fields, one error envelope.
 
+pub mod auth;
 pub mod health;
 pub mod inventory;
 pub mod kafka;
@@ -26,6 +27,7 @@ use crate::store::redis::RedisStoreError;
 /// Shared by every handler.
 pub struct AppState {
     pub settings: Settings,
+    pub auth: auth::Authenticator,
     pub stock: StockService,
     pub reservations: ReservationEngine,
     pub reconciler: Reconciler,

@@ -62,3 +62,13 @@ fn secrets_never_reach_the_error_output() {
     assert!(stderr.contains("database.url"), "{stderr}");
     assert!(!stderr.contains("s3cret-pw"), "{stderr}");
 }
+
+#[test]
+fn no_tokens_stop_start_up_unless_auth_is_disabled() {
+    let (code, stderr) = run_with_env(&[], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("auth") && stderr.contains("tokens"),
+        "{stderr}"
+    );
+}

@@ -41,6 +41,7 @@ pub async fn start_service_with(db_url: &str, prefix: &str, env: &[(&str, &str)]
         .env("INVENTORY__JOURNAL__RETRY_MAX_MS", "200")
         .env("INVENTORY__DATABASE__POOL_TIMEOUT_MS", "500")
         .env("INVENTORY_INSTANCE_ID", "crash-test")
+        .env("INVENTORY__AUTH__ADMIN_TOKENS", crate::helpers::ADMIN_TOKEN)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -92,8 +93,14 @@ impl Drop for Service {
 /// Reserves until the service dies or `limit` orders were sent; returns the orders the
 /// service answered 200 for.
 async fn reserve_until_dead(base: &str, prefix: &str, limit: usize, sku: i64) -> Vec<String> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_static("Bearer test-admin-token-0123456789"),
+    );
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
+        .default_headers(headers)
         .build()
         .expect("client");
     let mut tasks = Vec::new();
@@ -127,7 +134,7 @@ async fn reserve_until_dead(base: &str, prefix: &str, limit: usize, sku: i64) ->
 }
 
 async fn stock_in(base: &str, sku: i64, qty: i64) {
-    let r = reqwest::Client::new()
+    let r = crate::helpers::admin_client()
         .post(format!("{base}/inventory/{sku}/stock"))
         .json(&json!({"delta": qty}))
         .send()

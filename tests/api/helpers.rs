@@ -18,6 +18,22 @@ use inventory::store::redis::RedisStore;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const SERVICE_TOKEN: &str = "test-service-token-0123456789";
+
+/// A client that sends the admin token with every request.
+pub fn admin_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_static("Bearer test-admin-token-0123456789"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
 pub fn database_base_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "mysql://inventory:inventory@127.0.0.1:3306/inventory".to_string())
@@ -75,6 +91,8 @@ pub fn test_settings(db_url: &str, prefix: &str, overrides: &[(&str, toml::Value
         ("redis.key_prefix", prefix.into()),
         ("journal.block_ms", 20.into()),
         ("log.format", "pretty".into()),
+        ("auth.admin_tokens", ADMIN_TOKEN.into()),
+        ("auth.service_tokens", SERVICE_TOKEN.into()),
     ];
     all.extend(overrides.iter().cloned());
     Settings::defaults_with(&all).expect("test settings are valid")
@@ -112,7 +130,7 @@ pub async fn start(settings: Settings, db_name: String) -> TestApp {
     let pool = db::build_pool(&settings.database).expect("test pool");
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
+        client: admin_client(),
         settings,
         db_name,
         redis,

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod auth;
 mod config_cli;
 mod crash;
 mod health;
