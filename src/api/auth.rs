@@ -1,7 +1,12 @@
 //! Who may call what: bearer tokens from config with two roles. `service` may reserve,
 //! confirm and release (what the order service calls); `admin` may do everything.
 
-use actix_web::HttpRequest;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest};
+
+use crate::api::AppState;
 
 use crate::config::AuthSettings;
 use crate::error::{ApiError, Code};
@@ -109,6 +114,43 @@ impl Authenticator {
             Ok(())
         }
     }
+}
+
+/// Checks before anything else runs (body parsing included), so a refused caller learns
+/// nothing about the request's validity.
+fn check(req: &ServiceRequest, needed: Option<Role>) -> Result<(), actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Err(ApiError::system("application state missing").into());
+    };
+    match needed {
+        Some(role) => state.auth.require(req.request(), role)?,
+        None => state.auth.require_read(req.request())?,
+    }
+    Ok(())
+}
+
+pub async fn admin_only(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    check(&req, Some(Role::Admin))?;
+    next.call(req).await
+}
+
+pub async fn service_only(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    check(&req, Some(Role::Service))?;
+    next.call(req).await
+}
+
+pub async fn readers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    check(&req, None)?;
+    next.call(req).await
 }
 
 #[cfg(test)]

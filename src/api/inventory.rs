@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use crate::api::auth::Role;
 use crate::api::params::{check_identifier, check_len, optional_id, positive_id, trace_id};
 use crate::api::AppState;
 use crate::domain::{LedgerReason, SkuKey};
@@ -29,11 +28,9 @@ fn position(
 /// `GET /inventory/{skuId}?warehouseId=W`
 pub async fn get_inventory(
     state: web::Data<AppState>,
-    req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.require_read(&req)?;
     let key = position(&state, &path, &query)?;
     Ok(ok(state.stock.get(key).await?))
 }
@@ -41,10 +38,8 @@ pub async fn get_inventory(
 /// `GET /inventory/{skuId}/all`
 pub async fn get_all_warehouses(
     state: web::Data<AppState>,
-    req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.require_read(&req)?;
     let sku_id = positive_id("skuId", &path)?;
     Ok(ok(state.stock.list_by_sku(sku_id).await?))
 }
@@ -52,11 +47,9 @@ pub async fn get_all_warehouses(
 /// `POST /inventory/{skuId}/sync?warehouseId=W`
 pub async fn sync_to_redis(
     state: web::Data<AppState>,
-    req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.require(&req, Role::Admin)?;
     let key = position(&state, &path, &query)?;
     Ok(ok(state.stock.sync(key).await?))
 }
@@ -83,7 +76,6 @@ pub async fn adjust_stock(
     query: web::Query<HashMap<String, String>>,
     body: web::Json<StockAdjustBody>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.require(&req, Role::Admin)?;
     let key = position(&state, &path, &query)?;
     let body = body.into_inner();
     let reason = match body.reason.as_deref() {
@@ -122,10 +114,8 @@ pub async fn adjust_stock(
 /// with the DB and the ledger now; repairs when asked (default: `reconcile.repair`).
 pub async fn reconcile(
     state: web::Data<AppState>,
-    req: HttpRequest,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.require(&req, Role::Admin)?;
     let sku_id = query
         .get("skuId")
         .map(|raw| positive_id("skuId", raw))

@@ -10,6 +10,7 @@ pub mod reservations;
 use actix::Addr;
 use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::FutureExt;
 
@@ -177,15 +178,51 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .service(resource("/metrics").route(web::get().to(health::metrics)))
     .service(
         web::scope("/inventory")
-            .service(resource("/reserve").route(web::post().to(reservations::reserve)))
-            .service(resource("/reconcile").route(web::post().to(inventory::reconcile)))
-            .service(resource("/reservations").route(web::get().to(reservations::list)))
-            .service(resource("/reservations/confirm").route(web::post().to(reservations::confirm)))
-            .service(resource("/reservations/release").route(web::post().to(reservations::release)))
-            .service(resource("/{sku_id}").route(web::get().to(inventory::get_inventory)))
-            .service(resource("/{sku_id}/all").route(web::get().to(inventory::get_all_warehouses)))
-            .service(resource("/{sku_id}/sync").route(web::post().to(inventory::sync_to_redis)))
-            .service(resource("/{sku_id}/stock").route(web::post().to(inventory::adjust_stock))),
+            .service(
+                resource("/reserve")
+                    .wrap(from_fn(auth::service_only))
+                    .route(web::post().to(reservations::reserve)),
+            )
+            .service(
+                resource("/reconcile")
+                    .wrap(from_fn(auth::admin_only))
+                    .route(web::post().to(inventory::reconcile)),
+            )
+            .service(
+                resource("/reservations")
+                    .wrap(from_fn(auth::readers))
+                    .route(web::get().to(reservations::list)),
+            )
+            .service(
+                resource("/reservations/confirm")
+                    .wrap(from_fn(auth::service_only))
+                    .route(web::post().to(reservations::confirm)),
+            )
+            .service(
+                resource("/reservations/release")
+                    .wrap(from_fn(auth::service_only))
+                    .route(web::post().to(reservations::release)),
+            )
+            .service(
+                resource("/{sku_id}")
+                    .wrap(from_fn(auth::readers))
+                    .route(web::get().to(inventory::get_inventory)),
+            )
+            .service(
+                resource("/{sku_id}/all")
+                    .wrap(from_fn(auth::readers))
+                    .route(web::get().to(inventory::get_all_warehouses)),
+            )
+            .service(
+                resource("/{sku_id}/sync")
+                    .wrap(from_fn(auth::admin_only))
+                    .route(web::post().to(inventory::sync_to_redis)),
+            )
+            .service(
+                resource("/{sku_id}/stock")
+                    .wrap(from_fn(auth::admin_only))
+                    .route(web::post().to(inventory::adjust_stock)),
+            ),
     )
     .default_service(web::to(not_found));
 }

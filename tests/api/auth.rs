@@ -28,6 +28,15 @@ async fn mutations_need_a_token_of_the_right_role_and_reads_are_open() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["code"], "UNAUTHORIZED");
     }
+    // Refused before the body is even read: malformed JSON without a token is still 401.
+    let r = anonymous
+        .post(url("/inventory/91/stock"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
     // The service token may reserve, confirm and release, not adjust stock.
     let service = |path: &str| {
         anonymous
