@@ -17,7 +17,7 @@ pub struct Service {
     pub base: String,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -32,7 +32,6 @@ async fn start_service(db_url: &str, prefix: &str) -> Service {
 pub async fn start_service_with(db_url: &str, prefix: &str, env: &[(&str, &str)]) -> Service {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_inventory-service"))
-        .envs(env.iter().copied())
         .env("INVENTORY__HTTP__BIND", format!("127.0.0.1:{port}"))
         .env("INVENTORY__DATABASE__URL", db_url)
         .env("INVENTORY__REDIS__URL", redis_url())
@@ -43,6 +42,8 @@ pub async fn start_service_with(db_url: &str, prefix: &str, env: &[(&str, &str)]
         .env("INVENTORY_INSTANCE_ID", "crash-test")
         .env("INVENTORY__AUTH__ADMIN_TOKENS", crate::helpers::ADMIN_TOKEN)
         .env("RUST_LOG", "error")
+        // The caller's settings win.
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -92,7 +93,7 @@ impl Drop for Service {
 
 /// Reserves until the service dies or `limit` orders were sent; returns the orders the
 /// service answered 200 for.
-async fn reserve_until_dead(base: &str, prefix: &str, limit: usize, sku: i64) -> Vec<String> {
+pub async fn reserve_until_dead(base: &str, prefix: &str, limit: usize, sku: i64) -> Vec<String> {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -133,7 +134,7 @@ async fn reserve_until_dead(base: &str, prefix: &str, limit: usize, sku: i64) ->
     held
 }
 
-async fn stock_in(base: &str, sku: i64, qty: i64) {
+pub async fn stock_in(base: &str, sku: i64, qty: i64) {
     let r = crate::helpers::admin_client()
         .post(format!("{base}/inventory/{sku}/stock"))
         .json(&json!({"delta": qty}))

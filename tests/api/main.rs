@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod config_cli;
 mod crash;
+mod faults;
 mod health;
 mod inventory;
 mod journal;
