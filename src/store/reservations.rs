@@ -336,48 +336,27 @@ impl RedisStore {
         order_no: &str,
         lines: &[SkuKey],
     ) -> RedisResult<Vec<Option<LineMarker>>> {
-        if lines.is_empty() {
-            return Ok(vec![]);
-        }
-        let mut pipe = redis::pipe();
-        for line in lines {
-            pipe.cmd("HMGET")
-                .arg(self.keys.line(*line, order_no))
-                .arg("st")
-                .arg("q")
-                .arg("x");
-        }
-        let mut conn = self.conn.clone();
-        let replies: Vec<Vec<Value>> = self.timed(pipe.query_async(&mut conn)).await?;
-        Ok(replies
-            .iter()
-            .map(|fields| {
-                let text = |i: usize| fields.get(i).and_then(value_string);
-                let status = ReservationStatus::parse(&text(0)?)?;
-                Some(LineMarker {
-                    status,
-                    qty: text(1)?.parse().ok()?,
-                    expire_at_ms: text(2)?.parse().ok()?,
-                })
-            })
-            .collect())
+        let keys = lines.iter().map(|l| self.keys.line(*l, order_no)).collect();
+        self.markers(keys).await
     }
 
-    /// The markers of many orders' lines in one position (pipelined, in chunks).
+    /// The markers of many orders' lines in one position.
     pub async fn position_markers(
         &self,
         key: SkuKey,
         orders: &[String],
     ) -> RedisResult<Vec<Option<LineMarker>>> {
-        let mut out = Vec::with_capacity(orders.len());
-        for chunk in orders.chunks(1000) {
+        let keys = orders.iter().map(|o| self.keys.line(key, o)).collect();
+        self.markers(keys).await
+    }
+
+    /// Reads marker hashes, pipelined in chunks.
+    async fn markers(&self, keys: Vec<String>) -> RedisResult<Vec<Option<LineMarker>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(1000) {
             let mut pipe = redis::pipe();
-            for order in chunk {
-                pipe.cmd("HMGET")
-                    .arg(self.keys.line(key, order))
-                    .arg("st")
-                    .arg("q")
-                    .arg("x");
+            for key in chunk {
+                pipe.cmd("HMGET").arg(key).arg("st").arg("q").arg("x");
             }
             let mut conn = self.conn.clone();
             let replies: Vec<Vec<Value>> = self.timed(pipe.query_async(&mut conn)).await?;
