@@ -1,4 +1,9 @@
 //! `/health` (liveness), `/health/ready` (Redis and DB reachable) and `/metrics`.
+//!
+//! Readiness has three states. UP: both stores answer. DEGRADED (still 200): Redis answers
+//! but the DB does not; reservations are decided in Redis and journalled, so the service
+//! keeps serving them while the journal grows, and a load balancer must not take it out of
+//! rotation for that. DOWN (503): Redis does not answer, so nothing can be decided.
 
 use std::time::Duration;
 
@@ -51,14 +56,18 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         Ok(()) => json!({"status": "UP"}),
         Err(e) => json!({"status": "DOWN", "error": e}),
     };
-    let up = redis.is_ok() && database.is_ok();
+    let overall = match (&redis, &database) {
+        (Ok(()), Ok(())) => "UP",
+        (Ok(()), Err(_)) => "DEGRADED",
+        (Err(_), _) => "DOWN",
+    };
     let data = json!({
-        "status": if up { "UP" } else { "DOWN" },
+        "status": overall,
         "redis": status(&redis),
         "database": status(&database),
         "journal": lag,
     });
-    if up {
+    if redis.is_ok() {
         ok(data)
     } else {
         HttpResponse::ServiceUnavailable().json(Envelope {

@@ -48,7 +48,7 @@ async fn liveness_readiness_and_metrics() {
 }
 
 #[actix_web::test]
-async fn readiness_reports_a_store_outage_with_503_and_recovers() {
+async fn readiness_is_degraded_without_the_db_and_down_without_redis_then_recovers() {
     let (db_name, db_url) = create_test_database().await;
     let db_proxy = CuttableProxy::start("127.0.0.1:3306").await;
     let redis_proxy = CuttableProxy::start("127.0.0.1:6379").await;
@@ -77,9 +77,10 @@ async fn readiness_reports_a_store_outage_with_503_and_recovers() {
     assert_eq!(status, 200);
 
     db_proxy.cut().await;
+    // Without the DB reservations are still decided in Redis: degraded, not out of rotation.
     let (status, body) = app.get("/health/ready").await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["code"], "STORE_UNAVAILABLE");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["status"], "DEGRADED");
     assert_eq!(body["data"]["database"]["status"], "DOWN");
     assert_eq!(body["data"]["redis"]["status"], "UP");
     // A request that needs the DB gets a 503 with a code, not a hang or a 500.
@@ -91,6 +92,8 @@ async fn readiness_reports_a_store_outage_with_503_and_recovers() {
     redis_proxy.cut().await;
     let (status, body) = app.get("/health/ready").await;
     assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "STORE_UNAVAILABLE");
+    assert_eq!(body["data"]["status"], "DOWN");
     assert_eq!(body["data"]["redis"]["status"], "DOWN");
     redis_proxy.restore();
 
