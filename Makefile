@@ -4,7 +4,7 @@ export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
 export KAFKA_BROKERS ?= 127.0.0.1:9092
 
-.PHONY: run test services lint fmt clippy clean-test-dbs stop-services bench
+.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
@@ -15,12 +15,16 @@ run: services
 	INVENTORY__DEMO__SEED_STOCK=true INVENTORY__KAFKA__ENABLED=true INVENTORY__KAFKA__BROKERS=$(KAFKA_BROKERS) \
 	  ./target/release/inventory-service --config config/local.toml
 
-## Everything CI checks: formatting, clippy with -D warnings, all tests against real stores.
-test: services lint clean-test-dbs
+## Everything CI checks: formatting, clippy with -D warnings, all tests against real stores
+## (fault injection and schemathesis fuzzing included).
+test: services fuzz-tools lint clean-test-dbs
 	cargo test --all-targets -- --test-threads=4
 
 services:
 	@bash scripts/services.sh
+
+fuzz-tools:
+	@bash scripts/fuzz-tools.sh
 
 lint: fmt clippy
 

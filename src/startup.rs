@@ -165,6 +165,7 @@ impl Application {
             supervisor: supervisor.clone(),
             metrics: metrics.clone(),
             persistence: persistence.clone(),
+            openapi: web::Bytes::from(api::openapi::document(&settings).to_string()),
         });
         let app_state = state.clone();
         let max_body = settings.http.max_body_bytes;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use diesel_async::RunQueryDsl;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::api::AppState;
 use crate::engine::persistence::GetLag;
@@ -18,8 +19,50 @@ use crate::store::db;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always UP while the process answers.
+    #[schema(value_type = String, example = "UP")]
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreHealth {
+    /// UP or DOWN
+    #[schema(value_type = String, example = "UP")]
+    pub status: &'static str,
+    /// Why the store is DOWN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Journal entries between Redis and the DB.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalHealth {
+    /// Entries whose changes are not in the DB yet.
+    pub not_persisted: u64,
+    pub undelivered: u64,
+    pub pending: u64,
+    pub length: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// UP, DEGRADED (DB down: reservations still served) or DOWN (Redis down)
+    #[schema(value_type = String, example = "UP")]
+    pub status: &'static str,
+    pub redis: StoreHealth,
+    pub database: StoreHealth,
+    /// Null when the persistence actor does not answer.
+    pub journal: Option<JournalHealth>,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "The process is alive", body = crate::api::openapi::Success<Liveness>)))]
 pub async fn live() -> HttpResponse {
-    ok(json!({"status": "UP"}))
+    ok(Liveness { status: "UP" })
 }
 
 async fn check_db(state: &AppState) -> Result<(), String> {
@@ -33,6 +76,25 @@ async fn check_db(state: &AppState) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+fn store_health(result: Result<(), String>) -> StoreHealth {
+    match result {
+        Ok(()) => StoreHealth {
+            status: "UP",
+            error: None,
+        },
+        Err(e) => StoreHealth {
+            status: "DOWN",
+            error: Some(e),
+        },
+    }
+}
+
+/// Readiness: UP, DEGRADED or DOWN, with the journal lag.
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses(
+        (status = 200, description = "UP, or DEGRADED: the DB is down but reservations are still served", body = crate::api::openapi::Success<Readiness>),
+        (status = 503, description = "DOWN: Redis does not answer (code STORE_UNAVAILABLE, data as for 200)", body = crate::api::openapi::ErrorEnvelope),
+    ))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let redis = match tokio::time::timeout(CHECK_TIMEOUT, state.stock.redis().ping()).await {
         Ok(Ok(())) => Ok(()),
@@ -43,41 +105,41 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         Ok(result) => result,
         Err(_) => Err("timed out".to_string()),
     };
-    let lag = match state.persistence.send(GetLag).await {
-        Ok(Ok(lag)) => json!({
-            "notPersisted": lag.not_persisted(),
-            "undelivered": lag.undelivered,
-            "pending": lag.pending,
-            "length": lag.length,
+    let journal = match state.persistence.send(GetLag).await {
+        Ok(Ok(lag)) => Some(JournalHealth {
+            not_persisted: lag.not_persisted(),
+            undelivered: lag.undelivered,
+            pending: lag.pending,
+            length: lag.length,
         }),
-        _ => json!(null),
+        _ => None,
     };
-    let status = |r: &Result<(), String>| match r {
-        Ok(()) => json!({"status": "UP"}),
-        Err(e) => json!({"status": "DOWN", "error": e}),
-    };
-    let overall = match (&redis, &database) {
+    let status = match (&redis, &database) {
         (Ok(()), Ok(())) => "UP",
         (Ok(()), Err(_)) => "DEGRADED",
         (Err(_), _) => "DOWN",
     };
-    let data = json!({
-        "status": overall,
-        "redis": status(&redis),
-        "database": status(&database),
-        "journal": lag,
-    });
-    if redis.is_ok() {
+    let redis_up = redis.is_ok();
+    let data = Readiness {
+        status,
+        redis: store_health(redis),
+        database: store_health(database),
+        journal,
+    };
+    if redis_up {
         ok(data)
     } else {
         HttpResponse::ServiceUnavailable().json(Envelope {
             code: Code::StoreUnavailable.as_str(),
-            message: "a store is unreachable".to_string(),
+            message: "redis is unreachable".to_string(),
             data,
         })
     }
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // Refresh the lag gauge at scrape time so it is never stale.
     if let Ok(Ok(lag)) = state.persistence.send(GetLag).await {

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use crate::api::params::{check_identifier, check_len, optional_id, positive_id, trace_id};
 use crate::api::AppState;
 use crate::domain::{LedgerReason, SkuKey};
-use crate::engine::stock::AdjustRequest;
+use crate::engine::stock::{AdjustRequest, AdjustResult, InventoryView, SyncResult};
+use crate::engine::supervisor::ReconcileReport;
 use crate::error::{ok, ApiError};
 
 fn position(
@@ -25,7 +26,14 @@ fn position(
     Ok(SkuKey::new(warehouse_id, sku_id))
 }
 
-/// `GET /inventory/{skuId}?warehouseId=W`
+/// Stock of one position (`GET /inventory/{skuId}?warehouseId=W`).
+#[utoipa::path(get, path = "/inventory/{skuId}", tag = "inventory",
+    params(("skuId" = i64, Path, minimum = 1, description = "The SKU"), ("warehouseId" = Option<i64>, Query, minimum = 1, description = "Default: inventory.default_warehouse_id")),
+    responses(
+        (status = 200, description = "The position's stock", body = crate::api::openapi::Success<InventoryView>),
+        (status = 404, description = "INVENTORY_NOT_FOUND", body = crate::api::openapi::ErrorEnvelope),
+        crate::api::openapi::ReadErrors,
+    ))]
 pub async fn get_inventory(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -35,7 +43,14 @@ pub async fn get_inventory(
     Ok(ok(state.stock.get(key).await?))
 }
 
-/// `GET /inventory/{skuId}/all`
+/// Stock of a SKU in every warehouse (`GET /inventory/{skuId}/all`).
+#[utoipa::path(get, path = "/inventory/{skuId}/all", tag = "inventory",
+    params(("skuId" = i64, Path, minimum = 1, description = "The SKU")),
+    responses(
+        (status = 200, description = "One entry per warehouse", body = crate::api::openapi::Success<Vec<InventoryView>>),
+        (status = 404, description = "SKU_NOT_FOUND: no warehouse has this SKU", body = crate::api::openapi::ErrorEnvelope),
+        crate::api::openapi::ReadErrors,
+    ))]
 pub async fn get_all_warehouses(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -44,7 +59,16 @@ pub async fn get_all_warehouses(
     Ok(ok(state.stock.list_by_sku(sku_id).await?))
 }
 
-/// `POST /inventory/{skuId}/sync?warehouseId=W`
+/// Admin: makes Redis hold the DB's stock for a position (`POST /inventory/{skuId}/sync?warehouseId=W`).
+#[utoipa::path(post, path = "/inventory/{skuId}/sync", tag = "inventory",
+    params(("skuId" = i64, Path, minimum = 1, description = "The SKU"), ("warehouseId" = Option<i64>, Query, minimum = 1, description = "Default: inventory.default_warehouse_id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "IN_SYNC, OVERWRITTEN or LOADED", body = crate::api::openapi::Success<SyncResult>),
+        (status = 404, description = "INVENTORY_NOT_FOUND", body = crate::api::openapi::ErrorEnvelope),
+        (status = 409, description = "CONCURRENT_CONFLICT: the position changed while syncing", body = crate::api::openapi::ErrorEnvelope),
+        crate::api::openapi::AuthErrors,
+    ))]
 pub async fn sync_to_redis(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -54,7 +78,7 @@ pub async fn sync_to_redis(
     Ok(ok(state.stock.sync(key).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StockAdjustBody {
     /// Units to add (> 0) or remove (< 0).
@@ -68,7 +92,18 @@ pub struct StockAdjustBody {
     pub remark: Option<String>,
 }
 
-/// `POST /inventory/{skuId}/stock?warehouseId=W` with `{"delta": N, "reason": "..."}`
+/// Admin: stock in, write-off or correction with a ledger row
+/// (`POST /inventory/{skuId}/stock?warehouseId=W` with `{"delta": N, "reason": "..."}`).
+#[utoipa::path(post, path = "/inventory/{skuId}/stock", tag = "inventory",
+    request_body = StockAdjustBody,
+    params(("skuId" = i64, Path, minimum = 1, description = "The SKU"), ("warehouseId" = Option<i64>, Query, minimum = 1, description = "Default: inventory.default_warehouse_id"), ("X-Trace-Id" = Option<String>, Header, description = "Trace id kept in the ledger")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Applied (or applied before under this requestId: applied false)", body = crate::api::openapi::Success<AdjustResult>),
+        (status = 404, description = "INVENTORY_NOT_FOUND: units removed from a position with no stock record", body = crate::api::openapi::ErrorEnvelope),
+        (status = 409, description = "INSUFFICIENT_STOCK, STOCK_LIMIT_EXCEEDED or IDEMPOTENCY_CONFLICT (requestId reused for another change)", body = crate::api::openapi::ErrorEnvelope),
+        crate::api::openapi::BodyErrors,
+    ))]
 pub async fn adjust_stock(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -110,8 +145,19 @@ pub async fn adjust_stock(
     Ok(ok(result))
 }
 
-/// `POST /inventory/reconcile[?skuId=S][&warehouseId=W][&repair=true|false]`: compares Redis
-/// with the DB and the ledger now; repairs when asked (default: `reconcile.repair`).
+/// Admin: compares Redis with the DB and the ledger now; repairs when asked (default:
+/// `reconcile.repair`). `POST /inventory/reconcile[?skuId=S][&warehouseId=W][&repair=true|false]`
+#[utoipa::path(post, path = "/inventory/reconcile", tag = "inventory",
+    params(
+        ("skuId" = Option<i64>, Query, minimum = 1, description = "Only this SKU"),
+        ("warehouseId" = Option<i64>, Query, minimum = 1, description = "Only this warehouse"),
+        ("repair" = Option<bool>, Query, description = "Fix what can be fixed (never OVERSOLD)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The differences found (and repaired)", body = crate::api::openapi::Success<ReconcileReport>),
+        crate::api::openapi::AuthErrors,
+    ))]
 pub async fn reconcile(
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,

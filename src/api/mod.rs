@@ -4,14 +4,16 @@ pub mod auth;
 pub mod health;
 pub mod inventory;
 pub mod kafka;
+pub mod openapi;
 pub mod params;
 pub mod reservations;
 
 use actix::Addr;
 use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::Method;
 use actix_web::middleware::from_fn;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, Handler, HttpRequest, HttpResponse, Responder};
 use futures_util::FutureExt;
 
 use crate::config::Settings;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub supervisor: Addr<SupervisorActor>,
     pub metrics: Metrics,
     pub persistence: Addr<PersistenceActor>,
+    /// The OpenAPI document with this instance's limits, serialised once.
+    pub openapi: web::Bytes,
 }
 
 impl From<EngineError> for ApiError {
@@ -145,16 +149,53 @@ fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
     ApiError::invalid(format!("invalid path: {err}")).into()
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        Code::MethodNotAllowed,
-        format!("{} is not allowed on {}", req.method(), req.path()),
-    ))
+/// 405 with the envelope and, as RFC 9110 asks, `Allow` naming the method the path has.
+fn method_not_allowed(allowed: Method) -> impl Fn(HttpRequest) -> HttpResponse + Clone {
+    move |req: HttpRequest| {
+        let mut response = actix_web::ResponseError::error_response(&ApiError::new(
+            Code::MethodNotAllowed,
+            format!("{} is not allowed on {}", req.method(), req.path()),
+        ));
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(allowed.as_str()) {
+            response
+                .headers_mut()
+                .insert(actix_web::http::header::ALLOW, value);
+        }
+        response
+    }
 }
 
-/// A path whose other methods answer 405 with the envelope.
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// Every "METHOD /path" the router serves, as `configure` registered them; a test holds
+/// this against the OpenAPI document, both ways.
+static ROUTES: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+pub fn registered_routes() -> Vec<String> {
+    match ROUTES.lock() {
+        Ok(routes) => routes.iter().cloned().collect(),
+        Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
+    }
+}
+
+/// One path with one method; its other methods answer 405 with the envelope.
+fn endpoint<F, Args>(method: Method, path: &'static str, handler: F) -> actix_web::Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    let entry = format!("{method} {path}");
+    match ROUTES.lock() {
+        Ok(mut routes) => routes.insert(entry),
+        Err(poisoned) => poisoned.into_inner().insert(entry),
+    };
+    let refuse = method_not_allowed(method.clone());
+    web::resource(path)
+        .route(web::method(method).to(handler))
+        .default_service(web::to(move |req: HttpRequest| {
+            let refuse = refuse.clone();
+            async move { refuse(req) }
+        }))
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -173,56 +214,70 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     )
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .app_data(web::PathConfig::default().error_handler(path_error))
-    .service(resource("/health").route(web::get().to(health::live)))
-    .service(resource("/health/ready").route(web::get().to(health::ready)))
-    .service(resource("/metrics").route(web::get().to(health::metrics)))
+    .service(endpoint(Method::GET, "/health", health::live))
+    .service(endpoint(Method::GET, "/health/ready", health::ready))
+    .service(endpoint(Method::GET, "/metrics", health::metrics))
+    .service(endpoint(
+        Method::GET,
+        "/openapi.json",
+        openapi::openapi_json,
+    ))
+    // Fixed paths before `/inventory/{skuId}`, which would match them too.
     .service(
-        web::scope("/inventory")
-            .service(
-                resource("/reserve")
-                    .wrap(from_fn(auth::service_only))
-                    .route(web::post().to(reservations::reserve)),
-            )
-            .service(
-                resource("/reconcile")
-                    .wrap(from_fn(auth::admin_only))
-                    .route(web::post().to(inventory::reconcile)),
-            )
-            .service(
-                resource("/reservations")
-                    .wrap(from_fn(auth::readers))
-                    .route(web::get().to(reservations::list)),
-            )
-            .service(
-                resource("/reservations/confirm")
-                    .wrap(from_fn(auth::service_only))
-                    .route(web::post().to(reservations::confirm)),
-            )
-            .service(
-                resource("/reservations/release")
-                    .wrap(from_fn(auth::service_only))
-                    .route(web::post().to(reservations::release)),
-            )
-            .service(
-                resource("/{sku_id}")
-                    .wrap(from_fn(auth::readers))
-                    .route(web::get().to(inventory::get_inventory)),
-            )
-            .service(
-                resource("/{sku_id}/all")
-                    .wrap(from_fn(auth::readers))
-                    .route(web::get().to(inventory::get_all_warehouses)),
-            )
-            .service(
-                resource("/{sku_id}/sync")
-                    .wrap(from_fn(auth::admin_only))
-                    .route(web::post().to(inventory::sync_to_redis)),
-            )
-            .service(
-                resource("/{sku_id}/stock")
-                    .wrap(from_fn(auth::admin_only))
-                    .route(web::post().to(inventory::adjust_stock)),
-            ),
+        endpoint(Method::POST, "/inventory/reserve", reservations::reserve)
+            .wrap(from_fn(auth::service_only)),
+    )
+    .service(
+        endpoint(Method::POST, "/inventory/reconcile", inventory::reconcile)
+            .wrap(from_fn(auth::admin_only)),
+    )
+    .service(
+        endpoint(Method::GET, "/inventory/reservations", reservations::list)
+            .wrap(from_fn(auth::readers)),
+    )
+    .service(
+        endpoint(
+            Method::POST,
+            "/inventory/reservations/confirm",
+            reservations::confirm,
+        )
+        .wrap(from_fn(auth::service_only)),
+    )
+    .service(
+        endpoint(
+            Method::POST,
+            "/inventory/reservations/release",
+            reservations::release,
+        )
+        .wrap(from_fn(auth::service_only)),
+    )
+    .service(
+        endpoint(Method::GET, "/inventory/{skuId}", inventory::get_inventory)
+            .wrap(from_fn(auth::readers)),
+    )
+    .service(
+        endpoint(
+            Method::GET,
+            "/inventory/{skuId}/all",
+            inventory::get_all_warehouses,
+        )
+        .wrap(from_fn(auth::readers)),
+    )
+    .service(
+        endpoint(
+            Method::POST,
+            "/inventory/{skuId}/sync",
+            inventory::sync_to_redis,
+        )
+        .wrap(from_fn(auth::admin_only)),
+    )
+    .service(
+        endpoint(
+            Method::POST,
+            "/inventory/{skuId}/stock",
+            inventory::adjust_stock,
+        )
+        .wrap(from_fn(auth::admin_only)),
     )
     .default_service(web::to(not_found));
 }

@@ -9,25 +9,32 @@ use serde_json::json;
 use crate::api::params::{check_len, required_str, trace_id};
 use crate::api::AppState;
 use crate::domain::{LedgerReason, SkuKey};
-use crate::engine::reservation::ReserveRequest;
+use crate::engine::reservation::{
+    ReservationView, ReserveOutcome, ReserveRequest, TransitionOutcome,
+};
 use crate::engine::EngineError;
 use crate::error::{ok, ApiError, Code};
 use crate::store::reservations::OrderLine;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ItemBody {
+    #[schema(minimum = 1)]
     pub sku_id: i64,
+    /// Default: inventory.default_warehouse_id
+    #[schema(minimum = 1)]
     pub warehouse_id: Option<i64>,
     pub qty: i64,
 }
 
 /// The reference's single-line body, or `items` for several lines (not both).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ReserveBody {
     pub order_no: String,
+    #[schema(minimum = 1)]
     pub sku_id: Option<i64>,
+    #[schema(minimum = 1)]
     pub warehouse_id: Option<i64>,
     pub qty: Option<i64>,
     pub items: Option<Vec<ItemBody>>,
@@ -54,7 +61,19 @@ fn lines_of(body: &ReserveBody, default_warehouse: i64) -> Result<Vec<OrderLine>
     }
 }
 
-/// `POST /inventory/reserve`
+/// TryReserve: holds every line of an order or none (`POST /inventory/reserve`).
+///
+/// Idempotent per order line: a repeat answers 200 with `existed: true` and changes nothing.
+#[utoipa::path(post, path = "/inventory/reserve", tag = "reservations",
+    request_body = ReserveBody,
+    params(("X-Trace-Id" = Option<String>, Header, description = "Trace id kept in the ledger (1-64 of [A-Za-z0-9_-]); a new one otherwise")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Held (or held before: existed)", body = crate::api::openapi::Success<ReserveOutcome>),
+        (status = 404, description = "INVENTORY_NOT_FOUND: a line names a position with no stock record", body = crate::api::openapi::ErrorEnvelope),
+        (status = 409, description = "INSUFFICIENT_STOCK (data names the short line), IDEMPOTENCY_CONFLICT (same orderNo, other lines) or INVALID_RESERVATION_STATUS (the order was cancelled)", body = crate::api::openapi::ErrorEnvelope),
+        crate::api::openapi::BodyErrors,
+    ))]
 pub async fn reserve(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -108,7 +127,16 @@ pub async fn reserve(
     }
 }
 
-/// `POST /inventory/reservations/confirm?orderNo=...`
+/// Confirm: the held units are sold (`POST /inventory/reservations/confirm?orderNo=...`).
+#[utoipa::path(post, path = "/inventory/reservations/confirm", tag = "reservations",
+    params(("orderNo" = String, Query, description = "The order to confirm"), ("X-Trace-Id" = Option<String>, Header, description = "Trace id kept in the ledger (1-64 of [A-Za-z0-9_-]); a new one otherwise")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Confirmed (or confirmed before: existed)", body = crate::api::openapi::Success<TransitionOutcome>),
+        (status = 404, description = "RESERVATION_NOT_FOUND", body = crate::api::openapi::ErrorEnvelope),
+        (status = 409, description = "INVALID_RESERVATION_STATUS: released or expired", body = crate::api::openapi::ErrorEnvelope),
+        crate::api::openapi::AuthErrors,
+    ))]
 pub async fn confirm(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -122,7 +150,19 @@ pub async fn confirm(
     Ok(ok(outcome))
 }
 
-/// `POST /inventory/reservations/release?orderNo=...&reason=...`
+/// Release: the held units go back to sale (`POST /inventory/reservations/release?orderNo=...&reason=...`).
+#[utoipa::path(post, path = "/inventory/reservations/release", tag = "reservations",
+    params(
+        ("orderNo" = String, Query, description = "The order to release"),
+        ("reason" = Option<String>, Query, max_length = 255, description = "Kept in the ledger row's remark"),
+        ("X-Trace-Id" = Option<String>, Header, description = "Trace id kept in the ledger (1-64 of [A-Za-z0-9_-]); a new one otherwise")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Released (or released before: existed)", body = crate::api::openapi::Success<TransitionOutcome>),
+        (status = 404, description = "RESERVATION_NOT_FOUND", body = crate::api::openapi::ErrorEnvelope),
+        (status = 409, description = "INVALID_RESERVATION_STATUS: already confirmed", body = crate::api::openapi::ErrorEnvelope),
+        crate::api::openapi::AuthErrors,
+    ))]
 pub async fn release(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -138,7 +178,13 @@ pub async fn release(
     Ok(ok(outcome))
 }
 
-/// `GET /inventory/reservations?orderNo=...`
+/// The lines of an order and their states (`GET /inventory/reservations?orderNo=...`).
+#[utoipa::path(get, path = "/inventory/reservations", tag = "reservations",
+    params(("orderNo" = String, Query, description = "The order")),
+    responses(
+        (status = 200, description = "The order's lines; empty when unknown", body = crate::api::openapi::Success<Vec<ReservationView>>),
+        crate::api::openapi::ReadErrors,
+    ))]
 pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,

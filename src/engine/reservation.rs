@@ -28,7 +28,7 @@ pub struct ReserveRequest {
     pub trace_id: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LineView {
     pub sku_id: i64,
@@ -37,7 +37,7 @@ pub struct LineView {
 }
 
 /// The outcome of a successful reserve: held now, or held before (a repeat).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReserveOutcome {
     pub order_no: String,
@@ -45,12 +45,13 @@ pub struct ReserveOutcome {
     pub status: ReservationStatus,
     /// True when this request repeated an earlier one and changed nothing.
     pub existed: bool,
+    #[schema(value_type = String, example = "2026-11-25 10:30:00")]
     #[serde(serialize_with = "crate::engine::serialize_local_datetime")]
     pub expire_at: NaiveDateTime,
     pub items: Vec<LineView>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TransitionOutcome {
     pub order_no: String,
@@ -60,7 +61,7 @@ pub struct TransitionOutcome {
 }
 
 /// The reference's reservation view (`GET /inventory/reservations`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReservationView {
     pub id: Option<i64>,
@@ -69,7 +70,9 @@ pub struct ReservationView {
     pub warehouse_id: i64,
     pub qty: i64,
     pub status: ReservationStatus,
+    #[schema(value_type = String)]
     pub status_desc: &'static str,
+    #[schema(value_type = String, example = "2026-11-25 10:30:00")]
     #[serde(serialize_with = "crate::engine::serialize_local_datetime")]
     pub expire_at: NaiveDateTime,
     pub expired: bool,

@@ -27,7 +27,7 @@ pub fn local_to_ms(t: NaiveDateTime) -> i64 {
 }
 
 /// The reference's inventory view (`GET /inventory/{skuId}`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InventoryView {
     pub id: Option<i64>,
@@ -37,6 +37,7 @@ pub struct InventoryView {
     pub reserved_qty: i64,
     pub total_qty: i64,
     pub redis_available_qty: Option<i64>,
+    #[schema(value_type = Option<String>, example = "2026-11-25 10:30:00")]
     #[serde(serialize_with = "crate::engine::serialize_local_datetime_opt")]
     pub updated_at: Option<NaiveDateTime>,
 }
@@ -51,12 +52,13 @@ pub struct AdjustRequest {
     pub trace_id: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdjustResult {
     pub sku_id: i64,
     pub warehouse_id: i64,
     pub delta: i64,
+    #[schema(value_type = String, example = "INBOUND")]
     pub reason: &'static str,
     pub request_id: Option<String>,
     /// False when this request id was applied before (nothing changed this time).
@@ -67,11 +69,13 @@ pub struct AdjustResult {
     pub persisted: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncResult {
     pub sku_id: i64,
     pub warehouse_id: i64,
+    /// IN_SYNC, OVERWRITTEN or LOADED
+    #[schema(value_type = String, example = "IN_SYNC")]
     pub status: &'static str,
     pub db_available_qty: i64,
     pub redis_available_before: Option<i64>,

@@ -211,18 +211,19 @@ fn is_transient(e: &EngineError) -> bool {
 
 // ---------------------------------------------------------------- reconciliation
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Difference {
     pub sku_id: i64,
     pub warehouse_id: i64,
     /// REDIS_MISSING, MARKER_MISSING, MARKER_STATE, REDIS_STOCK, DB_STOCK, OVERSOLD
+    #[schema(value_type = String, example = "REDIS_STOCK")]
     pub kind: &'static str,
     pub detail: String,
     pub repaired: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Skipped {
     pub sku_id: i64,
@@ -230,7 +231,7 @@ pub struct Skipped {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReconcileReport {
     pub repair: bool,

@@ -28,13 +28,13 @@ async fn liveness_readiness_and_metrics() {
         .unwrap();
     assert!(
         metrics.contains(
-            r#"inventory_http_requests_total{method="POST",route="/inventory/{sku_id}/stock",status="200"} 1"#
+            r#"inventory_http_requests_total{method="POST",route="/inventory/{skuId}/stock",status="200"} 1"#
         ),
         "{metrics}"
     );
     assert!(
         metrics.contains(
-            r#"inventory_http_requests_total{method="GET",route="/inventory/{sku_id}",status="400"} 1"#
+            r#"inventory_http_requests_total{method="GET",route="/inventory/{skuId}",status="400"} 1"#
         ),
         "{metrics}"
     );
