@@ -87,21 +87,24 @@ SQL
   db_ping || { log "mariadb does not answer for $DB_USER on :$DB_PORT"; tail -20 "$DATA/mariadb.err" >&2 || true; exit 1; }
 fi
 # ---------- Kafka-compatible broker (tansu) ----------
-# No Kafka in Debian: tansu speaks the Kafka protocol. Installed once with cargo (several
-# minutes), then reused; in-memory storage, so every start is a clean broker.
+# No Kafka in Debian: tansu speaks the Kafka protocol. Installed once with cargo (about
+# 15 minutes), then reused. Built with SQLite storage as well as memory: the dev broker runs
+# in memory (every start is a clean broker); the broker-restart fault test runs one of its
+# own on SQLite so that its messages and offsets survive the restart.
 KAFKA_PORT="${KAFKA_PORT:-9092}"
+TANSU_ROOT="$HOME/.cargo/tansu-libsql"
+TANSU="$TANSU_ROOT/bin/tansu"
 if [ "${SKIP_KAFKA:-0}" != "1" ]; then
+  if [ ! -x "$TANSU" ]; then
+    command -v cc >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq build-essential >/dev/null; }
+    log "installing tansu into $TANSU_ROOT (a Kafka-compatible broker; once, takes several minutes)"
+    cargo install tansu --locked --no-default-features --features dynostore,libsql --root "$TANSU_ROOT" \
+      >"$DATA/tansu-install.log" 2>&1 || { tail -30 "$DATA/tansu-install.log" >&2; exit 1; }
+  fi
   kafka_up() { (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; }
   if kafka_up; then
     log "kafka broker already answering on :$KAFKA_PORT"
   else
-    command -v cc >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq build-essential >/dev/null; }
-    if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
-      log "installing tansu (a Kafka-compatible broker; once, takes several minutes)"
-      cargo install tansu --locked --no-default-features --features dynostore >"$DATA/tansu-install.log" 2>&1 \
-        || { tail -30 "$DATA/tansu-install.log" >&2; exit 1; }
-    fi
-    TANSU=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
     log "starting tansu on :$KAFKA_PORT"
     setsid "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \

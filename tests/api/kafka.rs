@@ -46,9 +46,15 @@ pub struct KafkaClient {
 
 impl KafkaClient {
     pub fn new(brokers: &str) -> Self {
+        Self::with_message_timeout(brokers, Duration::from_secs(10))
+    }
+
+    /// A producer that keeps retrying a message for `timeout` (through a broker restart).
+    pub fn with_message_timeout(brokers: &str, timeout: Duration) -> Self {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
-            .set("message.timeout.ms", "10000")
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("enable.idempotence", "true")
             .create()
             .expect("test producer");
         KafkaClient {
@@ -68,7 +74,7 @@ impl KafkaClient {
                     .key(key)
                     .payload(body)
                     .headers(headers),
-                Duration::from_secs(5),
+                Duration::from_secs(60),
             )
             .await
             .expect("test message sent");

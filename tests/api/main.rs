@@ -12,6 +12,7 @@ mod inventory;
 mod journal;
 mod kafka;
 mod kafka_e2e;
+mod kafka_restart;
 mod openapi;
 mod reservations;
 mod supervisor;
