@@ -3,6 +3,7 @@
 -- fails the whole order and nothing changes. Confirming a confirmed order is EXISTS.
 --
 -- KEYS[1] journal, KEYS[2] holds, then per line: stock hash, line marker
+--   (a marker is the string '<state> <qty> <expireAt ms>', see reserve.lua)
 -- ARGV[1] now (ms), ARGV[2] orderNo, ARGV[3] trace id, ARGV[4] max journal entries,
 -- ARGV[5] '1' = confirm even if the hold expired (the order service says it was paid),
 -- ARGV[6..] per line: warehouseId, skuId
@@ -17,7 +18,11 @@ end
 local states = {}
 local done = 0
 for j = 1, lines do
-  local m = redis.call('HMGET', KEYS[2 + 2 * j], 'st', 'q', 'x')
+  local raw = redis.call('GET', KEYS[2 + 2 * j])
+  local m = {}
+  if raw then
+    m = {string.match(raw, '^(%S+) (%S+) (%S+)$')}
+  end
   if not m[1] then
     return cjson.encode({st = 'NOT_FOUND', i = j})
   end
@@ -48,7 +53,7 @@ for j = 1, lines do
     redis.call('HINCRBY', stock, 'confirmed', q)
     local v = redis.call('HINCRBY', stock, 'seq', 1)
     local a = tonumber(redis.call('HGET', stock, 'avail'))
-    redis.call('HSET', marker, 'st', 'CONFIRMED')
+    redis.call('SET', marker, 'CONFIRMED ' .. states[j][2] .. ' ' .. states[j][3], 'KEEPTTL')
     events[#events + 1] = {
       k = 'CNF', w = ARGV[4 + 2 * j], s = ARGV[5 + 2 * j], da = 0, dr = -q, a = a, r = r, v = v,
       rs = 'CONFIRM', o = ARGV[2], tr = ARGV[3], ts = now, q = q, x = tonumber(states[j][3]),

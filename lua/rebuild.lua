@@ -3,7 +3,8 @@
 -- order indexes and the holds of RESERVED lines. Nothing is journalled: the DB already has
 -- all of it.
 --
--- KEYS[1] stock hash, KEYS[2] holds, then per line: marker, order index
+-- KEYS[1] stock hash, KEYS[2] holds, then per line: marker, order index (strings, see
+-- reserve.lua)
 -- ARGV[1] available, ARGV[2] reserved, ARGV[3] confirmed, ARGV[4] version,
 -- ARGV[5] marker ttl after the hold (ms), ARGV[6] now (ms), ARGV[7] "warehouseId:skuId",
 -- ARGV[8..] per line: orderNo, state, qty, expireAt (ms)
@@ -25,11 +26,13 @@ for j = 1, lines do
   if redis.call('EXISTS', marker) == 0 then
     local ttl = expire_at + marker_ms - now
     if ttl > 0 then
-      redis.call('HSET', marker, 'st', state, 'q', qty, 'x', expire_at)
-      redis.call('PEXPIRE', marker, ttl)
-      redis.call('SADD', index, ARGV[7])
-      if redis.call('PTTL', index) < ttl then
-        redis.call('PEXPIRE', index, ttl)
+      redis.call('SET', marker, state .. ' ' .. qty .. ' ' .. string.format('%d', expire_at), 'PX', ttl)
+      -- The order index lists the order's positions, space-separated (see reserve.lua).
+      local listed = redis.call('GET', index)
+      if not listed then
+        redis.call('SET', index, ARGV[7], 'PX', ttl)
+      elseif listed ~= '!' and not string.find(' ' .. listed .. ' ', ' ' .. ARGV[7] .. ' ', 1, true) then
+        redis.call('SET', index, listed .. ' ' .. ARGV[7], 'PX', math.max(ttl, redis.call('PTTL', index)))
       end
       if state == 'RESERVED' then
         redis.call('ZADD', KEYS[2], expire_at, order_no)

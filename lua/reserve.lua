@@ -2,14 +2,21 @@
 -- are decided one after the other, so each sees the stock the ones before it left.
 --
 -- KEYS[1] journal stream, KEYS[2] holds (sorted set: orderNo by expiry ms),
--- KEYS[3..] stock hashes, line markers, order indexes and tombstones, referenced by index
---           from the batch description.
+-- KEYS[3..] stock hashes, line markers and order indexes, referenced by index from the
+--           batch description.
 -- ARGV[1] now (ms), ARGV[2] hold (ms), ARGV[3] marker ttl after the hold (ms),
 -- ARGV[4] max journal entries, ARGV[5] number of orders, then per order:
---   orderNo, traceId, order index key#, tombstone key#, number of lines,
+--   orderNo, traceId, order index key#, number of lines,
 --   then per line: stock key#, marker key#, warehouseId, skuId, qty
 --   (the lines of one order name distinct positions: duplicates are summed before).
 -- Positional arguments rather than JSON: decoding is most of a script's cost per order.
+--
+-- Keys are strings with a PX expiry, so writing one is one command:
+--   order index  'w:s w:s ...' (the order's positions), or '!' when a release came first
+--                (a tombstone: the late reservation is refused)
+--   line marker  '<state> <qty> <expireAt ms>'
+-- A new order costs one GET (its index) and two SETs per single-line order; markers are
+-- read only when the index says the order was seen before.
 --
 -- Returns a flat array, three values per order, in order:
 --   'RESERVED', expireAt, 0                 held now
@@ -39,9 +46,9 @@ end
 local orders = {}
 local at = 6
 for i = 1, count do
-  local order = {o = ARGV[at], tr = ARGV[at + 1], k = tonumber(ARGV[at + 2]), t = tonumber(ARGV[at + 3]), l = {}}
-  local lines = tonumber(ARGV[at + 4])
-  at = at + 5
+  local order = {o = ARGV[at], tr = ARGV[at + 1], k = tonumber(ARGV[at + 2]), l = {}}
+  local lines = tonumber(ARGV[at + 3])
+  at = at + 4
   for j = 1, lines do
     order.l[j] = {s = tonumber(ARGV[at]), m = tonumber(ARGV[at + 1]), w = ARGV[at + 2], k = ARGV[at + 3], q = tonumber(ARGV[at + 4])}
     at = at + 5
@@ -71,49 +78,61 @@ end
 local rank = {RESERVED = 1, CONFIRMED = 2, RELEASED = 2}
 local holds = {}
 
+-- An order seen before: the same lines with the same quantities is a repeat (its state
+-- now), anything else a conflict.
+local function repeat_of(order, index)
+  local listed = 1
+  for _ in string.gmatch(index, ' ') do
+    listed = listed + 1
+  end
+  if listed ~= #order.l then
+    return 'CONFLICT', 0
+  end
+  local state, state_expire = nil, 0
+  for j, line in ipairs(order.l) do
+    local m = redis.call('GET', KEYS[line.m])
+    if not m then
+      return 'CONFLICT', j
+    end
+    local st, q, x = string.match(m, '^(%S+) (%S+) (%S+)$')
+    if tonumber(q) ~= line.q then
+      return 'CONFLICT', j
+    end
+    if not state or rank[st] > rank[state] then
+      state = st
+    end
+    if state_expire == 0 then
+      state_expire = tonumber(x)
+    end
+  end
+  return 'EXISTS:' .. state, state_expire
+end
+
 for _, order in ipairs(orders) do
   local st, n1, n2 = nil, 0, 0
-  if redis.call('EXISTS', KEYS[order.t]) == 1 then
+  local index = redis.call('GET', KEYS[order.k])
+  if index == '!' then
     st = 'CANCELLED'
+  elseif index then
+    st, n1 = repeat_of(order, index)
   else
-    local existing, fresh, conflict, short = 0, 0, nil, nil
-    local state, state_expire = nil, 0
+    local short = nil
     for j, line in ipairs(order.l) do
-      local m = redis.call('HMGET', KEYS[line.m], 'st', 'q', 'x')
-      if m[1] then
-        if tonumber(m[2]) ~= line.q then
-          conflict = j
-          break
-        end
-        existing = existing + 1
-        if not state or rank[m[1]] > rank[state] then
-          state = m[1]
-        end
-        if state_expire == 0 then
-          state_expire = tonumber(m[3])
-        end
-      else
-        fresh = fresh + 1
-        if not short then
-          local p = position(KEYS[line.s])
-          if p.missing then
-            short = {'NOT_FOUND', j, 0}
-          elseif p.a < line.q then
-            short = {'INSUFFICIENT', j, p.a}
-          end
-        end
+      local p = position(KEYS[line.s])
+      if p.missing then
+        short = {'NOT_FOUND', j, 0}
+      elseif p.a < line.q then
+        short = {'INSUFFICIENT', j, p.a}
+      end
+      if short then
+        break
       end
     end
-    if conflict then
-      st, n1 = 'CONFLICT', conflict
-    elseif existing > 0 and fresh > 0 then
-      st = 'CONFLICT'
-    elseif existing > 0 then
-      st, n1 = 'EXISTS:' .. state, state_expire
-    elseif short then
+    if short then
       st, n1, n2 = short[1], short[2], short[3]
     else
-      local index = {}
+      local positions_held = {}
+      local marker = 'RESERVED %d ' .. string.format('%d', expire_at)
       for _, line in ipairs(order.l) do
         local stock = KEYS[line.s]
         local p = position(stock)
@@ -124,14 +143,12 @@ for _, order in ipairs(orders) do
           p.dirty = true
           touched[#touched + 1] = stock
         end
-        redis.call('HSET', KEYS[line.m], 'st', 'RESERVED', 'q', line.q, 'x', expire_at)
-        redis.call('PEXPIRE', KEYS[line.m], marker_ms)
-        index[#index + 1] = line.w .. ':' .. line.k
+        redis.call('SET', KEYS[line.m], string.format(marker, line.q), 'PX', marker_ms)
+        positions_held[#positions_held + 1] = line.w .. ':' .. line.k
         journal[#journal + 1] = table.concat(
           {'RES', line.w, line.k, line.q, p.a, p.r, p.v, expire_at, order.o, order.tr}, ' ')
       end
-      redis.call('SADD', KEYS[order.k], unpack(index))
-      redis.call('PEXPIRE', KEYS[order.k], marker_ms)
+      redis.call('SET', KEYS[order.k], table.concat(positions_held, ' '), 'PX', marker_ms)
       holds[#holds + 1] = expire_at
       holds[#holds + 1] = order.o
       st, n1 = 'RESERVED', expire_at

@@ -422,9 +422,9 @@ impl ReservationEngine {
                 self.transition_outcome(order_no, ReservationStatus::Confirmed, true)
                     .await
             }
-            TransitionReply::NotFound { .. } | TransitionReply::Tombstone => {
-                Err(EngineError::ReservationNotFound(order_no.to_string()))
-            }
+            TransitionReply::NotFound { .. }
+            | TransitionReply::Tombstone
+            | TransitionReply::Retry => Err(EngineError::ReservationNotFound(order_no.to_string())),
             TransitionReply::Released { line } => Err(EngineError::InvalidStatus(format!(
                 "order {order_no} cannot be confirmed: sku {} is RELEASED",
                 sku(line)
@@ -464,22 +464,31 @@ impl ReservationEngine {
         trace_id: &str,
         only_if_expired: bool,
     ) -> Result<TransitionOutcome, EngineError> {
-        let lines = self.lines_of(order_no).await?;
         let tombstone_ttl_ms = self.settings.hold_ms() + self.settings.marker_ttl_ms();
-        let reply = self
-            .redis
-            .release_order(
-                order_no,
-                &lines,
-                trace_id,
-                reason,
-                remark,
-                tombstone_ttl_ms,
-                only_if_expired,
-                now_ms(),
-                self.settings.journal.max_pending_entries,
-            )
-            .await?;
+        // An order with no lines gets a tombstone, unless its reservation overtook this call
+        // (RETRY): then its lines are read again. Bounded: a retry needs a new reservation.
+        let mut attempts = 0;
+        let (lines, reply) = loop {
+            attempts += 1;
+            let lines = self.lines_of(order_no).await?;
+            let reply = self
+                .redis
+                .release_order(
+                    order_no,
+                    &lines,
+                    trace_id,
+                    reason,
+                    remark,
+                    tombstone_ttl_ms,
+                    only_if_expired,
+                    now_ms(),
+                    self.settings.journal.max_pending_entries,
+                )
+                .await?;
+            if reply != TransitionReply::Retry || attempts >= 3 {
+                break (lines, reply);
+            }
+        };
         let sku = |line: usize| lines.get(line).map(|k| k.sku_id).unwrap_or(0);
         match reply {
             TransitionReply::Done => {
@@ -503,7 +512,7 @@ impl ReservationEngine {
             TransitionReply::Released { .. } | TransitionReply::Expired { .. } => Err(
                 EngineError::InvalidStatus(format!("order {order_no} cannot be released")),
             ),
-            TransitionReply::JournalFull => Err(EngineError::Overloaded),
+            TransitionReply::JournalFull | TransitionReply::Retry => Err(EngineError::Overloaded),
         }
     }
 

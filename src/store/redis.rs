@@ -49,10 +49,11 @@ impl Keys {
         format!("{}inv:{{{}:{}}}", self.prefix, key.warehouse_id, key.sku_id)
     }
 
-    /// Marker of one reservation line (state, qty, expiry): idempotency and tombstones.
+    /// Marker of one reservation line, the string `<state> <qty> <expireAt ms>` with a PX
+    /// expiry: idempotency, and confirm-vs-release races decided in Redis.
     pub fn line(&self, key: SkuKey, order_no: &str) -> String {
         format!(
-            "{}inv:{{{}:{}}}:res:{}",
+            "{}inv:{{{}:{}}}:r:{}",
             self.prefix, key.warehouse_id, key.sku_id, order_no
         )
     }
@@ -65,14 +66,11 @@ impl Keys {
         )
     }
 
-    /// The lines of one order (`warehouse:sku` members).
+    /// The positions of one order, the string `w:s w:s ...` with a PX expiry; or `!`, a
+    /// tombstone left by a release of an order we never saw (its late reservation is
+    /// refused).
     pub fn order(&self, order_no: &str) -> String {
-        format!("{}inv:order:{{{}}}", self.prefix, order_no)
-    }
-
-    /// Set by a release of an order we never saw: its late reservation is refused.
-    pub fn tombstone(&self, order_no: &str) -> String {
-        format!("{}inv:order:{{{}}}:released", self.prefix, order_no)
+        format!("{}inv:ord:{{{}}}", self.prefix, order_no)
     }
 
     /// Orders with held lines, scored by expiry (ms): the expiry scan reads it.
@@ -764,7 +762,7 @@ mod tests {
         let keys = Keys::new("p:");
         let k = SkuKey::new(1, 1001);
         assert_eq!(keys.stock(k), "p:inv:{1:1001}");
-        assert_eq!(keys.line(k, "ORD001"), "p:inv:{1:1001}:res:ORD001");
+        assert_eq!(keys.line(k, "ORD001"), "p:inv:{1:1001}:r:ORD001");
         assert_eq!(keys.adjustment(k, "r1"), "p:inv:{1:1001}:adj:r1");
         assert_eq!(keys.journal(), "p:inv:journal");
     }

@@ -81,6 +81,8 @@ pub enum TransitionReply {
     NotExpired,
     /// Release of an unknown order: tombstone left.
     Tombstone,
+    /// Called without lines, but the order has some by now: read them again.
+    Retry,
     JournalFull,
 }
 
@@ -137,6 +139,33 @@ fn parse_reserve_reply(status: &str, n1: i64, n2: i64) -> RedisResult<ReserveRep
     })
 }
 
+/// The order index of an order released before it was reserved.
+const TOMBSTONE: &str = "!";
+
+/// `w:s w:s ...` (see lua/reserve.lua), sorted; a tombstone lists nothing.
+fn parse_order_index(index: &str) -> Vec<SkuKey> {
+    let mut lines: Vec<SkuKey> = index
+        .split(' ')
+        .filter_map(|m| {
+            let (w, s) = m.split_once(':')?;
+            Some(SkuKey::new(w.parse().ok()?, s.parse().ok()?))
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// `<state> <qty> <expireAt ms>` (see lua/reserve.lua).
+fn parse_marker(raw: &str) -> Option<LineMarker> {
+    let mut fields = raw.split(' ');
+    let marker = LineMarker {
+        status: ReservationStatus::parse(fields.next()?)?,
+        qty: fields.next()?.parse().ok()?,
+        expire_at_ms: fields.next()?.parse().ok()?,
+    };
+    fields.next().is_none().then_some(marker)
+}
+
 /// Trace ids end up in a space-separated journal line: no whitespace, at most 64 chars.
 fn journal_safe(trace_id: &str) -> String {
     trace_id
@@ -159,6 +188,7 @@ fn parse_transition(script: &'static str, json: &str) -> RedisResult<TransitionR
         "CONFIRMED" => TransitionReply::Confirmed { line },
         "NOT_EXPIRED" => TransitionReply::NotExpired,
         "TOMBSTONE" => TransitionReply::Tombstone,
+        "RETRY" => TransitionReply::Retry,
         "JOURNAL_FULL" => TransitionReply::JournalFull,
         other => return Err(bad(script, format!("status {other}"))),
     })
@@ -177,7 +207,7 @@ impl RedisStore {
         let keys = &self.keys;
         let mut key_list: Vec<String> = vec![keys.journal(), keys.holds()];
         let mut stock_index: HashMap<SkuKey, usize> = HashMap::new();
-        let mut args: Vec<String> = Vec::with_capacity(5 + orders.len() * 10);
+        let mut args: Vec<String> = Vec::with_capacity(5 + orders.len() * 9);
         args.push(params.now_ms.to_string());
         args.push(params.hold_ms.to_string());
         args.push(params.marker_ttl_ms.to_string());
@@ -186,13 +216,10 @@ impl RedisStore {
         for order in orders {
             key_list.push(keys.order(&order.order_no));
             let order_key = key_list.len();
-            key_list.push(keys.tombstone(&order.order_no));
-            let tombstone_key = key_list.len();
             args.push(order.order_no.clone());
             // The journal line is space-separated; the trace id goes last, without newlines.
             args.push(journal_safe(&order.trace_id));
             args.push(order_key.to_string());
-            args.push(tombstone_key.to_string());
             args.push(order.lines.len().to_string());
             for line in &order.lines {
                 let stock = *stock_index.entry(line.key).or_insert_with(|| {
@@ -238,25 +265,23 @@ impl RedisStore {
             .collect()
     }
 
-    /// The positions of an order's lines, as its index in Redis lists them.
-    pub async fn order_lines(&self, order_no: &str) -> RedisResult<Vec<SkuKey>> {
+    /// The order's index: what `GET` of it says.
+    async fn order_index(&self, order_no: &str) -> RedisResult<Option<String>> {
         let mut conn = self.conn.clone();
-        let members: Vec<String> = self
-            .timed(
-                redis::cmd("SMEMBERS")
-                    .arg(self.keys.order(order_no))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let mut lines: Vec<SkuKey> = members
-            .iter()
-            .filter_map(|m| {
-                let (w, s) = m.split_once(':')?;
-                Some(SkuKey::new(w.parse().ok()?, s.parse().ok()?))
-            })
-            .collect();
-        lines.sort();
-        Ok(lines)
+        self.timed(
+            redis::cmd("GET")
+                .arg(self.keys.order(order_no))
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// The positions of an order's lines, as its index in Redis lists them (none for an
+    /// unknown order or a tombstone).
+    pub async fn order_lines(&self, order_no: &str) -> RedisResult<Vec<SkuKey>> {
+        Ok(parse_order_index(
+            self.order_index(order_no).await?.as_deref().unwrap_or(""),
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -307,7 +332,7 @@ impl RedisStore {
         invocation
             .key(self.keys.journal())
             .key(self.keys.holds())
-            .key(self.keys.tombstone(order_no));
+            .key(self.keys.order(order_no));
         for line in lines {
             invocation
                 .key(self.keys.stock(*line))
@@ -350,45 +375,57 @@ impl RedisStore {
         self.markers(keys).await
     }
 
-    /// Reads marker hashes, pipelined in chunks.
+    /// Reads markers, pipelined in chunks.
     async fn markers(&self, keys: Vec<String>) -> RedisResult<Vec<Option<LineMarker>>> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(1000) {
             let mut pipe = redis::pipe();
             for key in chunk {
-                pipe.cmd("HMGET").arg(key).arg("st").arg("q").arg("x");
+                pipe.cmd("GET").arg(key);
             }
             let mut conn = self.conn.clone();
-            let replies: Vec<Vec<Value>> = self.timed(pipe.query_async(&mut conn)).await?;
-            out.extend(replies.iter().map(|fields| {
-                let text = |i: usize| fields.get(i).and_then(value_string);
-                Some(LineMarker {
-                    status: ReservationStatus::parse(&text(0)?)?,
-                    qty: text(1)?.parse().ok()?,
-                    expire_at_ms: text(2)?.parse().ok()?,
-                })
-            }));
+            let replies: Vec<Option<String>> = self.timed(pipe.query_async(&mut conn)).await?;
+            out.extend(replies.iter().map(|raw| parse_marker(raw.as_deref()?)));
         }
         Ok(out)
     }
 
     /// Whether a release left a tombstone for this order.
     pub async fn has_tombstone(&self, order_no: &str) -> RedisResult<bool> {
-        let mut conn = self.conn.clone();
-        let exists: bool = self
-            .timed(
-                redis::cmd("EXISTS")
-                    .arg(self.keys.tombstone(order_no))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(exists)
+        Ok(self.order_index(order_no).await?.as_deref() == Some(TOMBSTONE))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markers_and_order_indexes_parse() {
+        assert_eq!(
+            parse_marker("CONFIRMED 3 1732540000000"),
+            Some(LineMarker {
+                status: ReservationStatus::Confirmed,
+                qty: 3,
+                expire_at_ms: 1_732_540_000_000
+            })
+        );
+        for bad in [
+            "",
+            "RESERVED 3",
+            "HELD 3 1",
+            "RESERVED x 1",
+            "RESERVED 3 1 extra",
+        ] {
+            assert_eq!(parse_marker(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            parse_order_index("2:7 1:9"),
+            vec![SkuKey::new(1, 9), SkuKey::new(2, 7)]
+        );
+        assert!(parse_order_index(TOMBSTONE).is_empty());
+        assert!(parse_order_index("").is_empty());
+    }
 
     #[test]
     fn replies_parse() {

@@ -96,8 +96,16 @@ async fn the_same_request_twice_reserves_once_and_another_qty_conflicts() {
     .await;
     assert_eq!(status, 409, "{conflict}");
     assert_eq!(conflict["code"], "IDEMPOTENCY_CONFLICT");
+    // Same order, none of its lines: a conflict as well, nothing held on the other SKU.
+    app.stock_in(1003, 1, 10).await;
+    let (status, conflict) =
+        reserve(&app, json!({"orderNo": "ORD001", "skuId": 1003, "qty": 1})).await;
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(conflict["code"], "IDEMPOTENCY_CONFLICT");
+    let (_, other) = app.get("/inventory/1003").await;
+    assert_eq!(other["data"]["availableQty"], 10, "{other}");
 
-    let audits = app.assert_invariants(&[key]).await;
+    let audits = app.assert_invariants(&[key, SkuKey::new(1, 1003)]).await;
     assert_eq!(audits[0].db_available, Some(95));
     assert_eq!(audits[0].lines_reserved, 5);
     assert_eq!(audits[0].ledger_rows, 2, "inbound + one reserve");
