@@ -55,6 +55,8 @@ struct Options {
     json: Option<String>,
     corrupt: bool,
     smoke: bool,
+    /// Service settings for the run (`--set journal.batch_size=512`), to compare tunings.
+    settings: Vec<(String, toml::Value)>,
 }
 
 fn parse_options() -> Options {
@@ -74,6 +76,7 @@ fn parse_options() -> Options {
         json: None,
         corrupt: false,
         smoke: false,
+        settings: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo test --all-targets` runs this without `--bench`: a small smoke run, so CI checks
@@ -108,6 +111,17 @@ fn parse_options() -> Options {
             "--release" => o.release = value().parse().unwrap_or(o.release),
             "--duration" => o.duration = value().parse::<f64>().ok().map(Duration::from_secs_f64),
             "--json" => o.json = Some(value()),
+            "--set" => {
+                let raw = value();
+                if let Some((key, v)) = raw.split_once('=') {
+                    let v = match (v.parse::<i64>(), v.parse::<bool>()) {
+                        (Ok(n), _) => toml::Value::Integer(n),
+                        (_, Ok(b)) => toml::Value::Boolean(b),
+                        _ => toml::Value::String(v.to_string()),
+                    };
+                    o.settings.push((key.to_string(), v));
+                }
+            }
             name @ ("--corrupt" | "--compare") => {
                 flag(&mut o, name);
                 i += 1;
@@ -873,6 +887,7 @@ async fn run(o: Options) -> i32 {
             ("kafka.topic_partitions", 8.into()),
         ]);
     }
+    overrides.extend(o.settings.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let settings = Settings::defaults_with(&overrides).expect("settings");
     inventory::telemetry::init_with_default(settings.log.format, "warn");
     let app = Application::build(settings.clone())
