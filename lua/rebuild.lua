@@ -28,8 +28,10 @@ for j = 1, lines do
     if ttl > 0 then
       redis.call('SET', marker, state .. ' ' .. qty .. ' ' .. string.format('%d', expire_at), 'PX', ttl)
       -- The order index lists the order's positions, space-separated (see reserve.lua).
+      -- The DB has this line, so a tombstone here is wrong (a cancel that came while Redis
+      -- had lost the order): the order's positions replace it.
       local listed = redis.call('GET', index)
-      if not listed then
+      if not listed or listed == '!' then
         redis.call('SET', index, ARGV[7], 'PX', ttl)
       elseif listed ~= '!' and not string.find(' ' .. listed .. ' ', ' ' .. ARGV[7] .. ' ', 1, true) then
         redis.call('SET', index, listed .. ' ' .. ARGV[7], 'PX', math.max(ttl, redis.call('PTTL', index)))

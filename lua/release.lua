@@ -17,6 +17,11 @@
 local now = tonumber(ARGV[1])
 local lines = (#KEYS - 3) / 2
 if lines < 1 then
+  -- The expiry scan found a hold whose order Redis does not know (lost or rebuilt data):
+  -- no tombstone from it; reconciliation restores the order from the DB.
+  if ARGV[8] == '1' then
+    return cjson.encode({st = 'NOT_FOUND', i = 0})
+  end
   local index = redis.call('GET', KEYS[3])
   if index and index ~= '!' then
     return cjson.encode({st = 'RETRY'})

@@ -92,7 +92,8 @@ local function repeat_of(order, index)
   for j, line in ipairs(order.l) do
     local m = redis.call('GET', KEYS[line.m])
     if not m then
-      return 'CONFLICT', j
+      -- A position the order does not have: other lines, not another quantity.
+      return 'CONFLICT', 0
     end
     local st, q, x = string.match(m, '^(%S+) (%S+) (%S+)$')
     if tonumber(q) ~= line.q then

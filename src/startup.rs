@@ -63,6 +63,18 @@ impl Application {
         let port = listener.local_addr()?.port();
         let redis = RedisStore::connect(&settings.redis).await?;
         redis.ping().await?;
+        // Stock counters, markers and order indexes are data, not cache: an evicted order
+        // index would let a repeated order be held again.
+        match redis.eviction_policy().await.as_deref() {
+            Some("noeviction") => {}
+            Some(policy) => tracing::warn!(
+                policy,
+                "redis maxmemory-policy is not noeviction: keys this service relies on may be evicted; set maxmemory-policy noeviction"
+            ),
+            None => tracing::warn!(
+                "could not read redis maxmemory-policy; it must be noeviction"
+            ),
+        }
         if settings.database.run_migrations {
             let applied = db::run_migrations(settings.database.url.expose()).await?;
             if !applied.is_empty() {

@@ -290,6 +290,21 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Redis' `maxmemory-policy`, when the server lets us read it (managed services may not).
+    pub async fn eviction_policy(&self) -> Option<String> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self
+            .timed(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(&mut conn),
+            )
+            .await
+            .ok()?;
+        reply.get(1).cloned()
+    }
+
     pub async fn stock(&self, key: SkuKey) -> RedisResult<Option<StockLevels>> {
         let mut conn = self.conn.clone();
         let values: HashMap<String, i64> = self.timed(conn.hgetall(self.keys.stock(key))).await?;

@@ -442,3 +442,48 @@ async fn another_instance_takes_over_when_the_leader_is_killed() {
     let new = token(&follower).await.unwrap();
     assert!(new > old, "fencing token grows: {old} -> {new}");
 }
+
+#[actix_web::test]
+async fn a_cancel_while_redis_had_lost_the_order_does_not_strand_its_hold() {
+    let app = spawn_app_with(&[
+        ("supervisor.lease_ms", 600_000.into()),
+        ("supervisor.tick_ms", 300_000.into()),
+    ])
+    .await;
+    let key = SkuKey::new(1, 611);
+    app.stock_in(611, 1, 10).await;
+    reserve(&app, "STRAND-1", json!([{"skuId": 611, "qty": 4}])).await;
+    app.drain_journal().await;
+
+    // Redis loses this order (marker and index); a cancel arrives in that window.
+    let _: i64 = app
+        .redis_cmd(
+            redis::cmd("DEL")
+                .arg(app.redis.keys().line(key, "STRAND-1"))
+                .arg(app.redis.keys().order("STRAND-1")),
+        )
+        .await;
+    let (status, body) = app
+        .post("/inventory/reservations/release?orderNo=STRAND-1")
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(app.redis.has_tombstone("STRAND-1").await.unwrap());
+
+    // Repair restores the order from the DB: the DB's line replaces the tombstone.
+    let (status, report) = app.post("/inventory/reconcile?repair=true").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        kinds(&report),
+        vec![(611, "MARKER_MISSING".to_string())],
+        "{report}"
+    );
+    assert!(!app.redis.has_tombstone("STRAND-1").await.unwrap());
+    let (status, body) = app
+        .post("/inventory/reservations/release?orderNo=STRAND-1")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["status"], "RELEASED", "{body}");
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].db_available, Some(10));
+    assert_eq!(audits[0].lines_reserved, 0);
+}
