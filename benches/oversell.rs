@@ -367,6 +367,10 @@ impl KafkaDriver {
             )
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
+            // tansu holds a fetch for the whole wait even when data arrives: with the
+            // default 500 ms every outcome looked 500 ms late, and the closed-loop clients
+            // (each waits for its outcome) were capped at concurrency / 0.5 s.
+            .set("fetch.wait.max.ms", "10")
             .create()
             .expect("bench consumer");
         consumer.subscribe(&[&topics.inventory]).expect("subscribe");

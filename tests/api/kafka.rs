@@ -105,6 +105,7 @@ impl KafkaClient {
             .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
             .create()
             .expect("test consumer");
         consumer.subscribe(&[topic]).expect("subscribe");
