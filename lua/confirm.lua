@@ -1,65 +1,70 @@
--- Confirm every line of one order: RESERVED -> CONFIRMED (the units leave `reserved` for
--- `confirmed`; `available` does not change). All-or-nothing: a released or expired line
--- fails the whole order and nothing changes. Confirming a confirmed order is EXISTS.
+-- Confirm a batch of orders: every line RESERVED -> CONFIRMED (the units leave `reserved`
+-- for `confirmed`; `available` does not change). All-or-nothing per order: a released or
+-- expired line fails the whole order and nothing of it changes. Confirming a confirmed
+-- order is EXISTS. lua/lib.lua is prepended.
 --
--- KEYS[1] journal, KEYS[2] holds, then per line: stock hash, line marker
---   (a marker is the string '<state> <qty> <expireAt ms>', see reserve.lua)
--- ARGV[1] now (ms), ARGV[2] orderNo, ARGV[3] trace id, ARGV[4] max journal entries,
--- ARGV[5] '1' = confirm even if the hold expired (the order service says it was paid),
--- ARGV[6..] per line: warehouseId, skuId
+-- KEYS: per group of the call: orders, holds, journal; then the stock hash of each position.
+-- ARGV[1] now (ms), ARGV[2] max entries per journal stream, ARGV[3] groups in the call,
+-- ARGV[4] positions in the call, then per position: group#, warehouseId, skuId; then the
+-- number of orders, then per order: orderNo, traceId, '1' = confirm even if the hold
+-- expired (the order service says it was paid), the number of its groups, their group#s.
 --
--- Returns JSON {st = CONFIRMED | EXISTS | NOT_FOUND | RELEASED | EXPIRED | JOURNAL_FULL, i = line#}
+-- Reply items, one per order: CONFIRMED | EXISTS | NOT_FOUND | RETRY | JOURNAL_FULL |
+-- RELEASED w s | EXPIRED w s (the line that refused).
 local now = tonumber(ARGV[1])
-local lines = (#KEYS - 2) / 2
-if lines < 1 then
-  return cjson.encode({st = 'NOT_FOUND', i = 0})
-end
+local max_journal = tonumber(ARGV[2])
+local ngroups = tonumber(ARGV[3])
+local groups = call_groups(0, ngroups)
+local positions, by_id, at = call_positions(5, tonumber(ARGV[4]), 3 * ngroups)
+local orders = transition_orders(at, groups, 1)
 
-local states = {}
-local done = 0
-for j = 1, lines do
-  local raw = redis.call('GET', KEYS[2 + 2 * j])
-  local m = {}
-  if raw then
-    m = {string.match(raw, '^(%S+) (%S+) (%S+)$')}
+local out = {}
+for _, o in ipairs(orders) do
+  local lines, x = order_lines(o, groups, by_id)
+  if lines == nil then
+    reply(out, 'NOT_FOUND')
+  elseif lines == false then
+    reply(out, 'RETRY')
+  else
+    local refused, done = nil, 0
+    for _, l in ipairs(lines) do
+      if l.st == 'RELEASED' then
+        refused = 'RELEASED'
+      elseif l.st == 'RESERVED' and x <= now and o.args[1] ~= '1' then
+        refused = 'EXPIRED'
+      elseif l.st == 'CONFIRMED' then
+        done = done + 1
+      end
+      if refused then
+        reply(out, refused, tonumber(l.w), tonumber(l.s))
+        break
+      end
+    end
+    if not refused then
+      local blocked = cannot_change(lines, groups, max_journal)
+      if done == #lines then
+        reply(out, 'EXISTS')
+      elseif blocked then
+        reply(out, blocked)
+      else
+        for _, l in ipairs(lines) do
+          if l.st == 'RESERVED' then
+            local p = l.p
+            p.r = p.r - l.q
+            p.c = p.c + l.q
+            p.v = p.v + 1
+            touch(p)
+            l.st = 'CONFIRMED'
+            local g = groups[p.g]
+            g.lines[#g.lines + 1] = journal_line('CNF', p.w, p.s, 0, -l.q, p.a, p.r, p.v, l.q, x, now,
+              'CONFIRM', o.no, o.tr, '')
+          end
+        end
+        store_order(o, groups, lines, x)
+        reply(out, 'CONFIRMED')
+      end
+    end
   end
-  if not m[1] then
-    return cjson.encode({st = 'NOT_FOUND', i = j})
-  end
-  if m[1] == 'RELEASED' then
-    return cjson.encode({st = 'RELEASED', i = j})
-  end
-  if m[1] == 'RESERVED' and tonumber(m[3]) <= now and ARGV[5] ~= '1' then
-    return cjson.encode({st = 'EXPIRED', i = j})
-  end
-  if m[1] == 'CONFIRMED' then
-    done = done + 1
-  end
-  states[j] = m
 end
-if done == lines then
-  return cjson.encode({st = 'EXISTS'})
-end
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[4]) then
-  return cjson.encode({st = 'JOURNAL_FULL'})
-end
-
-local events = {}
-for j = 1, lines do
-  if states[j][1] == 'RESERVED' then
-    local stock, marker = KEYS[1 + 2 * j], KEYS[2 + 2 * j]
-    local q = tonumber(states[j][2])
-    local r = redis.call('HINCRBY', stock, 'reserved', -q)
-    redis.call('HINCRBY', stock, 'confirmed', q)
-    local v = redis.call('HINCRBY', stock, 'seq', 1)
-    local a = tonumber(redis.call('HGET', stock, 'avail'))
-    redis.call('SET', marker, 'CONFIRMED ' .. states[j][2] .. ' ' .. states[j][3], 'KEEPTTL')
-    events[#events + 1] = {
-      k = 'CNF', w = ARGV[4 + 2 * j], s = ARGV[5 + 2 * j], da = 0, dr = -q, a = a, r = r, v = v,
-      rs = 'CONFIRM', o = ARGV[2], tr = ARGV[3], ts = now, q = q, x = tonumber(states[j][3]),
-    }
-  end
-end
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[1], '*', 'e', cjson.encode(events))
-return cjson.encode({st = 'CONFIRMED'})
+flush(groups, positions)
+return out

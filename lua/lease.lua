@@ -1,26 +1,32 @@
 -- Leadership among service instances: take or keep the lease.
 -- A new holder gets a fencing token one higher than any before it, so work stamped with an
--- older token can be told apart.
+-- older token can be told apart. lua/lib.lua is prepended.
 --
 -- KEYS[1] lease key, KEYS[2] fencing counter
 -- ARGV[1] this instance's id, ARGV[2] lease ttl (ms), ARGV[3] 'release' to give it up
--- Returns the token (> 0) while this instance holds the lease, 0 otherwise.
+-- Reply: one item, LEADER token | FOLLOWER
+local out = {}
 local current = redis.call('GET', KEYS[1])
 if current then
   local owner, token = string.match(current, '^(.*)|(%d+)$')
   if owner == ARGV[1] then
     if ARGV[3] == 'release' then
       redis.call('DEL', KEYS[1])
-      return 0
+      reply(out, 'FOLLOWER')
+      return out
     end
     redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-    return tonumber(token)
+    reply(out, 'LEADER', tonumber(token))
+    return out
   end
-  return 0
+  reply(out, 'FOLLOWER')
+  return out
 end
 if ARGV[3] == 'release' then
-  return 0
+  reply(out, 'FOLLOWER')
+  return out
 end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', tonumber(ARGV[2]))
-return token
+reply(out, 'LEADER', token)
+return out

@@ -1,77 +1,71 @@
--- Release every held line of one order: RESERVED -> RELEASED, the units go back to
+-- Release a batch of orders: every held line RESERVED -> RELEASED, the units go back to
 -- `available`. Used by cancellation, manual release and expiry. A confirmed line is never
--- released: it fails the whole order and nothing changes. Releasing a released order is
--- EXISTS. Releasing an order we never saw leaves a tombstone ('!' as its order index) so
--- that its late reservation is refused instead of leaking stock.
+-- released: it fails the whole order and nothing of it changes. Releasing a released
+-- order is EXISTS. An order Redis has no record of is NOT_FOUND here; the caller leaves a
+-- tombstone for it with lua/tombstone.lua. lua/lib.lua is prepended.
 --
--- KEYS[1] journal, KEYS[2] holds, KEYS[3] the order's index, then per line: stock
--- hash, line marker (the string '<state> <qty> <expireAt ms>', see reserve.lua)
--- ARGV[1] now (ms), ARGV[2] orderNo, ARGV[3] trace id, ARGV[4] max journal entries,
--- ARGV[5] ledger reason (RELEASE | EXPIRED), ARGV[6] remark, ARGV[7] tombstone ttl (ms),
--- ARGV[8] '1' = only if every held line has expired (the expiry scan),
--- ARGV[9..] per line: warehouseId, skuId
+-- KEYS: per group of the call: orders, holds, journal; then the stock hash of each position.
+-- ARGV[1] now (ms), ARGV[2] max entries per journal stream, ARGV[3] groups in the call,
+-- ARGV[4] positions in the call, then per position: group#, warehouseId, skuId; then the
+-- number of orders, then per order: orderNo, traceId, ledger reason (RELEASE | EXPIRED),
+-- remark, '1' = only if every held line has expired (the expiry scan), the number of its
+-- groups, their group#s.
 --
--- Returns JSON {st = RELEASED | EXISTS | TOMBSTONE | RETRY | CONFIRMED | NOT_EXPIRED |
--- JOURNAL_FULL, i = line#}; RETRY: called without lines, but the order has some by now
--- (its reservation overtook this call): read its lines again.
+-- Reply items, one per order: RELEASED | EXISTS | NOT_FOUND | RETRY | JOURNAL_FULL |
+-- NOT_EXPIRED | CONFIRMED w s (the line that refused).
 local now = tonumber(ARGV[1])
-local lines = (#KEYS - 3) / 2
-if lines < 1 then
-  -- The expiry scan found a hold whose order Redis does not know (lost or rebuilt data):
-  -- no tombstone from it; reconciliation restores the order from the DB.
-  if ARGV[8] == '1' then
-    return cjson.encode({st = 'NOT_FOUND', i = 0})
-  end
-  local index = redis.call('GET', KEYS[3])
-  if index and index ~= '!' then
-    return cjson.encode({st = 'RETRY'})
-  end
-  redis.call('SET', KEYS[3], '!', 'PX', tonumber(ARGV[7]))
-  return cjson.encode({st = 'TOMBSTONE'})
-end
+local max_journal = tonumber(ARGV[2])
+local ngroups = tonumber(ARGV[3])
+local groups = call_groups(0, ngroups)
+local positions, by_id, at = call_positions(5, tonumber(ARGV[4]), 3 * ngroups)
+local orders = transition_orders(at, groups, 3)
 
-local states = {}
-local held = 0
-for j = 1, lines do
-  local raw = redis.call('GET', KEYS[3 + 2 * j])
-  local m = {}
-  if raw then
-    m = {string.match(raw, '^(%S+) (%S+) (%S+)$')}
-  end
-  if m[1] == 'CONFIRMED' then
-    return cjson.encode({st = 'CONFIRMED', i = j})
-  end
-  if m[1] == 'RESERVED' then
-    if ARGV[8] == '1' and tonumber(m[3]) > now then
-      return cjson.encode({st = 'NOT_EXPIRED', i = j})
+local out = {}
+for _, o in ipairs(orders) do
+  local reason, remark, only_expired = o.args[1], o.args[2], o.args[3] == '1'
+  local lines, x = order_lines(o, groups, by_id)
+  if lines == nil then
+    reply(out, 'NOT_FOUND')
+  elseif lines == false then
+    reply(out, 'RETRY')
+  else
+    local refused, held = nil, 0
+    for _, l in ipairs(lines) do
+      if l.st == 'CONFIRMED' then
+        refused = 'CONFIRMED'
+        reply(out, refused, tonumber(l.w), tonumber(l.s))
+        break
+      elseif l.st == 'RESERVED' then
+        held = held + 1
+      end
     end
-    held = held + 1
+    if not refused then
+      local blocked = cannot_change(lines, groups, max_journal)
+      if held == 0 then
+        reply(out, 'EXISTS')
+      elseif only_expired and x > now then
+        reply(out, 'NOT_EXPIRED')
+      elseif blocked then
+        reply(out, blocked)
+      else
+        for _, l in ipairs(lines) do
+          if l.st == 'RESERVED' then
+            local p = l.p
+            p.a = p.a + l.q
+            p.r = p.r - l.q
+            p.v = p.v + 1
+            touch(p)
+            l.st = 'RELEASED'
+            local g = groups[p.g]
+            g.lines[#g.lines + 1] = journal_line('REL', p.w, p.s, l.q, -l.q, p.a, p.r, p.v, l.q, x, now,
+              reason, o.no, o.tr, remark)
+          end
+        end
+        store_order(o, groups, lines, x)
+        reply(out, 'RELEASED')
+      end
+    end
   end
-  states[j] = m
 end
-if held == 0 then
-  return cjson.encode({st = 'EXISTS'})
-end
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[4]) then
-  return cjson.encode({st = 'JOURNAL_FULL'})
-end
-
-local events = {}
-for j = 1, lines do
-  if states[j][1] == 'RESERVED' then
-    local stock, marker = KEYS[2 + 2 * j], KEYS[3 + 2 * j]
-    local q = tonumber(states[j][2])
-    local a = redis.call('HINCRBY', stock, 'avail', q)
-    local r = redis.call('HINCRBY', stock, 'reserved', -q)
-    local v = redis.call('HINCRBY', stock, 'seq', 1)
-    redis.call('SET', marker, 'RELEASED ' .. states[j][2] .. ' ' .. states[j][3], 'KEEPTTL')
-    events[#events + 1] = {
-      k = 'REL', w = ARGV[7 + 2 * j], s = ARGV[8 + 2 * j], da = q, dr = -q, a = a, r = r, v = v,
-      rs = ARGV[5], o = ARGV[2], tr = ARGV[3], ts = now, rm = ARGV[6], q = q,
-      x = tonumber(states[j][3]),
-    }
-  end
-end
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[1], '*', 'e', cjson.encode(events))
-return cjson.encode({st = 'RELEASED'})
+flush(groups, positions)
+return out

@@ -1,4 +1,5 @@
 -- Copy the DB's stock of one position to Redis (the reference's POST /{skuId}/sync).
+-- lua/lib.lua is prepended.
 --
 -- The DB row's version is the Redis seq it was written from, so:
 --   Redis missing or behind the DB (seq < version): load the DB's values      -> LOADED
@@ -10,24 +11,26 @@
 --
 -- KEYS[1] stock hash
 -- ARGV: 1 available, 2 reserved, 3 confirmed, 4 version
--- Returns {status, available before (-1 when missing), available after, seq}
+-- Reply: one item, status, available before (-1 when missing), available after, seq
 local stock = KEYS[1]
 local version = tonumber(ARGV[4])
+local out = {}
 if redis.call('EXISTS', stock) == 0 then
   redis.call('HSET', stock, 'avail', ARGV[1], 'reserved', ARGV[2], 'confirmed', ARGV[3], 'seq', ARGV[4])
-  return {'LOADED', -1, tonumber(ARGV[1]), version}
+  reply(out, 'LOADED', -1, tonumber(ARGV[1]), version)
+  return out
 end
 local v = redis.call('HMGET', stock, 'avail', 'reserved', 'seq')
 local available, reserved, seq = tonumber(v[1] or 0), tonumber(v[2] or 0), tonumber(v[3] or 0)
 if seq < version then
   redis.call('HSET', stock, 'avail', ARGV[1], 'reserved', ARGV[2], 'confirmed', ARGV[3], 'seq', ARGV[4])
-  return {'LOADED', available, tonumber(ARGV[1]), version}
+  reply(out, 'LOADED', available, tonumber(ARGV[1]), version)
+elseif seq > version then
+  reply(out, 'PENDING', available, available, seq)
+elseif available == tonumber(ARGV[1]) and reserved == tonumber(ARGV[2]) then
+  reply(out, 'IN_SYNC', available, available, seq)
+else
+  redis.call('HSET', stock, 'avail', ARGV[1], 'reserved', ARGV[2])
+  reply(out, 'OVERWRITTEN', available, tonumber(ARGV[1]), seq)
 end
-if seq > version then
-  return {'PENDING', available, available, seq}
-end
-if available == tonumber(ARGV[1]) and reserved == tonumber(ARGV[2]) then
-  return {'IN_SYNC', available, available, seq}
-end
-redis.call('HSET', stock, 'avail', ARGV[1], 'reserved', ARGV[2])
-return {'OVERWRITTEN', available, tonumber(ARGV[1]), seq}
+return out

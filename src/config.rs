@@ -94,6 +94,7 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub command_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    pub groups: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +153,8 @@ pub struct ReconcileSettings {
 pub struct SupervisorSettings {
     pub lease_ms: u64,
     pub tick_ms: u64,
+    pub sweep_interval_ms: u64,
+    pub sweep_chunk: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,6 +336,7 @@ impl Settings {
             1,
             600_000,
         )?;
+        check_range("redis.groups", i64::from(self.redis.groups), 1, 16384)?;
         if self.redis.key_prefix.contains(['{', '}', ' ']) {
             return Err(invalid(
                 "redis.key_prefix",

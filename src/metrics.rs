@@ -2,7 +2,7 @@
 //! process).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
@@ -29,6 +29,7 @@ pub struct Metrics {
     pub reconcile_differences: IntCounterVec,
     pub reconcile_repairs: IntCounterVec,
     pub redis_rebuilds: IntCounterVec,
+    pub orders_swept: IntCounter,
     pub leader: IntGauge,
 }
 
@@ -168,6 +169,10 @@ impl Metrics {
             ),
             &["scope"],
         )?;
+        let orders_swept = IntCounter::new(
+            "orders_swept_total",
+            "Orders forgotten by the sweep once their holds and markers lived out",
+        )?;
         let leader = IntGauge::new(
             "supervisor_leader",
             "1 while this instance holds the supervisor lease",
@@ -177,6 +182,7 @@ impl Metrics {
         registry.register(Box::new(reconcile_differences.clone()))?;
         registry.register(Box::new(reconcile_repairs.clone()))?;
         registry.register(Box::new(redis_rebuilds.clone()))?;
+        registry.register(Box::new(orders_swept.clone()))?;
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(kafka_consumed.clone()))?;
         registry.register(Box::new(kafka_produced.clone()))?;
@@ -215,6 +221,7 @@ impl Metrics {
             reconcile_differences,
             reconcile_repairs,
             redis_rebuilds,
+            orders_swept,
             leader,
         })
     }

@@ -37,6 +37,8 @@ pub enum StartupError {
     Engine(#[from] EngineError),
     #[error("journal: {0}")]
     Journal(#[from] crate::engine::persistence::PersistError),
+    #[error("redis layout upgrade: {0}")]
+    Upgrade(#[from] crate::store::upgrade::UpgradeError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("http: {0}")]
@@ -88,6 +90,16 @@ impl Application {
             settings.clone(),
             metrics.clone(),
         );
+
+        // A Redis of layout 1 is drained and converted first; its epoch key goes with it.
+        let upgrade = redis
+            .upgrade_from_layout_1(&pool, crate::engine::now_ms())
+            .await?;
+        if upgrade != Default::default() {
+            tracing::warn!(?upgrade, "redis upgraded from layout 1");
+        }
+        // The number of groups is fixed per deployment: refuse another one.
+        redis.claim_layout().await?;
 
         // A Redis without our epoch key lost its data (or is new): load stock and the
         // markers of live lines from the DB. Otherwise only load positions it lacks.
@@ -270,7 +282,6 @@ fn start_shards(
     let core = ShardCore {
         redis: redis.clone(),
         hold_ms: settings.hold_ms(),
-        marker_ttl_ms: settings.marker_ttl_ms(),
         max_journal_entries: settings.journal.max_pending_entries,
         metrics: metrics.clone(),
     };

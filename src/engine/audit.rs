@@ -170,8 +170,14 @@ pub async fn audit_position(
     Ok(audit)
 }
 
+/// `g<group>-<ms>-<seq>-<index>` (layout 2; a position's rows all come from its group's
+/// stream) or `<ms>-<seq>-<index>` (layout 1): ordered by stream id, then index.
 fn txn_order(txn_id: &str) -> (u64, u64, u64) {
-    let mut parts = txn_id.split('-').map(|p| p.parse::<u64>().unwrap_or(0));
+    let id = match txn_id.strip_prefix('g').and_then(|rest| rest.split_once('-')) {
+        Some((_, id)) => id,
+        None => txn_id,
+    };
+    let mut parts = id.split('-').map(|p| p.parse::<u64>().unwrap_or(0));
     (
         parts.next().unwrap_or(0),
         parts.next().unwrap_or(0),

@@ -1,4 +1,5 @@
-//! The persistence actor: reads the journal with a consumer group, writes each batch in
+//! The persistence actor: reads every group's journal stream with one consumer group (one
+//! XREADGROUP over all streams), writes each batch in
 //! one DB transaction, then acknowledges. Unacknowledged entries are read again after a
 //! restart (this consumer's own) or claimed from a dead consumer after `claim_idle_ms`.
 //! A DB outage makes it retry the same batch with backoff while requests keep being
@@ -12,7 +13,8 @@ use tokio::sync::watch;
 use crate::config::JournalSettings;
 use crate::metrics::Metrics;
 use crate::store::db::{self, DbError, DbPool};
-use crate::store::journal::{parse_entry, persist_batch, plan_batch, JournalEvent};
+use crate::store::journal::{parse_entry, persist_batch, plan_batch, txn_prefix};
+use crate::store::wire::JournalLine;
 use crate::store::redis::{JournalEntry, JournalLag, RedisStore, RedisStoreError};
 
 pub const PERSIST_GROUP: &str = "persist";
@@ -116,10 +118,10 @@ impl JournalPersister {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut parsed: Vec<(String, Vec<JournalEvent>)> = Vec::with_capacity(entries.len());
+        let mut parsed: Vec<(String, Vec<JournalLine>)> = Vec::with_capacity(entries.len());
         for entry in entries {
             match parse_entry(&entry.id, &entry.payload) {
-                Ok(events) => parsed.push((entry.id.clone(), events)),
+                Ok(lines) => parsed.push((txn_prefix(entry.group, &entry.id), lines)),
                 Err(e) => {
                     // Cannot happen with our scripts; keeping it would block the journal,
                     // so it is logged in full (for a manual fix) and skipped.
@@ -138,7 +140,7 @@ impl JournalPersister {
                 .await
                 .map_err(DbError::from)?;
         }
-        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let ids: Vec<(u32, String)> = entries.iter().map(|e| (e.group, e.id.clone())).collect();
         self.redis.ack_journal(PERSIST_GROUP, &ids).await?;
         self.metrics
             .journal_entries_persisted

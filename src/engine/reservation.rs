@@ -1,5 +1,5 @@
-//! TryReserve, Confirm and Release. Reservations go through the shard actors (batched);
-//! confirm and release are one script call per order. Every decision is made in Redis.
+//! TryReserve, Confirm and Release. All three go through the shard actors, which batch
+//! what arrives together into one script call per batch. Every decision is made in Redis.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,14 +11,17 @@ use tokio::sync::oneshot;
 
 use crate::config::Settings;
 use crate::domain::{LedgerReason, ReservationStatus, SkuKey};
-use crate::engine::shard::{Reserve, ShardActor, ShardError};
+use crate::engine::shard::{ShardActor, ShardError, ShardReply, ShardRequest, Submit};
 use crate::engine::stock::StockService;
 use crate::engine::{ms_to_local_datetime, now_ms, EngineError};
 use crate::metrics::Metrics;
 use crate::store::db::{self, DbPool};
 use crate::store::models::Reservation;
 use crate::store::redis::RedisStore;
-use crate::store::reservations::{OrderLine, ReserveOrder, ReserveReply, TransitionReply};
+use crate::store::reservations::{
+    OrderLine, ReserveOrder, ReserveReply, TransitionOp, TransitionOrder, TransitionReply,
+};
+use crate::store::wire::DirectoryEntry;
 
 /// A reservation request as callers (HTTP, Kafka) give it.
 #[derive(Debug, Clone)]
@@ -185,15 +188,18 @@ impl ReservationEngine {
             .inc();
     }
 
-    async fn send_to_shard(&self, order: ReserveOrder) -> Result<ReserveReply, EngineError> {
-        let shard = order
-            .lines
-            .first()
-            .map(|l| l.key.shard(self.shards.len()))
-            .unwrap_or(0);
+    /// Hands a request to the shard that owns the group of its first position and waits
+    /// for the answer of the batch it went out in.
+    async fn submit(&self, request: ShardRequest) -> Result<ShardReply, EngineError> {
+        let first = match &request {
+            ShardRequest::Reserve(o) => o.lines.first().map(|l| l.key),
+            ShardRequest::Transition(t) => t.positions.first().copied(),
+        };
+        let group = first.map(|k| self.redis.keys().group(k)).unwrap_or(0);
+        let shard = group as usize % self.shards.len().max(1);
         let addr = self.shards.get(shard).ok_or(EngineError::Overloaded)?;
         let (tx, rx) = oneshot::channel();
-        addr.try_send(Reserve { order, reply: tx })
+        addr.try_send(Submit { request, reply: tx })
             .map_err(|e| match e {
                 actix::prelude::SendError::Full(_) => EngineError::Overloaded,
                 actix::prelude::SendError::Closed(_) => {
@@ -208,11 +214,25 @@ impl ReservationEngine {
             Ok(Ok(Err(ShardError::Timeout))) => Err(EngineError::Timeout),
             Ok(Ok(Err(ShardError::Store(e)))) => Err(EngineError::Redis(
                 crate::store::redis::RedisStoreError::BadReply {
-                    script: "reserve",
+                    script: "batch",
                     detail: e,
                 },
             )),
             Ok(Ok(Ok(reply))) => Ok(reply),
+        }
+    }
+
+    async fn send_to_shard(&self, order: ReserveOrder) -> Result<ReserveReply, EngineError> {
+        match self.submit(ShardRequest::Reserve(order)).await? {
+            ShardReply::Reserve(reply) => Ok(reply),
+            ShardReply::Transition(_) => Err(EngineError::Invalid("a reserve got a transition reply".into())),
+        }
+    }
+
+    async fn send_transition(&self, order: TransitionOrder) -> Result<TransitionReply, EngineError> {
+        match self.submit(ShardRequest::Transition(order)).await? {
+            ShardReply::Transition(reply) => Ok(reply),
+            ShardReply::Reserve(_) => Err(EngineError::Invalid("a transition got a reserve reply".into())),
         }
     }
 
@@ -264,16 +284,18 @@ impl ReservationEngine {
                 })
             }
             ReserveReply::Insufficient { line, available } => {
-                let failed = lines.get(line).copied().unwrap_or(lines[0]);
+                let failed = lines.get(line).or(lines.first()).copied();
                 Err(EngineError::InsufficientStock {
-                    key: failed.key,
+                    key: failed.map(|l| l.key).unwrap_or(SkuKey::new(0, 0)),
                     available,
-                    requested: failed.qty,
+                    requested: failed.map(|l| l.qty).unwrap_or(0),
                 })
             }
             ReserveReply::NotFound { line } => {
-                let key = lines.get(line).map(|l| l.key).unwrap_or(lines[0].key);
-                Err(EngineError::InventoryNotFound(key))
+                let key = lines.get(line).or(lines.first()).map(|l| l.key);
+                Err(EngineError::InventoryNotFound(
+                    key.unwrap_or(SkuKey::new(0, 0)),
+                ))
             }
             ReserveReply::Conflict { line } => Err(EngineError::IdempotencyConflict(match line {
                 Some(i) => format!(
@@ -326,26 +348,64 @@ impl ReservationEngine {
             .inc();
     }
 
-    async fn transition_outcome(
+    /// The directory entry of an order (None: unknown or a tombstone).
+    async fn directory_entry(&self, order_no: &str) -> Result<Option<DirectoryEntry>, EngineError> {
+        check_order_no(order_no, self.settings.inventory.max_order_no_len)?;
+        Ok(self
+            .redis
+            .lookup_orders(&[order_no.to_string()])
+            .await?
+            .pop()
+            .flatten()
+            .filter(|e| matches!(e, DirectoryEntry::Order { .. })))
+    }
+
+    /// Finds an order's positions in the directory and runs the transition through the
+    /// shard of its first group. An unknown order gets a tombstone when released. Bounded:
+    /// RETRY (the order changed between the look-up and the script) is tried 3 times.
+    async fn transition(
         &self,
         order_no: &str,
-        status: ReservationStatus,
-        existed: bool,
-    ) -> Result<TransitionOutcome, EngineError> {
-        let views = self.reservations(order_no).await?;
-        Ok(TransitionOutcome {
-            order_no: order_no.to_string(),
-            status,
-            existed,
-            items: views
-                .iter()
-                .map(|v| LineView {
-                    sku_id: v.sku_id,
-                    warehouse_id: v.warehouse_id,
-                    qty: v.qty,
-                })
-                .collect(),
-        })
+        trace_id: &str,
+        op: TransitionOp,
+    ) -> Result<(TransitionReply, Vec<LineView>), EngineError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let entry = self.directory_entry(order_no).await?;
+            let (reply, items) = match entry {
+                Some(DirectoryEntry::Order { lines, .. }) => {
+                    let items = lines
+                        .iter()
+                        .map(|(key, qty)| LineView {
+                            sku_id: key.sku_id,
+                            warehouse_id: key.warehouse_id,
+                            qty: *qty,
+                        })
+                        .collect();
+                    let order = TransitionOrder {
+                        order_no: order_no.to_string(),
+                        trace_id: trace_id.to_string(),
+                        positions: lines.iter().map(|(k, _)| *k).collect(),
+                        op: op.clone(),
+                    };
+                    (self.send_transition(order).await?, items)
+                }
+                _ => match &op {
+                    TransitionOp::Release {
+                        only_if_expired: false,
+                        ..
+                    } => {
+                        let until = now_ms() + self.settings.hold_ms() + self.settings.marker_ttl_ms();
+                        (self.redis.tombstone(order_no, until).await?, vec![])
+                    }
+                    _ => (TransitionReply::NotFound, vec![]),
+                },
+            };
+            if reply != TransitionReply::Retry || attempts >= 3 {
+                return Ok((reply, items));
+            }
+        }
     }
 
     /// Confirm: every line RESERVED -> CONFIRMED, or nothing.
@@ -397,41 +457,28 @@ impl ReservationEngine {
         trace_id: &str,
         even_if_expired: bool,
     ) -> Result<TransitionOutcome, EngineError> {
-        let lines = self.lines_of(order_no).await?;
-        if lines.is_empty() {
-            return Err(EngineError::ReservationNotFound(order_no.to_string()));
-        }
-        let reply = self
-            .redis
-            .confirm_order(
-                order_no,
-                &lines,
-                trace_id,
-                now_ms(),
-                self.settings.journal.max_pending_entries,
-                even_if_expired,
-            )
+        let (reply, items) = self
+            .transition(order_no, trace_id, TransitionOp::Confirm { even_if_expired })
             .await?;
-        let sku = |line: usize| lines.get(line).map(|k| k.sku_id).unwrap_or(0);
+        let outcome = |existed| TransitionOutcome {
+            order_no: order_no.to_string(),
+            status: ReservationStatus::Confirmed,
+            existed,
+            items: items.clone(),
+        };
         match reply {
-            TransitionReply::Done => {
-                self.transition_outcome(order_no, ReservationStatus::Confirmed, false)
-                    .await
+            TransitionReply::Done => Ok(outcome(false)),
+            TransitionReply::Exists => Ok(outcome(true)),
+            TransitionReply::NotFound | TransitionReply::Tombstone | TransitionReply::Retry => {
+                Err(EngineError::ReservationNotFound(order_no.to_string()))
             }
-            TransitionReply::Exists => {
-                self.transition_outcome(order_no, ReservationStatus::Confirmed, true)
-                    .await
-            }
-            TransitionReply::NotFound { .. }
-            | TransitionReply::Tombstone
-            | TransitionReply::Retry => Err(EngineError::ReservationNotFound(order_no.to_string())),
-            TransitionReply::Released { line } => Err(EngineError::InvalidStatus(format!(
+            TransitionReply::Released { key } => Err(EngineError::InvalidStatus(format!(
                 "order {order_no} cannot be confirmed: sku {} is RELEASED",
-                sku(line)
+                key.sku_id
             ))),
-            TransitionReply::Expired { line } => Err(EngineError::InvalidStatus(format!(
+            TransitionReply::Expired { key } => Err(EngineError::InvalidStatus(format!(
                 "order {order_no} cannot be confirmed: the hold of sku {} has expired",
-                sku(line)
+                key.sku_id
             ))),
             TransitionReply::Confirmed { .. } | TransitionReply::NotExpired => Err(
                 EngineError::InvalidStatus(format!("order {order_no} cannot be confirmed")),
@@ -464,47 +511,27 @@ impl ReservationEngine {
         trace_id: &str,
         only_if_expired: bool,
     ) -> Result<TransitionOutcome, EngineError> {
-        let tombstone_ttl_ms = self.settings.hold_ms() + self.settings.marker_ttl_ms();
-        // An order with no lines gets a tombstone, unless its reservation overtook this call
-        // (RETRY): then its lines are read again. Bounded: a retry needs a new reservation.
-        let mut attempts = 0;
-        let (lines, reply) = loop {
-            attempts += 1;
-            let lines = self.lines_of(order_no).await?;
-            let reply = self
-                .redis
-                .release_order(
-                    order_no,
-                    &lines,
-                    trace_id,
-                    reason,
-                    remark,
-                    tombstone_ttl_ms,
-                    only_if_expired,
-                    now_ms(),
-                    self.settings.journal.max_pending_entries,
-                )
-                .await?;
-            if reply != TransitionReply::Retry || attempts >= 3 {
-                break (lines, reply);
-            }
+        let op = TransitionOp::Release {
+            reason,
+            remark: remark.to_string(),
+            only_if_expired,
         };
-        let sku = |line: usize| lines.get(line).map(|k| k.sku_id).unwrap_or(0);
+        let (reply, items) = self.transition(order_no, trace_id, op).await?;
+        let outcome = |existed| TransitionOutcome {
+            order_no: order_no.to_string(),
+            status: ReservationStatus::Released,
+            existed,
+            items: items.clone(),
+        };
         match reply {
-            TransitionReply::Done => {
-                self.transition_outcome(order_no, ReservationStatus::Released, false)
-                    .await
-            }
-            TransitionReply::Exists => {
-                self.transition_outcome(order_no, ReservationStatus::Released, true)
-                    .await
-            }
-            TransitionReply::Tombstone | TransitionReply::NotFound { .. } => {
+            TransitionReply::Done => Ok(outcome(false)),
+            TransitionReply::Exists => Ok(outcome(true)),
+            TransitionReply::Tombstone | TransitionReply::NotFound => {
                 Err(EngineError::ReservationNotFound(order_no.to_string()))
             }
-            TransitionReply::Confirmed { line } => Err(EngineError::InvalidStatus(format!(
+            TransitionReply::Confirmed { key } => Err(EngineError::InvalidStatus(format!(
                 "order {order_no} cannot be released: sku {} is CONFIRMED",
-                sku(line)
+                key.sku_id
             ))),
             TransitionReply::NotExpired => Err(EngineError::InvalidStatus(format!(
                 "order {order_no} has not expired"

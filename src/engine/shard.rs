@@ -1,7 +1,8 @@
-//! Shard actors: each serialises the reservations of its SKUs and sends what arrived while
-//! its last Redis call was in flight as one batch (one script call), so a hot SKU costs one
-//! round trip per batch rather than one per order. No timer: an idle shard sends a lone
-//! request at once.
+//! Shard actors: each owns some slot groups, serialises the reservations, confirms and
+//! releases of their orders, and sends what arrived while its last Redis call was in flight
+//! as one batch (one script call), so a hot SKU costs one round trip per batch rather than
+//! one per order. A batch holds requests of one kind, taken in arrival order. No timer: an
+//! idle shard sends a lone request at once.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -13,7 +14,9 @@ use tokio::sync::oneshot;
 use crate::engine::now_ms;
 use crate::metrics::Metrics;
 use crate::store::redis::{RedisStore, RedisStoreError};
-use crate::store::reservations::{ReserveOrder, ReserveParams, ReserveReply};
+use crate::store::reservations::{
+    ReserveOrder, ReserveParams, ReserveReply, TransitionOrder, TransitionReply,
+};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ShardError {
@@ -34,40 +37,116 @@ impl From<RedisStoreError> for ShardError {
     }
 }
 
+/// What a caller asks of a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardRequest {
+    Reserve(ReserveOrder),
+    Transition(TransitionOrder),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchKind {
+    Reserve,
+    Confirm,
+    Release,
+}
+
+impl ShardRequest {
+    fn kind(&self) -> BatchKind {
+        match self {
+            ShardRequest::Reserve(_) => BatchKind::Reserve,
+            ShardRequest::Transition(t) if t.op.is_confirm() => BatchKind::Confirm,
+            ShardRequest::Transition(_) => BatchKind::Release,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardReply {
+    Reserve(ReserveReply),
+    Transition(TransitionReply),
+}
+
 /// What a shard needs to decide a batch; no actor in it.
 #[derive(Clone)]
 pub struct ShardCore {
     pub redis: RedisStore,
     pub hold_ms: i64,
-    pub marker_ttl_ms: i64,
     pub max_journal_entries: u64,
     pub metrics: Metrics,
 }
 
 impl ShardCore {
-    pub async fn execute(&self, orders: &[ReserveOrder]) -> Result<Vec<ReserveReply>, ShardError> {
-        let params = ReserveParams {
-            now_ms: now_ms(),
-            hold_ms: self.hold_ms,
-            marker_ttl_ms: self.marker_ttl_ms,
-            max_journal_entries: self.max_journal_entries,
-        };
+    /// Runs one batch (requests of one kind) as one script call.
+    pub async fn execute(&self, batch: &[ShardRequest]) -> Result<Vec<ShardReply>, ShardError> {
         let started = Instant::now();
-        let result = self.redis.reserve_batch(orders, params).await;
+        let (label, result) = match batch.first().map(ShardRequest::kind) {
+            None => return Ok(vec![]),
+            Some(BatchKind::Reserve) => {
+                let orders: Vec<ReserveOrder> = batch
+                    .iter()
+                    .filter_map(|r| match r {
+                        ShardRequest::Reserve(o) => Some(o.clone()),
+                        ShardRequest::Transition(_) => None,
+                    })
+                    .collect();
+                let params = ReserveParams {
+                    now_ms: now_ms(),
+                    hold_ms: self.hold_ms,
+                    max_journal_entries: self.max_journal_entries,
+                };
+                self.metrics.reserve_batch_size.observe(orders.len() as f64);
+                let replies = self.redis.reserve_batch(&orders, params).await;
+                (
+                    "reserve_batch",
+                    replies.map(|r| r.into_iter().map(ShardReply::Reserve).collect::<Vec<_>>()),
+                )
+            }
+            Some(kind) => {
+                let orders: Vec<TransitionOrder> = batch
+                    .iter()
+                    .filter_map(|r| match r {
+                        ShardRequest::Transition(t) => Some(t.clone()),
+                        ShardRequest::Reserve(_) => None,
+                    })
+                    .collect();
+                let replies = self
+                    .redis
+                    .transition_batch(&orders, now_ms(), self.max_journal_entries)
+                    .await;
+                (
+                    if kind == BatchKind::Confirm {
+                        "confirm_batch"
+                    } else {
+                        "release_batch"
+                    },
+                    replies.map(|r| r.into_iter().map(ShardReply::Transition).collect::<Vec<_>>()),
+                )
+            }
+        };
         self.metrics
             .redis_call_latency
-            .with_label_values(&["reserve_batch"])
+            .with_label_values(&[label])
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.reserve_batch_size.observe(orders.len() as f64);
-        Ok(result?)
+        let replies = result?;
+        if replies.len() != batch.len() {
+            return Err(ShardError::Store(format!(
+                "{} replies for {} requests",
+                replies.len(),
+                batch.len()
+            )));
+        }
+        Ok(replies)
     }
 }
 
-pub type ReserveResult = Result<ReserveReply, ShardError>;
+pub type ShardResult = Result<ShardReply, ShardError>;
+
+type Waiting = (ShardRequest, oneshot::Sender<ShardResult>);
 
 /// The queue of one shard (plain struct, tested without actors).
 pub struct ShardQueue {
-    pending: VecDeque<(ReserveOrder, oneshot::Sender<ReserveResult>)>,
+    pending: VecDeque<Waiting>,
     capacity: usize,
     max_batch: usize,
     in_flight: usize,
@@ -85,22 +164,29 @@ impl ShardQueue {
         }
     }
 
-    /// Queues an order, or answers Overloaded at once when the queue is full.
-    pub fn push(&mut self, order: ReserveOrder, reply: oneshot::Sender<ReserveResult>) {
+    /// Queues a request, or answers Overloaded at once when the queue is full.
+    pub fn push(&mut self, request: ShardRequest, reply: oneshot::Sender<ShardResult>) {
         if self.pending.len() >= self.capacity {
             let _ = reply.send(Err(ShardError::Overloaded));
             return;
         }
-        self.pending.push_back((order, reply));
+        self.pending.push_back((request, reply));
     }
 
-    /// The next batch, if fewer than `max_in_flight` are in flight. Batches of one shard
-    /// go out on one connection, so Redis applies them in the order they were taken.
-    pub fn take_batch(&mut self) -> Option<Vec<(ReserveOrder, oneshot::Sender<ReserveResult>)>> {
-        if self.in_flight >= self.max_in_flight || self.pending.is_empty() {
+    /// The next batch, if fewer than `max_in_flight` are in flight: the longest run of
+    /// requests of one kind at the head of the queue, up to `max_batch`. Batches of one
+    /// shard go out on one connection, so Redis applies them in the order they were taken.
+    pub fn take_batch(&mut self) -> Option<Vec<Waiting>> {
+        if self.in_flight >= self.max_in_flight {
             return None;
         }
-        let n = self.pending.len().min(self.max_batch);
+        let kind = self.pending.front()?.0.kind();
+        let n = self
+            .pending
+            .iter()
+            .take(self.max_batch)
+            .take_while(|(r, _)| r.kind() == kind)
+            .count();
         self.in_flight += 1;
         Some(self.pending.drain(..n).collect())
     }
@@ -120,8 +206,8 @@ impl ShardQueue {
 
 /// Answers a batch's callers in order.
 pub fn deliver(
-    replies: Vec<oneshot::Sender<ReserveResult>>,
-    result: Result<Vec<ReserveReply>, ShardError>,
+    replies: Vec<oneshot::Sender<ShardResult>>,
+    result: Result<Vec<ShardReply>, ShardError>,
 ) {
     match result {
         Ok(answers) => {
@@ -156,15 +242,11 @@ impl ShardActor {
         }
     }
 
-    fn send_batch(
-        &mut self,
-        batch: Vec<(ReserveOrder, oneshot::Sender<ReserveResult>)>,
-        ctx: &mut Context<Self>,
-    ) {
-        let (orders, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    fn send_batch(&mut self, batch: Vec<Waiting>, ctx: &mut Context<Self>) {
+        let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let core = self.core.clone();
         ctx.spawn(
-            async move { core.execute(&orders).await }
+            async move { core.execute(&requests).await }
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     deliver(replies, result);
@@ -181,16 +263,16 @@ impl Actor for ShardActor {
 
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Reserve {
-    pub order: ReserveOrder,
-    pub reply: oneshot::Sender<ReserveResult>,
+pub struct Submit {
+    pub request: ShardRequest,
+    pub reply: oneshot::Sender<ShardResult>,
 }
 
-impl Handler<Reserve> for ShardActor {
+impl Handler<Submit> for ShardActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Reserve, ctx: &mut Self::Context) {
-        self.queue.push(msg.order, msg.reply);
+    fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
+        self.queue.push(msg.request, msg.reply);
         self.pump(ctx);
     }
 }
@@ -201,15 +283,39 @@ mod tests {
     use crate::domain::SkuKey;
     use crate::store::reservations::OrderLine;
 
-    fn order(n: usize) -> ReserveOrder {
-        ReserveOrder {
+    fn order(n: usize) -> ShardRequest {
+        ShardRequest::Reserve(ReserveOrder {
             order_no: format!("O{n}"),
             trace_id: String::new(),
             lines: vec![OrderLine {
                 key: SkuKey::new(1, 1),
                 qty: 1,
             }],
+        })
+    }
+
+    fn confirm(n: usize) -> ShardRequest {
+        ShardRequest::Transition(TransitionOrder {
+            order_no: format!("O{n}"),
+            trace_id: String::new(),
+            positions: vec![SkuKey::new(1, 1)],
+            op: crate::store::reservations::TransitionOp::Confirm {
+                even_if_expired: false,
+            },
+        })
+    }
+
+    #[test]
+    fn a_batch_holds_one_kind_in_arrival_order() {
+        let mut queue = ShardQueue::new(10, 10, 4);
+        let mut receivers = Vec::new();
+        for request in [order(0), order(1), confirm(0), confirm(1), order(2)] {
+            let (tx, rx) = oneshot::channel();
+            queue.push(request, tx);
+            receivers.push(rx);
         }
+        let sizes: Vec<usize> = std::iter::from_fn(|| queue.take_batch().map(|b| b.len())).collect();
+        assert_eq!(sizes, vec![2, 2, 1]);
     }
 
     #[test]
@@ -230,7 +336,7 @@ mod tests {
         queue.finish_batch();
         let second = queue.take_batch().unwrap();
         assert_eq!(second.len(), 2);
-        assert_eq!(second[0].0.order_no, "O3");
+        assert_eq!(second[0].0, order(3));
     }
 
     #[test]

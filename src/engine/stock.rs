@@ -14,7 +14,8 @@ use crate::metrics::Metrics;
 use crate::store::db::{self, DbPool};
 use crate::store::models::{Inventory, Reservation};
 use crate::store::redis::{AdjustCommand, AdjustOutcome, RedisStore, SyncStatus};
-use crate::store::supervision::LineSnapshot;
+use crate::store::supervision::OrderSnapshot;
+use crate::store::wire::RecordLine;
 
 /// A local date-time (as stored) to ms since the epoch.
 pub fn local_to_ms(t: NaiveDateTime) -> i64 {
@@ -303,20 +304,40 @@ impl StockService {
             .await
             .map_err(db::DbError::from)?
         };
-        let snapshots: Vec<LineSnapshot> = lines
-            .iter()
-            .filter_map(|line| {
-                Some(LineSnapshot {
-                    order_no: line.order_no.clone(),
-                    status: crate::domain::ReservationStatus::parse(&line.status)?,
-                    qty: line.qty.into(),
-                    expire_at_ms: local_to_ms(line.expire_at),
-                })
-            })
-            .collect();
+        // Every line of those orders, so that their directory entries list all of them.
+        let mut order_nos: Vec<String> = lines.iter().map(|l| l.order_no.clone()).collect();
+        order_nos.sort();
+        order_nos.dedup();
+        let rows = if order_nos.is_empty() {
+            vec![]
+        } else {
+            let mut conn = db::connection(&self.pool).await?;
+            Reservation::by_orders(&mut conn, &order_nos)
+                .await
+                .map_err(db::DbError::from)?
+        };
+        let mut orders: std::collections::BTreeMap<String, OrderSnapshot> = Default::default();
+        for row in &rows {
+            let Some(status) = crate::domain::ReservationStatus::parse(&row.status) else {
+                continue;
+            };
+            let order = orders
+                .entry(row.order_no.clone())
+                .or_insert_with(|| OrderSnapshot {
+                    order_no: row.order_no.clone(),
+                    expire_at_ms: local_to_ms(row.expire_at),
+                    lines: vec![],
+                });
+            order.lines.push(RecordLine {
+                key: SkuKey::new(row.warehouse_id, row.sku_id),
+                qty: row.qty.into(),
+                status,
+            });
+        }
+        let snapshots: Vec<OrderSnapshot> = orders.into_values().collect();
         let result = self
             .redis
-            .rebuild_position(key, levels, &snapshots, marker_ttl, now)
+            .rebuild_position(key, levels, &snapshots)
             .await?;
         Ok(Some(result))
     }

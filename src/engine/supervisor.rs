@@ -288,6 +288,7 @@ impl Reconciler {
         tracing::error!(
             "redis lost its data (no epoch key): rebuilding stock and markers from the DB"
         );
+        redis.claim_layout().await?;
         let (loaded, restored) = self.stock.rebuild_all().await?;
         redis.ensure_journal_group(PERSIST_GROUP).await?;
         redis.mark_epoch().await?;
@@ -592,14 +593,64 @@ impl Reconciler {
 // ---------------------------------------------------------------- the actor
 
 /// The supervisor's state between ticks (plain struct; the actor only forwards).
+/// Forgets orders whose holds and markers have lived out, a chunk of the directory at a
+/// time; where it stopped is kept for the next run.
+#[derive(Clone)]
+pub struct SweepJob {
+    stock: StockService,
+    settings: Settings,
+    metrics: Metrics,
+    cursor: std::sync::Arc<tokio::sync::Mutex<u64>>,
+}
+
+impl SweepJob {
+    pub fn new(stock: StockService, settings: Settings, metrics: Metrics) -> Self {
+        SweepJob {
+            stock,
+            settings,
+            metrics,
+            cursor: Default::default(),
+        }
+    }
+
+    /// Sweeps until the directory was scanned to its end or 2 s are spent. Returns how
+    /// many orders were forgotten.
+    pub async fn run_once(&self) -> Result<u64, EngineError> {
+        let mut cursor = self.cursor.lock().await;
+        let budget = Instant::now() + Duration::from_secs(2);
+        let mut removed = 0;
+        loop {
+            let (next, n) = self
+                .stock
+                .redis()
+                .sweep_orders(
+                    *cursor,
+                    self.settings.supervisor.sweep_chunk,
+                    now_ms(),
+                    self.settings.marker_ttl_ms(),
+                )
+                .await?;
+            removed += n;
+            *cursor = next;
+            if next == 0 || Instant::now() >= budget {
+                break;
+            }
+        }
+        self.metrics.orders_swept.inc_by(removed);
+        Ok(removed)
+    }
+}
+
 pub struct SupervisorCore {
     pub instance_id: String,
     pub expiry: ExpiryJob,
     pub reconciler: Reconciler,
+    pub sweep: SweepJob,
     pub settings: Settings,
     pub metrics: Metrics,
     next_expiry: Option<Instant>,
     next_reconcile: Option<Instant>,
+    next_sweep: Option<Instant>,
     pub leader_token: Option<i64>,
 }
 
@@ -611,14 +662,21 @@ impl SupervisorCore {
         settings: Settings,
         metrics: Metrics,
     ) -> Self {
+        let sweep = SweepJob::new(
+            reconciler.stock.clone(),
+            settings.clone(),
+            metrics.clone(),
+        );
         SupervisorCore {
             instance_id,
             expiry,
             reconciler,
+            sweep,
             settings,
             metrics,
             next_expiry: None,
             next_reconcile: None,
+            next_sweep: None,
             leader_token: None,
         }
     }
@@ -642,6 +700,7 @@ impl SupervisorCore {
 struct TickPlan {
     run_expiry: bool,
     run_reconcile: bool,
+    run_sweep: bool,
 }
 
 pub struct SupervisorActor {
@@ -668,9 +727,15 @@ impl SupervisorActor {
             self.core.next_reconcile =
                 Some(now + Duration::from_millis(settings.reconcile.interval_ms));
         }
+        let sweep_every = settings.supervisor.sweep_interval_ms;
+        let run_sweep = sweep_every > 0 && self.core.next_sweep.is_some_and(|t| t <= now);
+        if run_sweep || self.core.next_sweep.is_none() {
+            self.core.next_sweep = Some(now + Duration::from_millis(sweep_every));
+        }
         TickPlan {
             run_expiry,
             run_reconcile,
+            run_sweep,
         }
     }
 
@@ -684,6 +749,7 @@ impl SupervisorActor {
         let lease_ms = self.core.settings.supervisor.lease_ms;
         let expiry = self.core.expiry.clone();
         let reconciler = self.core.reconciler.clone();
+        let sweep = self.core.sweep.clone();
         let repair = self.core.settings.reconcile.repair;
         let was_leader = self.core.leader_token.is_some();
         let plan = self.plan();
@@ -707,6 +773,13 @@ impl SupervisorActor {
                             }
                             Ok(_) => {}
                             Err(e) => tracing::warn!(error = %e, "expiry run failed"),
+                        }
+                    }
+                    if plan.run_sweep {
+                        match sweep.run_once().await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(orders = n, "sweep forgot settled orders"),
+                            Err(e) => tracing::warn!(error = %e, "sweep failed"),
                         }
                     }
                     if plan.run_reconcile {

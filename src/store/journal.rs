@@ -6,84 +6,12 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDateTime;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection};
-use serde::{Deserialize, Deserializer};
 
 use crate::domain::{ReservationStatus, SkuKey, StockLevels};
+use crate::store::wire::{JournalKind, JournalLine};
 use crate::store::models::{
     ledger_i32, Inventory, LedgerEntry, NewLedgerEntry, Reservation, ReservationUpsert,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum EventKind {
-    /// Available stock adjusted (inbound, outbound, adjust, refund, reconcile).
-    #[serde(rename = "ADJ")]
-    Adjust,
-    /// A line was reserved.
-    #[serde(rename = "RES")]
-    Reserve,
-    /// A line was confirmed.
-    #[serde(rename = "CNF")]
-    Confirm,
-    /// A line was released (by request or expiry).
-    #[serde(rename = "REL")]
-    Release,
-}
-
-/// One change as a script recorded it. Short field names keep the stream small.
-#[derive(Debug, Clone, Deserialize)]
-pub struct JournalEvent {
-    pub k: EventKind,
-    /// Warehouse and SKU arrive as strings (Lua's cjson would round large numbers).
-    #[serde(deserialize_with = "int_or_string")]
-    pub w: i64,
-    #[serde(deserialize_with = "int_or_string")]
-    pub s: i64,
-    /// Deltas of available and reserved, and the values after.
-    pub da: i64,
-    pub dr: i64,
-    pub a: i64,
-    pub r: i64,
-    /// The position's seq after this change.
-    pub v: i64,
-    /// Ledger reason.
-    pub rs: String,
-    /// Order number (or adjustment request id).
-    #[serde(default)]
-    pub o: String,
-    #[serde(default)]
-    pub tr: String,
-    /// When, in ms since the epoch.
-    pub ts: i64,
-    #[serde(default)]
-    pub rm: String,
-    /// Line quantity and expiry (ms) for reservation events.
-    #[serde(default)]
-    pub q: i64,
-    #[serde(default)]
-    pub x: i64,
-}
-
-fn int_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(i64),
-        Float(f64),
-        Str(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Int(n) => Ok(n),
-        Raw::Float(f) if f.fract() == 0.0 => Ok(f as i64),
-        Raw::Float(f) => Err(serde::de::Error::custom(format!("not an integer: {f}"))),
-        Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
-    }
-}
-
-impl JournalEvent {
-    pub fn key(&self) -> SkuKey {
-        SkuKey::new(self.w, self.s)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("journal entry {id} cannot be read: {reason}")]
@@ -92,57 +20,179 @@ pub struct BadEntry {
     pub reason: String,
 }
 
-pub fn parse_entry(id: &str, payload: &str) -> Result<Vec<JournalEvent>, BadEntry> {
-    // Lua's cjson encodes an empty table as {}.
-    if payload.is_empty() || payload == "{}" {
+/// The lines of one entry (see `wire::JournalLine`).
+pub fn parse_entry(id: &str, payload: &str) -> Result<Vec<JournalLine>, BadEntry> {
+    if payload.is_empty() {
         return Ok(vec![]);
     }
-    let bad = |reason: String| BadEntry {
-        id: id.to_string(),
-        reason,
-    };
-    if payload.starts_with("RES ") {
-        // The reserve script's compact lines; the entry id's milliseconds are its time.
-        let ts = id
-            .split('-')
-            .next()
-            .and_then(|ms| ms.parse().ok())
-            .unwrap_or(0);
-        return payload
-            .lines()
-            .map(|line| parse_reserve_line(line, ts).ok_or_else(|| bad(format!("line {line:?}"))))
-            .collect();
-    }
-    serde_json::from_str(payload).map_err(|e| bad(e.to_string()))
+    payload
+        .split('\n')
+        .map(|line| {
+            JournalLine::parse(line).ok_or_else(|| BadEntry {
+                id: id.to_string(),
+                reason: format!("line {line:?}"),
+            })
+        })
+        .collect()
 }
 
-/// `RES <w> <s> <qty> <available> <reserved> <seq> <expireAt> <orderNo> <traceId>`
-fn parse_reserve_line(line: &str, ts: i64) -> Option<JournalEvent> {
-    let mut f = line.splitn(10, ' ');
-    if f.next()? != "RES" {
-        return None;
+/// The ledger id prefix of an entry: `g<group>-<entry id>`; a line's txn_id appends its
+/// index, so a replayed entry inserts nothing new.
+pub fn txn_prefix(group: u32, entry_id: &str) -> String {
+    format!("g{group}-{entry_id}")
+}
+
+/// Entries of the layout-1 journal (one stream, JSON events and compact `RES` lines): read
+/// once, when a deployment is upgraded, to drain what it had not persisted yet.
+pub mod legacy {
+    use serde::{Deserialize, Deserializer};
+
+    use super::BadEntry;
+    use crate::domain::SkuKey;
+    use crate::store::wire::{JournalKind, JournalLine};
+
+    #[derive(Deserialize)]
+    struct Event {
+        k: String,
+        #[serde(deserialize_with = "int_or_string")]
+        w: i64,
+        #[serde(deserialize_with = "int_or_string")]
+        s: i64,
+        da: i64,
+        dr: i64,
+        a: i64,
+        r: i64,
+        v: i64,
+        rs: String,
+        #[serde(default)]
+        o: String,
+        #[serde(default)]
+        tr: String,
+        ts: i64,
+        #[serde(default)]
+        rm: String,
+        #[serde(default)]
+        q: i64,
+        #[serde(default)]
+        x: i64,
     }
-    let mut num = || f.next()?.parse::<i64>().ok();
-    let (w, s, q, a, r, v, x) = (num()?, num()?, num()?, num()?, num()?, num()?, num()?);
-    let o = f.next()?.to_string();
-    let tr = f.next().unwrap_or("").to_string();
-    Some(JournalEvent {
-        k: EventKind::Reserve,
-        w,
-        s,
-        da: -q,
-        dr: q,
-        a,
-        r,
-        v,
-        rs: "RESERVE".to_string(),
-        o,
-        tr,
-        ts,
-        rm: String::new(),
-        q,
-        x,
-    })
+
+    fn int_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Float(f64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(n),
+            Raw::Float(f) if f.fract() == 0.0 => Ok(f as i64),
+            Raw::Float(f) => Err(serde::de::Error::custom(format!("not an integer: {f}"))),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+
+    pub fn parse_entry(id: &str, payload: &str) -> Result<Vec<JournalLine>, BadEntry> {
+        if payload.is_empty() || payload == "{}" {
+            return Ok(vec![]);
+        }
+        let bad = |reason: String| BadEntry {
+            id: id.to_string(),
+            reason,
+        };
+        if payload.starts_with("RES ") {
+            // The reserve script's compact lines; the entry id's milliseconds are its time.
+            let ts = id
+                .split('-')
+                .next()
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(0);
+            return payload
+                .lines()
+                .map(|line| reserve_line(line, ts).ok_or_else(|| bad(format!("line {line:?}"))))
+                .collect();
+        }
+        let events: Vec<Event> = serde_json::from_str(payload).map_err(|e| bad(e.to_string()))?;
+        events
+            .into_iter()
+            .map(|e| {
+                Ok(JournalLine {
+                    kind: JournalKind::parse(&e.k).ok_or_else(|| bad(format!("kind {}", e.k)))?,
+                    key: SkuKey::new(e.w, e.s),
+                    delta_available: e.da,
+                    delta_reserved: e.dr,
+                    available: e.a,
+                    reserved: e.r,
+                    seq: e.v,
+                    qty: e.q,
+                    expire_at_ms: e.x,
+                    ts_ms: e.ts,
+                    reason: e.rs,
+                    order_no: e.o,
+                    trace_id: e.tr,
+                    remark: e.rm,
+                })
+            })
+            .collect()
+    }
+
+    /// `RES <w> <s> <qty> <available> <reserved> <seq> <expireAt> <orderNo> <traceId>`
+    fn reserve_line(line: &str, ts: i64) -> Option<JournalLine> {
+        let mut f = line.splitn(10, ' ');
+        if f.next()? != "RES" {
+            return None;
+        }
+        let mut num = || f.next()?.parse::<i64>().ok();
+        let (w, s, q, a, r, v, x) = (num()?, num()?, num()?, num()?, num()?, num()?, num()?);
+        let order_no = f.next()?.to_string();
+        let trace_id = f.next().unwrap_or("").to_string();
+        Some(JournalLine {
+            kind: JournalKind::Reserve,
+            key: SkuKey::new(w, s),
+            delta_available: -q,
+            delta_reserved: q,
+            available: a,
+            reserved: r,
+            seq: v,
+            qty: q,
+            expire_at_ms: x,
+            ts_ms: ts,
+            reason: "RESERVE".to_string(),
+            order_no,
+            trace_id,
+            remark: String::new(),
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn reads_both_layout_1_formats() {
+            let events = parse_entry(
+                "1-0",
+                r#"[{"k":"ADJ","w":"1","s":"1001","da":10,"dr":0,"a":110,"r":0,"v":3,"rs":"INBOUND","o":"","tr":"t","ts":1700000000000,"rm":"x"}]"#,
+            )
+            .unwrap();
+            assert_eq!(events.len(), 1);
+            assert_eq!(events[0].key, SkuKey::new(1, 1001));
+            assert_eq!(events[0].kind, JournalKind::Adjust);
+            assert!(parse_entry("1-0", "not json").is_err());
+            assert!(parse_entry("1-0", "{}").unwrap().is_empty());
+            let lines = parse_entry(
+                "1700000000123-0",
+                "RES 1 1001 2 98 2 7 1700000900000 ORD-1 trace-1\nRES 2 5 1 4 1 3 1700000900000 ORD-2 ",
+            )
+            .unwrap();
+            assert_eq!(lines.len(), 2);
+            let e = &lines[0];
+            assert_eq!((e.qty, e.available, e.reserved, e.seq), (2, 98, 2, 7));
+            assert_eq!((e.delta_available, e.ts_ms), (-2, 1_700_000_000_123));
+            assert_eq!(lines[1].trace_id, "");
+        }
+    }
 }
 
 fn ms_to_datetime(ms: i64) -> NaiveDateTime {
@@ -158,51 +208,51 @@ pub struct BatchWrites {
     pub levels: Vec<(SkuKey, StockLevels)>,
 }
 
-/// Turns entries into rows. `txn_id` is `<entry id>-<index>`, stable across replays.
-pub fn plan_batch(entries: &[(String, Vec<JournalEvent>)]) -> BatchWrites {
+/// Turns entries into rows. `txn_id` is `<txn prefix>-<index>`, stable across replays.
+pub fn plan_batch(entries: &[(String, Vec<JournalLine>)]) -> BatchWrites {
     let mut writes = BatchWrites::default();
     let mut newest: BTreeMap<SkuKey, StockLevels> = BTreeMap::new();
     for (entry_id, events) in entries {
         for (index, event) in events.iter().enumerate() {
-            let key = event.key();
+            let key = event.key;
             let non_empty = |s: &str| (!s.is_empty()).then(|| truncate(s, 64));
             writes.ledger.push(NewLedgerEntry {
                 txn_id: format!("{entry_id}-{index}"),
-                order_no: non_empty(&event.o),
+                order_no: non_empty(&event.order_no),
                 sku_id: key.sku_id,
                 warehouse_id: key.warehouse_id,
-                delta_available: ledger_i32(event.da),
-                delta_reserved: ledger_i32(event.dr),
-                available_after: ledger_i32(event.a),
-                reserved_after: ledger_i32(event.r),
-                reason: truncate(&event.rs, 50),
-                trace_id: non_empty(&event.tr),
-                remark: (!event.rm.is_empty()).then(|| truncate(&event.rm, 255)),
+                delta_available: ledger_i32(event.delta_available),
+                delta_reserved: ledger_i32(event.delta_reserved),
+                available_after: ledger_i32(event.available),
+                reserved_after: ledger_i32(event.reserved),
+                reason: truncate(&event.reason, 50),
+                trace_id: non_empty(&event.trace_id),
+                remark: (!event.remark.is_empty()).then(|| truncate(&event.remark, 255)),
             });
-            let status = match event.k {
-                EventKind::Adjust => None,
-                EventKind::Reserve => Some(ReservationStatus::Reserved),
-                EventKind::Confirm => Some(ReservationStatus::Confirmed),
-                EventKind::Release => Some(ReservationStatus::Released),
+            let status = match event.kind {
+                JournalKind::Adjust => None,
+                JournalKind::Reserve => Some(ReservationStatus::Reserved),
+                JournalKind::Confirm => Some(ReservationStatus::Confirmed),
+                JournalKind::Release => Some(ReservationStatus::Released),
             };
             if let Some(status) = status {
                 writes.reservations.push(ReservationUpsert {
-                    order_no: truncate(&event.o, 64),
+                    order_no: truncate(&event.order_no, 64),
                     key,
-                    qty: ledger_i32(event.q),
+                    qty: ledger_i32(event.qty),
                     status: status.as_str(),
                     rank: status.rank(),
-                    expire_at: ms_to_datetime(event.x),
+                    expire_at: ms_to_datetime(event.expire_at_ms),
                     release_reason: (status == ReservationStatus::Released)
-                        .then(|| truncate(&event.rs, 50)),
-                    trace_id: non_empty(&event.tr),
+                        .then(|| truncate(&event.reason, 50)),
+                    trace_id: non_empty(&event.trace_id),
                 });
             }
             let levels = StockLevels {
-                available: event.a,
-                reserved: event.r,
+                available: event.available,
+                reserved: event.reserved,
                 confirmed: 0,
-                seq: event.v,
+                seq: event.seq,
             };
             newest
                 .entry(key)
@@ -241,52 +291,35 @@ pub async fn persist_batch(
 mod tests {
     use super::*;
 
-    fn event(json: &str) -> JournalEvent {
-        serde_json::from_str(json).unwrap()
+    fn line(raw: &str) -> JournalLine {
+        JournalLine::parse(raw).unwrap()
     }
 
     #[test]
     fn parses_what_the_scripts_write() {
-        let events = parse_entry(
+        let lines = parse_entry(
             "1-0",
-            r#"[{"k":"ADJ","w":"1","s":"1001","da":10,"dr":0,"a":110,"r":0,"v":3,"rs":"INBOUND","o":"","tr":"t","ts":1700000000000,"rm":"x"}]"#,
+            "ADJ 1 1001 10 0 110 0 3 0 0 1700000000000 INBOUND  t a remark\nRES 1 1001 -2 2 108 2 4 2 1700000900000 1700000000000 RESERVE ORD-1  ",
         )
         .unwrap();
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].key(), SkuKey::new(1, 1001));
-        assert_eq!(events[0].k, EventKind::Adjust);
-        assert!(parse_entry("1-0", "not json").is_err());
-        assert!(parse_entry("1-0", "{}").unwrap().is_empty());
-    }
-
-    #[test]
-    fn parses_the_reserve_scripts_compact_lines() {
-        let events = parse_entry(
-            "1700000000123-0",
-            "RES 1 1001 2 98 2 7 1700000900000 ORD-1 trace-1\nRES 2 5 1 4 1 3 1700000900000 ORD-2 ",
-        )
-        .unwrap();
-        assert_eq!(events.len(), 2);
-        let e = &events[0];
-        assert_eq!((e.w, e.s, e.q, e.a, e.r, e.v), (1, 1001, 2, 98, 2, 7));
-        assert_eq!((e.da, e.dr, e.ts), (-2, 2, 1_700_000_000_123));
-        assert_eq!((e.o.as_str(), e.tr.as_str()), ("ORD-1", "trace-1"));
-        assert_eq!(events[1].tr, "");
-        assert!(parse_entry("1-0", "RES 1 x").is_err());
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].key, SkuKey::new(1, 1001));
+        assert_eq!(lines[0].kind, JournalKind::Adjust);
+        assert_eq!(lines[0].remark, "a remark");
+        assert_eq!(lines[1].order_no, "ORD-1");
+        assert!(parse_entry("1-0", "not a line").is_err());
+        assert!(parse_entry("1-0", "").unwrap().is_empty());
+        assert_eq!(txn_prefix(3, "1-0"), "g3-1-0");
     }
 
     #[test]
     fn plan_keeps_the_newest_levels_and_stable_txn_ids() {
-        let a = event(
-            r#"{"k":"RES","w":1,"s":7,"da":-2,"dr":2,"a":8,"r":2,"v":5,"rs":"RESERVE","o":"O1","ts":0,"q":2,"x":1000}"#,
-        );
-        let b = event(
-            r#"{"k":"CNF","w":1,"s":7,"da":0,"dr":-2,"a":8,"r":0,"v":6,"rs":"CONFIRM","o":"O1","ts":0,"q":2,"x":1000}"#,
-        );
+        let a = line("RES 1 7 -2 2 8 2 5 2 1000 0 RESERVE O1  ");
+        let b = line("CNF 1 7 0 -2 8 0 6 2 1000 0 CONFIRM O1  ");
         // Out of order on purpose: the plan must still pick seq 6.
-        let plan = plan_batch(&[("2-0".into(), vec![b]), ("1-0".into(), vec![a])]);
+        let plan = plan_batch(&[("g0-2-0".into(), vec![b]), ("g0-1-0".into(), vec![a])]);
         assert_eq!(plan.ledger.len(), 2);
-        assert_eq!(plan.ledger[0].txn_id, "2-0-0");
+        assert_eq!(plan.ledger[0].txn_id, "g0-2-0-0");
         assert_eq!(plan.levels.len(), 1);
         assert_eq!(plan.levels[0].1.seq, 6);
         assert_eq!(plan.levels[0].1.reserved, 0);

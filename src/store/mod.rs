@@ -7,3 +7,5 @@ pub mod redis;
 pub mod reservations;
 pub mod schema;
 pub mod supervision;
+pub mod upgrade;
+pub mod wire;

@@ -177,6 +177,26 @@ impl Reservation {
             .await
     }
 
+    /// Every line of these orders.
+    pub async fn by_orders(
+        conn: &mut AsyncMysqlConnection,
+        order_nos: &[String],
+    ) -> QueryResult<Vec<Self>> {
+        use t_inventory_reservation::dsl as r;
+        let mut out = Vec::new();
+        for chunk in order_nos.chunks(ROWS_PER_STATEMENT) {
+            out.extend(
+                r::t_inventory_reservation
+                    .filter(r::order_no.eq_any(chunk))
+                    .order(r::id.asc())
+                    .select(Reservation::as_select())
+                    .load(conn)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
     pub async fn for_position(
         conn: &mut AsyncMysqlConnection,
         key: SkuKey,

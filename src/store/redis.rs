@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, FromRedisValue, Script, Value};
+use redis::{AsyncCommands, Script, Value};
 
 use crate::config::RedisSettings;
 use crate::domain::{SkuKey, StockLevels};
+use crate::store::wire::{self, parse_reply, BadReply, Keys, ReplyItem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisStoreError {
@@ -22,88 +23,32 @@ pub enum RedisStoreError {
         script: &'static str,
         detail: String,
     },
+    /// Redis holds another layout or another number of groups than this instance's config.
+    #[error("{0}")]
+    Layout(String),
+}
+
+impl From<BadReply> for RedisStoreError {
+    fn from(e: BadReply) -> Self {
+        RedisStoreError::BadReply {
+            script: e.script,
+            detail: e.detail,
+        }
+    }
 }
 
 pub type RedisResult<T> = Result<T, RedisStoreError>;
 
-/// Key naming. Keys of one position share the hash tag `{warehouse:sku}` so one script may
-/// touch them together (Redis Cluster places them in one slot).
-#[derive(Debug, Clone)]
-pub struct Keys {
-    prefix: String,
-}
+/// Every script is lua/lib.lua followed by its own file.
+const LIB: &str = include_str!("../../lua/lib.lua");
 
-impl Keys {
-    pub fn new(prefix: &str) -> Self {
-        Keys {
-            prefix: prefix.to_string(),
-        }
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// Hash `{avail, reserved, confirmed, seq}` of one position.
-    pub fn stock(&self, key: SkuKey) -> String {
-        format!("{}inv:{{{}:{}}}", self.prefix, key.warehouse_id, key.sku_id)
-    }
-
-    /// Marker of one reservation line, the string `<state> <qty> <expireAt ms>` with a PX
-    /// expiry: idempotency, and confirm-vs-release races decided in Redis.
-    pub fn line(&self, key: SkuKey, order_no: &str) -> String {
-        format!(
-            "{}inv:{{{}:{}}}:r:{}",
-            self.prefix, key.warehouse_id, key.sku_id, order_no
-        )
-    }
-
-    /// Marker of one stock adjustment request (idempotency of admin calls).
-    pub fn adjustment(&self, key: SkuKey, request_id: &str) -> String {
-        format!(
-            "{}inv:{{{}:{}}}:adj:{}",
-            self.prefix, key.warehouse_id, key.sku_id, request_id
-        )
-    }
-
-    /// The positions of one order, the string `w:s w:s ...` with a PX expiry; or `!`, a
-    /// tombstone left by a release of an order we never saw (its late reservation is
-    /// refused).
-    pub fn order(&self, order_no: &str) -> String {
-        format!("{}inv:ord:{{{}}}", self.prefix, order_no)
-    }
-
-    /// Orders with held lines, scored by expiry (ms): the expiry scan reads it.
-    pub fn holds(&self) -> String {
-        format!("{}inv:holds", self.prefix)
-    }
-
-    /// The supervisor's lease and its fencing counter.
-    pub fn leader(&self) -> String {
-        format!("{}inv:leader", self.prefix)
-    }
-
-    pub fn leader_token(&self) -> String {
-        format!("{}inv:leader:token", self.prefix)
-    }
-
-    /// Set when Redis was loaded from the DB; its absence means Redis lost its data.
-    pub fn epoch(&self) -> String {
-        format!("{}inv:epoch", self.prefix)
-    }
-
-    /// The stream every stock change is appended to.
-    pub fn journal(&self) -> String {
-        format!("{}inv:journal", self.prefix)
-    }
-
-    /// Pattern matching every stock hash (for scans in tests and reconciliation).
-    pub fn stock_pattern(&self) -> String {
-        format!("{}inv:{{*}}", self.prefix)
-    }
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LIB}\n{body}"))
 }
 
 pub(super) struct Scripts {
+    pub(super) tombstone: Script,
+    pub(super) sweep: Script,
     pub(super) adjust: Script,
     pub(super) warmup: Script,
     pub(super) sync: Script,
@@ -118,15 +63,17 @@ pub(super) struct Scripts {
 impl Scripts {
     fn load() -> Self {
         Scripts {
-            adjust: Script::new(include_str!("../../lua/adjust.lua")),
-            warmup: Script::new(include_str!("../../lua/warmup.lua")),
-            sync: Script::new(include_str!("../../lua/sync.lua")),
-            reserve: Script::new(include_str!("../../lua/reserve.lua")),
-            confirm: Script::new(include_str!("../../lua/confirm.lua")),
-            release: Script::new(include_str!("../../lua/release.lua")),
-            lease: Script::new(include_str!("../../lua/lease.lua")),
-            rebuild: Script::new(include_str!("../../lua/rebuild.lua")),
-            reconcile: Script::new(include_str!("../../lua/reconcile.lua")),
+            tombstone: script(include_str!("../../lua/tombstone.lua")),
+            sweep: script(include_str!("../../lua/sweep.lua")),
+            adjust: script(include_str!("../../lua/adjust.lua")),
+            warmup: script(include_str!("../../lua/warmup.lua")),
+            sync: script(include_str!("../../lua/sync.lua")),
+            reserve: script(include_str!("../../lua/reserve.lua")),
+            confirm: script(include_str!("../../lua/confirm.lua")),
+            release: script(include_str!("../../lua/release.lua")),
+            lease: script(include_str!("../../lua/lease.lua")),
+            rebuild: script(include_str!("../../lua/rebuild.lua")),
+            reconcile: script(include_str!("../../lua/reconcile.lua")),
         }
     }
 }
@@ -150,7 +97,6 @@ pub struct AdjustCommand<'a> {
 pub enum AdjustOutcome {
     Applied {
         levels: StockLevels,
-        journal_id: String,
     },
     /// The same request id was applied before with the same delta.
     AlreadyApplied {
@@ -190,8 +136,10 @@ pub struct SyncOutcome {
 /// Journal entries as read by a consumer group.
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
+    /// The slot group whose stream holds the entry.
+    pub group: u32,
     pub id: String,
-    /// The JSON array of events the script appended.
+    /// The journal lines the script appended (see `wire::JournalLine`).
     pub payload: String,
 }
 
@@ -225,7 +173,7 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.keys.prefix)
+            .field("prefix", &self.keys.prefix())
             .finish()
     }
 }
@@ -245,7 +193,7 @@ impl RedisStore {
             manager_config: config,
             connect_timeout,
             conn,
-            keys: Keys::new(&settings.key_prefix),
+            keys: Keys::new(&settings.key_prefix, settings.groups),
             scripts: Arc::new(Scripts::load()),
             timeout,
         })
@@ -324,8 +272,32 @@ impl RedisStore {
         self.timed(conn.hget(self.keys.stock(key), "avail")).await
     }
 
-    pub async fn adjust(&self, cmd: &AdjustCommand<'_>) -> RedisResult<AdjustOutcome> {
+    /// Runs a script and reads its reply items.
+    pub(super) async fn run_script(
+        &self,
+        name: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+        items: Option<usize>,
+    ) -> RedisResult<Vec<ReplyItem>> {
         let mut conn = self.conn.clone();
+        let reply: Value = self.timed(invocation.invoke_async(&mut conn)).await?;
+        Ok(parse_reply(name, &reply, items)?)
+    }
+
+    /// Runs a script that answers one item.
+    pub(super) async fn run_script_one(
+        &self,
+        name: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> RedisResult<ReplyItem> {
+        let mut items = self.run_script(name, invocation, Some(1)).await?;
+        items.pop().ok_or_else(|| RedisStoreError::BadReply {
+            script: name,
+            detail: "no item".into(),
+        })
+    }
+
+    pub async fn adjust(&self, cmd: &AdjustCommand<'_>) -> RedisResult<AdjustOutcome> {
         let marker = match cmd.request_id {
             Some(id) => self.keys.adjustment(cmd.key, id),
             // The key is declared even when unused so that the script's KEYS are fixed.
@@ -334,30 +306,32 @@ impl RedisStore {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut invocation = self.scripts.adjust.key(self.keys.stock(cmd.key));
         invocation
-            .key(self.keys.journal())
+            .key(self.keys.journal(self.keys.group(cmd.key)))
             .key(marker)
             .arg(cmd.key.warehouse_id)
             .arg(cmd.key.sku_id)
             .arg(cmd.delta)
             .arg(cmd.max_available)
-            .arg(cmd.reason)
-            .arg(cmd.trace_id)
+            .arg(wire::word(cmd.reason, 50))
+            .arg(wire::word(cmd.trace_id, 64))
             .arg(cmd.request_id.unwrap_or(""))
             .arg(cmd.marker_ttl_secs)
             .arg(cmd.max_journal_entries)
             .arg(now_ms)
-            .arg(cmd.remark)
+            .arg(wire::remark(cmd.remark, 255))
             .arg(if cmd.create_if_missing { "1" } else { "0" });
-        let reply: Vec<Value> = self.timed(invocation.invoke_async(&mut conn)).await?;
-        let (status, levels, id) = parse_levels_reply("adjust", &reply)?;
-        Ok(match status.as_str() {
-            "OK" => AdjustOutcome::Applied {
-                levels,
-                journal_id: id,
-            },
+        let item = self.run_script_one("adjust", &invocation).await?;
+        let levels = StockLevels {
+            available: item.n[0],
+            reserved: item.n[1],
+            confirmed: item.n[2],
+            seq: item.n[3],
+        };
+        Ok(match item.status.as_str() {
+            "OK" => AdjustOutcome::Applied { levels },
             "EXISTS" => AdjustOutcome::AlreadyApplied { levels },
             "CONFLICT" => AdjustOutcome::Conflict {
-                first_delta: levels.available,
+                first_delta: item.n[0],
             },
             "MISSING" => AdjustOutcome::Missing,
             "INSUFFICIENT" => AdjustOutcome::Insufficient { levels },
@@ -394,37 +368,39 @@ impl RedisStore {
                     .arg(levels.seq),
             );
         }
-        let loaded: Vec<i64> = self.timed(pipe.query_async(&mut conn)).await?;
-        Ok(loaded.iter().filter(|&&n| n == 1).count())
+        let replies: Vec<Value> = self.timed(pipe.query_async(&mut conn)).await?;
+        let mut loaded = 0;
+        for reply in &replies {
+            for item in parse_reply("warmup", reply, Some(1))? {
+                if item.status == "LOADED" {
+                    loaded += 1;
+                }
+            }
+        }
+        Ok(loaded)
     }
 
     pub async fn sync(&self, key: SkuKey, db: StockLevels) -> RedisResult<SyncOutcome> {
-        let mut conn = self.conn.clone();
         let mut invocation = self.scripts.sync.key(self.keys.stock(key));
         invocation
             .arg(db.available)
             .arg(db.reserved)
             .arg(db.confirmed)
             .arg(db.seq);
-        let reply: Vec<Value> = self.timed(invocation.invoke_async(&mut conn)).await?;
-        let bad = |detail: String| RedisStoreError::BadReply {
-            script: "sync",
-            detail,
-        };
-        if reply.len() != 4 {
-            return Err(bad(format!("{} values", reply.len())));
-        }
-        let status = String::from_redis_value(reply[0].clone()).map_err(|e| bad(e.to_string()))?;
-        let before = i64::from_redis_value(reply[1].clone()).map_err(|e| bad(e.to_string()))?;
-        let after = i64::from_redis_value(reply[2].clone()).map_err(|e| bad(e.to_string()))?;
-        let seq = i64::from_redis_value(reply[3].clone()).map_err(|e| bad(e.to_string()))?;
-        let status = match status.as_str() {
+        let item = self.run_script_one("sync", &invocation).await?;
+        let status = match item.status.as_str() {
             "LOADED" => SyncStatus::Loaded,
             "PENDING" => SyncStatus::Pending,
             "IN_SYNC" => SyncStatus::InSync,
             "OVERWRITTEN" => SyncStatus::Overwritten,
-            other => return Err(bad(format!("status {other}"))),
+            other => {
+                return Err(RedisStoreError::BadReply {
+                    script: "sync",
+                    detail: format!("status {other}"),
+                })
+            }
         };
+        let [before, after, seq, _] = item.n;
         Ok(SyncOutcome {
             status,
             available_before: (before >= 0).then_some(before),
@@ -433,28 +409,98 @@ impl RedisStore {
         })
     }
 
-    // ----- journal -----
+    // ----- layout -----
 
-    /// Creates the consumer group (and the stream) if missing.
-    pub async fn ensure_journal_group(&self, group: &str) -> RedisResult<()> {
+    /// What the meta hash says: (layout, groups), None when Redis has no meta yet.
+    pub async fn layout_meta(&self) -> RedisResult<Option<(i64, u32)>> {
         let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("XGROUP");
-        cmd.arg("CREATE")
-            .arg(self.keys.journal())
-            .arg(group)
-            .arg("0")
-            .arg("MKSTREAM");
-        let create = cmd.query_async::<String>(&mut conn);
-        match tokio::time::timeout(self.timeout, create).await {
-            Err(_) => Err(RedisStoreError::Timeout(self.timeout)),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
+        let values: Vec<Option<i64>> = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(self.keys.meta())
+                    .arg("layout")
+                    .arg("groups")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(match values.as_slice() {
+            [Some(layout), Some(groups)] => Some((*layout, u32::try_from(*groups).unwrap_or(0))),
+            _ => None,
+        })
+    }
+
+    /// Records this deployment's layout and groups, unless another instance recorded
+    /// them first; then checks that they are ours (start-up refuses otherwise).
+    pub async fn claim_layout(&self) -> RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .timed(
+                redis::cmd("HSETNX")
+                    .arg(self.keys.meta())
+                    .arg("groups")
+                    .arg(self.keys.groups())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let _: i64 = self
+            .timed(
+                redis::cmd("HSETNX")
+                    .arg(self.keys.meta())
+                    .arg("layout")
+                    .arg(wire::LAYOUT_VERSION)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        self.check_layout().await
+    }
+
+    /// Refuses a Redis whose stored layout or groups differ from this instance's.
+    pub async fn check_layout(&self) -> RedisResult<()> {
+        match self.layout_meta().await? {
+            Some((layout, groups))
+                if layout == wire::LAYOUT_VERSION && groups == self.keys.groups() =>
+            {
+                Ok(())
+            }
+            Some((layout, groups)) => Err(RedisStoreError::Layout(format!(
+                "Redis holds layout {layout} with redis.groups = {groups}; this instance is \
+                 configured with layout {} and redis.groups = {}. The number of groups is fixed \
+                 per deployment: set redis.groups = {groups}",
+                wire::LAYOUT_VERSION,
+                self.keys.groups()
+            ))),
+            None => Err(RedisStoreError::Layout(
+                "Redis has no layout record (inv:meta)".into(),
+            )),
         }
     }
 
-    /// Reads up to `count` entries: `start = ">"` for new ones, `"0"` for this consumer's
-    /// pending ones. Blocks up to `block` when there are none.
+    // ----- journal: one stream per group, read together -----
+
+    /// Creates the consumer group (and the stream) of every group's journal if missing.
+    pub async fn ensure_journal_group(&self, group: &str) -> RedisResult<()> {
+        for journal in self.keys.journals() {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("CREATE")
+                .arg(&journal)
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM");
+            let create = cmd.query_async::<String>(&mut conn);
+            match tokio::time::timeout(self.timeout, create).await {
+                Err(_) => return Err(RedisStoreError::Timeout(self.timeout)),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.code() == Some("BUSYGROUP") => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to `count` entries of each group's journal in one XREADGROUP:
+    /// `start = ">"` for new ones, `"0"` for this consumer's pending ones. Blocks up to
+    /// `block` when there are none.
     pub async fn read_journal(
         &self,
         group: &str,
@@ -464,6 +510,7 @@ impl RedisStore {
         block: Option<Duration>,
     ) -> RedisResult<Vec<JournalEntry>> {
         let mut conn = self.conn.clone();
+        let journals = self.keys.journals();
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(group)
@@ -473,14 +520,20 @@ impl RedisStore {
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
-        cmd.arg("STREAMS").arg(self.keys.journal()).arg(start);
+        cmd.arg("STREAMS");
+        for journal in &journals {
+            cmd.arg(journal);
+        }
+        for _ in &journals {
+            cmd.arg(start);
+        }
         // A blocking read may legitimately take `block` plus the usual call time.
         let limit = self.timeout + block.unwrap_or_default();
         let reply: Value = match tokio::time::timeout(limit, cmd.query_async(&mut conn)).await {
             Ok(reply) => reply?,
             Err(_) => return Err(RedisStoreError::Timeout(limit)),
         };
-        parse_stream_read(&reply)
+        parse_stream_read(&reply, &journals)
     }
 
     /// Claims entries another consumer left pending for longer than `min_idle`.
@@ -491,49 +544,82 @@ impl RedisStore {
         min_idle: Duration,
         count: usize,
     ) -> RedisResult<Vec<JournalEntry>> {
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .timed(
-                redis::cmd("XAUTOCLAIM")
-                    .arg(self.keys.journal())
-                    .arg(group)
-                    .arg(consumer)
-                    .arg(min_idle.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        // [next-start, [[id, [field, value...]]...], [deleted ids]]
-        match reply {
-            Value::Array(parts) if parts.len() >= 2 => parse_entries(&parts[1]),
-            other => Err(RedisStoreError::BadReply {
-                script: "XAUTOCLAIM",
-                detail: format!("{other:?}"),
-            }),
+        let mut out = Vec::new();
+        for (g, journal) in (0u32..).zip(self.keys.journals()) {
+            let mut conn = self.conn.clone();
+            let reply: Value = self
+                .timed(
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(&journal)
+                        .arg(group)
+                        .arg(consumer)
+                        .arg(min_idle.as_millis() as u64)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(count)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            // [next-start, [[id, [field, value...]]...], [deleted ids]]
+            match reply {
+                Value::Array(parts) if parts.len() >= 2 => {
+                    out.extend(parse_entries(g, &parts[1])?);
+                }
+                other => {
+                    return Err(RedisStoreError::BadReply {
+                        script: "XAUTOCLAIM",
+                        detail: format!("{other:?}"),
+                    })
+                }
+            }
+            if out.len() >= count {
+                break;
+            }
         }
+        Ok(out)
     }
 
-    pub async fn ack_journal(&self, group: &str, ids: &[String]) -> RedisResult<()> {
-        if ids.is_empty() {
+    /// Acknowledges entries, one XACK per stream, pipelined.
+    pub async fn ack_journal(&self, group: &str, entries: &[(u32, String)]) -> RedisResult<()> {
+        if entries.is_empty() {
             return Ok(());
         }
+        let mut by_stream: std::collections::BTreeMap<u32, Vec<&str>> = Default::default();
+        for (g, id) in entries {
+            by_stream.entry(*g).or_default().push(id);
+        }
+        let mut pipe = redis::pipe();
+        for (g, ids) in by_stream {
+            pipe.cmd("XACK")
+                .arg(self.keys.journal(g))
+                .arg(group)
+                .arg(ids)
+                .ignore();
+        }
         let mut conn = self.conn.clone();
-        let _: i64 = self
-            .timed(conn.xack(self.keys.journal(), group, ids))
-            .await?;
+        let _: () = self.timed(pipe.query_async(&mut conn)).await?;
         Ok(())
     }
 
+    /// The lag of every group's journal, added up.
     pub async fn journal_lag(&self, group: &str) -> RedisResult<JournalLag> {
+        let mut total = JournalLag::default();
+        for journal in self.keys.journals() {
+            let lag = self.stream_lag(&journal, group).await?;
+            total.undelivered += lag.undelivered;
+            total.pending += lag.pending;
+            total.length += lag.length;
+        }
+        Ok(total)
+    }
+
+    async fn stream_lag(&self, journal: &str, group: &str) -> RedisResult<JournalLag> {
         let mut conn = self.conn.clone();
-        let journal = self.keys.journal();
         let groups: Value = self
             .timed(
                 redis::cmd("XINFO")
                     .arg("GROUPS")
-                    .arg(&journal)
+                    .arg(journal)
                     .query_async(&mut conn),
             )
             .await
@@ -543,7 +629,7 @@ impl RedisStore {
                 }
                 _ => Err(e),
             })?;
-        let length: u64 = self.timed(conn.xlen(&journal)).await?;
+        let length: u64 = self.timed(conn.xlen(journal)).await?;
         let mut lag = JournalLag {
             length,
             ..JournalLag::default()
@@ -562,15 +648,23 @@ impl RedisStore {
         Ok(lag)
     }
 
-    /// Removes entries every group has acknowledged. Returns how many were removed.
+    /// Removes entries every consumer group has acknowledged, in every group's journal.
+    /// Returns how many were removed.
     pub async fn trim_journal(&self) -> RedisResult<u64> {
+        let mut removed = 0;
+        for journal in self.keys.journals() {
+            removed += self.trim_stream(&journal).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn trim_stream(&self, journal: &str) -> RedisResult<u64> {
         let mut conn = self.conn.clone();
-        let journal = self.keys.journal();
         let groups: Value = self
             .timed(
                 redis::cmd("XINFO")
                     .arg("GROUPS")
-                    .arg(&journal)
+                    .arg(journal)
                     .query_async(&mut conn),
             )
             .await?;
@@ -582,7 +676,7 @@ impl RedisStore {
                 let summary: Value = self
                     .timed(
                         redis::cmd("XPENDING")
-                            .arg(&journal)
+                            .arg(journal)
                             .arg(&name)
                             .query_async(&mut conn),
                     )
@@ -609,7 +703,7 @@ impl RedisStore {
         let removed: u64 = self
             .timed(
                 redis::cmd("XTRIM")
-                    .arg(&journal)
+                    .arg(journal)
                     .arg("MINID")
                     .arg(format!("{ms}-{seq}"))
                     .query_async(&mut conn),
@@ -682,44 +776,28 @@ fn value_maps(v: &Value) -> Vec<HashMap<String, Value>> {
         .collect()
 }
 
-fn parse_levels_reply(
-    script: &'static str,
-    reply: &[Value],
-) -> RedisResult<(String, StockLevels, String)> {
-    let bad = |detail: String| RedisStoreError::BadReply { script, detail };
-    if reply.len() != 6 {
-        return Err(bad(format!("{} values", reply.len())));
-    }
-    let status = value_string(&reply[0]).ok_or_else(|| bad("status".into()))?;
-    let num = |i: usize| -> RedisResult<i64> {
-        match &reply[i] {
-            Value::Int(n) => Ok(*n),
-            other => value_string(other)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad(format!("value {i}: {other:?}"))),
-        }
-    };
-    let levels = StockLevels {
-        available: num(1)?,
-        reserved: num(2)?,
-        confirmed: num(3)?,
-        seq: num(4)?,
-    };
-    let id = value_string(&reply[5]).unwrap_or_default();
-    Ok((status, levels, id))
-}
-
 /// XREADGROUP reply: [[stream, [[id, [field, value, ...]], ...]]] (or a map under RESP3),
 /// nil when the block timed out.
-fn parse_stream_read(reply: &Value) -> RedisResult<Vec<JournalEntry>> {
+fn parse_stream_read(reply: &Value, journals: &[String]) -> RedisResult<Vec<JournalEntry>> {
+    let group_of = |name: &Value| -> RedisResult<u32> {
+        let name = value_string(name).unwrap_or_default();
+        journals
+            .iter()
+            .position(|j| *j == name)
+            .and_then(|g| u32::try_from(g).ok())
+            .ok_or_else(|| RedisStoreError::BadReply {
+                script: "XREADGROUP",
+                detail: format!("unknown stream {name}"),
+            })
+    };
     match reply {
         Value::Nil => Ok(vec![]),
         Value::Array(streams) => {
             let mut out = Vec::new();
             for stream in streams {
                 if let Value::Array(parts) = stream {
-                    if parts.len() == 2 {
-                        out.extend(parse_entries(&parts[1])?);
+                    if let [name, entries] = parts.as_slice() {
+                        out.extend(parse_entries(group_of(name)?, entries)?);
                     }
                 }
             }
@@ -727,8 +805,8 @@ fn parse_stream_read(reply: &Value) -> RedisResult<Vec<JournalEntry>> {
         }
         Value::Map(streams) => {
             let mut out = Vec::new();
-            for (_, entries) in streams {
-                out.extend(parse_entries(entries)?);
+            for (name, entries) in streams {
+                out.extend(parse_entries(group_of(name)?, entries)?);
             }
             Ok(out)
         }
@@ -739,7 +817,7 @@ fn parse_stream_read(reply: &Value) -> RedisResult<Vec<JournalEntry>> {
     }
 }
 
-fn parse_entries(v: &Value) -> RedisResult<Vec<JournalEntry>> {
+pub(super) fn parse_entries(group: u32, v: &Value) -> RedisResult<Vec<JournalEntry>> {
     let Value::Array(entries) = v else {
         return Ok(vec![]);
     };
@@ -763,7 +841,7 @@ fn parse_entries(v: &Value) -> RedisResult<Vec<JournalEntry>> {
                 .unwrap_or_default(),
             _ => String::new(),
         };
-        out.push(JournalEntry { id, payload });
+        out.push(JournalEntry { group, id, payload });
     }
     Ok(out)
 }
@@ -771,16 +849,6 @@ fn parse_entries(v: &Value) -> RedisResult<Vec<JournalEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_share_the_position_hash_tag() {
-        let keys = Keys::new("p:");
-        let k = SkuKey::new(1, 1001);
-        assert_eq!(keys.stock(k), "p:inv:{1:1001}");
-        assert_eq!(keys.line(k, "ORD001"), "p:inv:{1:1001}:r:ORD001");
-        assert_eq!(keys.adjustment(k, "r1"), "p:inv:{1:1001}:adj:r1");
-        assert_eq!(keys.journal(), "p:inv:journal");
-    }
 
     #[test]
     fn stream_ids_compare_numerically() {

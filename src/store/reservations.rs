@@ -1,13 +1,11 @@
-//! The Redis side of reservations: the batched reserve script, confirm, release, and
-//! reading line markers.
+//! The Redis side of reservations: the batched reserve, confirm and release scripts, the
+//! order directory and order records (see store::wire and docs/redis-layout.md).
 
 use std::collections::HashMap;
 
-use redis::Value;
-use serde::Deserialize;
-
 use crate::domain::{LedgerReason, ReservationStatus, SkuKey};
-use crate::store::redis::{value_string, RedisResult, RedisStore, RedisStoreError};
+use crate::store::redis::{RedisResult, RedisStore, RedisStoreError};
+use crate::store::wire::{self, DirectoryEntry, Keys, OrderRecord, ReplyItem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderLine {
@@ -27,7 +25,6 @@ pub struct ReserveOrder {
 pub struct ReserveParams {
     pub now_ms: i64,
     pub hold_ms: i64,
-    pub marker_ttl_ms: i64,
     pub max_journal_entries: u64,
 }
 
@@ -56,48 +53,63 @@ pub enum ReserveReply {
     JournalFull,
 }
 
+/// What a transition does to an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransitionOp {
+    /// RESERVED -> CONFIRMED; `even_if_expired` when the order service says it was paid.
+    Confirm { even_if_expired: bool },
+    /// RESERVED -> RELEASED; `only_if_expired` for the expiry scan.
+    Release {
+        reason: LedgerReason,
+        remark: String,
+        only_if_expired: bool,
+    },
+}
+
+impl TransitionOp {
+    pub fn is_confirm(&self) -> bool {
+        matches!(self, TransitionOp::Confirm { .. })
+    }
+}
+
+/// One order to confirm or release, with the positions its directory entry lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionOrder {
+    pub order_no: String,
+    pub trace_id: String,
+    pub positions: Vec<SkuKey>,
+    pub op: TransitionOp,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransitionReply {
     /// The transition happened now.
     Done,
     /// It had happened before (repeat).
     Exists,
-    NotFound {
-        line: usize,
-    },
+    /// Redis has no record of the order.
+    NotFound,
     /// A line is released (confirm refused).
-    Released {
-        line: usize,
-    },
+    Released { key: SkuKey },
     /// A line's hold expired (confirm refused).
-    Expired {
-        line: usize,
-    },
+    Expired { key: SkuKey },
     /// A line is confirmed (release refused).
-    Confirmed {
-        line: usize,
-    },
+    Confirmed { key: SkuKey },
     /// The expiry scan found a line not yet expired.
     NotExpired,
     /// Release of an unknown order: tombstone left.
     Tombstone,
-    /// Called without lines, but the order has some by now: read them again.
+    /// The order changed since its positions were read: read them again.
     Retry,
     JournalFull,
 }
 
+/// A line's state as Redis holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineMarker {
     pub status: ReservationStatus,
     pub qty: i64,
     pub expire_at_ms: i64,
-}
-
-#[derive(Deserialize)]
-struct RawReply {
-    st: String,
-    #[serde(default)]
-    i: Option<i64>,
 }
 
 fn bad(script: &'static str, detail: impl Into<String>) -> RedisStoreError {
@@ -107,15 +119,11 @@ fn bad(script: &'static str, detail: impl Into<String>) -> RedisStoreError {
     }
 }
 
-/// Lua line numbers are 1-based.
-fn line_index(i: Option<i64>) -> usize {
-    i.and_then(|i| usize::try_from(i - 1).ok()).unwrap_or(0)
-}
-
-/// One order's result: status and two numbers (see lua/reserve.lua).
-fn parse_reserve_reply(status: &str, n1: i64, n2: i64) -> RedisResult<ReserveReply> {
+/// One order's reply item (see lua/reserve.lua).
+fn parse_reserve_reply(item: &ReplyItem) -> RedisResult<ReserveReply> {
     let line = |n: i64| usize::try_from(n - 1).unwrap_or(0);
-    Ok(match status {
+    let [n1, n2, _, _] = item.n;
+    Ok(match item.status.as_str() {
         "RESERVED" => ReserveReply::Reserved { expire_at_ms: n1 },
         "INSUFFICIENT" => ReserveReply::Insufficient {
             line: line(n1),
@@ -139,59 +147,83 @@ fn parse_reserve_reply(status: &str, n1: i64, n2: i64) -> RedisResult<ReserveRep
     })
 }
 
-/// The order index of an order released before it was reserved.
-const TOMBSTONE: &str = "!";
-
-/// `w:s w:s ...` (see lua/reserve.lua), sorted; a tombstone lists nothing.
-fn parse_order_index(index: &str) -> Vec<SkuKey> {
-    let mut lines: Vec<SkuKey> = index
-        .split(' ')
-        .filter_map(|m| {
-            let (w, s) = m.split_once(':')?;
-            Some(SkuKey::new(w.parse().ok()?, s.parse().ok()?))
-        })
-        .collect();
-    lines.sort();
-    lines
-}
-
-/// `<state> <qty> <expireAt ms>` (see lua/reserve.lua).
-fn parse_marker(raw: &str) -> Option<LineMarker> {
-    let mut fields = raw.split(' ');
-    let marker = LineMarker {
-        status: ReservationStatus::parse(fields.next()?)?,
-        qty: fields.next()?.parse().ok()?,
-        expire_at_ms: fields.next()?.parse().ok()?,
-    };
-    fields.next().is_none().then_some(marker)
-}
-
-/// Trace ids end up in a space-separated journal line: no whitespace, at most 64 chars.
-fn journal_safe(trace_id: &str) -> String {
-    trace_id
-        .chars()
-        .take(64)
-        .map(|c| if c.is_whitespace() { '_' } else { c })
-        .collect()
-}
-
-fn parse_transition(script: &'static str, json: &str) -> RedisResult<TransitionReply> {
-    let raw: RawReply = serde_json::from_str(json).map_err(|e| bad(script, e.to_string()))?;
-    let line = line_index(raw.i);
-    Ok(match raw.st.as_str() {
+fn parse_transition(script: &'static str, item: &ReplyItem) -> RedisResult<TransitionReply> {
+    let key = SkuKey::new(item.n[0], item.n[1]);
+    Ok(match item.status.as_str() {
         "CONFIRMED" if script == "confirm" => TransitionReply::Done,
         "RELEASED" if script == "release" => TransitionReply::Done,
         "EXISTS" => TransitionReply::Exists,
-        "NOT_FOUND" => TransitionReply::NotFound { line },
-        "RELEASED" => TransitionReply::Released { line },
-        "EXPIRED" => TransitionReply::Expired { line },
-        "CONFIRMED" => TransitionReply::Confirmed { line },
+        "NOT_FOUND" => TransitionReply::NotFound,
+        "RELEASED" => TransitionReply::Released { key },
+        "EXPIRED" => TransitionReply::Expired { key },
+        "CONFIRMED" => TransitionReply::Confirmed { key },
         "NOT_EXPIRED" => TransitionReply::NotExpired,
         "TOMBSTONE" => TransitionReply::Tombstone,
         "RETRY" => TransitionReply::Retry,
         "JOURNAL_FULL" => TransitionReply::JournalFull,
         other => return Err(bad(script, format!("status {other}"))),
     })
+}
+
+/// The groups and positions one script call names, in the order the script numbers them
+/// (1-based), with the keys and arguments that describe them.
+#[derive(Default)]
+struct CallLayout {
+    groups: Vec<u32>,
+    group_index: HashMap<u32, usize>,
+    positions: Vec<SkuKey>,
+    position_index: HashMap<SkuKey, usize>,
+}
+
+impl CallLayout {
+    fn group(&mut self, group: u32) -> usize {
+        *self.group_index.entry(group).or_insert_with(|| {
+            self.groups.push(group);
+            self.groups.len()
+        })
+    }
+
+    fn position(&mut self, keys: &Keys, key: SkuKey) -> usize {
+        if let Some(i) = self.position_index.get(&key) {
+            return *i;
+        }
+        self.group(keys.group(key));
+        self.positions.push(key);
+        let i = self.positions.len();
+        self.position_index.insert(key, i);
+        i
+    }
+
+    fn group_of(&self, keys: &Keys, key: SkuKey) -> usize {
+        self.group_index
+            .get(&keys.group(key))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Group keys (orders, holds, journal per group), then stock keys.
+    fn push_keys(&self, keys: &Keys, invocation: &mut redis::ScriptInvocation<'_>) {
+        for g in &self.groups {
+            invocation
+                .key(keys.orders(*g))
+                .key(keys.holds(*g))
+                .key(keys.journal(*g));
+        }
+        for key in &self.positions {
+            invocation.key(keys.stock(*key));
+        }
+    }
+
+    /// Counts, then (group#, warehouseId, skuId) per position.
+    fn push_position_args(&self, keys: &Keys, invocation: &mut redis::ScriptInvocation<'_>) {
+        invocation.arg(self.groups.len()).arg(self.positions.len());
+        for key in &self.positions {
+            invocation
+                .arg(self.group_of(keys, *key))
+                .arg(key.warehouse_id)
+                .arg(key.sku_id);
+        }
+    }
 }
 
 impl RedisStore {
@@ -205,194 +237,215 @@ impl RedisStore {
             return Ok(vec![]);
         }
         let keys = &self.keys;
-        let mut key_list: Vec<String> = vec![keys.journal(), keys.holds()];
-        let mut stock_index: HashMap<SkuKey, usize> = HashMap::new();
-        let mut args: Vec<String> = Vec::with_capacity(5 + orders.len() * 9);
-        args.push(params.now_ms.to_string());
-        args.push(params.hold_ms.to_string());
-        args.push(params.marker_ttl_ms.to_string());
-        args.push(params.max_journal_entries.to_string());
-        args.push(orders.len().to_string());
-        for order in orders {
-            key_list.push(keys.order(&order.order_no));
-            let order_key = key_list.len();
-            args.push(order.order_no.clone());
-            // The journal line is space-separated; the trace id goes last, without newlines.
-            args.push(journal_safe(&order.trace_id));
-            args.push(order_key.to_string());
-            args.push(order.lines.len().to_string());
-            for line in &order.lines {
-                let stock = *stock_index.entry(line.key).or_insert_with(|| {
-                    key_list.push(keys.stock(line.key));
-                    key_list.len()
-                });
-                key_list.push(keys.line(line.key, &order.order_no));
-                let marker = key_list.len();
-                args.push(stock.to_string());
-                args.push(marker.to_string());
-                args.push(line.key.warehouse_id.to_string());
-                args.push(line.key.sku_id.to_string());
-                args.push(line.qty.to_string());
+        let mut layout = CallLayout::default();
+        let line_positions: Vec<Vec<usize>> = orders
+            .iter()
+            .map(|o| {
+                o.lines
+                    .iter()
+                    .map(|l| layout.position(keys, l.key))
+                    .collect()
+            })
+            .collect();
+        let mut invocation = self.scripts.reserve.prepare_invoke();
+        invocation.key(keys.directory());
+        layout.push_keys(keys, &mut invocation);
+        invocation
+            .arg(params.now_ms)
+            .arg(params.hold_ms)
+            .arg(params.max_journal_entries);
+        layout.push_position_args(keys, &mut invocation);
+        invocation.arg(orders.len());
+        for (order, positions) in orders.iter().zip(&line_positions) {
+            invocation
+                .arg(&order.order_no)
+                .arg(wire::word(&order.trace_id, 64))
+                .arg(order.lines.len());
+            for (line, position) in order.lines.iter().zip(positions) {
+                invocation.arg(*position).arg(line.qty);
             }
         }
-        let mut invocation = self.scripts.reserve.prepare_invoke();
-        for key in &key_list {
-            invocation.key(key);
-        }
-        for arg in &args {
-            invocation.arg(arg);
-        }
-        let mut conn = self.conn.clone();
-        let reply: Vec<Value> = self.timed(invocation.invoke_async(&mut conn)).await?;
-        if reply.len() != orders.len() * 3 {
-            return Err(bad(
-                "reserve",
-                format!("{} values for {} orders", reply.len(), orders.len()),
-            ));
-        }
-        reply
-            .chunks(3)
-            .map(|chunk| {
-                let status = value_string(&chunk[0]).unwrap_or_default();
-                let number = |v: &Value| match v {
-                    Value::Int(n) => *n,
-                    other => value_string(other)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0),
-                };
-                parse_reserve_reply(&status, number(&chunk[1]), number(&chunk[2]))
-            })
-            .collect()
+        let items = self
+            .run_script("reserve", &invocation, Some(orders.len()))
+            .await?;
+        items.iter().map(parse_reserve_reply).collect()
     }
 
-    /// The order's index: what `GET` of it says.
-    async fn order_index(&self, order_no: &str) -> RedisResult<Option<String>> {
+    /// What the directory says of each order (None: unknown).
+    pub async fn lookup_orders(&self, order_nos: &[String]) -> RedisResult<Vec<Option<DirectoryEntry>>> {
+        if order_nos.is_empty() {
+            return Ok(vec![]);
+        }
         let mut conn = self.conn.clone();
-        self.timed(
-            redis::cmd("GET")
-                .arg(self.keys.order(order_no))
-                .query_async(&mut conn),
-        )
-        .await
+        let mut out = Vec::with_capacity(order_nos.len());
+        for chunk in order_nos.chunks(1000) {
+            let raw: Vec<Option<String>> = self
+                .timed(
+                    redis::cmd("HMGET")
+                        .arg(self.keys.directory())
+                        .arg(chunk)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            out.extend(raw.iter().map(|r| r.as_deref().and_then(DirectoryEntry::parse)));
+        }
+        Ok(out)
     }
 
-    /// The positions of an order's lines, as its index in Redis lists them (none for an
-    /// unknown order or a tombstone).
+    /// The positions of an order's lines, as the directory lists them (none for an unknown
+    /// order or a tombstone), sorted.
     pub async fn order_lines(&self, order_no: &str) -> RedisResult<Vec<SkuKey>> {
-        Ok(parse_order_index(
-            self.order_index(order_no).await?.as_deref().unwrap_or(""),
+        let entry = self
+            .lookup_orders(&[order_no.to_string()])
+            .await?
+            .pop()
+            .flatten();
+        let mut lines = entry.map(|e| e.positions()).unwrap_or_default();
+        lines.sort();
+        Ok(lines)
+    }
+
+    /// Whether a release left a tombstone for this order.
+    pub async fn has_tombstone(&self, order_no: &str) -> RedisResult<bool> {
+        Ok(matches!(
+            self.lookup_orders(&[order_no.to_string()]).await?.pop().flatten(),
+            Some(DirectoryEntry::Tombstone { .. })
         ))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub async fn confirm_order(
+    /// Confirms or releases a batch of orders (all of one kind) in one script call.
+    pub async fn transition_batch(
         &self,
-        order_no: &str,
-        lines: &[SkuKey],
-        trace_id: &str,
+        orders: &[TransitionOrder],
         now_ms: i64,
         max_journal_entries: u64,
-        even_if_expired: bool,
-    ) -> RedisResult<TransitionReply> {
-        let mut invocation = self.scripts.confirm.prepare_invoke();
-        invocation.key(self.keys.journal()).key(self.keys.holds());
-        for line in lines {
+    ) -> RedisResult<Vec<TransitionReply>> {
+        let Some(first) = orders.first() else {
+            return Ok(vec![]);
+        };
+        let confirm = first.op.is_confirm();
+        if orders.iter().any(|o| o.op.is_confirm() != confirm) {
+            return Err(bad("transition", "a batch mixes confirms and releases"));
+        }
+        let keys = &self.keys;
+        let mut layout = CallLayout::default();
+        for order in orders {
+            for key in &order.positions {
+                layout.position(keys, *key);
+            }
+        }
+        let (script, name) = if confirm {
+            (&self.scripts.confirm, "confirm")
+        } else {
+            (&self.scripts.release, "release")
+        };
+        let mut invocation = script.prepare_invoke();
+        layout.push_keys(keys, &mut invocation);
+        invocation.arg(now_ms).arg(max_journal_entries);
+        layout.push_position_args(keys, &mut invocation);
+        invocation.arg(orders.len());
+        for order in orders {
             invocation
-                .key(self.keys.stock(*line))
-                .key(self.keys.line(*line, order_no));
+                .arg(&order.order_no)
+                .arg(wire::word(&order.trace_id, 64));
+            match &order.op {
+                TransitionOp::Confirm { even_if_expired } => {
+                    invocation.arg(if *even_if_expired { "1" } else { "0" });
+                }
+                TransitionOp::Release {
+                    reason,
+                    remark,
+                    only_if_expired,
+                } => {
+                    invocation
+                        .arg(reason.as_str())
+                        .arg(wire::remark(remark, 255))
+                        .arg(if *only_if_expired { "1" } else { "0" });
+                }
+            }
+            let mut groups: Vec<usize> = order
+                .positions
+                .iter()
+                .map(|k| layout.group_of(keys, *k))
+                .collect();
+            groups.sort_unstable();
+            groups.dedup();
+            invocation.arg(groups.len());
+            for g in groups {
+                invocation.arg(g);
+            }
         }
-        invocation
-            .arg(now_ms)
-            .arg(order_no)
-            .arg(trace_id)
-            .arg(max_journal_entries)
-            .arg(if even_if_expired { "1" } else { "0" });
-        for line in lines {
-            invocation.arg(line.warehouse_id).arg(line.sku_id);
-        }
-        let mut conn = self.conn.clone();
-        let reply: String = self.timed(invocation.invoke_async(&mut conn)).await?;
-        parse_transition("confirm", &reply)
+        let items = self.run_script(name, &invocation, Some(orders.len())).await?;
+        items.iter().map(|item| parse_transition(name, item)).collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub async fn release_order(
-        &self,
-        order_no: &str,
-        lines: &[SkuKey],
-        trace_id: &str,
-        reason: LedgerReason,
-        remark: &str,
-        tombstone_ttl_ms: i64,
-        only_if_expired: bool,
-        now_ms: i64,
-        max_journal_entries: u64,
-    ) -> RedisResult<TransitionReply> {
-        let mut invocation = self.scripts.release.prepare_invoke();
-        invocation
-            .key(self.keys.journal())
-            .key(self.keys.holds())
-            .key(self.keys.order(order_no));
-        for line in lines {
-            invocation
-                .key(self.keys.stock(*line))
-                .key(self.keys.line(*line, order_no));
-        }
-        invocation
-            .arg(now_ms)
-            .arg(order_no)
-            .arg(trace_id)
-            .arg(max_journal_entries)
-            .arg(reason.as_str())
-            .arg(remark)
-            .arg(tombstone_ttl_ms)
-            .arg(if only_if_expired { "1" } else { "0" });
-        for line in lines {
-            invocation.arg(line.warehouse_id).arg(line.sku_id);
-        }
-        let mut conn = self.conn.clone();
-        let reply: String = self.timed(invocation.invoke_async(&mut conn)).await?;
-        parse_transition("release", &reply)
+    /// Leaves a tombstone for an order Redis has no record of (a release that came before
+    /// its reservation). Tombstone, or Retry when the order was reserved meanwhile.
+    pub async fn tombstone(&self, order_no: &str, until_ms: i64) -> RedisResult<TransitionReply> {
+        let mut invocation = self.scripts.tombstone.key(self.keys.directory());
+        invocation.arg(order_no).arg(until_ms);
+        let item = self.run_script_one("tombstone", &invocation).await?;
+        parse_transition("tombstone", &item)
     }
 
-    /// The markers of an order's lines (None where a marker is gone).
+    /// The states of an order's lines (None where Redis no longer has a line).
     pub async fn line_markers(
         &self,
         order_no: &str,
         lines: &[SkuKey],
     ) -> RedisResult<Vec<Option<LineMarker>>> {
-        let keys = lines.iter().map(|l| self.keys.line(*l, order_no)).collect();
-        self.markers(keys).await
+        let mut groups: Vec<u32> = lines.iter().map(|k| self.keys.group(*k)).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let mut pipe = redis::pipe();
+        for g in &groups {
+            pipe.cmd("HGET").arg(self.keys.orders(*g)).arg(order_no);
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<Option<String>> = self.timed(pipe.query_async(&mut conn)).await?;
+        let records: HashMap<u32, OrderRecord> = groups
+            .iter()
+            .zip(raw)
+            .filter_map(|(g, r)| Some((*g, OrderRecord::parse(r.as_deref()?)?)))
+            .collect();
+        Ok(lines
+            .iter()
+            .map(|key| {
+                let record = records.get(&self.keys.group(*key))?;
+                let line = record.line(*key)?;
+                Some(LineMarker {
+                    status: line.status,
+                    qty: line.qty,
+                    expire_at_ms: record.expire_at_ms,
+                })
+            })
+            .collect())
     }
 
-    /// The markers of many orders' lines in one position.
+    /// The states of many orders' lines in one position.
     pub async fn position_markers(
         &self,
         key: SkuKey,
         orders: &[String],
     ) -> RedisResult<Vec<Option<LineMarker>>> {
-        let keys = orders.iter().map(|o| self.keys.line(key, o)).collect();
-        self.markers(keys).await
-    }
-
-    /// Reads markers, pipelined in chunks.
-    async fn markers(&self, keys: Vec<String>) -> RedisResult<Vec<Option<LineMarker>>> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(1000) {
-            let mut pipe = redis::pipe();
-            for key in chunk {
-                pipe.cmd("GET").arg(key);
-            }
-            let mut conn = self.conn.clone();
-            let replies: Vec<Option<String>> = self.timed(pipe.query_async(&mut conn)).await?;
-            out.extend(replies.iter().map(|raw| parse_marker(raw.as_deref()?)));
+        let mut out = Vec::with_capacity(orders.len());
+        let hash = self.keys.orders(self.keys.group(key));
+        let mut conn = self.conn.clone();
+        for chunk in orders.chunks(1000) {
+            let raw: Vec<Option<String>> = self
+                .timed(redis::cmd("HMGET").arg(&hash).arg(chunk).query_async(&mut conn))
+                .await?;
+            out.extend(raw.iter().map(|r| {
+                let record = OrderRecord::parse(r.as_deref()?)?;
+                let line = record.line(key)?;
+                Some(LineMarker {
+                    status: line.status,
+                    qty: line.qty,
+                    expire_at_ms: record.expire_at_ms,
+                })
+            }));
         }
         Ok(out)
-    }
-
-    /// Whether a release left a tombstone for this order.
-    pub async fn has_tombstone(&self, order_no: &str) -> RedisResult<bool> {
-        Ok(self.order_index(order_no).await?.as_deref() == Some(TOMBSTONE))
     }
 }
 
@@ -400,61 +453,57 @@ impl RedisStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn markers_and_order_indexes_parse() {
-        assert_eq!(
-            parse_marker("CONFIRMED 3 1732540000000"),
-            Some(LineMarker {
-                status: ReservationStatus::Confirmed,
-                qty: 3,
-                expire_at_ms: 1_732_540_000_000
-            })
-        );
-        for bad in [
-            "",
-            "RESERVED 3",
-            "HELD 3 1",
-            "RESERVED x 1",
-            "RESERVED 3 1 extra",
-        ] {
-            assert_eq!(parse_marker(bad), None, "{bad:?}");
+    fn item(status: &str, n: [i64; 4]) -> ReplyItem {
+        ReplyItem {
+            status: status.into(),
+            n,
         }
-        assert_eq!(
-            parse_order_index("2:7 1:9"),
-            vec![SkuKey::new(1, 9), SkuKey::new(2, 7)]
-        );
-        assert!(parse_order_index(TOMBSTONE).is_empty());
-        assert!(parse_order_index("").is_empty());
     }
 
     #[test]
     fn replies_parse() {
         assert_eq!(
-            parse_reserve_reply("EXISTS:CONFIRMED", 1_700_000_000_000, 0).unwrap(),
+            parse_reserve_reply(&item("EXISTS:CONFIRMED", [1_700_000_000_000, 0, 0, 0])).unwrap(),
             ReserveReply::Exists {
                 lines: vec![(ReservationStatus::Confirmed, 1_700_000_000_000)]
             }
         );
         assert_eq!(
-            parse_reserve_reply("INSUFFICIENT", 2, 3).unwrap(),
+            parse_reserve_reply(&item("INSUFFICIENT", [2, 3, 0, 0])).unwrap(),
             ReserveReply::Insufficient {
                 line: 1,
                 available: 3
             }
         );
         assert_eq!(
-            parse_reserve_reply("CONFLICT", 0, 0).unwrap(),
+            parse_reserve_reply(&item("CONFLICT", [0; 4])).unwrap(),
             ReserveReply::Conflict { line: None }
         );
-        assert!(parse_reserve_reply("WHAT", 0, 0).is_err());
-        assert_eq!(journal_safe("a b\nc"), "a_b_c");
+        assert!(parse_reserve_reply(&item("WHAT", [0; 4])).is_err());
         assert_eq!(
-            parse_transition("release", r#"{"st":"RELEASED"}"#).unwrap(),
+            parse_transition("release", &item("RELEASED", [0; 4])).unwrap(),
             TransitionReply::Done
         );
         assert_eq!(
-            parse_transition("confirm", r#"{"st":"RELEASED","i":1}"#).unwrap(),
-            TransitionReply::Released { line: 0 }
+            parse_transition("confirm", &item("RELEASED", [1, 1001, 0, 0])).unwrap(),
+            TransitionReply::Released {
+                key: SkuKey::new(1, 1001)
+            }
         );
+    }
+
+    #[test]
+    fn a_call_numbers_groups_and_positions_once() {
+        let keys = Keys::new("", 16);
+        let mut layout = CallLayout::default();
+        let a = SkuKey::new(1, 1);
+        let b = SkuKey::new(1, 2);
+        assert_eq!(layout.position(&keys, a), 1);
+        assert_eq!(layout.position(&keys, b), 2);
+        assert_eq!(layout.position(&keys, a), 1);
+        assert_eq!(layout.positions.len(), 2);
+        let expected_groups = if keys.group(a) == keys.group(b) { 1 } else { 2 };
+        assert_eq!(layout.groups.len(), expected_groups);
+        assert_eq!(layout.group_of(&keys, a), 1);
     }
 }

@@ -4,15 +4,15 @@
 use redis::Value;
 
 use crate::domain::{ReservationStatus, SkuKey, StockLevels};
-use crate::store::redis::{value_string, RedisResult, RedisStore, RedisStoreError};
+use crate::store::redis::{RedisResult, RedisStore, RedisStoreError};
+use crate::store::wire::{DirectoryEntry, OrderRecord, RecordLine};
 
-/// A line as the DB has it, for rebuilding its marker.
+/// An order as the DB has it (every line), for rebuilding its directory entry and records.
 #[derive(Debug, Clone)]
-pub struct LineSnapshot {
+pub struct OrderSnapshot {
     pub order_no: String,
-    pub status: ReservationStatus,
-    pub qty: i64,
     pub expire_at_ms: i64,
+    pub lines: Vec<RecordLine>,
 }
 
 impl RedisStore {
@@ -24,38 +24,152 @@ impl RedisStore {
             .arg(owner)
             .arg(ttl_ms)
             .arg(if give_up { "release" } else { "keep" });
-        let mut conn = self.conn.clone();
-        let token: i64 = self.timed(invocation.invoke_async(&mut conn)).await?;
-        Ok((token > 0).then_some(token))
+        let item = self.run_script_one("lease", &invocation).await?;
+        Ok((item.status == "LEADER" && item.n[0] > 0).then_some(item.n[0]))
     }
 
-    /// Orders whose holds expired by `now_ms`, oldest first.
+    /// Orders whose holds expired by `now_ms`, oldest first, from every group's holds.
     pub async fn due_holds(&self, now_ms: i64, limit: usize) -> RedisResult<Vec<String>> {
-        let mut conn = self.conn.clone();
-        self.timed(
-            redis::cmd("ZRANGEBYSCORE")
-                .arg(self.keys.holds())
+        let mut pipe = redis::pipe();
+        for g in 0..self.keys.groups() {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(self.keys.holds(g))
                 .arg("-inf")
                 .arg(now_ms)
+                .arg("WITHSCORES")
                 .arg("LIMIT")
                 .arg(0)
-                .arg(limit)
-                .query_async(&mut conn),
-        )
-        .await
+                .arg(limit);
+        }
+        let mut conn = self.conn.clone();
+        let per_group: Vec<Vec<(String, f64)>> = self.timed(pipe.query_async(&mut conn)).await?;
+        let mut due: Vec<(f64, String)> = per_group
+            .into_iter()
+            .flatten()
+            .map(|(order, score)| (score, order))
+            .collect();
+        due.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        // A multi-group order is held in each of its groups.
+        let mut seen = std::collections::HashSet::new();
+        Ok(due
+            .into_iter()
+            .filter(|(_, order)| seen.insert(order.clone()))
+            .map(|(_, order)| order)
+            .take(limit)
+            .collect())
     }
 
+    /// Drops an order from every group's holds (it is settled, or Redis has no record).
     pub async fn forget_hold(&self, order_no: &str) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for g in 0..self.keys.groups() {
+            pipe.cmd("ZREM").arg(self.keys.holds(g)).arg(order_no).ignore();
+        }
         let mut conn = self.conn.clone();
-        let _: i64 = self
+        let _: () = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Holds due by `now_ms` that are still held, across groups: (count, oldest expiry ms).
+    pub async fn due_hold_stats(&self, now_ms: i64) -> RedisResult<(u64, Option<i64>)> {
+        let mut pipe = redis::pipe();
+        for g in 0..self.keys.groups() {
+            pipe.cmd("ZCOUNT").arg(self.keys.holds(g)).arg("-inf").arg(now_ms);
+            pipe.cmd("ZRANGE")
+                .arg(self.keys.holds(g))
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES");
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Value> = self.timed(pipe.query_async(&mut conn)).await?;
+        let mut count = 0u64;
+        let mut oldest: Option<i64> = None;
+        for pair in replies.chunks(2) {
+            if let [Value::Int(n), first] = pair {
+                count += u64::try_from(*n).unwrap_or(0);
+                if *n > 0 {
+                    let score = match first {
+                        Value::Array(v) => v.get(1).and_then(super::redis::value_string),
+                        _ => None,
+                    };
+                    if let Some(ms) = score.and_then(|s| s.parse::<f64>().ok()) {
+                        let ms = ms as i64;
+                        oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
+                    }
+                }
+            }
+        }
+        Ok((count, oldest))
+    }
+
+    /// Forgets, in bulk, orders whose holds and markers have lived out (never one with a
+    /// held line): the directory is scanned from `cursor` (`count` entries); returns the
+    /// next cursor (0 when done) and how many orders were removed.
+    pub async fn sweep_orders(
+        &self,
+        cursor: u64,
+        count: usize,
+        now_ms: i64,
+        marker_ttl_ms: i64,
+    ) -> RedisResult<(u64, u64)> {
+        let mut conn = self.conn.clone();
+        let (next, flat): (u64, Vec<String>) = self
             .timed(
-                redis::cmd("ZREM")
-                    .arg(self.keys.holds())
-                    .arg(order_no)
+                redis::cmd("HSCAN")
+                    .arg(self.keys.directory())
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(count)
                     .query_async(&mut conn),
             )
             .await?;
-        Ok(())
+        let mut candidates: Vec<(String, Vec<u32>)> = Vec::new();
+        for pair in flat.chunks(2) {
+            let [order_no, raw] = pair else { continue };
+            match DirectoryEntry::parse(raw) {
+                Some(DirectoryEntry::Tombstone { until_ms }) if until_ms <= now_ms => {
+                    candidates.push((order_no.clone(), vec![]));
+                }
+                Some(entry @ DirectoryEntry::Order { expire_at_ms, .. })
+                    if expire_at_ms + marker_ttl_ms <= now_ms =>
+                {
+                    let mut groups: Vec<u32> =
+                        entry.positions().iter().map(|k| self.keys.group(*k)).collect();
+                    groups.sort_unstable();
+                    groups.dedup();
+                    candidates.push((order_no.clone(), groups));
+                }
+                _ => {}
+            }
+        }
+        if candidates.is_empty() {
+            return Ok((next, 0));
+        }
+        let mut call_groups: Vec<u32> = candidates.iter().flat_map(|(_, g)| g.clone()).collect();
+        call_groups.sort_unstable();
+        call_groups.dedup();
+        let index = |g: u32| call_groups.iter().position(|x| *x == g).map_or(0, |i| i + 1);
+        let mut invocation = self.scripts.sweep.key(self.keys.directory());
+        for g in &call_groups {
+            invocation
+                .key(self.keys.orders(*g))
+                .key(self.keys.holds(*g))
+                .key(self.keys.journal(*g));
+        }
+        invocation
+            .arg(now_ms)
+            .arg(marker_ttl_ms)
+            .arg(call_groups.len())
+            .arg(candidates.len());
+        for (order_no, groups) in &candidates {
+            invocation.arg(order_no).arg(groups.len());
+            for g in groups {
+                invocation.arg(index(*g));
+            }
+        }
+        let item = self.run_script_one("sweep", &invocation).await?;
+        Ok((next, u64::try_from(item.n[0]).unwrap_or(0)))
     }
 
     /// Marks Redis as loaded from the DB (at start-up and after a rebuild).
@@ -88,7 +202,6 @@ impl RedisStore {
     pub async fn scan_positions(&self) -> RedisResult<Vec<SkuKey>> {
         let mut conn = self.conn.clone();
         let pattern = self.keys.stock_pattern();
-        let prefix_len = self.keys.prefix().len() + "inv:{".len();
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
         loop {
@@ -103,16 +216,7 @@ impl RedisStore {
                         .query_async(&mut conn),
                 )
                 .await?;
-            for key in keys {
-                let inner = key
-                    .get(prefix_len..key.len().saturating_sub(1))
-                    .unwrap_or("");
-                if let Some((w, s)) = inner.split_once(':') {
-                    if let (Ok(w), Ok(s)) = (w.parse(), s.parse()) {
-                        out.push(SkuKey::new(w, s));
-                    }
-                }
-            }
+            out.extend(keys.iter().filter_map(|k| self.keys.parse_stock_key(k)));
             cursor = next;
             if cursor == 0 {
                 break;
@@ -123,51 +227,62 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// Loads a position and its lines' markers from the DB where Redis lacks them.
-    /// Returns (stock loaded, markers restored).
+    /// Loads a position and the orders with lines in it from the DB where Redis lacks
+    /// them. Returns (stock loaded, orders restored).
     pub async fn rebuild_position(
         &self,
         key: SkuKey,
         levels: StockLevels,
-        lines: &[LineSnapshot],
-        marker_ttl_ms: i64,
-        now_ms: i64,
+        orders: &[OrderSnapshot],
     ) -> RedisResult<(bool, usize)> {
         let mut loaded = false;
         let mut restored = 0;
-        // Bounded script calls: a hot SKU may have many lines.
-        let chunks: Vec<&[LineSnapshot]> = if lines.is_empty() {
+        let group = self.keys.group(key);
+        // Bounded script calls: a hot SKU may have many orders.
+        let chunks: Vec<&[OrderSnapshot]> = if orders.is_empty() {
             vec![&[]]
         } else {
-            lines.chunks(500).collect()
+            orders.chunks(500).collect()
         };
         for chunk in chunks {
             let mut invocation = self.scripts.rebuild.key(self.keys.stock(key));
-            invocation.key(self.keys.holds());
-            for line in chunk {
-                invocation
-                    .key(self.keys.line(key, &line.order_no))
-                    .key(self.keys.order(&line.order_no));
-            }
             invocation
+                .key(self.keys.directory())
+                .key(self.keys.orders(group))
+                .key(self.keys.holds(group))
                 .arg(levels.available)
                 .arg(levels.reserved)
                 .arg(levels.confirmed)
                 .arg(levels.seq)
-                .arg(marker_ttl_ms)
-                .arg(now_ms)
-                .arg(format!("{}:{}", key.warehouse_id, key.sku_id));
-            for line in chunk {
+                .arg(chunk.len());
+            for order in chunk {
+                let listed = DirectoryEntry::Order {
+                    expire_at_ms: order.expire_at_ms,
+                    lines: order.lines.iter().map(|l| (l.key, l.qty)).collect(),
+                };
+                let record = OrderRecord {
+                    expire_at_ms: order.expire_at_ms,
+                    lines: order
+                        .lines
+                        .iter()
+                        .filter(|l| self.keys.group(l.key) == group)
+                        .copied()
+                        .collect(),
+                };
+                let held = record
+                    .lines
+                    .iter()
+                    .any(|l| l.status == ReservationStatus::Reserved);
                 invocation
-                    .arg(&line.order_no)
-                    .arg(line.status.as_str())
-                    .arg(line.qty)
-                    .arg(line.expire_at_ms);
+                    .arg(&order.order_no)
+                    .arg(listed.format())
+                    .arg(record.format())
+                    .arg(order.expire_at_ms)
+                    .arg(if held { "1" } else { "0" });
             }
-            let mut conn = self.conn.clone();
-            let reply: Vec<i64> = self.timed(invocation.invoke_async(&mut conn)).await?;
-            loaded |= reply.first().copied() == Some(1);
-            restored += reply.get(1).copied().unwrap_or(0) as usize;
+            let item = self.run_script_one("rebuild", &invocation).await?;
+            loaded |= item.status == "LOADED";
+            restored += usize::try_from(item.n[0]).unwrap_or(0);
         }
         Ok((loaded, restored))
     }
@@ -184,7 +299,7 @@ impl RedisStore {
     ) -> RedisResult<Option<i64>> {
         let mut invocation = self.scripts.reconcile.key(self.keys.stock(key));
         invocation
-            .key(self.keys.journal())
+            .key(self.keys.journal(self.keys.group(key)))
             .arg(expected_seq)
             .arg(target.available)
             .arg(target.reserved)
@@ -192,18 +307,11 @@ impl RedisStore {
             .arg(key.warehouse_id)
             .arg(key.sku_id)
             .arg(chrono::Utc::now().timestamp_millis())
-            .arg(remark)
-            .arg(trace_id);
-        let mut conn = self.conn.clone();
-        let reply: Vec<Value> = self.timed(invocation.invoke_async(&mut conn)).await?;
-        let status = reply.first().and_then(value_string).unwrap_or_default();
-        let seq = reply
-            .get(1)
-            .and_then(value_string)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(-1);
-        match status.as_str() {
-            "OK" => Ok(Some(seq)),
+            .arg(crate::store::wire::remark(remark, 255))
+            .arg(crate::store::wire::word(trace_id, 64));
+        let item = self.run_script_one("reconcile", &invocation).await?;
+        match item.status.as_str() {
+            "OK" => Ok(Some(item.n[0])),
             "CHANGED" => Ok(None),
             other => Err(RedisStoreError::BadReply {
                 script: "reconcile",

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::crash::{free_port, reserve_until_dead, start_service_with, stock_in};
 use crate::helpers::{create_test_database, test_settings};
 
-fn start_redis(port: u16, dir: &std::path::Path) -> Child {
+pub(crate) fn start_redis(port: u16, dir: &std::path::Path) -> Child {
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--dir", dir.to_str().expect("utf-8 path")])

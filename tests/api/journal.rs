@@ -49,10 +49,12 @@ async fn replaying_entries_that_were_already_written_changes_nothing() {
 
     // Write every entry still in the stream to the DB again, as a crash between the DB
     // commit and the acknowledgement would.
+    let keys = app.redis.keys();
+    let group = keys.group(key);
     let entries: redis::streams::StreamRangeReply = app
         .redis_cmd(
             redis::cmd("XRANGE")
-                .arg(app.redis.keys().journal())
+                .arg(keys.journal(group))
                 .arg("-")
                 .arg("+"),
         )
@@ -64,7 +66,7 @@ async fn replaying_entries_that_were_already_written_changes_nothing() {
         .map(|e| {
             let payload: String = e.get("e").unwrap();
             (
-                e.id.clone(),
+                inventory::store::journal::txn_prefix(group, &e.id),
                 inventory::store::journal::parse_entry(&e.id, &payload).unwrap(),
             )
         })
@@ -85,17 +87,16 @@ async fn a_batch_larger_than_one_statement_allows_is_written_in_chunks() {
     let app = spawn_app_with(&[]).await;
     // One journal entry with 5,000 events (a shard batch can carry thousands of lines),
     // beyond MySQL's 65,535 placeholders if written as one statement.
-    let events: Vec<serde_json::Value> = (0..5_000)
+    let events: Vec<String> = (0..5_000)
         .map(|n| {
-            json!({"k": "RES", "w": "1", "s": (90_000 + n % 50).to_string(), "da": -1, "dr": 1,
-                   "a": 100, "r": 1, "v": n + 1, "rs": "RESERVE", "o": format!("BIG-{n}"),
-                   "tr": "", "ts": 0, "q": 1, "x": 1_700_000_000_000i64})
+            format!(
+                "RES 1 {} -1 1 100 1 {} 1 1700000000000 0 RESERVE BIG-{n}  ",
+                90_000 + n % 50,
+                n + 1
+            )
         })
         .collect();
-    let entry = (
-        "1-0".to_string(),
-        serde_json::Value::Array(events).to_string(),
-    );
+    let entry = ("1-0".to_string(), events.join("\n"));
     let parsed = vec![(
         entry.0.clone(),
         inventory::store::journal::parse_entry(&entry.0, &entry.1).unwrap(),

@@ -10,6 +10,7 @@ mod fuzz;
 mod health;
 mod inventory;
 mod journal;
+mod layout;
 mod kafka;
 mod kafka_e2e;
 mod kafka_restart;

@@ -266,8 +266,13 @@ async fn reconciliation_reports_each_difference_and_repair_restores_the_invarian
                 .arg(5),
         )
         .await;
+    let keys = app.redis.keys();
     let _: i64 = app
-        .redis_cmd(redis::cmd("DEL").arg(app.redis.keys().line(b, "R-B")))
+        .redis_cmd(
+            redis::cmd("HDEL")
+                .arg(keys.orders(keys.group(b)))
+                .arg("R-B"),
+        )
         .await;
     let mut conn = app.db_conn().await;
     diesel::sql_query(
@@ -402,7 +407,7 @@ async fn another_instance_takes_over_when_the_leader_is_killed() {
             ("supervisor.tick_ms", 100.into()),
         ],
     );
-    let lease_key = inventory::store::redis::Keys::new(&prefix).leader();
+    let lease_key = inventory::store::wire::Keys::new(&prefix, 16).leader();
     let redis = inventory::store::redis::RedisStore::connect(&settings.redis)
         .await
         .unwrap();
@@ -456,12 +461,16 @@ async fn a_cancel_while_redis_had_lost_the_order_does_not_strand_its_hold() {
     app.drain_journal().await;
 
     // Redis loses this order (marker and index); a cancel arrives in that window.
+    let keys = app.redis.keys();
     let _: i64 = app
         .redis_cmd(
-            redis::cmd("DEL")
-                .arg(app.redis.keys().line(key, "STRAND-1"))
-                .arg(app.redis.keys().order("STRAND-1")),
+            redis::cmd("HDEL")
+                .arg(keys.orders(keys.group(key)))
+                .arg("STRAND-1"),
         )
+        .await;
+    let _: i64 = app
+        .redis_cmd(redis::cmd("HDEL").arg(keys.directory()).arg("STRAND-1"))
         .await;
     let (status, body) = app
         .post("/inventory/reservations/release?orderNo=STRAND-1")

@@ -1,0 +1,265 @@
+-- Shared by every script: prepended to each one when it is loaded (store/redis.rs), so the
+-- layout below is written once. src/store/wire.rs is the Rust half; a test checks that the
+-- three constants here match it.
+--
+-- Layout (docs/redis-layout.md):
+--   order record    '<expireAt> <w>:<s>:<qty>:<STATE> ...'  (an order's lines in one group)
+--   directory entry '<expireAt> <w>:<s>:<qty> ...' or '! <until>' (a tombstone)
+--   journal line    'KIND w s da dr a r v q x ts reason orderNo traceId remark'
+--   reply           a flat array, REPLY_WIDTH values per item: status, then 4 integers
+local RANK = {RESERVED = 1, CONFIRMED = 2, RELEASED = 2}
+local JOURNAL_FIELDS = 15
+local REPLY_WIDTH = 5
+-- Values per variadic call: Lua's unpack has a stack limit (about 8000).
+local SLICE = 4000
+
+local function reply(out, status, a, b, c, d)
+  out[#out + 1] = status
+  out[#out + 1] = a or 0
+  out[#out + 1] = b or 0
+  out[#out + 1] = c or 0
+  out[#out + 1] = d or 0
+end
+
+-- Integers as text: tostring would write large numbers in exponent form.
+local function int(n)
+  return string.format('%d', n)
+end
+
+local function parse_record(raw)
+  if not raw then
+    return nil
+  end
+  local rec = {lines = {}}
+  for field in string.gmatch(raw, '%S+') do
+    if not rec.x then
+      rec.x = tonumber(field)
+    else
+      local w, s, q, st = string.match(field, '^([^:]+):([^:]+):([^:]+):([^:]+)$')
+      rec.lines[#rec.lines + 1] = {w = w, s = s, q = tonumber(q), st = st}
+    end
+  end
+  return rec
+end
+
+local function format_record(rec)
+  local parts = {int(rec.x)}
+  for _, l in ipairs(rec.lines) do
+    parts[#parts + 1] = l.w .. ':' .. l.s .. ':' .. int(l.q) .. ':' .. l.st
+  end
+  return table.concat(parts, ' ')
+end
+
+local function parse_directory(raw)
+  if not raw then
+    return nil
+  end
+  local until_ms = string.match(raw, '^! (%d+)$')
+  if until_ms then
+    return {tomb = tonumber(until_ms)}
+  end
+  local entry = {lines = {}}
+  for field in string.gmatch(raw, '%S+') do
+    if not entry.x then
+      entry.x = tonumber(field)
+    else
+      local w, s, q = string.match(field, '^([^:]+):([^:]+):([^:]+)$')
+      entry.lines[#entry.lines + 1] = {w = w, s = s, q = tonumber(q)}
+    end
+  end
+  return entry
+end
+
+local function journal_line(kind, w, s, da, dr, a, r, v, q, x, ts, reason, order_no, trace, remark)
+  return table.concat({kind, w, s, int(da), int(dr), int(a), int(r), int(v), int(q), int(x), int(ts),
+    reason, order_no, trace, remark}, ' ')
+end
+
+-- The groups of one call: KEYS[base + 1 ..], three keys each (orders, holds, journal).
+local function call_groups(base, n)
+  local groups = {}
+  for i = 1, n do
+    local k = base + 3 * (i - 1)
+    groups[i] = {o = KEYS[k + 1], h = KEYS[k + 2], j = KEYS[k + 3],
+      reads = {}, asked = {}, records = {}, writes = {}, record_writes = {}, adds = {}, removes = {}, lines = {}}
+  end
+  return groups
+end
+
+-- The positions of one call: ARGV triples (group#, w, s) starting at `at`; their stock
+-- hashes are KEYS[key_base + k]. Counters are read once, on first use, and written once.
+local function call_positions(at, n, key_base)
+  local positions, by_id = {}, {}
+  for k = 1, n do
+    local p = {g = tonumber(ARGV[at]), w = ARGV[at + 1], s = ARGV[at + 2], key = KEYS[key_base + k]}
+    positions[k] = p
+    by_id[p.w .. ':' .. p.s] = p
+    at = at + 3
+  end
+  return positions, by_id, at
+end
+
+local function load_position(p)
+  if p.loaded == nil then
+    local v = redis.call('HMGET', p.key, 'avail', 'reserved', 'confirmed', 'seq')
+    p.loaded = v[1] ~= false
+    p.a, p.r, p.c, p.v = tonumber(v[1] or 0), tonumber(v[2] or 0), tonumber(v[3] or 0), tonumber(v[4] or 0)
+  end
+  return p
+end
+
+-- One HMGET per group of every order the call names in it (the only per-batch read of
+-- order state).
+local function read_records(groups)
+  for _, g in ipairs(groups) do
+    if #g.reads > 0 then
+      for from = 1, #g.reads, SLICE do
+        local to = math.min(from + SLICE - 1, #g.reads)
+        local values = redis.call('HMGET', g.o, unpack(g.reads, from, to))
+        for i = from, to do
+          g.records[g.reads[i]] = values[i - from + 1] or nil
+        end
+      end
+    end
+  end
+end
+
+local function journal_full(g, limit)
+  if g.full == nil then
+    g.full = redis.call('XLEN', g.j) >= limit
+  end
+  return g.full
+end
+
+local function set_record(g, order_no, raw)
+  if g.record_writes[order_no] == nil then
+    g.writes[#g.writes + 1] = order_no
+  end
+  g.record_writes[order_no] = raw
+  g.records[order_no] = raw
+end
+
+-- Writes what a call changed: per group one HSET of records, one ZADD, one ZREM and one
+-- XADD; per position one HSET.
+local function flush(groups, positions)
+  for _, p in ipairs(positions) do
+    if p.dirty then
+      redis.call('HSET', p.key, 'avail', int(p.a), 'reserved', int(p.r), 'confirmed', int(p.c), 'seq', int(p.v))
+    end
+  end
+  for _, g in ipairs(groups) do
+    if #g.writes > 0 then
+      local flat = {}
+      for _, order_no in ipairs(g.writes) do
+        flat[#flat + 1] = order_no
+        flat[#flat + 1] = g.record_writes[order_no]
+      end
+      for from = 1, #flat, SLICE do
+        redis.call('HSET', g.o, unpack(flat, from, math.min(from + SLICE - 1, #flat)))
+      end
+    end
+    for from = 1, #g.adds, SLICE do
+      redis.call('ZADD', g.h, unpack(g.adds, from, math.min(from + SLICE - 1, #g.adds)))
+    end
+    for from = 1, #g.removes, SLICE do
+      redis.call('ZREM', g.h, unpack(g.removes, from, math.min(from + SLICE - 1, #g.removes)))
+    end
+    if #g.lines > 0 then
+      redis.call('XADD', g.j, '*', 'e', table.concat(g.lines, '\n'))
+    end
+  end
+end
+
+-- Marks a position changed (written once by flush).
+local function touch(p)
+  p.dirty = true
+end
+
+-- The orders of a transition call (confirm, release) from ARGV[at]: their count, then per
+-- order orderNo, traceId, `extra` fields of the operation, the number of its groups and
+-- their group#s. Reads every order's records, one HMGET per group.
+local function transition_orders(at, groups, extra)
+  local n = tonumber(ARGV[at])
+  at = at + 1
+  local orders = {}
+  for i = 1, n do
+    local o = {no = ARGV[at], tr = ARGV[at + 1], args = {}, groups = {}}
+    for e = 1, extra do
+      o.args[e] = ARGV[at + 1 + e]
+    end
+    at = at + 2 + extra
+    local ng = tonumber(ARGV[at])
+    at = at + 1
+    for k = 1, ng do
+      local gi = tonumber(ARGV[at])
+      at = at + 1
+      o.groups[k] = gi
+      local g = groups[gi]
+      if not g.asked[o.no] then
+        g.asked[o.no] = true
+        g.reads[#g.reads + 1] = o.no
+      end
+    end
+    orders[i] = o
+  end
+  read_records(groups)
+  return orders
+end
+
+-- An order's lines across its groups, each with its position (p) and group (g), and its
+-- expiry. nil: Redis has no record of it. false: a line names a position the call did not
+-- bring (the caller read the order before it changed): the caller reads it again.
+local function order_lines(o, groups, by_id)
+  local lines, x = {}, nil
+  for _, gi in ipairs(o.groups) do
+    local rec = parse_record(groups[gi].records[o.no])
+    if rec then
+      x = rec.x
+      for _, l in ipairs(rec.lines) do
+        l.p = by_id[l.w .. ':' .. l.s]
+        l.g = gi
+        if not l.p then
+          return false
+        end
+        lines[#lines + 1] = l
+      end
+    end
+  end
+  if #lines == 0 then
+    return nil
+  end
+  return lines, x
+end
+
+-- Whether every position of the lines is in Redis and no journal they go to is full:
+-- nil when the change may go ahead, else the reply status.
+local function cannot_change(lines, groups, max_journal)
+  for _, l in ipairs(lines) do
+    if not load_position(l.p).loaded then
+      return 'NOT_FOUND'
+    end
+    if journal_full(groups[l.p.g], max_journal) then
+      return 'JOURNAL_FULL'
+    end
+  end
+  return nil
+end
+
+-- Writes an order's records back with its lines' new states (one per group) and drops
+-- it from the holds: after a transition no line of it is held.
+local function store_order(o, groups, lines, x)
+  local per = {}
+  for _, l in ipairs(lines) do
+    local rec = per[l.g]
+    if not rec then
+      rec = {x = x, lines = {}}
+      per[l.g] = rec
+    end
+    rec.lines[#rec.lines + 1] = l
+  end
+  for gi, rec in pairs(per) do
+    local g = groups[gi]
+    set_record(g, o.no, format_record(rec))
+    g.removes[#g.removes + 1] = o.no
+  end
+end

@@ -1,0 +1,600 @@
+//! The one place where the Rust side and the Lua scripts agree on the Redis layout (v2):
+//! key names, slot groups, the order directory and order records, the journal line
+//! format, the reply shape every script returns, and the line states with their ranks.
+//! docs/redis-layout.md describes the same in prose; `lua/lib.lua` is the Lua half.
+
+use redis::Value;
+
+use crate::domain::{ReservationStatus, SkuKey};
+
+/// The layout this code writes; stored in the meta hash.
+pub const LAYOUT_VERSION: i64 = 2;
+
+/// The slot group of a position: FNV-1a of (warehouse, sku), modulo the deployment's fixed
+/// number of groups. Stable across processes and restarts (the std hasher is seeded).
+pub fn group_of(key: SkuKey, groups: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key
+        .warehouse_id
+        .to_le_bytes()
+        .iter()
+        .chain(key.sku_id.to_le_bytes().iter())
+    {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(groups.max(1))) as u32
+}
+
+/// Key naming. Every key of a group carries the hash tag `{g<N>}`, so everything one
+/// group's batch touches lives in one Redis Cluster slot.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    groups: u32,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, groups: u32) -> Self {
+        Keys {
+            prefix: prefix.to_string(),
+            groups: groups.max(1),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn groups(&self) -> u32 {
+        self.groups
+    }
+
+    pub fn group(&self, key: SkuKey) -> u32 {
+        group_of(key, self.groups)
+    }
+
+    fn tag(&self, group: u32) -> String {
+        format!("{}inv:{{g{group}}}", self.prefix)
+    }
+
+    /// Hash `{avail, reserved, confirmed, seq}` of one position.
+    pub fn stock(&self, key: SkuKey) -> String {
+        format!(
+            "{}:s:{}:{}",
+            self.tag(self.group(key)),
+            key.warehouse_id,
+            key.sku_id
+        )
+    }
+
+    /// Marker of one stock adjustment request (idempotency of admin calls), hash
+    /// `{delta}` with an expiry.
+    pub fn adjustment(&self, key: SkuKey, request_id: &str) -> String {
+        format!(
+            "{}:adj:{}:{}:{}",
+            self.tag(self.group(key)),
+            key.warehouse_id,
+            key.sku_id,
+            request_id
+        )
+    }
+
+    /// Hash of a group's order records: field orderNo, value [`OrderRecord`] (the order's
+    /// lines in this group and their states).
+    pub fn orders(&self, group: u32) -> String {
+        format!("{}:o", self.tag(group))
+    }
+
+    /// Sorted set of a group's orders with held lines, scored by expiry (ms).
+    pub fn holds(&self, group: u32) -> String {
+        format!("{}:h", self.tag(group))
+    }
+
+    /// The stream a group's changes are appended to (journal lines, see [`JournalLine`]).
+    pub fn journal(&self, group: u32) -> String {
+        format!("{}:j", self.tag(group))
+    }
+
+    /// The order directory: field orderNo, value [`DirectoryEntry`]: which lines an order
+    /// has (so a lookup by orderNo alone finds its groups), or a tombstone.
+    pub fn directory(&self) -> String {
+        format!("{}inv:{{dir}}:o", self.prefix)
+    }
+
+    /// Hash `{layout, groups}`: what this deployment's Redis holds.
+    pub fn meta(&self) -> String {
+        format!("{}inv:meta", self.prefix)
+    }
+
+    /// The supervisor's lease and its fencing counter.
+    pub fn leader(&self) -> String {
+        format!("{}inv:leader", self.prefix)
+    }
+
+    pub fn leader_token(&self) -> String {
+        format!("{}inv:leader:token", self.prefix)
+    }
+
+    /// Set when Redis was loaded from the DB; its absence means Redis lost its data.
+    pub fn epoch(&self) -> String {
+        format!("{}inv:epoch", self.prefix)
+    }
+
+    /// SCAN pattern of every stock hash.
+    pub fn stock_pattern(&self) -> String {
+        format!("{}inv:{{g*}}:s:*", self.prefix)
+    }
+
+    /// The position a stock key names.
+    pub fn parse_stock_key(&self, key: &str) -> Option<SkuKey> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("inv:{g")?;
+        let (_, rest) = rest.split_once("}:s:")?;
+        let (w, s) = rest.split_once(':')?;
+        Some(SkuKey::new(w.parse().ok()?, s.parse().ok()?))
+    }
+
+    /// Every group's journal stream, in group order.
+    pub fn journals(&self) -> Vec<String> {
+        (0..self.groups).map(|g| self.journal(g)).collect()
+    }
+}
+
+/// Line states and their ranks (a state of higher rank is never left). The Lua side's
+/// `RANK` table in lua/lib.lua must say the same; a test checks it.
+pub const STATES: [(ReservationStatus, u8); 3] = [
+    (ReservationStatus::Reserved, 1),
+    (ReservationStatus::Confirmed, 2),
+    (ReservationStatus::Released, 2),
+];
+
+/// One line of an order record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLine {
+    pub key: SkuKey,
+    pub qty: i64,
+    pub status: ReservationStatus,
+}
+
+/// An order's lines in one group: `<expireAt ms> <w>:<s>:<qty>:<STATE> ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub expire_at_ms: i64,
+    pub lines: Vec<RecordLine>,
+}
+
+impl OrderRecord {
+    pub fn parse(raw: &str) -> Option<OrderRecord> {
+        let mut fields = raw.split(' ');
+        let expire_at_ms = fields.next()?.parse().ok()?;
+        let mut lines = Vec::new();
+        for field in fields {
+            let mut parts = field.split(':');
+            let w = parts.next()?.parse().ok()?;
+            let s = parts.next()?.parse().ok()?;
+            let qty = parts.next()?.parse().ok()?;
+            let status = ReservationStatus::parse(parts.next()?)?;
+            if parts.next().is_some() {
+                return None;
+            }
+            lines.push(RecordLine {
+                key: SkuKey::new(w, s),
+                qty,
+                status,
+            });
+        }
+        (!lines.is_empty()).then_some(OrderRecord {
+            expire_at_ms,
+            lines,
+        })
+    }
+
+    pub fn format(&self) -> String {
+        let mut out = self.expire_at_ms.to_string();
+        for line in &self.lines {
+            out.push_str(&format!(
+                " {}:{}:{}:{}",
+                line.key.warehouse_id,
+                line.key.sku_id,
+                line.qty,
+                line.status.as_str()
+            ));
+        }
+        out
+    }
+
+    pub fn line(&self, key: SkuKey) -> Option<&RecordLine> {
+        self.lines.iter().find(|l| l.key == key)
+    }
+}
+
+/// What the directory says of an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryEntry {
+    /// `<expireAt ms> <w>:<s>:<qty> ...`: every line of the order (they never change).
+    Order {
+        expire_at_ms: i64,
+        lines: Vec<(SkuKey, i64)>,
+    },
+    /// `! <until ms>`: released before it was reserved; a late reservation is refused.
+    Tombstone { until_ms: i64 },
+}
+
+impl DirectoryEntry {
+    pub fn parse(raw: &str) -> Option<DirectoryEntry> {
+        let mut fields = raw.split(' ');
+        let first = fields.next()?;
+        if first == "!" {
+            return Some(DirectoryEntry::Tombstone {
+                until_ms: fields.next()?.parse().ok()?,
+            });
+        }
+        let expire_at_ms = first.parse().ok()?;
+        let mut lines = Vec::new();
+        for field in fields {
+            let mut parts = field.split(':');
+            let w = parts.next()?.parse().ok()?;
+            let s = parts.next()?.parse().ok()?;
+            let qty = parts.next()?.parse().ok()?;
+            if parts.next().is_some() {
+                return None;
+            }
+            lines.push((SkuKey::new(w, s), qty));
+        }
+        (!lines.is_empty()).then_some(DirectoryEntry::Order {
+            expire_at_ms,
+            lines,
+        })
+    }
+
+    pub fn format(&self) -> String {
+        match self {
+            DirectoryEntry::Tombstone { until_ms } => format!("! {until_ms}"),
+            DirectoryEntry::Order {
+                expire_at_ms,
+                lines,
+            } => {
+                let mut out = expire_at_ms.to_string();
+                for (key, qty) in lines {
+                    out.push_str(&format!(" {}:{}:{}", key.warehouse_id, key.sku_id, qty));
+                }
+                out
+            }
+        }
+    }
+
+    /// The positions of the order's lines (none for a tombstone).
+    pub fn positions(&self) -> Vec<SkuKey> {
+        match self {
+            DirectoryEntry::Order { lines, .. } => lines.iter().map(|(k, _)| *k).collect(),
+            DirectoryEntry::Tombstone { .. } => vec![],
+        }
+    }
+}
+
+/// Kinds of journal lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalKind {
+    /// Available stock adjusted (inbound, outbound, adjust, refund, reconcile).
+    Adjust,
+    Reserve,
+    Confirm,
+    Release,
+}
+
+impl JournalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalKind::Adjust => "ADJ",
+            JournalKind::Reserve => "RES",
+            JournalKind::Confirm => "CNF",
+            JournalKind::Release => "REL",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ADJ" => JournalKind::Adjust,
+            "RES" => JournalKind::Reserve,
+            "CNF" => JournalKind::Confirm,
+            "REL" => JournalKind::Release,
+            _ => return None,
+        })
+    }
+}
+
+/// One change as a script journalled it. An entry's payload is lines joined by `\n`, each
+/// `KIND w s da dr a r v q x ts reason orderNo traceId remark`, space-separated; text
+/// fields may be empty; the remark is last and may hold spaces (never a newline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalLine {
+    pub kind: JournalKind,
+    pub key: SkuKey,
+    /// Deltas of available and reserved, and the values after.
+    pub delta_available: i64,
+    pub delta_reserved: i64,
+    pub available: i64,
+    pub reserved: i64,
+    /// The position's seq after this change.
+    pub seq: i64,
+    /// Line quantity and hold expiry (ms) for reservation lines; 0 otherwise.
+    pub qty: i64,
+    pub expire_at_ms: i64,
+    /// When, in ms since the epoch.
+    pub ts_ms: i64,
+    pub reason: String,
+    /// Order number (or adjustment request id).
+    pub order_no: String,
+    pub trace_id: String,
+    pub remark: String,
+}
+
+pub const JOURNAL_FIELDS: usize = 15;
+
+impl JournalLine {
+    pub fn parse(line: &str) -> Option<JournalLine> {
+        let mut f = line.splitn(JOURNAL_FIELDS, ' ');
+        let kind = JournalKind::parse(f.next()?)?;
+        let mut num = || f.next()?.parse::<i64>().ok();
+        let (w, s, da, dr, a, r, v, q, x, ts) = (
+            num()?,
+            num()?,
+            num()?,
+            num()?,
+            num()?,
+            num()?,
+            num()?,
+            num()?,
+            num()?,
+            num()?,
+        );
+        let reason = f.next()?.to_string();
+        let order_no = f.next()?.to_string();
+        let trace_id = f.next()?.to_string();
+        let remark = f.next()?.to_string();
+        Some(JournalLine {
+            kind,
+            key: SkuKey::new(w, s),
+            delta_available: da,
+            delta_reserved: dr,
+            available: a,
+            reserved: r,
+            seq: v,
+            qty: q,
+            expire_at_ms: x,
+            ts_ms: ts,
+            reason,
+            order_no,
+            trace_id,
+            remark,
+        })
+    }
+
+    pub fn format(&self) -> String {
+        format!(
+            "{} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+            self.kind.as_str(),
+            self.key.warehouse_id,
+            self.key.sku_id,
+            self.delta_available,
+            self.delta_reserved,
+            self.available,
+            self.reserved,
+            self.seq,
+            self.qty,
+            self.expire_at_ms,
+            self.ts_ms,
+            self.reason,
+            self.order_no,
+            self.trace_id,
+            self.remark
+        )
+    }
+}
+
+/// A text field bound for a journal line or a record: no whitespace in single-word
+/// fields, no newline anywhere, bounded length.
+pub fn word(s: &str, max_chars: usize) -> String {
+    s.chars()
+        .take(max_chars)
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect()
+}
+
+/// The remark: the last journal field; spaces stay, line breaks become spaces.
+pub fn remark(s: &str, max_chars: usize) -> String {
+    s.chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Every script answers a flat array of items, [`REPLY_WIDTH`] values each: a status
+/// word and four integers whose meaning depends on the script and the status.
+pub const REPLY_WIDTH: usize = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyItem {
+    pub status: String,
+    pub n: [i64; 4],
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected reply from script {script}: {detail}")]
+pub struct BadReply {
+    pub script: &'static str,
+    pub detail: String,
+}
+
+fn value_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        Value::Nil => Some(0),
+        _ => None,
+    }
+}
+
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Reads a script's reply; `items`, when given, is how many items it must hold.
+pub fn parse_reply(
+    script: &'static str,
+    reply: &Value,
+    items: Option<usize>,
+) -> Result<Vec<ReplyItem>, BadReply> {
+    let bad = |detail: String| BadReply { script, detail };
+    let Value::Array(values) = reply else {
+        return Err(bad(format!("not an array: {reply:?}")));
+    };
+    if values.len() % REPLY_WIDTH != 0 {
+        return Err(bad(format!("{} values", values.len())));
+    }
+    if let Some(items) = items {
+        if values.len() != items * REPLY_WIDTH {
+            return Err(bad(format!("{} values for {items} items", values.len())));
+        }
+    }
+    values
+        .chunks(REPLY_WIDTH)
+        .map(|chunk| {
+            let (status, numbers) = chunk
+                .split_first()
+                .ok_or_else(|| bad("empty item".into()))?;
+            let status = value_text(status).ok_or_else(|| bad(format!("{status:?}")))?;
+            let mut n = [0i64; 4];
+            for (slot, v) in n.iter_mut().zip(numbers) {
+                *slot = value_i64(v).ok_or_else(|| bad(format!("{v:?}")))?;
+            }
+            Ok(ReplyItem { status, n })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_a_group_share_its_hash_tag() {
+        let keys = Keys::new("p:", 16);
+        let k = SkuKey::new(1, 1001);
+        let g = keys.group(k);
+        assert!(g < 16);
+        assert_eq!(keys.stock(k), format!("p:inv:{{g{g}}}:s:1:1001"));
+        assert_eq!(keys.orders(g), format!("p:inv:{{g{g}}}:o"));
+        assert_eq!(keys.journal(g), format!("p:inv:{{g{g}}}:j"));
+        assert_eq!(keys.holds(g), format!("p:inv:{{g{g}}}:h"));
+        assert_eq!(keys.parse_stock_key(&keys.stock(k)), Some(k));
+        assert_eq!(keys.parse_stock_key("p:inv:{g1}:o"), None);
+        assert_eq!(keys.journals().len(), 16);
+    }
+
+    #[test]
+    fn groups_spread_and_are_stable() {
+        // Pinned: changing the hash would move every position of a running deployment.
+        assert_eq!(group_of(SkuKey::new(1, 1001), 16), group_of(SkuKey::new(1, 1001), 16));
+        let mut seen = std::collections::HashSet::new();
+        for s in 0..1000 {
+            seen.insert(group_of(SkuKey::new(1, s), 16));
+        }
+        assert_eq!(seen.len(), 16);
+        assert_eq!(group_of(SkuKey::new(1, 5), 1), 0);
+    }
+
+    #[test]
+    fn records_and_directory_entries_round_trip() {
+        let raw = "1732540000000 1:1001:2:RESERVED 2:7:1:CONFIRMED";
+        let record = OrderRecord::parse(raw).unwrap();
+        assert_eq!(record.lines.len(), 2);
+        assert_eq!(record.line(SkuKey::new(2, 7)).unwrap().qty, 1);
+        assert_eq!(record.format(), raw);
+        for bad in ["", "x 1:1:1:RESERVED", "1 1:1:1:HELD", "1", "1 1:1:1:RESERVED:9"] {
+            assert_eq!(OrderRecord::parse(bad), None, "{bad:?}");
+        }
+        let dir = DirectoryEntry::parse("1732540000000 1:1001:2 2:7:1").unwrap();
+        assert_eq!(dir.positions(), vec![SkuKey::new(1, 1001), SkuKey::new(2, 7)]);
+        assert_eq!(dir.format(), "1732540000000 1:1001:2 2:7:1");
+        assert_eq!(
+            DirectoryEntry::parse("! 99"),
+            Some(DirectoryEntry::Tombstone { until_ms: 99 })
+        );
+        assert_eq!(DirectoryEntry::parse("!"), None);
+    }
+
+    #[test]
+    fn journal_lines_round_trip_with_empty_fields_and_spaced_remarks() {
+        let line = JournalLine {
+            kind: JournalKind::Release,
+            key: SkuKey::new(1, 1001),
+            delta_available: 2,
+            delta_reserved: -2,
+            available: 10,
+            reserved: 0,
+            seq: 7,
+            qty: 2,
+            expire_at_ms: 1_700_000_900_000,
+            ts_ms: 1_700_000_000_123,
+            reason: "RELEASE".into(),
+            order_no: "ORD-1".into(),
+            trace_id: String::new(),
+            remark: "customer changed mind".into(),
+        };
+        assert_eq!(JournalLine::parse(&line.format()), Some(line));
+        assert_eq!(JournalLine::parse("RES 1 x"), None);
+        assert_eq!(word("a b\nc", 64), "a_b_c");
+        assert_eq!(remark("a b\nc", 64), "a b c");
+    }
+
+    #[test]
+    fn the_lua_side_names_the_same_states_and_ranks() {
+        let lib = include_str!("../../lua/lib.lua");
+        let line = lib
+            .lines()
+            .find(|l| l.starts_with("local RANK = "))
+            .expect("RANK table in lua/lib.lua");
+        for (state, rank) in STATES {
+            assert!(
+                line.contains(&format!("{} = {rank}", state.as_str())),
+                "lua/lib.lua RANK lacks {} = {rank}: {line}",
+                state.as_str()
+            );
+            assert_eq!(state.rank(), i32::from(rank), "{state:?}");
+        }
+        assert_eq!(line.matches(" = ").count(), STATES.len() + 1);
+        // The journal line the Lua side writes has the fields the Rust side reads.
+        let fields = lib
+            .lines()
+            .find(|l| l.starts_with("local JOURNAL_FIELDS = "))
+            .expect("JOURNAL_FIELDS in lua/lib.lua");
+        assert!(fields.ends_with(&format!("= {JOURNAL_FIELDS}")), "{fields}");
+        let width = lib
+            .lines()
+            .find(|l| l.starts_with("local REPLY_WIDTH = "))
+            .expect("REPLY_WIDTH in lua/lib.lua");
+        assert!(width.ends_with(&format!("= {REPLY_WIDTH}")), "{width}");
+    }
+
+    #[test]
+    fn replies_have_one_shape() {
+        let reply = Value::Array(vec![
+            Value::BulkString(b"RESERVED".to_vec()),
+            Value::Int(5),
+            Value::Int(0),
+            Value::Int(0),
+            Value::Int(0),
+        ]);
+        let items = parse_reply("reserve", &reply, Some(1)).unwrap();
+        assert_eq!(items[0].status, "RESERVED");
+        assert_eq!(items[0].n, [5, 0, 0, 0]);
+        assert!(parse_reply("reserve", &reply, Some(2)).is_err());
+        assert!(parse_reply("reserve", &Value::Array(vec![Value::Int(1)]), None).is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! The Redis layout (docs/redis-layout.md): what a batch costs in Redis commands, and the
+//! upgrade of a deployment that runs layout 1.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use diesel_async::RunQueryDsl;
+use inventory::domain::{LedgerReason, SkuKey};
+use inventory::store::redis::{AdjustCommand, AdjustOutcome, RedisStore};
+use inventory::store::reservations::{
+    OrderLine, ReserveOrder, ReserveParams, ReserveReply, TransitionOp, TransitionOrder,
+    TransitionReply,
+};
+use serde_json::json;
+
+use crate::crash::free_port;
+use crate::faults::start_redis;
+use crate::helpers::{create_test_database, start, test_settings};
+
+/// Commands Redis ran since the last CONFIG RESETSTAT, by name, without the script calls
+/// themselves and the bookkeeping of the test.
+async fn inner_calls(redis: &RedisStore) -> BTreeMap<String, u64> {
+    let mut conn = redis.connection();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    let mut calls = BTreeMap::new();
+    for line in info.lines() {
+        let Some(rest) = line.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let Some((name, stats)) = rest.split_once(':') else {
+            continue;
+        };
+        if matches!(name, "evalsha" | "eval" | "info" | "ping")
+            || name.starts_with("config")
+            || name.starts_with("script")
+        {
+            continue;
+        }
+        let n = stats
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        calls.insert(name.to_string(), n);
+    }
+    calls
+}
+
+async fn reset_stats(redis: &RedisStore) {
+    let mut conn = redis.connection();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG RESETSTAT");
+}
+
+fn orders(from: usize, n: usize, key: SkuKey) -> Vec<ReserveOrder> {
+    (from..from + n)
+        .map(|i| ReserveOrder {
+            order_no: format!("CNT-{i}"),
+            trace_id: "t".into(),
+            lines: vec![OrderLine { key, qty: 1 }],
+        })
+        .collect()
+}
+
+fn transitions(from: usize, n: usize, key: SkuKey, op: TransitionOp) -> Vec<TransitionOrder> {
+    (from..from + n)
+        .map(|i| TransitionOrder {
+            order_no: format!("CNT-{i}"),
+            trace_id: "t".into(),
+            positions: vec![key],
+            op: op.clone(),
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn a_batch_costs_the_same_redis_commands_for_1_order_and_for_200() {
+    // A Redis of its own: INFO commandstats counts every client of the server.
+    let dir = std::env::temp_dir().join(format!("inv-redis-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let mut server = start_redis(port, &dir);
+    let settings = test_settings(
+        "mysql://unused@127.0.0.1:1/unused",
+        "cnt:",
+        &[("redis.url", format!("redis://127.0.0.1:{port}").into())],
+    );
+    let redis = RedisStore::connect(&settings.redis).await.expect("connect");
+    redis.claim_layout().await.expect("layout");
+    let key = SkuKey::new(1, 4242);
+    let adjusted = redis
+        .adjust(&AdjustCommand {
+            key,
+            delta: 1_000,
+            max_available: 1_000_000,
+            reason: LedgerReason::Inbound.as_str(),
+            trace_id: "t",
+            request_id: None,
+            remark: "",
+            marker_ttl_secs: 3600,
+            max_journal_entries: 1_000_000,
+            create_if_missing: true,
+        })
+        .await
+        .expect("stock in");
+    assert!(matches!(adjusted, AdjustOutcome::Applied { .. }));
+    let params = ReserveParams {
+        now_ms: inventory::engine::now_ms(),
+        hold_ms: 600_000,
+        max_journal_entries: 1_000_000,
+    };
+
+    let mut costs = Vec::new();
+    for (from, n) in [(0, 1), (1, 200)] {
+        reset_stats(&redis).await;
+        let replies = redis
+            .reserve_batch(&orders(from, n, key), params)
+            .await
+            .expect("reserve");
+        assert!(replies
+            .iter()
+            .all(|r| matches!(r, ReserveReply::Reserved { .. })));
+        costs.push(inner_calls(&redis).await);
+    }
+    assert_eq!(costs[0], costs[1], "reserve: 1 order vs 200 orders");
+    let per_batch: u64 = costs[0].values().sum();
+    assert!(per_batch <= 8, "a hot-SKU reserve batch ran {costs:?}");
+    println!("LAYOUT reserve batch of 1 and of 200 orders: {per_batch} commands each {:?}", costs[0]);
+
+    // Repeats cost one read more (their state), still not one per order.
+    reset_stats(&redis).await;
+    let repeats = redis
+        .reserve_batch(&orders(1, 200, key), params)
+        .await
+        .expect("repeat");
+    assert!(repeats
+        .iter()
+        .all(|r| matches!(r, ReserveReply::Exists { .. })));
+    let repeat_cost: u64 = inner_calls(&redis).await.values().sum();
+    assert!(repeat_cost <= per_batch + 1, "repeats ran {repeat_cost}");
+
+    // Confirm and release batches: the same for 1 order and for 100.
+    let now = inventory::engine::now_ms();
+    let confirm = TransitionOp::Confirm {
+        even_if_expired: false,
+    };
+    let release = TransitionOp::Release {
+        reason: LedgerReason::Release,
+        remark: "test".into(),
+        only_if_expired: false,
+    };
+    for op in [confirm, release] {
+        let base = if op.is_confirm() { 1 } else { 101 };
+        let mut costs = Vec::new();
+        for (from, n) in [(base, 1), (base + 1, 99)] {
+            reset_stats(&redis).await;
+            let replies = redis
+                .transition_batch(&transitions(from, n, key, op.clone()), now, 1_000_000)
+                .await
+                .expect("transition");
+            assert!(replies.iter().all(|r| *r == TransitionReply::Done), "{replies:?}");
+            costs.push(inner_calls(&redis).await);
+        }
+        assert_eq!(costs[0], costs[1], "{op:?}: 1 order vs 99 orders");
+    }
+    let stock = redis.stock(key).await.expect("stock").expect("position");
+    assert_eq!(
+        (stock.available, stock.reserved, stock.confirmed),
+        (1_000 - 201 + 100, 1, 100)
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn a_layout_1_deployment_upgrades_with_its_holds_markers_tombstones_and_journal() {
+    let (db_name, db_url) = create_test_database().await;
+    inventory::store::db::run_migrations(&db_url)
+        .await
+        .expect("migrations");
+    let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
+    let now = inventory::engine::now_ms();
+    let expire = now + 30 * 60_000;
+    let expire_sql = inventory::domain::ms_to_local(expire).format("%Y-%m-%d %H:%M:%S%.3f");
+
+    // What layout 1 left: 10 units stocked in; OLD-HELD (2 units) persisted; OLD-NEW
+    // (1 unit) held in Redis and still in the journal; a tombstone for OLD-CANCELLED; an
+    // applied adjustment REQ-1.
+    let mut conn = inventory::store::db::connection(
+        &inventory::store::db::build_pool(&test_settings(&db_url, &prefix, &[]).database)
+            .expect("pool"),
+    )
+    .await
+    .expect("conn");
+    for sql in [
+        "INSERT INTO t_inventory (sku_id, warehouse_id, available_qty, reserved_qty, version) VALUES (7001, 1, 8, 2, 2)".to_string(),
+        "INSERT INTO t_inventory_txn (txn_id, order_no, sku_id, warehouse_id, delta_available, delta_reserved, available_after, reserved_after, reason) VALUES ('1-0-0', 'REQ-1', 7001, 1, 10, 0, 10, 0, 'INBOUND')".to_string(),
+        "INSERT INTO t_inventory_txn (txn_id, order_no, sku_id, warehouse_id, delta_available, delta_reserved, available_after, reserved_after, reason) VALUES ('2-0-0', 'OLD-HELD', 7001, 1, -2, 2, 8, 2, 'RESERVE')".to_string(),
+        format!("INSERT INTO t_inventory_reservation (order_no, sku_id, warehouse_id, qty, status, expire_at) VALUES ('OLD-HELD', 7001, 1, 2, 'RESERVED', '{expire_sql}')"),
+    ] {
+        diesel::sql_query(sql).execute(&mut conn).await.expect("seed the DB");
+    }
+    let client = redis::Client::open(crate::helpers::redis_url()).expect("redis url");
+    let mut r = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let p = &prefix;
+    let journal = format!("{p}inv:journal");
+    let mut pipe = redis::pipe();
+    pipe.cmd("HSET")
+        .arg(format!("{p}inv:{{1:7001}}"))
+        .arg(&["avail", "7", "reserved", "3", "confirmed", "0", "seq", "3"])
+        .cmd("SET")
+        .arg(format!("{p}inv:{{1:7001}}:r:OLD-HELD"))
+        .arg(format!("RESERVED 2 {expire}"))
+        .arg("PX")
+        .arg(3_600_000)
+        .cmd("SET")
+        .arg(format!("{p}inv:ord:{{OLD-HELD}}"))
+        .arg("1:7001")
+        .arg("PX")
+        .arg(3_600_000)
+        .cmd("SET")
+        .arg(format!("{p}inv:{{1:7001}}:r:OLD-NEW"))
+        .arg(format!("RESERVED 1 {expire}"))
+        .arg("PX")
+        .arg(3_600_000)
+        .cmd("SET")
+        .arg(format!("{p}inv:ord:{{OLD-NEW}}"))
+        .arg("1:7001")
+        .arg("PX")
+        .arg(3_600_000)
+        .cmd("ZADD")
+        .arg(format!("{p}inv:holds"))
+        .arg(expire)
+        .arg("OLD-HELD")
+        .arg(expire)
+        .arg("OLD-NEW")
+        .cmd("SET")
+        .arg(format!("{p}inv:ord:{{OLD-CANCELLED}}"))
+        .arg("!")
+        .arg("PX")
+        .arg(3_600_000)
+        .cmd("HSET")
+        .arg(format!("{p}inv:{{1:7001}}:adj:REQ-1"))
+        .arg("delta")
+        .arg(10)
+        .cmd("EXPIRE")
+        .arg(format!("{p}inv:{{1:7001}}:adj:REQ-1"))
+        .arg(3600)
+        .cmd("SET")
+        .arg(format!("{p}inv:epoch"))
+        .arg(now)
+        .cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&journal)
+        .arg("persist")
+        .arg("$")
+        .arg("MKSTREAM")
+        .cmd("XADD")
+        .arg(&journal)
+        .arg("*")
+        .arg("e")
+        .arg(format!("RES 1 7001 1 7 3 3 {expire} OLD-NEW trace-new"));
+    let _: () = pipe.query_async(&mut r).await.expect("seed layout 1");
+
+    // Upgrade: the service starts on the same Redis prefix and DB.
+    let settings = test_settings(&db_url, &prefix, &[]);
+    let app = start(settings, db_name).await;
+    let key = SkuKey::new(1, 7001);
+
+    // No layout-1 key is left.
+    let left: Vec<String> = app
+        .redis_cmd(redis::cmd("KEYS").arg(format!("{p}inv:{{*:*}}*")))
+        .await;
+    assert!(left.is_empty(), "{left:?}");
+    let left: Vec<String> = app
+        .redis_cmd(redis::cmd("KEYS").arg(format!("{p}inv:ord:*")))
+        .await;
+    assert!(left.is_empty(), "{left:?}");
+
+    // The journal entry that had not reached the DB did.
+    let (status, body) = app.get("/inventory/reservations?orderNo=OLD-NEW").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["status"], "RESERVED", "{body}");
+    assert!(body["data"][0]["id"].is_i64(), "the DB has it: {body}");
+
+    // Markers survive: a repeat answers existed.
+    for (order, qty) in [("OLD-HELD", 2), ("OLD-NEW", 1)] {
+        let (status, body) = app
+            .post_json(
+                "/inventory/reserve",
+                &json!({"orderNo": order, "skuId": 7001, "qty": qty}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["existed"], true, "{order}: {body}");
+    }
+    // The tombstone survives: the late reservation is refused.
+    let (status, body) = app
+        .post_json(
+            "/inventory/reserve",
+            &json!({"orderNo": "OLD-CANCELLED", "skuId": 7001, "qty": 1}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(app.redis.has_tombstone("OLD-CANCELLED").await.unwrap());
+    // The adjustment marker survives: the same requestId is not applied twice.
+    let (status, body) = app
+        .post_json(
+            "/inventory/7001/stock",
+            &json!({"delta": 10, "reason": "INBOUND", "requestId": "REQ-1"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["applied"], false, "{body}");
+
+    // Holds survive: both are held, and the expiry index knows them.
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].db_available, Some(7));
+    assert_eq!(audits[0].lines_reserved, 3);
+    let due = app
+        .redis
+        .due_holds(expire + 1, 10)
+        .await
+        .expect("due holds");
+    assert_eq!(due.len(), 2, "{due:?}");
+
+    // And they settle as before.
+    let (status, body) = app
+        .post("/inventory/reservations/confirm?orderNo=OLD-HELD")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .post("/inventory/reservations/release?orderNo=OLD-NEW")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].db_available, Some(8));
+    assert_eq!(audits[0].lines_reserved, 0);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
