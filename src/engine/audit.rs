@@ -173,7 +173,10 @@ pub async fn audit_position(
 /// `g<group>-<ms>-<seq>-<index>` (layout 2; a position's rows all come from its group's
 /// stream) or `<ms>-<seq>-<index>` (layout 1): ordered by stream id, then index.
 fn txn_order(txn_id: &str) -> (u64, u64, u64) {
-    let id = match txn_id.strip_prefix('g').and_then(|rest| rest.split_once('-')) {
+    let id = match txn_id
+        .strip_prefix('g')
+        .and_then(|rest| rest.split_once('-'))
+    {
         Some((_, id)) => id,
         None => txn_id,
     };

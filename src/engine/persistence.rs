@@ -14,8 +14,8 @@ use crate::config::JournalSettings;
 use crate::metrics::Metrics;
 use crate::store::db::{self, DbError, DbPool};
 use crate::store::journal::{parse_entry, persist_batch, plan_batch, txn_prefix};
-use crate::store::wire::JournalLine;
 use crate::store::redis::{JournalEntry, JournalLag, RedisStore, RedisStoreError};
+use crate::store::wire::JournalLine;
 
 pub const PERSIST_GROUP: &str = "persist";
 

@@ -225,14 +225,21 @@ impl ReservationEngine {
     async fn send_to_shard(&self, order: ReserveOrder) -> Result<ReserveReply, EngineError> {
         match self.submit(ShardRequest::Reserve(order)).await? {
             ShardReply::Reserve(reply) => Ok(reply),
-            ShardReply::Transition(_) => Err(EngineError::Invalid("a reserve got a transition reply".into())),
+            ShardReply::Transition(_) => Err(EngineError::Invalid(
+                "a reserve got a transition reply".into(),
+            )),
         }
     }
 
-    async fn send_transition(&self, order: TransitionOrder) -> Result<TransitionReply, EngineError> {
+    async fn send_transition(
+        &self,
+        order: TransitionOrder,
+    ) -> Result<TransitionReply, EngineError> {
         match self.submit(ShardRequest::Transition(order)).await? {
             ShardReply::Transition(reply) => Ok(reply),
-            ShardReply::Reserve(_) => Err(EngineError::Invalid("a transition got a reserve reply".into())),
+            ShardReply::Reserve(_) => Err(EngineError::Invalid(
+                "a transition got a reserve reply".into(),
+            )),
         }
     }
 
@@ -396,7 +403,8 @@ impl ReservationEngine {
                         only_if_expired: false,
                         ..
                     } => {
-                        let until = now_ms() + self.settings.hold_ms() + self.settings.marker_ttl_ms();
+                        let until =
+                            now_ms() + self.settings.hold_ms() + self.settings.marker_ttl_ms();
                         (self.redis.tombstone(order_no, until).await?, vec![])
                     }
                     _ => (TransitionReply::NotFound, vec![]),
@@ -458,7 +466,11 @@ impl ReservationEngine {
         even_if_expired: bool,
     ) -> Result<TransitionOutcome, EngineError> {
         let (reply, items) = self
-            .transition(order_no, trace_id, TransitionOp::Confirm { even_if_expired })
+            .transition(
+                order_no,
+                trace_id,
+                TransitionOp::Confirm { even_if_expired },
+            )
             .await?;
         let outcome = |existed| TransitionOutcome {
             order_no: order_no.to_string(),

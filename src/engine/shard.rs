@@ -120,7 +120,11 @@ impl ShardCore {
                     } else {
                         "release_batch"
                     },
-                    replies.map(|r| r.into_iter().map(ShardReply::Transition).collect::<Vec<_>>()),
+                    replies.map(|r| {
+                        r.into_iter()
+                            .map(ShardReply::Transition)
+                            .collect::<Vec<_>>()
+                    }),
                 )
             }
         };
@@ -314,7 +318,8 @@ mod tests {
             queue.push(request, tx);
             receivers.push(rx);
         }
-        let sizes: Vec<usize> = std::iter::from_fn(|| queue.take_batch().map(|b| b.len())).collect();
+        let sizes: Vec<usize> =
+            std::iter::from_fn(|| queue.take_batch().map(|b| b.len())).collect();
         assert_eq!(sizes, vec![2, 2, 1]);
     }
 

@@ -335,10 +335,7 @@ impl StockService {
             });
         }
         let snapshots: Vec<OrderSnapshot> = orders.into_values().collect();
-        let result = self
-            .redis
-            .rebuild_position(key, levels, &snapshots)
-            .await?;
+        let result = self.redis.rebuild_position(key, levels, &snapshots).await?;
         Ok(Some(result))
     }
 

@@ -662,11 +662,7 @@ impl SupervisorCore {
         settings: Settings,
         metrics: Metrics,
     ) -> Self {
-        let sweep = SweepJob::new(
-            reconciler.stock.clone(),
-            settings.clone(),
-            metrics.clone(),
-        );
+        let sweep = SweepJob::new(reconciler.stock.clone(), settings.clone(), metrics.clone());
         SupervisorCore {
             instance_id,
             expiry,

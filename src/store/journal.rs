@@ -8,10 +8,10 @@ use chrono::NaiveDateTime;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection};
 
 use crate::domain::{ReservationStatus, SkuKey, StockLevels};
-use crate::store::wire::{JournalKind, JournalLine};
 use crate::store::models::{
     ledger_i32, Inventory, LedgerEntry, NewLedgerEntry, Reservation, ReservationUpsert,
 };
+use crate::store::wire::{JournalKind, JournalLine};
 
 #[derive(Debug, thiserror::Error)]
 #[error("journal entry {id} cannot be read: {reason}")]

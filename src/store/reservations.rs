@@ -90,11 +90,17 @@ pub enum TransitionReply {
     /// Redis has no record of the order.
     NotFound,
     /// A line is released (confirm refused).
-    Released { key: SkuKey },
+    Released {
+        key: SkuKey,
+    },
     /// A line's hold expired (confirm refused).
-    Expired { key: SkuKey },
+    Expired {
+        key: SkuKey,
+    },
     /// A line is confirmed (release refused).
-    Confirmed { key: SkuKey },
+    Confirmed {
+        key: SkuKey,
+    },
     /// The expiry scan found a line not yet expired.
     NotExpired,
     /// Release of an unknown order: tombstone left.
@@ -195,10 +201,7 @@ impl CallLayout {
     }
 
     fn group_of(&self, keys: &Keys, key: SkuKey) -> usize {
-        self.group_index
-            .get(&keys.group(key))
-            .copied()
-            .unwrap_or(0)
+        self.group_index.get(&keys.group(key)).copied().unwrap_or(0)
     }
 
     /// Group keys (orders, holds, journal per group), then stock keys.
@@ -272,7 +275,10 @@ impl RedisStore {
     }
 
     /// What the directory says of each order (None: unknown).
-    pub async fn lookup_orders(&self, order_nos: &[String]) -> RedisResult<Vec<Option<DirectoryEntry>>> {
+    pub async fn lookup_orders(
+        &self,
+        order_nos: &[String],
+    ) -> RedisResult<Vec<Option<DirectoryEntry>>> {
         if order_nos.is_empty() {
             return Ok(vec![]);
         }
@@ -287,7 +293,10 @@ impl RedisStore {
                         .query_async(&mut conn),
                 )
                 .await?;
-            out.extend(raw.iter().map(|r| r.as_deref().and_then(DirectoryEntry::parse)));
+            out.extend(
+                raw.iter()
+                    .map(|r| r.as_deref().and_then(DirectoryEntry::parse)),
+            );
         }
         Ok(out)
     }
@@ -308,7 +317,10 @@ impl RedisStore {
     /// Whether a release left a tombstone for this order.
     pub async fn has_tombstone(&self, order_no: &str) -> RedisResult<bool> {
         Ok(matches!(
-            self.lookup_orders(&[order_no.to_string()]).await?.pop().flatten(),
+            self.lookup_orders(&[order_no.to_string()])
+                .await?
+                .pop()
+                .flatten(),
             Some(DirectoryEntry::Tombstone { .. })
         ))
     }
@@ -375,8 +387,13 @@ impl RedisStore {
                 invocation.arg(g);
             }
         }
-        let items = self.run_script(name, &invocation, Some(orders.len())).await?;
-        items.iter().map(|item| parse_transition(name, item)).collect()
+        let items = self
+            .run_script(name, &invocation, Some(orders.len()))
+            .await?;
+        items
+            .iter()
+            .map(|item| parse_transition(name, item))
+            .collect()
     }
 
     /// Leaves a tombstone for an order Redis has no record of (a release that came before
@@ -394,6 +411,9 @@ impl RedisStore {
         order_no: &str,
         lines: &[SkuKey],
     ) -> RedisResult<Vec<Option<LineMarker>>> {
+        if lines.is_empty() {
+            return Ok(vec![]);
+        }
         let mut groups: Vec<u32> = lines.iter().map(|k| self.keys.group(*k)).collect();
         groups.sort_unstable();
         groups.dedup();
@@ -433,7 +453,12 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         for chunk in orders.chunks(1000) {
             let raw: Vec<Option<String>> = self
-                .timed(redis::cmd("HMGET").arg(&hash).arg(chunk).query_async(&mut conn))
+                .timed(
+                    redis::cmd("HMGET")
+                        .arg(&hash)
+                        .arg(chunk)
+                        .query_async(&mut conn),
+                )
                 .await?;
             out.extend(raw.iter().map(|r| {
                 let record = OrderRecord::parse(r.as_deref()?)?;

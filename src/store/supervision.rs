@@ -63,7 +63,10 @@ impl RedisStore {
     pub async fn forget_hold(&self, order_no: &str) -> RedisResult<()> {
         let mut pipe = redis::pipe();
         for g in 0..self.keys.groups() {
-            pipe.cmd("ZREM").arg(self.keys.holds(g)).arg(order_no).ignore();
+            pipe.cmd("ZREM")
+                .arg(self.keys.holds(g))
+                .arg(order_no)
+                .ignore();
         }
         let mut conn = self.conn.clone();
         let _: () = self.timed(pipe.query_async(&mut conn)).await?;
@@ -74,7 +77,10 @@ impl RedisStore {
     pub async fn due_hold_stats(&self, now_ms: i64) -> RedisResult<(u64, Option<i64>)> {
         let mut pipe = redis::pipe();
         for g in 0..self.keys.groups() {
-            pipe.cmd("ZCOUNT").arg(self.keys.holds(g)).arg("-inf").arg(now_ms);
+            pipe.cmd("ZCOUNT")
+                .arg(self.keys.holds(g))
+                .arg("-inf")
+                .arg(now_ms);
             pipe.cmd("ZRANGE")
                 .arg(self.keys.holds(g))
                 .arg(0)
@@ -134,8 +140,11 @@ impl RedisStore {
                 Some(entry @ DirectoryEntry::Order { expire_at_ms, .. })
                     if expire_at_ms + marker_ttl_ms <= now_ms =>
                 {
-                    let mut groups: Vec<u32> =
-                        entry.positions().iter().map(|k| self.keys.group(*k)).collect();
+                    let mut groups: Vec<u32> = entry
+                        .positions()
+                        .iter()
+                        .map(|k| self.keys.group(*k))
+                        .collect();
                     groups.sort_unstable();
                     groups.dedup();
                     candidates.push((order_no.clone(), groups));
@@ -149,7 +158,12 @@ impl RedisStore {
         let mut call_groups: Vec<u32> = candidates.iter().flat_map(|(_, g)| g.clone()).collect();
         call_groups.sort_unstable();
         call_groups.dedup();
-        let index = |g: u32| call_groups.iter().position(|x| *x == g).map_or(0, |i| i + 1);
+        let index = |g: u32| {
+            call_groups
+                .iter()
+                .position(|x| *x == g)
+                .map_or(0, |i| i + 1)
+        };
         let mut invocation = self.scripts.sweep.key(self.keys.directory());
         for g in &call_groups {
             invocation

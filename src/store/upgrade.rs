@@ -252,7 +252,11 @@ impl RedisStore {
                 .await?;
             let Some(delta) = delta else { continue };
             let mut pipe = redis::pipe();
-            pipe.cmd("HSET").arg(&target).arg("delta").arg(delta).ignore();
+            pipe.cmd("HSET")
+                .arg(&target)
+                .arg("delta")
+                .arg(delta)
+                .ignore();
             if ttl_ms > 0 {
                 pipe.cmd("PEXPIRE").arg(&target).arg(ttl_ms).ignore();
             }
@@ -277,7 +281,10 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(report);
         }
-        tracing::warn!(keys = keys.len(), "redis holds layout 1: upgrading to layout 2");
+        tracing::warn!(
+            keys = keys.len(),
+            "redis holds layout 1: upgrading to layout 2"
+        );
         report.journal_entries = self.drain_legacy_journal(pool).await?;
         report.tombstones = self.convert_legacy_tombstones(&keys, now_ms).await?;
         report.adjustment_markers = self.convert_legacy_adjustments(&keys).await?;

@@ -500,7 +500,10 @@ mod tests {
     #[test]
     fn groups_spread_and_are_stable() {
         // Pinned: changing the hash would move every position of a running deployment.
-        assert_eq!(group_of(SkuKey::new(1, 1001), 16), group_of(SkuKey::new(1, 1001), 16));
+        assert_eq!(
+            group_of(SkuKey::new(1, 1001), 16),
+            group_of(SkuKey::new(1, 1001), 16)
+        );
         let mut seen = std::collections::HashSet::new();
         for s in 0..1000 {
             seen.insert(group_of(SkuKey::new(1, s), 16));
@@ -516,11 +519,20 @@ mod tests {
         assert_eq!(record.lines.len(), 2);
         assert_eq!(record.line(SkuKey::new(2, 7)).unwrap().qty, 1);
         assert_eq!(record.format(), raw);
-        for bad in ["", "x 1:1:1:RESERVED", "1 1:1:1:HELD", "1", "1 1:1:1:RESERVED:9"] {
+        for bad in [
+            "",
+            "x 1:1:1:RESERVED",
+            "1 1:1:1:HELD",
+            "1",
+            "1 1:1:1:RESERVED:9",
+        ] {
             assert_eq!(OrderRecord::parse(bad), None, "{bad:?}");
         }
         let dir = DirectoryEntry::parse("1732540000000 1:1001:2 2:7:1").unwrap();
-        assert_eq!(dir.positions(), vec![SkuKey::new(1, 1001), SkuKey::new(2, 7)]);
+        assert_eq!(
+            dir.positions(),
+            vec![SkuKey::new(1, 1001), SkuKey::new(2, 7)]
+        );
         assert_eq!(dir.format(), "1732540000000 1:1001:2 2:7:1");
         assert_eq!(
             DirectoryEntry::parse("! 99"),

@@ -423,6 +423,7 @@ async fn send_until_answered(
     body: Option<&Value>,
 ) -> (u16, Value, usize) {
     let mut timed_out = 0;
+    let mut last = String::new();
     for _ in 0..2000 {
         let mut request = client
             .post(url)
@@ -438,11 +439,14 @@ async fn send_until_answered(
                     Err(_) => timed_out += 1, // cut off while reading the answer
                 }
             }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Ok(r) => {
+                last = r.text().await.unwrap_or_default();
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
             Err(_) => timed_out += 1,
         }
     }
-    panic!("{url}: no answer after 2000 attempts");
+    panic!("{url}: no answer after 2000 attempts ({timed_out} timed out; last 503: {last})");
 }
 
 #[actix_web::test]

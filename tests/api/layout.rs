@@ -132,7 +132,10 @@ async fn a_batch_costs_the_same_redis_commands_for_1_order_and_for_200() {
     assert_eq!(costs[0], costs[1], "reserve: 1 order vs 200 orders");
     let per_batch: u64 = costs[0].values().sum();
     assert!(per_batch <= 8, "a hot-SKU reserve batch ran {costs:?}");
-    println!("LAYOUT reserve batch of 1 and of 200 orders: {per_batch} commands each {:?}", costs[0]);
+    println!(
+        "LAYOUT reserve batch of 1 and of 200 orders: {per_batch} commands each {:?}",
+        costs[0]
+    );
 
     // Repeats cost one read more (their state), still not one per order.
     reset_stats(&redis).await;
@@ -165,7 +168,10 @@ async fn a_batch_costs_the_same_redis_commands_for_1_order_and_for_200() {
                 .transition_batch(&transitions(from, n, key, op.clone()), now, 1_000_000)
                 .await
                 .expect("transition");
-            assert!(replies.iter().all(|r| *r == TransitionReply::Done), "{replies:?}");
+            assert!(
+                replies.iter().all(|r| *r == TransitionReply::Done),
+                "{replies:?}"
+            );
             costs.push(inner_calls(&redis).await);
         }
         assert_eq!(costs[0], costs[1], "{op:?}: 1 order vs 99 orders");
