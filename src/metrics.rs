@@ -6,8 +6,19 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Cheap to clone (one reference count): request paths clone it.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(std::sync::Arc<MetricSet>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricSet;
+
+    fn deref(&self) -> &MetricSet {
+        &self.0
+    }
+}
+
+pub struct MetricSet {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
@@ -199,7 +210,7 @@ impl Metrics {
         registry.register(Box::new(journal_lag.clone()))?;
         registry.register(Box::new(journal_write_failures.clone()))?;
         registry.register(Box::new(redis_call_latency.clone()))?;
-        Ok(Metrics {
+        Ok(Metrics(std::sync::Arc::new(MetricSet {
             registry,
             http_requests,
             http_latency,
@@ -223,7 +234,7 @@ impl Metrics {
             redis_rebuilds,
             orders_swept,
             leader,
-        })
+        })))
     }
 
     /// The Prometheus text exposition of everything registered.

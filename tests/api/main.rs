@@ -1,4 +1,5 @@
 //! Integration tests against a real Redis and a real MariaDB (`make services`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod helpers;
 
