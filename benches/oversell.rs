@@ -5,7 +5,26 @@
 //! cargo bench --bench oversell -- [--target inprocess|http|kafka|reference] [--skus N]
 //!     [--stock N] [--requests N] [--concurrency N] [--qty N] [--lines N]
 //!     [--duplicates F] [--confirm F] [--release F] [--duration SECS] [--compare]
-//!     [--json FILE] [--corrupt]
+//!     [--json FILE] [--corrupt] [--flash-sale] [--rate N] [--sustain-secs SECS]
+//!     [--lag-slack N]
+//!
+//! --flash-sale         preset: 1 SKU x 10,000 units, 500,000 orders (98% are refused);
+//!                      flags after it override. Refusals are checked against the service's
+//!                      own counters and against the stock left (a SKU that refused an order
+//!                      must have less than qty left when nothing was released).
+//! --rate N             open loop: order n is sent at start + n/N s (at most --concurrency in
+//!                      flight; requests sent more than 100 ms late are counted as "late").
+//! --sustain-secs S     with --rate: S seconds at that offered rate (requests = rate x S),
+//!                      sampling every second the journal lag and the line changes the DB
+//!                      holds (SUM(t_inventory.version)); reports persisted reservations/s and
+//!                      whether the backlog stayed flat: the largest backlog in the last
+//!                      min(10, S/3) s may exceed the backlog at min(10, S/3) s by at most
+//!                      --lag-slack line changes (default: one second of the offered rate).
+//!                      Without --stock, each SKU gets enough stock for the whole run.
+//!
+//! Every target's load is bracketed by `INFO commandstats`: Redis time of the scripts
+//! (EVALSHA/EVAL) and the calls of every command, per held order (server-wide counters:
+//! the persister's XREADGROUP/XACK and the lag sampler's XINFO/XLEN are in them too).
 //!
 //! --target kafka       ORDER_CREATED to the broker in $KAFKA_BROKERS (topics of the run's
 //!                      own), latency until the outcome arrives on INVENTORY_TOPIC.
@@ -20,11 +39,12 @@
 //! --corrupt            changes a stock count behind the service's back before verifying;
 //!                      the run must then fail (proves the verification works).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use inventory::config::Settings;
 use inventory::domain::{LedgerReason, SkuKey};
 use inventory::engine::audit::audit_position;
@@ -55,6 +75,14 @@ struct Options {
     json: Option<String>,
     corrupt: bool,
     smoke: bool,
+    /// Offered requests per second (open loop); None: closed loop, as fast as answered.
+    rate: Option<f64>,
+    /// Sustained mode: this long at `rate`, with per-second samples of the backlog.
+    sustain: Option<Duration>,
+    /// Backlog growth (line changes) still counted as flat; None: one second of `rate`.
+    lag_slack: Option<u64>,
+    stock_given: bool,
+    flash_sale: bool,
     /// Service settings for the run (`--set journal.batch_size=512`), to compare tunings.
     settings: Vec<(String, toml::Value)>,
 }
@@ -76,6 +104,11 @@ fn parse_options() -> Options {
         json: None,
         corrupt: false,
         smoke: false,
+        rate: None,
+        sustain: None,
+        lag_slack: None,
+        stock_given: false,
+        flash_sale: false,
         settings: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -90,6 +123,19 @@ fn parse_options() -> Options {
         o.release = 0.2;
         o.duplicates = 0.1;
     }
+    // The flash sale: one SKU, 10,000 units, 500,000 distinct orders (98% refused).
+    // Set before the flags so that any flag overrides it.
+    if args.iter().any(|a| a == "--flash-sale") {
+        o.flash_sale = true;
+        o.skus = 1;
+        o.stock = 10_000;
+        o.requests = 500_000;
+        o.qty = 1;
+        o.lines = 1;
+        o.duplicates = 0.0;
+        o.confirm = 0.0;
+        o.release = 0.0;
+    }
     let mut i = 0;
     while i < args.len() {
         let value = || args.get(i + 1).cloned().unwrap_or_default();
@@ -101,7 +147,10 @@ fn parse_options() -> Options {
         match args[i].as_str() {
             "--target" => o.target = value(),
             "--skus" => o.skus = value().parse().unwrap_or(o.skus),
-            "--stock" => o.stock = value().parse().unwrap_or(o.stock),
+            "--stock" => {
+                o.stock = value().parse().unwrap_or(o.stock);
+                o.stock_given = true;
+            }
             "--requests" => o.requests = value().parse().unwrap_or(o.requests),
             "--concurrency" => o.concurrency = value().parse().unwrap_or(o.concurrency),
             "--qty" => o.qty = value().parse().unwrap_or(o.qty),
@@ -111,6 +160,15 @@ fn parse_options() -> Options {
             "--release" => o.release = value().parse().unwrap_or(o.release),
             "--duration" => o.duration = value().parse::<f64>().ok().map(Duration::from_secs_f64),
             "--json" => o.json = Some(value()),
+            "--rate" => o.rate = value().parse::<f64>().ok().filter(|r| *r > 0.0),
+            "--sustain-secs" => {
+                o.sustain = value()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| *s > 0.0)
+                    .map(Duration::from_secs_f64)
+            }
+            "--lag-slack" => o.lag_slack = value().parse().ok(),
             "--set" => {
                 let raw = value();
                 if let Some((key, v)) = raw.split_once('=') {
@@ -121,6 +179,10 @@ fn parse_options() -> Options {
                     };
                     o.settings.push((key.to_string(), v));
                 }
+            }
+            "--flash-sale" => {
+                i += 1;
+                continue;
             }
             name @ ("--corrupt" | "--compare") => {
                 flag(&mut o, name);
@@ -138,6 +200,16 @@ fn parse_options() -> Options {
     o.skus = o.skus.max(1);
     o.lines = o.lines.clamp(1, o.skus as usize);
     o.concurrency = o.concurrency.max(1);
+    if let (Some(sustain), Some(rate)) = (o.sustain, o.rate) {
+        // Bounded in time and count: rate x seconds requests, and no longer than that.
+        o.requests = (rate * sustain.as_secs_f64()).ceil() as usize;
+        o.duration = Some(sustain);
+        if !o.stock_given {
+            // Enough for the whole run on every SKU (orders pick SKUs pseudo-randomly).
+            let per_sku = o.requests as f64 * o.lines as f64 / o.skus as f64;
+            o.stock = ((per_sku * 1.5 + 10.0 * per_sku.sqrt() + 10.0) as i64) * o.qty;
+        }
+    }
     o
 }
 
@@ -177,6 +249,10 @@ enum Outcome {
 #[derive(Default)]
 struct LoadResult {
     latencies: Vec<Duration>,
+    /// Latencies of the held orders and of the refused ones (INSUFFICIENT_STOCK) apart: a
+    /// flash sale's refusals must be fast.
+    held_latencies: Vec<Duration>,
+    refused_latencies: Vec<Duration>,
     held: u64,
     repeats: u64,
     insufficient: u64,
@@ -186,6 +262,150 @@ struct LoadResult {
     elapsed: Duration,
     requests: u64,
     peak_lag: u64,
+    /// Open loop: requests sent more than 100 ms after their time (not enough concurrency,
+    /// or the load generator starved of CPU).
+    late: u64,
+    /// Single-line orders: the SKUs that refused at least one order.
+    refused_skus: HashSet<i64>,
+    /// INFO commandstats over the load.
+    redis: Option<RedisCost>,
+    /// Sustained mode: one sample per second.
+    samples: Vec<Sample>,
+}
+
+/// Counters the per-second sampler reads while the load runs.
+#[derive(Default)]
+struct Live {
+    sent: AtomicU64,
+    held: AtomicU64,
+    settled: AtomicU64,
+}
+
+/// One second of a sustained run. `persisted` counts the line changes the DB holds since
+/// the load started (SUM of t_inventory.version: each reserve, confirm or release of a line
+/// is one); `client` the line changes callers were told of (held, confirmed, released).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Sample {
+    t: f64,
+    sent: u64,
+    held: u64,
+    client: i64,
+    persisted: i64,
+    backlog: i64,
+    journal_lag: u64,
+}
+
+/// What the DB and Redis are sampled with in sustained mode.
+struct Sustain {
+    redis: RedisStore,
+    pool: DbPool,
+    /// SUM(version) before the load.
+    base: i64,
+}
+
+/// `INFO commandstats`: calls and usec per command.
+type CommandStats = BTreeMap<String, (u64, u64)>;
+
+async fn command_stats(redis: &RedisStore) -> Option<CommandStats> {
+    let mut conn = redis.connection();
+    let text: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    Some(parse_command_stats(&text))
+}
+
+/// `cmdstat_evalsha:calls=10,usec=170,usec_per_call=17.00,...` per line.
+fn parse_command_stats(text: &str) -> CommandStats {
+    let mut stats = CommandStats::new();
+    for line in text.lines() {
+        let Some((name, fields)) = line
+            .trim()
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let field = |key: &str| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        stats.insert(name.to_string(), (field("calls"), field("usec")));
+    }
+    stats
+}
+
+const SCRIPT_COMMANDS: &[&str] = &[
+    "evalsha",
+    "eval",
+    "evalsha_ro",
+    "eval_ro",
+    "fcall",
+    "fcall_ro",
+];
+
+/// Redis work over one load, from two `INFO commandstats` snapshots.
+#[derive(Debug, Clone, Default)]
+struct RedisCost {
+    /// Command -> (calls, usec) during the load.
+    commands: CommandStats,
+}
+
+impl RedisCost {
+    fn between(before: &CommandStats, after: &CommandStats) -> RedisCost {
+        let mut commands = CommandStats::new();
+        for (name, (calls, usec)) in after {
+            let (c0, u0) = before.get(name).copied().unwrap_or((0, 0));
+            let calls = calls.saturating_sub(c0);
+            if calls > 0 {
+                commands.insert(name.clone(), (calls, usec.saturating_sub(u0)));
+            }
+        }
+        RedisCost { commands }
+    }
+
+    /// (calls, usec) of the script commands.
+    fn scripts(&self) -> (u64, u64) {
+        self.commands
+            .iter()
+            .filter(|(n, _)| SCRIPT_COMMANDS.contains(&n.as_str()))
+            .fold((0, 0), |(c, u), (_, (calls, usec))| (c + calls, u + usec))
+    }
+
+    /// Calls of everything else: the commands run inside the scripts, plus the persister's
+    /// and the samplers' (XREADGROUP, XACK, XINFO, INFO ...).
+    fn others(&self) -> impl Iterator<Item = (&String, &(u64, u64))> {
+        self.commands
+            .iter()
+            .filter(|(n, _)| !SCRIPT_COMMANDS.contains(&n.as_str()))
+    }
+
+    fn json(&self, held: u64, requests: u64) -> serde_json::Value {
+        let per = |v: u64, n: u64| if n == 0 { 0.0 } else { v as f64 / n as f64 };
+        let (script_calls, script_usec) = self.scripts();
+        let inner: u64 = self.others().map(|(_, (c, _))| c).sum();
+        json!({
+            "heldOrders": held,
+            "requests": requests,
+            "scriptCalls": script_calls,
+            "scriptUsec": script_usec,
+            "scriptUsecPerHeldOrder": per(script_usec, held),
+            "scriptUsecPerRequest": per(script_usec, requests),
+            "scriptCallsPerHeldOrder": per(script_calls, held),
+            "otherCallsPerHeldOrder": per(inner, held),
+            "callsPerHeldOrder": self.others()
+                .map(|(n, (c, _))| (n.clone(), json!(per(*c, held))))
+                .collect::<serde_json::Map<_, _>>(),
+            "commands": self.commands.iter()
+                .map(|(n, (c, u))| (n.clone(), json!({"calls": c, "usec": u})))
+                .collect::<serde_json::Map<_, _>>(),
+        })
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -598,10 +818,21 @@ async fn drive(
     base: i64,
     prefix: &str,
     lag_source: Option<RedisStore>,
+    sustain: Option<Sustain>,
 ) -> LoadResult {
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
+    let live = Arc::new(Live::default());
+    // INFO commandstats before and after the load (the same Redis as the service's).
+    let stats_source = match &driver {
+        Driver::Reference(r) => Some(r.redis.clone()),
+        _ => lag_source.clone(),
+    };
+    let stats_before = match &stats_source {
+        Some(redis) => command_stats(redis).await,
+        None => None,
+    };
     // Journal lag sampled while the load runs.
     let sampler = lag_source.map(|redis| {
         let done = done.clone();
@@ -618,18 +849,52 @@ async fn drive(
     let progress_every = (o.requests / 10).max(1) as u64;
     let deadline = o.duration.map(|d| Instant::now() + d);
     let started = Instant::now();
+    // Sustained mode: the backlog once a second.
+    let per_second = sustain.map(|probe| {
+        let done = done.clone();
+        let live = live.clone();
+        let lines = o.lines as i64;
+        let skus = o.skus;
+        actix_web::rt::spawn(async move {
+            let mut samples = Vec::new();
+            let mut tick = 1;
+            loop {
+                tokio::time::sleep_until((started + Duration::from_secs(tick)).into()).await;
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                samples.push(sample(&probe, &live, started, lines, skus).await);
+                tick += 1;
+            }
+            samples
+        })
+    });
     let mut workers = Vec::new();
     for _ in 0..o.concurrency {
         let o = o.clone();
         let next = next.clone();
         let driver = driver.clone();
         let prefix = prefix.to_string();
+        let live = live.clone();
         workers.push(actix_web::rt::spawn(async move {
             let mut r = LoadResult::default();
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= o.requests as u64 || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
+                }
+                if let Some(rate) = o.rate {
+                    // Open loop: order n is due at start + n / rate.
+                    let due = started + Duration::from_secs_f64(n as f64 / rate);
+                    let now = Instant::now();
+                    if due > now {
+                        tokio::time::sleep_until(due.into()).await;
+                    } else if now - due > Duration::from_millis(100) {
+                        r.late += 1;
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
                 }
                 if n > 0 && n % progress_every == 0 {
                     eprintln!("  {n} requests sent");
@@ -641,23 +906,43 @@ async fn drive(
                     n
                 };
                 let lines = order_lines(&o, order_id, base);
+                let single_sku = (lines.len() == 1).then(|| lines[0].key.sku_id);
                 let order_no = format!("{prefix}{order_id}");
+                live.sent.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
                 let outcome = driver.reserve(order_no.clone(), lines).await;
-                r.latencies.push(t.elapsed());
+                let latency = t.elapsed();
+                r.latencies.push(latency);
                 r.requests += 1;
                 match outcome {
                     Outcome::Held => {
                         r.held += 1;
+                        r.held_latencies.push(latency);
+                        live.held.fetch_add(1, Ordering::Relaxed);
                         let f = fraction(order_id, 0xC0);
-                        if f < o.confirm {
-                            r.confirmed += u64::from(driver.settle(&order_no, true).await);
+                        let settled = if f < o.confirm {
+                            let ok = driver.settle(&order_no, true).await;
+                            r.confirmed += u64::from(ok);
+                            ok
                         } else if f < o.confirm + o.release {
-                            r.released += u64::from(driver.settle(&order_no, false).await);
+                            let ok = driver.settle(&order_no, false).await;
+                            r.released += u64::from(ok);
+                            ok
+                        } else {
+                            false
+                        };
+                        if settled {
+                            live.settled.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Outcome::Repeat => r.repeats += 1,
-                    Outcome::Insufficient => r.insufficient += 1,
+                    Outcome::Insufficient => {
+                        r.insufficient += 1;
+                        r.refused_latencies.push(latency);
+                        if let Some(sku) = single_sku {
+                            r.refused_skus.insert(sku);
+                        }
+                    }
                     Outcome::Error(code) => *r.errors.entry(code).or_insert(0) += 1,
                 }
             }
@@ -668,12 +953,16 @@ async fn drive(
     for w in workers {
         let r = w.await.expect("worker");
         total.latencies.extend(r.latencies);
+        total.held_latencies.extend(r.held_latencies);
+        total.refused_latencies.extend(r.refused_latencies);
         total.held += r.held;
         total.repeats += r.repeats;
         total.insufficient += r.insufficient;
         total.confirmed += r.confirmed;
         total.released += r.released;
         total.requests += r.requests;
+        total.late += r.late;
+        total.refused_skus.extend(r.refused_skus);
         for (code, n) in r.errors {
             *total.errors.entry(code).or_insert(0) += n;
         }
@@ -683,9 +972,64 @@ async fn drive(
     if let Some(s) = sampler {
         let _ = s.await;
     }
+    if let Some(s) = per_second {
+        total.samples = s.await.unwrap_or_default();
+    }
+    // Taken when the load stops, before the drain: the scripts have all run by then.
+    if let (Some(redis), Some(before)) = (&stats_source, &stats_before) {
+        if let Some(after) = command_stats(redis).await {
+            total.redis = Some(RedisCost::between(before, &after));
+        }
+    }
     total.peak_lag = peak.load(Ordering::Relaxed);
     total.latencies.sort();
+    total.held_latencies.sort();
+    total.refused_latencies.sort();
     total
+}
+
+/// The line changes the DB holds for the run's SKUs: SUM(version) of t_inventory.
+async fn persisted_changes(pool: &DbPool, skus: i64) -> Option<i64> {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Sum {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        v: i64,
+    }
+    let mut conn = inventory::store::db::connection(pool).await.ok()?;
+    let rows: Vec<Sum> = diesel::sql_query(format!(
+        "SELECT CAST(COALESCE(SUM(version), 0) AS SIGNED) AS v FROM t_inventory \
+         WHERE sku_id >= {SKU_BASE} AND sku_id < {}",
+        SKU_BASE + skus
+    ))
+    .load(&mut conn)
+    .await
+    .ok()?;
+    rows.into_iter().next().map(|r| r.v)
+}
+
+async fn sample(probe: &Sustain, live: &Live, started: Instant, lines: i64, skus: i64) -> Sample {
+    let journal_lag = probe
+        .redis
+        .journal_lag(PERSIST_GROUP)
+        .await
+        .map(|l| l.not_persisted())
+        .unwrap_or(0);
+    let persisted = persisted_changes(&probe.pool, skus)
+        .await
+        .map(|v| v - probe.base)
+        .unwrap_or(-1);
+    let held = live.held.load(Ordering::Relaxed);
+    let client = (held + live.settled.load(Ordering::Relaxed)) as i64 * lines;
+    Sample {
+        t: started.elapsed().as_secs_f64(),
+        sent: live.sent.load(Ordering::Relaxed),
+        held,
+        client,
+        persisted,
+        backlog: client - persisted,
+        journal_lag,
+    }
 }
 
 /// redis-benchmark of a minimal check-and-decrement script, pipelined: what one Redis can do
@@ -754,7 +1098,9 @@ async fn wait_consumed(state: &actix_web::web::Data<inventory::api::AppState>, s
     }
 }
 
-/// Oversell, invariants 1-5 per SKU, and "units held == what callers were told".
+/// Oversell, invariants 1-5 per SKU, "units held == what callers were told", and that
+/// every refusal was due: a SKU that refused a single-line order has less than `qty` left
+/// when no stock came back during the run (no releases).
 async fn verify(
     state: &actix_web::web::Data<inventory::api::AppState>,
     keys: &[SkuKey],
@@ -763,10 +1109,19 @@ async fn verify(
 ) -> Vec<String> {
     let mut violations = Vec::new();
     let mut units = 0;
-    for key in keys {
-        let audit = audit_position(state.stock.redis(), state.stock.pool(), *key)
-            .await
-            .expect("audit");
+    // Audited 8 positions at a time (10,000 SKUs one by one take long).
+    let mut audits: Vec<_> = futures_util::stream::iter(keys.iter().copied())
+        .map(|key| async move {
+            let audit = audit_position(state.stock.redis(), state.stock.pool(), key)
+                .await
+                .expect("audit");
+            (key, audit)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    audits.sort_by_key(|(key, _)| *key);
+    for (key, audit) in &audits {
         let held = audit.lines_reserved + audit.lines_confirmed;
         units += held;
         if held > o.stock {
@@ -775,6 +1130,19 @@ async fn verify(
         for v in &audit.violations {
             violations.push(format!("{key}: {v}"));
         }
+        if o.release == 0.0 && r.refused_skus.contains(&key.sku_id) {
+            let left = audit
+                .redis
+                .map(|l| l.available)
+                .or(audit.db_available)
+                .unwrap_or(0);
+            if left >= o.qty {
+                violations.push(format!(
+                    "REFUSED WITH STOCK LEFT {key}: orders of {} were refused, {left} units are still available",
+                    o.qty
+                ));
+            }
+        }
     }
     let expected = (r.held - r.released) as i64 * o.qty * o.lines as i64;
     if units != expected {
@@ -782,6 +1150,56 @@ async fn verify(
             "callers were told {} orders are held ({} released since): {expected} units; the DB holds {units}",
             r.held, r.released
         ));
+    }
+    let errors: u64 = r.errors.values().sum();
+    if r.held + r.repeats + r.insufficient + errors != r.requests {
+        violations.push(format!(
+            "outcomes do not add up: {} held + {} repeats + {} refused + {errors} errors != {} requests",
+            r.held, r.repeats, r.insufficient, r.requests
+        ));
+    }
+    violations
+}
+
+/// The service's own count of reserve outcomes (`reservations_total` on /metrics).
+async fn service_outcomes(port: u16) -> Option<HashMap<String, u64>> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let mut counts = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.split("reservations_total{outcome=\"").nth(1) else {
+            continue;
+        };
+        let (outcome, value) = rest.split_once("\"}")?;
+        let value = value.trim().parse::<f64>().ok()? as u64;
+        counts.insert(outcome.to_string(), value);
+    }
+    Some(counts)
+}
+
+/// The bench's counts against the service's (in-process and HTTP targets): a refusal the
+/// bench counted must be one the service made, and so must every hold.
+fn check_outcomes(r: &LoadResult, service: &HashMap<String, u64>) -> Vec<String> {
+    let get = |k: &str| service.get(k).copied().unwrap_or(0);
+    let mut violations = Vec::new();
+    for (name, bench, svc) in [
+        ("held", r.held, get("reserved")),
+        (
+            "refused (INSUFFICIENT_STOCK)",
+            r.insufficient,
+            get("insufficient"),
+        ),
+        ("repeats", r.repeats, get("exists")),
+    ] {
+        if bench != svc {
+            violations.push(format!(
+                "the bench counted {bench} {name}, the service {svc}"
+            ));
+        }
     }
     violations
 }
@@ -795,6 +1213,16 @@ async fn admin_sql(url: &str, sql: &str) {
         .execute(&mut conn)
         .await
         .expect("admin statement");
+}
+
+fn latency_json(sorted: &[Duration]) -> serde_json::Value {
+    json!({
+        "count": sorted.len(),
+        "p50": percentile(sorted, 0.50),
+        "p90": percentile(sorted, 0.90),
+        "p99": percentile(sorted, 0.99),
+        "max": percentile(sorted, 1.0),
+    })
 }
 
 fn summary(name: &str, r: &LoadResult) -> serde_json::Value {
@@ -811,20 +1239,40 @@ fn summary(name: &str, r: &LoadResult) -> serde_json::Value {
             "p99": percentile(&r.latencies, 0.99),
             "max": percentile(&r.latencies, 1.0),
         },
+        "latencyMsHeld": latency_json(&r.held_latencies),
+        "latencyMsRefused": latency_json(&r.refused_latencies),
         "outcomes": {
             "held": r.held, "repeat": r.repeats, "insufficient": r.insufficient,
             "confirmed": r.confirmed, "released": r.released,
         },
         "errorsByCode": r.errors,
         "journalPeakLag": r.peak_lag,
+        "lateRequests": r.late,
+        "redis": r.redis.as_ref().map(|c| c.json(r.held, r.requests)),
     })
+}
+
+/// Redis script time and the other commands' calls per held order, for the table.
+fn redis_cells(r: &LoadResult) -> (String, String) {
+    match &r.redis {
+        Some(c) if r.held > 0 => {
+            let (_, usec) = c.scripts();
+            let others: u64 = c.others().map(|(_, (calls, _))| calls).sum();
+            (
+                format!("{:.1}", usec as f64 / r.held as f64),
+                format!("{:.2}", others as f64 / r.held as f64),
+            )
+        }
+        _ => (String::new(), String::new()),
+    }
 }
 
 fn print_row(name: &str, r: &LoadResult) {
     let secs = r.elapsed.as_secs_f64().max(1e-9);
     let errors: u64 = r.errors.values().sum();
+    let (redis_usec, redis_calls) = redis_cells(r);
     println!(
-        "| {name} | {:.0} | {:.0} | {:.2} / {:.2} / {:.2} / {:.2} | {} / {} / {} / {} | {} |",
+        "| {name} | {:.0} | {:.0} | {:.2} / {:.2} / {:.2} / {:.2} | {} / {} / {} / {} | {} | {redis_usec} | {redis_calls} |",
         r.requests as f64 / secs,
         r.held as f64 / secs,
         percentile(&r.latencies, 0.5),
@@ -839,6 +1287,140 @@ fn print_row(name: &str, r: &LoadResult) {
     );
 }
 
+/// Details under the table: held vs refused latency, Redis per order.
+fn print_details(name: &str, r: &LoadResult) {
+    if r.insufficient > 0 {
+        println!(
+            "{name}: held {} (p50 {:.2} / p99 {:.2} ms), refused INSUFFICIENT_STOCK {} (p50 {:.2} / p99 {:.2} ms)",
+            r.held,
+            percentile(&r.held_latencies, 0.5),
+            percentile(&r.held_latencies, 0.99),
+            r.insufficient,
+            percentile(&r.refused_latencies, 0.5),
+            percentile(&r.refused_latencies, 0.99),
+        );
+    }
+    if r.late > 0 {
+        println!(
+            "{name}: {} requests were sent more than 100 ms after their time (offered rate not met)",
+            r.late
+        );
+    }
+    let Some(c) = &r.redis else {
+        return;
+    };
+    let per = |v: u64, n: u64| if n == 0 { 0.0 } else { v as f64 / n as f64 };
+    let (calls, usec) = c.scripts();
+    let mut others: Vec<_> = c.others().collect();
+    others.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(b.0)));
+    let listed: Vec<String> = others
+        .iter()
+        .map(|(n, (calls, _))| format!("{n} {:.3}", per(*calls, r.held)))
+        .collect();
+    println!(
+        "{name}: Redis per held order: scripts {:.1} us ({:.3} EVALSHA/EVAL calls, {:.1} us each); per request {:.2} us; other calls per held order: {}",
+        per(usec, r.held),
+        per(calls, r.held),
+        per(usec, calls),
+        per(usec, r.requests),
+        if listed.is_empty() { "none".to_string() } else { listed.join(", ") }
+    );
+}
+
+/// Sustained mode: the per-second backlog, persisted rate and the flatness verdict.
+/// The backlog is the line changes callers were told of that the DB does not hold yet.
+fn sustain_report(
+    o: &Options,
+    r: &LoadResult,
+    drain: Duration,
+    final_persisted: i64,
+) -> (serde_json::Value, bool) {
+    let secs = o.sustain.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let rate = o.rate.unwrap_or(0.0);
+    let window = (secs / 3.0).min(10.0);
+    let samples = &r.samples;
+    let reference = samples
+        .iter()
+        .find(|s| s.t >= window - 0.5)
+        .or(samples.first())
+        .copied();
+    let last_t = samples.last().map(|s| s.t).unwrap_or(0.0);
+    let tail: Vec<&Sample> = samples.iter().filter(|s| s.t > last_t - window).collect();
+    let slack = o
+        .lag_slack
+        .unwrap_or_else(|| (rate * o.lines as f64).ceil() as u64) as i64;
+    let tail_max = tail.iter().map(|s| s.backlog).max().unwrap_or(0);
+    let flat = match reference {
+        Some(r0) => tail_max <= r0.backlog + slack,
+        None => false,
+    };
+    // Persisted rate over the steady part (from the reference sample to the last one).
+    let steady = match (reference, samples.last()) {
+        (Some(a), Some(b)) if b.t > a.t => (b.persisted - a.persisted) as f64 / (b.t - a.t),
+        _ => 0.0,
+    };
+    let per_reservation = o.confirm == 0.0 && o.release == 0.0;
+    let lines = o.lines as f64;
+    let total_secs = r.elapsed.as_secs_f64() + drain.as_secs_f64();
+    println!();
+    println!(
+        "sustained: offered {rate:.0} orders/s for {secs:.0} s over {} SKU(s); sent {} ({:.0}/s), held {} ({:.0}/s)",
+        o.skus,
+        r.requests,
+        r.requests as f64 / r.elapsed.as_secs_f64().max(1e-9),
+        r.held,
+        r.held as f64 / r.elapsed.as_secs_f64().max(1e-9),
+    );
+    println!(
+        "| t (s) | sent | held | line changes told | persisted | backlog | journal lag (entries) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for s in samples {
+        println!(
+            "| {:.1} | {} | {} | {} | {} | {} | {} |",
+            s.t, s.sent, s.held, s.client, s.persisted, s.backlog, s.journal_lag
+        );
+    }
+    if per_reservation {
+        println!(
+            "persisted reservations/s: {:.0} steady (t {:.0}-{:.0} s), {:.0} overall ({} in {:.1} s of load + {:.1} s of drain)",
+            steady / lines,
+            reference.map(|s| s.t).unwrap_or(0.0),
+            last_t,
+            final_persisted as f64 / lines / total_secs.max(1e-9),
+            final_persisted as f64 / lines,
+            r.elapsed.as_secs_f64(),
+            drain.as_secs_f64()
+        );
+    } else {
+        println!(
+            "persisted line changes/s (reserve, confirm and release lines): {steady:.0} steady, {:.0} overall",
+            final_persisted as f64 / total_secs.max(1e-9)
+        );
+    }
+    println!(
+        "backlog {}: largest in the last {window:.0} s {tail_max} vs {} at {:.0} s (slack {slack} line changes)",
+        if flat { "FLAT" } else { "GROWING" },
+        reference.map(|s| s.backlog).unwrap_or(0),
+        reference.map(|s| s.t).unwrap_or(0.0),
+    );
+    let report = json!({
+        "offeredRate": rate,
+        "seconds": secs,
+        "window": window,
+        "slack": slack,
+        "flat": flat,
+        "backlogAtReference": reference.map(|s| s.backlog),
+        "referenceT": reference.map(|s| s.t),
+        "backlogTailMax": tail_max,
+        "persistedPerSecSteady": if per_reservation { steady / lines } else { steady },
+        "persistedPerSecOverall": final_persisted as f64 / if per_reservation { lines } else { 1.0 } / total_secs.max(1e-9),
+        "persistedUnit": if per_reservation { "reservations" } else { "line changes" },
+        "samples": samples,
+    });
+    (report, flat)
+}
+
 fn main() {
     let o = parse_options();
     let system = actix_web::rt::System::new();
@@ -847,6 +1429,10 @@ fn main() {
 }
 
 async fn run(o: Options) -> i32 {
+    if o.sustain.is_some() && o.rate.is_none() {
+        eprintln!("--sustain-secs needs --rate N (orders per second)");
+        return 2;
+    }
     let base = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "mysql://inventory:inventory@127.0.0.1:3306/inventory".into());
     let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
@@ -907,19 +1493,33 @@ async fn run(o: Options) -> i32 {
         o.skus, o.stock, o.target, o.requests, o.concurrency
     );
     let keys: Vec<SkuKey> = (0..o.skus).map(|s| SkuKey::new(1, SKU_BASE + s)).collect();
-    for key in &keys {
-        state
-            .stock
-            .adjust(AdjustRequest {
-                key: *key,
-                delta: o.stock,
-                reason: LedgerReason::Inbound,
-                request_id: None,
-                remark: "bench".into(),
-                trace_id: "bench".into(),
-            })
-            .await
-            .expect("stock in");
+    // 32 adjustments at a time: each waits for its journal entry to reach the DB, so
+    // 10,000 SKUs one after the other take minutes.
+    let stock_started = Instant::now();
+    futures_util::stream::iter(keys.iter().copied())
+        .for_each_concurrent(32, |key| {
+            let stock = state.stock.clone();
+            async move {
+                stock
+                    .adjust(AdjustRequest {
+                        key,
+                        delta: o.stock,
+                        reason: LedgerReason::Inbound,
+                        request_id: None,
+                        remark: "bench".into(),
+                        trace_id: "bench".into(),
+                    })
+                    .await
+                    .expect("stock in");
+            }
+        })
+        .await;
+    if o.skus > 100 {
+        eprintln!(
+            "stocked {} SKUs in {:.1} s",
+            o.skus,
+            stock_started.elapsed().as_secs_f64()
+        );
     }
     let reference = Reference {
         redis: state.stock.redis().clone(),
@@ -956,6 +1556,7 @@ async fn run(o: Options) -> i32 {
             REFERENCE_SKU_BASE,
             "R-",
             None,
+            None,
         )
         .await;
         results.push(("reference".into(), r));
@@ -969,18 +1570,47 @@ async fn run(o: Options) -> i32 {
         _ => None,
     };
     let mut drain = Duration::ZERO;
+    let mut final_persisted = 0;
     if let Some(driver) = main_driver {
         eprintln!("load: {}", o.target);
         let kafka_sent = match &driver {
             Driver::Kafka(k) => Some(k.sent.clone()),
             _ => None,
         };
+        // Sustained mode starts from a drained journal, so that the DB's count of line
+        // changes (SUM(version)) has a clean base.
+        let sustain = if o.sustain.is_some() {
+            let waited = Instant::now();
+            while state
+                .stock
+                .redis()
+                .journal_lag(PERSIST_GROUP)
+                .await
+                .map(|l| l.not_persisted())
+                .unwrap_or(0)
+                > 0
+                && waited.elapsed() < Duration::from_secs(60)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some(Sustain {
+                redis: state.stock.redis().clone(),
+                pool: state.stock.pool().clone(),
+                base: persisted_changes(state.stock.pool(), o.skus)
+                    .await
+                    .expect("SUM(version)"),
+            })
+        } else {
+            None
+        };
+        let base_changes = sustain.as_ref().map(|s| s.base);
         let r = drive(
             &o,
             driver,
             SKU_BASE,
             "B-",
             Some(state.stock.redis().clone()),
+            sustain,
         )
         .await;
         // Kafka: the confirms and cancels sent are consumed before anything is checked.
@@ -1007,6 +1637,12 @@ async fn run(o: Options) -> i32 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         drain = drain_started.elapsed();
+        if let Some(base) = base_changes {
+            final_persisted = persisted_changes(state.stock.pool(), o.skus)
+                .await
+                .map(|v| v - base)
+                .unwrap_or(0);
+        }
         results.push((o.target.clone(), r));
     }
 
@@ -1030,6 +1666,14 @@ async fn run(o: Options) -> i32 {
         .map(|(_, r)| r);
     if let Some(r) = service_result {
         violations.extend(verify(&state, &keys, &o, r).await);
+        // The service's own outcome counters (through Kafka a message may be handled more
+        // than once, and an error the bench saw may still have been decided).
+        if matches!(o.target.as_str(), "inprocess" | "http") && r.errors.is_empty() {
+            match service_outcomes(port).await {
+                Some(counts) => violations.extend(check_outcomes(r, &counts)),
+                None => violations.push("cannot read the service's /metrics".to_string()),
+            }
+        }
         // Smoke runs (under `cargo test`) also prove the verification catches a corruption.
         if o.smoke && violations.is_empty() {
             let redis = state.stock.redis();
@@ -1097,14 +1741,27 @@ async fn run(o: Options) -> i32 {
         o.skus, o.stock, o.requests, o.concurrency, o.qty, o.lines, o.duplicates, o.confirm, o.release
     );
     println!();
-    println!("| target | requests/s | reservations/s | latency p50 / p90 / p99 / max (ms) | held / repeat / insufficient / errors | journal peak lag |");
-    println!("|---|---|---|---|---|---|");
+    println!("| target | requests/s | reservations/s | latency p50 / p90 / p99 / max (ms) | held / repeat / insufficient / errors | journal peak lag | Redis script us / held order | other Redis calls / held order |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (name, r) in &results {
         print_row(name, r);
     }
     if let Some(c) = ceiling {
-        println!("| redis-benchmark ceiling (pipelined check-and-decrement) | {c:.0} | | | | |");
+        println!(
+            "| redis-benchmark ceiling (pipelined check-and-decrement) | {c:.0} | | | | | | |"
+        );
     }
+    println!();
+    for (name, r) in &results {
+        print_details(name, r);
+    }
+    if results.iter().any(|(_, r)| r.redis.is_some()) {
+        println!("(INFO commandstats counts the whole Redis server: the persister, the samplers and any other client of the same Redis are in it)");
+    }
+    let sustained = match (o.sustain, service_result) {
+        (Some(_), Some(r)) => Some(sustain_report(&o, r, drain, final_persisted)),
+        _ => None,
+    };
     let reference_rate = results
         .iter()
         .find(|(n, _)| n == "reference")
@@ -1142,7 +1799,10 @@ async fn run(o: Options) -> i32 {
                 "target": o.target, "skus": o.skus, "stockPerSku": o.stock, "requests": o.requests,
                 "concurrency": o.concurrency, "qty": o.qty, "linesPerOrder": o.lines,
                 "duplicates": o.duplicates, "confirm": o.confirm, "release": o.release,
+                "flashSale": o.flash_sale, "rate": o.rate,
+                "sustainSecs": o.sustain.map(|d| d.as_secs_f64()),
             },
+            "sustained": sustained.as_ref().map(|(report, _)| report.clone()),
             "results": results.iter().map(|(n, r)| summary(n, r)).collect::<Vec<_>>(),
             "redisBenchmarkCeiling": ceiling,
             "journalDrainMs": drain.as_secs_f64() * 1000.0,
