@@ -4,7 +4,7 @@ export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
 export KAFKA_BROKERS ?= 127.0.0.1:9092
 
-.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench
+.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
@@ -48,3 +48,15 @@ stop-services:
 ## Oversell benchmark (release build): hot SKU through the in-process engine.
 bench: services
 	cargo bench --bench oversell -- --target inprocess --skus 1 --stock 20000 --requests 50000 --concurrency 256
+
+## Flash sale: 1 SKU x 10,000 units, 500,000 orders (98% refused).
+bench-flash: services
+	cargo bench --bench oversell -- --target inprocess --flash-sale
+
+## HTTP through wrk against a release service (ceiling: /health on the same instance).
+bench-http: services
+	bash scripts/bench-http.sh
+
+## 60 s at a fixed offered rate on 10,000 SKUs: does the DB keep up?
+bench-sustain: services
+	cargo bench --bench oversell -- --target inprocess --skus 10000 --rate 5000 --sustain-secs 60

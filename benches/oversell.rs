@@ -39,6 +39,8 @@
 //! --corrupt            changes a stock count behind the service's back before verifying;
 //!                      the run must then fail (proves the verification works).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

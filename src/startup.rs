@@ -291,8 +291,11 @@ fn start_shards(
     (0..settings.engine.shards)
         .map(|i| {
             let core = core.clone();
-            let arbiter = &arbiters[i % arbiters.len()];
-            ShardActor::start_in_arbiter(&arbiter.handle(), move |ctx| {
+            let arbiter = arbiters
+                .get(i % arbiters.len().max(1))
+                .map(|a| a.handle())
+                .unwrap_or_else(actix::Arbiter::current);
+            ShardActor::start_in_arbiter(&arbiter, move |ctx| {
                 ctx.set_mailbox_capacity(capacity);
                 ShardActor::new(core, capacity, max_batch, max_in_flight)
             })

@@ -94,9 +94,13 @@ impl ExpiryJob {
             Ok(body) => body,
             Err(e) => return PaidAnswer::Unknown(e.to_string()),
         };
-        let status = body["data"]["status"]
-            .as_str()
-            .or_else(|| body["status"].as_str())
+        fn status_of(v: &serde_json::Value) -> Option<&str> {
+            v.get("status").and_then(|s| s.as_str())
+        }
+        let status = body
+            .get("data")
+            .and_then(status_of)
+            .or_else(|| status_of(&body))
             .unwrap_or("");
         if status.eq_ignore_ascii_case("PAID") {
             PaidAnswer::Paid

@@ -563,7 +563,9 @@ impl RedisStore {
             // [next-start, [[id, [field, value...]]...], [deleted ids]]
             match reply {
                 Value::Array(parts) if parts.len() >= 2 => {
-                    out.extend(parse_entries(g, &parts[1])?);
+                    if let Some(entries) = parts.get(1) {
+                        out.extend(parse_entries(g, entries)?);
+                    }
                 }
                 other => {
                     return Err(RedisStoreError::BadReply {
@@ -682,7 +684,7 @@ impl RedisStore {
                     )
                     .await?;
                 match summary {
-                    Value::Array(parts) if parts.len() >= 2 => value_string(&parts[1]),
+                    Value::Array(parts) => parts.get(1).and_then(value_string),
                     _ => None,
                 }
             } else {
@@ -824,14 +826,14 @@ pub(super) fn parse_entries(group: u32, v: &Value) -> RedisResult<Vec<JournalEnt
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         let Value::Array(parts) = entry else { continue };
-        if parts.len() != 2 {
+        let [id, body] = parts.as_slice() else {
             continue;
-        }
-        let Some(id) = value_string(&parts[0]) else {
+        };
+        let Some(id) = value_string(id) else {
             continue;
         };
         // A claimed entry that was deleted meanwhile has a nil body.
-        let payload = match &parts[1] {
+        let payload = match body {
             Value::Array(fields) => fields
                 .chunks(2)
                 .find_map(|pair| match pair {

@@ -129,7 +129,10 @@ impl RedisStore {
                 )
                 .await?;
             let mut entries = match &claimed {
-                Value::Array(parts) if parts.len() >= 2 => parse_entries(0, &parts[1])?,
+                Value::Array(parts) => match parts.get(1) {
+                    Some(body) => parse_entries(0, body)?,
+                    None => vec![],
+                },
                 _ => vec![],
             };
             if entries.is_empty() {
