@@ -30,18 +30,17 @@ local npositions = tonumber(ARGV[5])
 local groups = call_groups(1, ngroups)
 local positions, _, at = call_positions(6, npositions, 1 + 3 * ngroups)
 
-local orders = {}
+-- Orders stay in ARGV; only where each starts is kept. This script runs once per batch
+-- and its per-order work is what a hot SKU pays for: no tables, no number formatting that
+-- can be avoided (quantities stay the strings they came as).
 local norders = tonumber(ARGV[at])
 at = at + 1
+local starts = {}
+local names = {}
 for i = 1, norders do
-  local order = {no = ARGV[at], tr = ARGV[at + 1], lines = {}}
-  local nlines = tonumber(ARGV[at + 2])
-  at = at + 3
-  for j = 1, nlines do
-    order.lines[j] = {p = positions[tonumber(ARGV[at])], q = tonumber(ARGV[at + 1])}
-    at = at + 2
-  end
-  orders[i] = order
+  starts[i] = at
+  names[i] = ARGV[at]
+  at = at + 3 + 2 * tonumber(ARGV[at + 2])
 end
 
 local out = {}
@@ -56,47 +55,53 @@ end
 
 -- One directory read for the whole batch.
 local directory = {}
-do
-  local names = {}
-  for i, order in ipairs(orders) do
-    names[i] = order.no
-  end
-  for from = 1, #names, SLICE do
-    local to = math.min(from + SLICE - 1, #names)
-    local values = redis.call('HMGET', KEYS[1], unpack(names, from, to))
-    for i = from, to do
-      if values[i - from + 1] then
-        directory[names[i]] = values[i - from + 1]
-      end
+for from = 1, #names, SLICE do
+  local to = math.min(from + SLICE - 1, #names)
+  local values = redis.call('HMGET', KEYS[1], unpack(names, from, to))
+  for i = from, to do
+    if values[i - from + 1] then
+      directory[names[i]] = values[i - from + 1]
     end
   end
+end
+
+-- The lines of the order that starts at ARGV[a]: {p = position, q = qty}.
+local function lines_at(a)
+  local lines = {}
+  for j = 1, tonumber(ARGV[a + 2]) do
+    local b = a + 1 + 2 * j
+    lines[j] = {p = positions[tonumber(ARGV[b])], q = tonumber(ARGV[b + 1])}
+  end
+  return lines
 end
 
 -- Orders seen before: their records, for the state a repeat reports.
 do
-  local asked = {}
-  for _, order in ipairs(orders) do
-    if directory[order.no] then
-      for _, line in ipairs(order.lines) do
+  local asked = false
+  for i = 1, norders do
+    if directory[names[i]] then
+      for _, line in ipairs(lines_at(starts[i])) do
         local g = groups[line.p.g]
-        local key = line.p.g .. ' ' .. order.no
-        if not asked[key] then
-          asked[key] = true
-          g.reads[#g.reads + 1] = order.no
+        if not g.asked[names[i]] then
+          g.asked[names[i]] = true
+          g.reads[#g.reads + 1] = names[i]
+          asked = true
         end
       end
     end
   end
-  read_records(groups)
+  if asked then
+    read_records(groups)
+  end
 end
 
 -- The same lines with the same quantities is a repeat (its state now), anything else a
 -- conflict.
-local function repeat_of(order, entry)
-  if #entry.lines ~= #order.lines then
+local function repeat_of(order_no, lines, entry)
+  if #entry.lines ~= #lines then
     return 'CONFLICT', 0
   end
-  for j, line in ipairs(order.lines) do
+  for j, line in ipairs(lines) do
     local found = nil
     for _, d in ipairs(entry.lines) do
       if d.w == line.p.w and d.s == line.p.s then
@@ -111,8 +116,8 @@ local function repeat_of(order, entry)
     end
   end
   local state = nil
-  for _, line in ipairs(order.lines) do
-    local rec = parse_record(groups[line.p.g].records[order.no])
+  for _, line in ipairs(lines) do
+    local rec = parse_record(groups[line.p.g].records[order_no])
     if rec then
       for _, l in ipairs(rec.lines) do
         if l.w == line.p.w and l.s == line.p.s and (not state or RANK[l.st] > RANK[state]) then
@@ -125,59 +130,69 @@ local function repeat_of(order, entry)
 end
 
 local expire_at = now + hold_ms
+local x = int(expire_at)
+local tail = ' ' .. x .. ' ' .. int(now) .. ' RESERVE '
 local dir_writes = {}
-for _, order in ipairs(orders) do
-  local entry = parse_directory(directory[order.no])
-  if entry and entry.tomb then
-    reply(out, 'CANCELLED')
-  elseif entry then
-    local st, n1 = repeat_of(order, entry)
-    reply(out, st, n1)
+local n = 0
+for i = 1, norders do
+  local a = starts[i]
+  local order_no, trace, nlines = names[i], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local listed = directory[order_no]
+  if listed then
+    local entry = parse_directory(listed)
+    if entry.tomb then
+      reply(out, 'CANCELLED')
+    else
+      local st, n1 = repeat_of(order_no, lines_at(a), entry)
+      reply(out, st, n1)
+    end
   else
-    local short = nil
-    for j, line in ipairs(order.lines) do
-      local p = load_position(line.p)
+    -- Check every line first: all or nothing.
+    local short, short_at, short_available = nil, 0, 0
+    for j = 1, nlines do
+      local b = a + 1 + 2 * j
+      local p = load_position(positions[tonumber(ARGV[b])])
       if not p.loaded then
-        short = {'NOT_FOUND', j, 0}
-      elseif p.a < line.q then
-        short = {'INSUFFICIENT', j, p.a}
+        short, short_at = 'NOT_FOUND', j
+      elseif p.a < tonumber(ARGV[b + 1]) then
+        short, short_at, short_available = 'INSUFFICIENT', j, p.a
       end
       if short then
         break
       end
     end
     if short then
-      reply(out, short[1], short[2], short[3])
+      reply(out, short, short_at, short_available)
     else
-      local listed = {int(expire_at)}
-      local per_group = {}
-      for _, line in ipairs(order.lines) do
-        local p = line.p
-        p.a = p.a - line.q
-        p.r = p.r + line.q
+      local value = x
+      for j = 1, nlines do
+        local b = a + 1 + 2 * j
+        local p = positions[tonumber(ARGV[b])]
+        local qs = ARGV[b + 1]
+        local q = tonumber(qs)
+        p.a = p.a - q
+        p.r = p.r + q
         p.v = p.v + 1
-        touch(p)
-        listed[#listed + 1] = p.w .. ':' .. p.s .. ':' .. int(line.q)
-        local parts = per_group[p.g]
-        if not parts then
-          parts = {int(expire_at)}
-          per_group[p.g] = parts
-        end
-        parts[#parts + 1] = p.w .. ':' .. p.s .. ':' .. int(line.q) .. ':RESERVED'
+        p.dirty = true
+        local line = p.w .. ':' .. p.s .. ':' .. qs
+        value = value .. ' ' .. line
         local g = groups[p.g]
-        g.lines[#g.lines + 1] = journal_line('RES', p.w, p.s, -line.q, line.q, p.a, p.r, p.v, line.q,
-          expire_at, now, 'RESERVE', order.no, order.tr, '')
+        local record = g.record_writes[order_no]
+        if record then
+          g.record_writes[order_no] = record .. ' ' .. line .. ':RESERVED'
+        else
+          g.record_writes[order_no] = x .. ' ' .. line .. ':RESERVED'
+          g.writes[#g.writes + 1] = order_no
+          g.adds[#g.adds + 1] = x
+          g.adds[#g.adds + 1] = order_no
+        end
+        g.lines[#g.lines + 1] = 'RES ' .. p.w .. ' ' .. p.s .. ' -' .. qs .. ' ' .. qs .. ' ' .. p.a .. ' ' ..
+          p.r .. ' ' .. p.v .. ' ' .. qs .. tail .. order_no .. ' ' .. trace .. ' '
       end
-      local value = table.concat(listed, ' ')
-      directory[order.no] = value
-      dir_writes[#dir_writes + 1] = order.no
-      dir_writes[#dir_writes + 1] = value
-      for gi, parts in pairs(per_group) do
-        local g = groups[gi]
-        set_record(g, order.no, table.concat(parts, ' '))
-        g.adds[#g.adds + 1] = int(expire_at)
-        g.adds[#g.adds + 1] = order.no
-      end
+      directory[order_no] = value
+      n = n + 2
+      dir_writes[n - 1] = order_no
+      dir_writes[n] = value
       reply(out, 'RESERVED', expire_at)
     end
   end

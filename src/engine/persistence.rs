@@ -69,7 +69,10 @@ impl JournalPersister {
     /// Reads the next batch: own pending entries first, then stale ones of dead
     /// consumers now and then, then new ones (blocking up to `block_ms`).
     pub async fn next_batch(&mut self) -> Result<Vec<JournalEntry>, PersistError> {
-        let count = self.settings.batch_size;
+        // XREADGROUP's COUNT is per stream: a read over every group's stream brings at
+        // most `batch_size` entries in all.
+        let groups = self.redis.keys().groups().max(1) as usize;
+        let count = self.settings.batch_size.div_ceil(groups).max(1);
         if self.pending_first {
             let entries = self
                 .redis

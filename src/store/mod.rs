@@ -6,6 +6,7 @@ pub mod models;
 pub mod redis;
 pub mod reservations;
 pub mod schema;
+pub mod sql_text;
 pub mod supervision;
 pub mod upgrade;
 pub mod wire;

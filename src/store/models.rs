@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use chrono::NaiveDateTime;
 use diesel::mysql::Mysql;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Datetime, Integer, Nullable, Varchar};
-use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
+use diesel::sql_types::BigInt;
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
 
 use crate::domain::{SkuKey, StockLevels};
 use crate::store::schema::{t_inventory, t_inventory_reservation, t_inventory_txn};
+use crate::store::sql_text::{push_datetime, push_int, push_opt_text, push_text};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = t_inventory, check_for_backend(Mysql))]
@@ -89,10 +90,23 @@ impl Inventory {
         conn: &mut AsyncMysqlConnection,
         rows: &[(SkuKey, StockLevels)],
     ) -> QueryResult<usize> {
-        let mut sql = String::from(
+        let mut sql = String::with_capacity(128 + rows.len() * 48);
+        sql.push_str(
             "INSERT INTO t_inventory (sku_id, warehouse_id, available_qty, reserved_qty, version) VALUES ",
         );
-        sql.push_str(&vec!["(?, ?, ?, ?, ?)"; rows.len()].join(", "));
+        for (i, (key, levels)) in rows.iter().enumerate() {
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            push_int(&mut sql, key.sku_id);
+            sql.push_str(", ");
+            push_int(&mut sql, key.warehouse_id);
+            sql.push_str(", ");
+            push_int(&mut sql, i64::from(clamp_i32(levels.available)));
+            sql.push_str(", ");
+            push_int(&mut sql, i64::from(clamp_i32(levels.reserved)));
+            sql.push_str(", ");
+            push_int(&mut sql, levels.seq);
+            sql.push(')');
+        }
         // MySQL applies these left to right, each seeing the columns updated before it:
         // `version` must come last.
         sql.push_str(
@@ -101,20 +115,13 @@ impl Inventory {
              reserved_qty = IF(VALUES(version) > version, VALUES(reserved_qty), reserved_qty), \
              version = GREATEST(version, VALUES(version))",
         );
-        let mut query = diesel::sql_query(sql).into_boxed::<Mysql>();
-        for (key, levels) in rows {
-            query = query
-                .bind::<BigInt, _>(key.sku_id)
-                .bind::<BigInt, _>(key.warehouse_id)
-                .bind::<Integer, _>(clamp_i32(levels.available))
-                .bind::<Integer, _>(clamp_i32(levels.reserved))
-                .bind::<BigInt, _>(levels.seq);
-        }
-        query.execute(conn).await
+        conn.batch_execute(&sql).await?;
+        Ok(rows.len())
     }
 }
 
-/// MySQL allows 65,535 placeholders per statement; the widest row here has 11 columns.
+/// Rows per statement: MySQL allows 65,535 placeholders (the widest row has 11 columns),
+/// and a text statement of this many rows stays far below max_allowed_packet.
 const ROWS_PER_STATEMENT: usize = 2_000;
 
 /// Quantities are bounded by config far below i32::MAX; the clamp only keeps a corrupt
@@ -245,31 +252,40 @@ impl Reservation {
         conn: &mut AsyncMysqlConnection,
         rows: &[ReservationUpsert],
     ) -> QueryResult<usize> {
-        let mut sql = String::from(
+        let mut sql = String::with_capacity(256 + rows.len() * 128);
+        sql.push_str(
             "INSERT INTO t_inventory_reservation \
              (order_no, sku_id, warehouse_id, qty, status, expire_at, version, release_reason, trace_id) VALUES ",
         );
-        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", "));
+        for (i, row) in rows.iter().enumerate() {
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            push_text(&mut sql, &row.order_no);
+            sql.push_str(", ");
+            push_int(&mut sql, row.key.sku_id);
+            sql.push_str(", ");
+            push_int(&mut sql, row.key.warehouse_id);
+            sql.push_str(", ");
+            push_int(&mut sql, i64::from(row.qty));
+            sql.push_str(", ");
+            push_text(&mut sql, row.status);
+            sql.push_str(", ");
+            push_datetime(&mut sql, &row.expire_at);
+            sql.push_str(", ");
+            push_int(&mut sql, i64::from(row.rank));
+            sql.push_str(", ");
+            push_opt_text(&mut sql, row.release_reason.as_deref());
+            sql.push_str(", ");
+            push_opt_text(&mut sql, row.trace_id.as_deref());
+            sql.push(')');
+        }
         sql.push_str(
             " ON DUPLICATE KEY UPDATE \
              status = IF(VALUES(version) > version, VALUES(status), status), \
              release_reason = IF(VALUES(version) > version, VALUES(release_reason), release_reason), \
              version = GREATEST(version, VALUES(version))",
         );
-        let mut query = diesel::sql_query(sql).into_boxed::<Mysql>();
-        for row in rows {
-            query = query
-                .bind::<Varchar, _>(row.order_no.clone())
-                .bind::<BigInt, _>(row.key.sku_id)
-                .bind::<BigInt, _>(row.key.warehouse_id)
-                .bind::<Integer, _>(row.qty)
-                .bind::<Varchar, _>(row.status)
-                .bind::<Datetime, _>(row.expire_at)
-                .bind::<Integer, _>(row.rank)
-                .bind::<Nullable<Varchar>, _>(row.release_reason.clone())
-                .bind::<Nullable<Varchar>, _>(row.trace_id.clone());
-        }
-        query.execute(conn).await
+        conn.batch_execute(&sql).await?;
+        Ok(rows.len())
     }
 
     /// Units sold (CONFIRMED lines) per position.
@@ -340,14 +356,40 @@ impl LedgerEntry {
         conn: &mut AsyncMysqlConnection,
         rows: &[NewLedgerEntry],
     ) -> QueryResult<usize> {
-        let mut written = 0;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            written += diesel::insert_or_ignore_into(t_inventory_txn::table)
-                .values(chunk)
-                .execute(conn)
-                .await?;
+            let mut sql = String::with_capacity(256 + chunk.len() * 160);
+            sql.push_str(
+                "INSERT IGNORE INTO t_inventory_txn (txn_id, order_no, sku_id, warehouse_id, \
+                 delta_available, delta_reserved, available_after, reserved_after, reason, \
+                 trace_id, remark) VALUES ",
+            );
+            for (i, row) in chunk.iter().enumerate() {
+                sql.push_str(if i == 0 { "(" } else { ", (" });
+                push_text(&mut sql, &row.txn_id);
+                sql.push_str(", ");
+                push_opt_text(&mut sql, row.order_no.as_deref());
+                for n in [
+                    row.sku_id,
+                    row.warehouse_id,
+                    i64::from(row.delta_available),
+                    i64::from(row.delta_reserved),
+                    i64::from(row.available_after),
+                    i64::from(row.reserved_after),
+                ] {
+                    sql.push_str(", ");
+                    push_int(&mut sql, n);
+                }
+                sql.push_str(", ");
+                push_text(&mut sql, &row.reason);
+                sql.push_str(", ");
+                push_opt_text(&mut sql, row.trace_id.as_deref());
+                sql.push_str(", ");
+                push_opt_text(&mut sql, row.remark.as_deref());
+                sql.push(')');
+            }
+            conn.batch_execute(&sql).await?;
         }
-        Ok(written)
+        Ok(rows.len())
     }
 
     pub async fn for_position(

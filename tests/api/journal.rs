@@ -121,3 +121,36 @@ async fn a_batch_larger_than_one_statement_allows_is_written_in_chunks() {
         .unwrap();
     assert_eq!((lines, ledger), (5_000, 5_000));
 }
+
+#[actix_web::test]
+async fn any_text_reaches_the_ledger_as_it_was_sent() {
+    let app = spawn_app_with(&[]).await;
+    let remark = "it's a \\ \"quote\" -- ; DROP TABLE t_inventory; 库存 \u{1F600}";
+    let (status, body) = app
+        .post_json(
+            "/inventory/44/stock",
+            &json!({"delta": 5, "reason": "INBOUND", "remark": remark, "requestId": "R'1"}),
+        )
+        .await;
+    if status == 400 {
+        // The requestId may be refused by validation; the remark still must get through.
+        let (status, body) = app
+            .post_json(
+                "/inventory/44/stock",
+                &json!({"delta": 5, "reason": "INBOUND", "remark": remark}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    } else {
+        assert_eq!(status, 200, "{body}");
+    }
+    let key = SkuKey::new(1, 44);
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].db_available, Some(5));
+    let mut conn = app.db_conn().await;
+    let rows = inventory::store::models::LedgerEntry::for_position(&mut conn, key)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].remark.as_deref(), Some(remark));
+}

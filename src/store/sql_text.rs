@@ -1,0 +1,72 @@
+//! Multi-row statements as SQL text, for the persistence actor's batches. A prepared
+//! statement with thousands of placeholders costs a prepare round trip and the server's
+//! parse of every placeholder, and each row count is another statement to prepare; the
+//! same rows as text go in one round trip (measured in docs/benchmarks.md).
+//!
+//! Values never come from SQL: numbers are formatted, and text is quoted only when every
+//! character is in a safe set, otherwise written as a hex literal, so no quote, backslash
+//! or control character from a caller ever reaches the statement as syntax, whatever the
+//! server's sql_mode.
+
+use std::fmt::Write;
+
+use chrono::NaiveDateTime;
+
+/// Appends a text value.
+pub fn push_text(sql: &mut String, value: &str) {
+    let plain = value.bytes().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b' ' | b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'@' | b'#' | b'=' | b','
+            )
+    });
+    if plain {
+        sql.push('\'');
+        sql.push_str(value);
+        sql.push('\'');
+    } else if value.is_empty() {
+        sql.push_str("''");
+    } else {
+        // A hex literal is a binary string; CONVERT makes it the column's text.
+        sql.push_str("CONVERT(X'");
+        for byte in value.bytes() {
+            let _ = write!(sql, "{byte:02X}");
+        }
+        sql.push_str("' USING utf8mb4)");
+    }
+}
+
+pub fn push_opt_text(sql: &mut String, value: Option<&str>) {
+    match value {
+        Some(v) => push_text(sql, v),
+        None => sql.push_str("NULL"),
+    }
+}
+
+pub fn push_int(sql: &mut String, value: i64) {
+    let _ = write!(sql, "{value}");
+}
+
+pub fn push_datetime(sql: &mut String, value: &NaiveDateTime) {
+    let _ = write!(sql, "'{}'", value.format("%Y-%m-%d %H:%M:%S%.3f"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_quoted_only_when_safe() {
+        let mut sql = String::new();
+        push_text(&mut sql, "ORD-1_a.b");
+        assert_eq!(sql, "'ORD-1_a.b'");
+        let mut sql = String::new();
+        push_text(&mut sql, "it's\\");
+        assert_eq!(sql, "CONVERT(X'697427735C' USING utf8mb4)");
+        let mut sql = String::new();
+        push_opt_text(&mut sql, None);
+        push_int(&mut sql, -5);
+        assert_eq!(sql, "NULL-5");
+    }
+}
