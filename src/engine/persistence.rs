@@ -69,10 +69,11 @@ impl JournalPersister {
     /// Reads the next batch: own pending entries first, then stale ones of dead
     /// consumers now and then, then new ones (blocking up to `block_ms`).
     pub async fn next_batch(&mut self) -> Result<Vec<JournalEntry>, PersistError> {
-        // XREADGROUP's COUNT is per stream: a read over every group's stream brings at
-        // most `batch_size` entries in all.
-        let groups = self.redis.keys().groups().max(1) as usize;
-        let count = self.settings.batch_size.div_ceil(groups).max(1);
+        // XREADGROUP's COUNT is per stream: one read brings up to `batch_size` entries of
+        // each group's stream (a hot group's entries are large batches, a quiet group's
+        // small ones; splitting the count made every transaction smaller and the drain
+        // slower: docs/benchmarks.md).
+        let count = self.settings.batch_size;
         if self.pending_first {
             let entries = self
                 .redis

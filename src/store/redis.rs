@@ -527,8 +527,9 @@ impl RedisStore {
         for _ in &journals {
             cmd.arg(start);
         }
-        // A blocking read may legitimately take `block` plus the usual call time.
-        let limit = self.timeout + block.unwrap_or_default();
+        // A blocking read may legitimately take `block` plus the usual call time, and a
+        // read over every group's stream may bring megabytes.
+        let limit = self.timeout * 5 + block.unwrap_or_default();
         let reply: Value = match tokio::time::timeout(limit, cmd.query_async(&mut conn)).await {
             Ok(reply) => reply?,
             Err(_) => return Err(RedisStoreError::Timeout(limit)),
