@@ -4,8 +4,8 @@
 --
 -- KEYS[1] the order directory, then per group of the call: orders, holds, journal
 -- ARGV[1] now (ms), ARGV[2] marker ttl after the hold (ms), ARGV[3] groups in the call,
--- then the number of orders, then per order: orderNo, the number of its groups, group#s
--- (a tombstone names none)
+-- then the number of orders, then per order: orderNo, '' (no trace id), the number of its
+-- groups, group#s (a tombstone names none)
 -- Reply: one item, SWEPT orders-removed kept
 local now = tonumber(ARGV[1])
 local marker_ms = tonumber(ARGV[2])

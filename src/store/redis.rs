@@ -604,11 +604,36 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The lag of every group's journal, added up.
+    /// The lag of every group's journal, added up: one pipelined round trip (health
+    /// checks and drain waits call it often); stream by stream if a stream is missing
+    /// (Redis lost its data).
     pub async fn journal_lag(&self, group: &str) -> RedisResult<JournalLag> {
+        let journals = self.keys.journals();
+        let mut pipe = redis::pipe();
+        for journal in &journals {
+            pipe.cmd("XINFO").arg("GROUPS").arg(journal);
+            pipe.cmd("XLEN").arg(journal);
+        }
+        let mut conn = self.conn.clone();
+        let replies: RedisResult<Vec<Value>> = self.timed(pipe.query_async(&mut conn)).await;
+        let replies = match replies {
+            Ok(replies) => replies,
+            Err(RedisStoreError::Redis(_)) => {
+                let mut total = JournalLag::default();
+                for journal in &journals {
+                    let lag = self.stream_lag(journal, group).await?;
+                    total.undelivered += lag.undelivered;
+                    total.pending += lag.pending;
+                    total.length += lag.length;
+                }
+                return Ok(total);
+            }
+            Err(e) => return Err(e),
+        };
         let mut total = JournalLag::default();
-        for journal in self.keys.journals() {
-            let lag = self.stream_lag(&journal, group).await?;
+        for pair in replies.chunks(2) {
+            let [groups, length] = pair else { continue };
+            let lag = lag_of(groups, value_u64(length).unwrap_or(0), group);
             total.undelivered += lag.undelivered;
             total.pending += lag.pending;
             total.length += lag.length;
@@ -633,22 +658,7 @@ impl RedisStore {
                 _ => Err(e),
             })?;
         let length: u64 = self.timed(conn.xlen(journal)).await?;
-        let mut lag = JournalLag {
-            length,
-            ..JournalLag::default()
-        };
-        for info in value_maps(&groups) {
-            if info.get("name").and_then(value_string).as_deref() != Some(group) {
-                continue;
-            }
-            lag.pending = info.get("pending").and_then(value_u64).unwrap_or(0);
-            lag.undelivered = match info.get("lag").and_then(value_u64) {
-                Some(n) => n,
-                // Redis answers nil when it cannot tell; everything not acknowledged then.
-                None => length.saturating_sub(lag.pending),
-            };
-        }
-        Ok(lag)
+        Ok(lag_of(&groups, length, group))
     }
 
     /// Removes entries every consumer group has acknowledged, in every group's journal.
@@ -714,6 +724,26 @@ impl RedisStore {
             .await?;
         Ok(removed)
     }
+}
+
+/// One stream's lag for a consumer group, from its XINFO GROUPS reply and length.
+fn lag_of(groups: &Value, length: u64, group: &str) -> JournalLag {
+    let mut lag = JournalLag {
+        length,
+        ..JournalLag::default()
+    };
+    for info in value_maps(groups) {
+        if info.get("name").and_then(value_string).as_deref() != Some(group) {
+            continue;
+        }
+        lag.pending = info.get("pending").and_then(value_u64).unwrap_or(0);
+        lag.undelivered = match info.get("lag").and_then(value_u64) {
+            Some(n) => n,
+            // Redis answers nil when it cannot tell; everything not acknowledged then.
+            None => length.saturating_sub(lag.pending),
+        };
+    }
+    lag
 }
 
 async fn open_manager(

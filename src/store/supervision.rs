@@ -177,7 +177,8 @@ impl RedisStore {
             .arg(call_groups.len())
             .arg(candidates.len());
         for (order_no, groups) in &candidates {
-            invocation.arg(order_no).arg(groups.len());
+            // No trace id: the script reads orders the way confirm and release pass them.
+            invocation.arg(order_no).arg("").arg(groups.len());
             for g in groups {
                 invocation.arg(index(*g));
             }

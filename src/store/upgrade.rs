@@ -280,6 +280,21 @@ impl RedisStore {
         if self.layout_meta().await?.is_some() {
             return Ok(report);
         }
+        // Layout 1 always kept its epoch key (and a journal and holds once used); without
+        // them there is nothing to upgrade, and no SCAN of the whole keyspace is needed.
+        let mut conn = self.conn.clone();
+        let signs: i64 = self
+            .timed(
+                redis::cmd("EXISTS")
+                    .arg(self.legacy_key("epoch"))
+                    .arg(self.legacy_key("journal"))
+                    .arg(self.legacy_key("holds"))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if signs == 0 {
+            return Ok(report);
+        }
         let keys = self.legacy_keys().await?;
         if keys.is_empty() {
             return Ok(report);

@@ -355,3 +355,69 @@ async fn a_layout_1_deployment_upgrades_with_its_holds_markers_tombstones_and_jo
     assert_eq!(audits[0].lines_reserved, 0);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[actix_web::test]
+async fn the_sweep_forgets_settled_orders_once_their_markers_lived_out_and_never_a_held_one() {
+    let app = crate::helpers::spawn_app().await;
+    app.stock_in(7101, 1, 10).await;
+    for order in ["SW-HELD", "SW-DONE"] {
+        let (status, body) = app
+            .post_json(
+                "/inventory/reserve",
+                &json!({"orderNo": order, "skuId": 7101, "qty": 1}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = app
+        .post("/inventory/reservations/release?orderNo=SW-DONE")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .post("/inventory/reservations/release?orderNo=SW-EARLY")
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(app.redis.has_tombstone("SW-EARLY").await.unwrap());
+
+    let marker_ttl_ms = app.settings.marker_ttl_ms();
+    let hold_ms = app.settings.hold_ms();
+    let now = inventory::engine::now_ms();
+    // Before the markers lived out: nothing goes.
+    let (_, removed) = app
+        .redis
+        .sweep_orders(0, 1000, now, marker_ttl_ms)
+        .await
+        .unwrap();
+    assert_eq!(removed, 0);
+    // Long after: the settled order and the tombstone go, the held order stays.
+    let later = now + hold_ms + marker_ttl_ms + 1_000;
+    let mut cursor = 0;
+    let mut removed = 0;
+    loop {
+        let (next, n) = app
+            .redis
+            .sweep_orders(cursor, 1000, later, marker_ttl_ms)
+            .await
+            .unwrap();
+        removed += n;
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!(removed, 2);
+    let found = app
+        .redis
+        .lookup_orders(&["SW-HELD".into(), "SW-DONE".into(), "SW-EARLY".into()])
+        .await
+        .unwrap();
+    assert!(found[0].is_some(), "a held order is never swept");
+    assert!(found[1].is_none() && found[2].is_none(), "{found:?}");
+    let key = SkuKey::new(1, 7101);
+    let markers = app.redis.line_markers("SW-DONE", &[key]).await.unwrap();
+    assert_eq!(markers, vec![None], "its record went with it");
+    let markers = app.redis.line_markers("SW-HELD", &[key]).await.unwrap();
+    assert!(markers[0].is_some());
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].lines_reserved, 1);
+}
