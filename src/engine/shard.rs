@@ -155,6 +155,7 @@ pub struct ShardQueue {
     max_batch: usize,
     in_flight: usize,
     max_in_flight: usize,
+    abandoned: u64,
 }
 
 impl ShardQueue {
@@ -165,6 +166,7 @@ impl ShardQueue {
             max_batch: max_batch.max(1),
             in_flight: 0,
             max_in_flight: max_in_flight.max(1),
+            abandoned: 0,
         }
     }
 
@@ -180,19 +182,45 @@ impl ShardQueue {
     /// The next batch, if fewer than `max_in_flight` are in flight: the longest run of
     /// requests of one kind at the head of the queue, up to `max_batch`. Batches of one
     /// shard go out on one connection, so Redis applies them in the order they were taken.
+    /// A request whose caller gave up (timed out or disconnected) is dropped unsent: its
+    /// answer would go nowhere, and under retry storms such requests would crowd out the
+    /// live ones (a retry with the same orderNo is safe whatever happened).
     pub fn take_batch(&mut self) -> Option<Vec<Waiting>> {
         if self.in_flight >= self.max_in_flight {
             return None;
         }
+        self.drop_abandoned_head();
         let kind = self.pending.front()?.0.kind();
-        let n = self
-            .pending
-            .iter()
-            .take(self.max_batch)
-            .take_while(|(r, _)| r.kind() == kind)
-            .count();
+        let mut batch = Vec::new();
+        while batch.len() < self.max_batch {
+            self.drop_abandoned_head();
+            match self.pending.front() {
+                Some((request, _)) if request.kind() == kind => {
+                    if let Some(item) = self.pending.pop_front() {
+                        batch.push(item);
+                    }
+                }
+                _ => break,
+            }
+        }
         self.in_flight += 1;
-        Some(self.pending.drain(..n).collect())
+        Some(batch)
+    }
+
+    fn drop_abandoned_head(&mut self) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|(_, reply)| reply.is_closed())
+        {
+            self.pending.pop_front();
+            self.abandoned += 1;
+        }
+    }
+
+    /// Requests dropped unsent because their callers had given up.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned
     }
 
     pub fn finish_batch(&mut self) {
@@ -307,6 +335,25 @@ mod tests {
                 even_if_expired: false,
             },
         })
+    }
+
+    #[test]
+    fn requests_whose_callers_gave_up_are_not_sent() {
+        let mut queue = ShardQueue::new(10, 10, 4);
+        let (tx0, rx0) = oneshot::channel();
+        let (tx1, rx1) = oneshot::channel();
+        let (tx2, rx2) = oneshot::channel();
+        queue.push(order(0), tx0);
+        queue.push(order(1), tx1);
+        queue.push(order(2), tx2);
+        drop(rx0);
+        drop(rx2);
+        let batch = queue.take_batch().unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].0, order(1));
+        assert_eq!(queue.abandoned(), 2);
+        assert!(queue.is_empty());
+        drop(rx1);
     }
 
     #[test]
