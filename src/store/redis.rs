@@ -409,6 +409,32 @@ impl RedisStore {
         })
     }
 
+    /// Keys matching a pattern, all of them (SCAN).
+    pub(super) async fn scan_keys(&self, pattern: &str) -> RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .timed(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            out.extend(keys);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     // ----- layout -----
 
     /// What the meta hash says: (layout, groups), None when Redis has no meta yet.

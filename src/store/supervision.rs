@@ -215,28 +215,11 @@ impl RedisStore {
 
     /// Every position Redis holds a stock hash for.
     pub async fn scan_positions(&self) -> RedisResult<Vec<SkuKey>> {
-        let mut conn = self.conn.clone();
-        let pattern = self.keys.stock_pattern();
-        let mut cursor: u64 = 0;
-        let mut out = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .timed(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            out.extend(keys.iter().filter_map(|k| self.keys.parse_stock_key(k)));
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+        let keys = self.scan_keys(&self.keys.stock_pattern()).await?;
+        let mut out: Vec<SkuKey> = keys
+            .iter()
+            .filter_map(|k| self.keys.parse_stock_key(k))
+            .collect();
         out.sort();
         out.dedup();
         Ok(out)

@@ -44,32 +44,6 @@ impl RedisStore {
         format!("{}inv:{name}", self.keys.prefix())
     }
 
-    /// Keys matching a pattern, all of them (SCAN).
-    async fn scan_keys(&self, pattern: &str) -> RedisResult<Vec<String>> {
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
-        let mut out = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .timed(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            out.extend(keys);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
     /// Layout-1 keys: position keys `inv:{w:s}...`, order indexes `inv:ord:{orderNo}`, and
     /// the global journal, holds and epoch. (Layout-2 keys never have a colon inside
     /// their hash tag, so the patterns cannot match them.)
