@@ -159,7 +159,8 @@ impl StockService {
 
     pub async fn adjust(&self, req: AdjustRequest) -> Result<AdjustResult, EngineError> {
         let limits = &self.settings.inventory;
-        if req.delta == 0 || req.delta.abs() > limits.max_adjust_qty {
+        // unsigned_abs: i64::MIN has no positive counterpart (abs() would overflow).
+        if req.delta == 0 || req.delta.unsigned_abs() > limits.max_adjust_qty.unsigned_abs() {
             return Err(EngineError::QuantityOutOfRange(format!(
                 "delta must be non-zero and at most {} in absolute value",
                 limits.max_adjust_qty

@@ -372,6 +372,13 @@ fn bad_requests() -> Vec<(
         (
             "POST",
             "/inventory/7001/stock",
+            Some("{\"delta\": -9223372036854775808}"),
+            400,
+            "QUANTITY_OUT_OF_RANGE",
+        ),
+        (
+            "POST",
+            "/inventory/7001/stock",
             Some("{\"delta\": 99999999999999999999}"),
             400,
             "INVALID_JSON",
