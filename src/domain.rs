@@ -19,22 +19,6 @@ impl SkuKey {
             sku_id,
         }
     }
-
-    /// The shard that serialises this SKU's requests (stable across processes and
-    /// restarts: FNV-1a, not the std hasher, whose seed is random).
-    pub fn shard(&self, shards: usize) -> usize {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self
-            .warehouse_id
-            .to_le_bytes()
-            .iter()
-            .chain(self.sku_id.to_le_bytes().iter())
-        {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        (hash % shards.max(1) as u64) as usize
-    }
 }
 
 impl fmt::Display for SkuKey {
@@ -177,21 +161,6 @@ pub fn local_now() -> chrono::NaiveDateTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shard_is_stable_and_in_range() {
-        let key = SkuKey::new(1, 1001);
-        assert_eq!(key.shard(8), key.shard(8));
-        for sku in 0..1000 {
-            assert!(SkuKey::new(1, sku).shard(7) < 7);
-        }
-        // Spread: 1000 SKUs over 8 shards leave no shard empty.
-        let mut counts = [0; 8];
-        for sku in 0..1000 {
-            counts[SkuKey::new(1, sku).shard(8)] += 1;
-        }
-        assert!(counts.iter().all(|&c| c > 50), "{counts:?}");
-    }
 
     #[test]
     fn reasons_round_trip() {

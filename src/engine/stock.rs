@@ -295,27 +295,27 @@ impl StockService {
         };
         let now = crate::engine::now_ms();
         let marker_ttl = self.settings.marker_ttl_ms();
-        let lines = {
+        // The lines still within their marker lifetime, then every line of those orders, so
+        // that their directory entries list all of them (one pooled connection for both).
+        let rows = {
             let mut conn = db::connection(&self.pool).await?;
-            Reservation::live_for_position(
+            let lines = Reservation::live_for_position(
                 &mut conn,
                 key,
                 crate::domain::ms_to_local(now - marker_ttl),
             )
             .await
-            .map_err(db::DbError::from)?
-        };
-        // Every line of those orders, so that their directory entries list all of them.
-        let mut order_nos: Vec<String> = lines.iter().map(|l| l.order_no.clone()).collect();
-        order_nos.sort();
-        order_nos.dedup();
-        let rows = if order_nos.is_empty() {
-            vec![]
-        } else {
-            let mut conn = db::connection(&self.pool).await?;
-            Reservation::by_orders(&mut conn, &order_nos)
-                .await
-                .map_err(db::DbError::from)?
+            .map_err(db::DbError::from)?;
+            let mut order_nos: Vec<String> = lines.into_iter().map(|l| l.order_no).collect();
+            order_nos.sort();
+            order_nos.dedup();
+            if order_nos.is_empty() {
+                vec![]
+            } else {
+                Reservation::by_orders(&mut conn, &order_nos)
+                    .await
+                    .map_err(db::DbError::from)?
+            }
         };
         let mut orders: std::collections::BTreeMap<String, OrderSnapshot> = Default::default();
         for row in &rows {

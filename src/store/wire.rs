@@ -163,6 +163,14 @@ pub struct OrderRecord {
     pub lines: Vec<RecordLine>,
 }
 
+/// `w:s:qty` at the head of a line field; the rest of the field's parts follow.
+fn parse_line_head<'a>(parts: &mut impl Iterator<Item = &'a str>) -> Option<(SkuKey, i64)> {
+    let w = parts.next()?.parse().ok()?;
+    let s = parts.next()?.parse().ok()?;
+    let qty = parts.next()?.parse().ok()?;
+    Some((SkuKey::new(w, s), qty))
+}
+
 impl OrderRecord {
     pub fn parse(raw: &str) -> Option<OrderRecord> {
         let mut fields = raw.split(' ');
@@ -170,18 +178,12 @@ impl OrderRecord {
         let mut lines = Vec::new();
         for field in fields {
             let mut parts = field.split(':');
-            let w = parts.next()?.parse().ok()?;
-            let s = parts.next()?.parse().ok()?;
-            let qty = parts.next()?.parse().ok()?;
+            let (key, qty) = parse_line_head(&mut parts)?;
             let status = ReservationStatus::parse(parts.next()?)?;
             if parts.next().is_some() {
                 return None;
             }
-            lines.push(RecordLine {
-                key: SkuKey::new(w, s),
-                qty,
-                status,
-            });
+            lines.push(RecordLine { key, qty, status });
         }
         (!lines.is_empty()).then_some(OrderRecord {
             expire_at_ms,
@@ -233,13 +235,11 @@ impl DirectoryEntry {
         let mut lines = Vec::new();
         for field in fields {
             let mut parts = field.split(':');
-            let w = parts.next()?.parse().ok()?;
-            let s = parts.next()?.parse().ok()?;
-            let qty = parts.next()?.parse().ok()?;
+            let line = parse_line_head(&mut parts)?;
             if parts.next().is_some() {
                 return None;
             }
-            lines.push((SkuKey::new(w, s), qty));
+            lines.push(line);
         }
         (!lines.is_empty()).then_some(DirectoryEntry::Order {
             expire_at_ms,
@@ -510,6 +510,14 @@ mod tests {
         }
         assert_eq!(seen.len(), 16);
         assert_eq!(group_of(SkuKey::new(1, 5), 1), 0);
+        // In range, and 1000 SKUs over 8 groups leave none nearly empty.
+        let mut counts = [0; 8];
+        for sku in 0..1000 {
+            let g = group_of(SkuKey::new(1, sku), 8) as usize;
+            assert!(g < 8);
+            counts[g] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 50), "{counts:?}");
     }
 
     #[test]
