@@ -134,7 +134,9 @@ pub struct TimeoutSettings {
     pub batch_size: usize,
     pub cron: String,
     pub interval_ms: u64,
+    pub run_budget_ms: u64,
     pub order_status_url: String,
+    pub order_status_concurrency: usize,
     pub order_status_timeout_ms: u64,
     pub order_status_max_attempts: u32,
 }
@@ -456,6 +458,18 @@ impl Settings {
             self.reservation.timeout.order_status_max_attempts as i64,
             1,
             10_000,
+        )?;
+        check_range(
+            "reservation.timeout.order_status_concurrency",
+            self.reservation.timeout.order_status_concurrency as i64,
+            1,
+            1024,
+        )?;
+        check_range(
+            "reservation.timeout.run_budget_ms",
+            self.reservation.timeout.run_budget_ms as i64,
+            1,
+            600_000,
         )?;
         check_range(
             "reconcile.interval_ms",
@@ -808,9 +822,12 @@ mod tests {
         let s = Settings::load_from(None, &dev()).unwrap();
         assert_eq!(s.http.bind, "0.0.0.0:8082");
         assert_eq!(s.reservation.expire_minutes, 30);
-        assert!(!s.reservation.timeout.enabled);
-        assert_eq!(s.reservation.timeout.batch_size, 100);
-        assert_eq!(s.reservation.timeout.cron, "0 * * * * ?");
+        // Expiry differs from the reference on purpose (README, "Expiry"): on, every 5 s,
+        // draining everything due.
+        assert!(s.reservation.timeout.enabled);
+        assert_eq!(s.reservation.timeout.batch_size, 500);
+        assert_eq!(s.reservation.timeout.cron, "0/5 * * * * ?");
+        assert_eq!(s.reservation.timeout.run_budget_ms, 2000);
         assert_eq!(s.inventory.default_warehouse_id, 1);
     }
 
@@ -874,7 +891,7 @@ mod tests {
         std::fs::write(&file, "[reservation]\nexpire_minutes = 5\n").unwrap();
         let s = Settings::load_from(Some(&file), &dev()).unwrap();
         assert_eq!(s.reservation.expire_minutes, 5);
-        assert_eq!(s.reservation.timeout.batch_size, 100);
+        assert_eq!(s.reservation.timeout.batch_size, 500);
     }
 
     #[test]

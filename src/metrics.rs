@@ -2,8 +2,8 @@
 //! process).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Cheap to clone (one reference count): request paths clone it.
@@ -36,6 +36,8 @@ pub struct MetricSet {
     pub kafka_dead_lettered: IntCounterVec,
     pub kafka_consumer_lag: IntGauge,
     pub holds_expired: IntCounterVec,
+    pub expiry_due_holds: IntGauge,
+    pub expiry_oldest_due_age: Gauge,
     pub reconcile_runs: IntCounterVec,
     pub reconcile_differences: IntCounterVec,
     pub reconcile_repairs: IntCounterVec,
@@ -155,6 +157,14 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let expiry_due_holds = IntGauge::new(
+            "expiry_due_holds",
+            "Holds past their expiry not yet released (per slot group: an order held in two groups counts twice)",
+        )?;
+        let expiry_oldest_due_age = Gauge::new(
+            "expiry_oldest_due_age_seconds",
+            "How long the oldest due-but-unreleased hold has been due (0 when none is)",
+        )?;
         let reconcile_runs = IntCounterVec::new(
             Opts::new("reconcile_runs_total", "Reconciliation runs"),
             &["trigger"],
@@ -189,6 +199,8 @@ impl Metrics {
             "1 while this instance holds the supervisor lease",
         )?;
         registry.register(Box::new(holds_expired.clone()))?;
+        registry.register(Box::new(expiry_due_holds.clone()))?;
+        registry.register(Box::new(expiry_oldest_due_age.clone()))?;
         registry.register(Box::new(reconcile_runs.clone()))?;
         registry.register(Box::new(reconcile_differences.clone()))?;
         registry.register(Box::new(reconcile_repairs.clone()))?;
@@ -228,6 +240,8 @@ impl Metrics {
             kafka_dead_lettered,
             kafka_consumer_lag,
             holds_expired,
+            expiry_due_holds,
+            expiry_oldest_due_age,
             reconcile_runs,
             reconcile_differences,
             reconcile_repairs,

@@ -1,4 +1,5 @@
-//! `/health` (liveness), `/health/ready` (Redis and DB reachable) and `/metrics`.
+//! `/health` (liveness), `/health/ready` (Redis and DB reachable, journal and expiry lag)
+//! and `/metrics`.
 //!
 //! Readiness has three states. UP: both stores answer. DEGRADED (still 200): Redis answers
 //! but the DB does not; reservations are decided in Redis and journalled, so the service
@@ -56,6 +57,22 @@ pub struct Readiness {
     pub database: StoreHealth,
     /// Null when the persistence actor does not answer.
     pub journal: Option<JournalHealth>,
+    /// How far the expiry scan is behind; null when Redis does not answer.
+    pub expiry: Option<ExpiryHealth>,
+}
+
+/// Holds past their expiry that the scan has not released yet.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpiryHealth {
+    /// Whether this instance runs the scan (`reservation.timeout.enabled`; only the
+    /// supervisor leader actually does).
+    pub enabled: bool,
+    /// Due holds not yet released (per slot group: an order held in two groups counts
+    /// twice).
+    pub due_holds: u64,
+    /// How long the oldest of them has been due, in milliseconds (0 when none is).
+    pub oldest_due_age_ms: u64,
 }
 
 /// Liveness: the process answers.
@@ -114,6 +131,14 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         }),
         _ => None,
     };
+    let expiry = match tokio::time::timeout(CHECK_TIMEOUT, state.expiry.lag()).await {
+        Ok(Ok(lag)) => Some(ExpiryHealth {
+            enabled: state.settings.reservation.timeout.enabled,
+            due_holds: lag.due_holds,
+            oldest_due_age_ms: lag.oldest_due_age_ms,
+        }),
+        _ => None,
+    };
     let status = match (&redis, &database) {
         (Ok(()), Ok(())) => "UP",
         (Ok(()), Err(_)) => "DEGRADED",
@@ -125,6 +150,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         redis: store_health(redis),
         database: store_health(database),
         journal,
+        expiry,
     };
     if redis_up {
         ok(data)
@@ -141,10 +167,12 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    // Refresh the lag gauge at scrape time so it is never stale.
+    // Refresh the lag gauges at scrape time so they are never stale (the expiry gauges
+    // are set by `lag()` itself).
     if let Ok(Ok(lag)) = state.persistence.send(GetLag).await {
         state.metrics.journal_lag.set(lag.not_persisted() as i64);
     }
+    let _ = tokio::time::timeout(CHECK_TIMEOUT, state.expiry.lag()).await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

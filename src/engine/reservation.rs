@@ -162,6 +162,38 @@ fn line_views(lines: &[OrderLine]) -> Vec<LineView> {
         .collect()
 }
 
+/// What a release's reply means for its caller.
+fn release_result(
+    order_no: &str,
+    reply: TransitionReply,
+    items: Vec<LineView>,
+) -> Result<TransitionOutcome, EngineError> {
+    let outcome = |existed| TransitionOutcome {
+        order_no: order_no.to_string(),
+        status: ReservationStatus::Released,
+        existed,
+        items,
+    };
+    match reply {
+        TransitionReply::Done => Ok(outcome(false)),
+        TransitionReply::Exists => Ok(outcome(true)),
+        TransitionReply::Tombstone | TransitionReply::NotFound => {
+            Err(EngineError::ReservationNotFound(order_no.to_string()))
+        }
+        TransitionReply::Confirmed { key } => Err(EngineError::InvalidStatus(format!(
+            "order {order_no} cannot be released: sku {} is CONFIRMED",
+            key.sku_id
+        ))),
+        TransitionReply::NotExpired => Err(EngineError::InvalidStatus(format!(
+            "order {order_no} has not expired"
+        ))),
+        TransitionReply::Released { .. } | TransitionReply::Expired { .. } => Err(
+            EngineError::InvalidStatus(format!("order {order_no} cannot be released")),
+        ),
+        TransitionReply::JournalFull | TransitionReply::Retry => Err(EngineError::Overloaded),
+    }
+}
+
 impl ReservationEngine {
     pub fn new(
         shards: Vec<Addr<ShardActor>>,
@@ -529,30 +561,67 @@ impl ReservationEngine {
             only_if_expired,
         };
         let (reply, items) = self.transition(order_no, trace_id, op).await?;
-        let outcome = |existed| TransitionOutcome {
-            order_no: order_no.to_string(),
-            status: ReservationStatus::Released,
-            existed,
-            items: items.clone(),
+        release_result(order_no, reply, items)
+    }
+
+    /// Releases the expired holds of many orders at once (the expiry scan): one directory
+    /// read for all of them, then every order goes to its shard at the same time, so the
+    /// shards batch them into one script call per batch, as they do reserves. Only lines
+    /// whose hold has expired are released (ledger reason EXPIRED). One result per order,
+    /// in order; Err as a whole only when the directory cannot be read.
+    pub async fn release_expired_many(
+        &self,
+        order_nos: &[String],
+        trace_id: &str,
+    ) -> Result<Vec<Result<TransitionOutcome, EngineError>>, EngineError> {
+        let entries = self.redis.lookup_orders(order_nos).await?;
+        let op = TransitionOp::Release {
+            reason: LedgerReason::Expired,
+            remark: "hold expired".to_string(),
+            only_if_expired: true,
         };
-        match reply {
-            TransitionReply::Done => Ok(outcome(false)),
-            TransitionReply::Exists => Ok(outcome(true)),
-            TransitionReply::Tombstone | TransitionReply::NotFound => {
-                Err(EngineError::ReservationNotFound(order_no.to_string()))
+        let releases = order_nos.iter().zip(entries).map(|(order_no, entry)| {
+            let op = op.clone();
+            async move {
+                let Some(DirectoryEntry::Order { lines, .. }) = entry else {
+                    return Err(EngineError::ReservationNotFound(order_no.clone()));
+                };
+                let items = lines
+                    .iter()
+                    .map(|(key, qty)| LineView {
+                        sku_id: key.sku_id,
+                        warehouse_id: key.warehouse_id,
+                        qty: *qty,
+                    })
+                    .collect();
+                let order = TransitionOrder {
+                    order_no: order_no.clone(),
+                    trace_id: trace_id.to_string(),
+                    positions: lines.iter().map(|(k, _)| *k).collect(),
+                    op,
+                };
+                match self.send_transition(order).await? {
+                    // The order changed since the directory was read: the one-order path
+                    // reads it again (bounded retries).
+                    TransitionReply::Retry => {
+                        self.release_inner(
+                            order_no,
+                            LedgerReason::Expired,
+                            "hold expired",
+                            trace_id,
+                            true,
+                        )
+                        .await
+                    }
+                    reply => release_result(order_no, reply, items),
+                }
             }
-            TransitionReply::Confirmed { key } => Err(EngineError::InvalidStatus(format!(
-                "order {order_no} cannot be released: sku {} is CONFIRMED",
-                key.sku_id
-            ))),
-            TransitionReply::NotExpired => Err(EngineError::InvalidStatus(format!(
-                "order {order_no} has not expired"
-            ))),
-            TransitionReply::Released { .. } | TransitionReply::Expired { .. } => Err(
-                EngineError::InvalidStatus(format!("order {order_no} cannot be released")),
-            ),
-            TransitionReply::JournalFull | TransitionReply::Retry => Err(EngineError::Overloaded),
+        });
+        let results = futures_util::future::join_all(releases).await;
+        for result in &results {
+            self.count_transition("expire", result);
         }
+        Ok(results)
     }
 
     /// The order's lines: Redis' state (current even before the journal drains), with the

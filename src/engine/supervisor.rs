@@ -4,6 +4,8 @@
 //! each change once.
 
 use std::collections::HashMap;
+
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,10 +36,15 @@ pub struct ExpiryReport {
     pub kept: usize,
     /// Orders already settled by someone else (another job, a confirm, a cancel).
     pub settled: usize,
+    /// Steps taken (each one directory read and one round of shard batches).
+    pub steps: usize,
+    /// The run ended on its time budget with holds still due: run again soon.
+    pub budget_spent: bool,
 }
 
 /// Releases expired holds (the reference's timeout job), asking the order service first
-/// when configured.
+/// when configured. A run drains what is due: steps of `batch_size` orders, oldest first,
+/// until nothing is due or `run_budget_ms` is spent.
 #[derive(Clone)]
 pub struct ExpiryJob {
     reservations: ReservationEngine,
@@ -45,7 +52,8 @@ pub struct ExpiryJob {
     settings: Settings,
     metrics: Metrics,
     http: reqwest::Client,
-    /// Orders whose status could not be read, and how often.
+    /// Orders whose status could not be read, and how often. Bounded: a run that drains
+    /// everything keeps only the orders it kept.
     attempts: Arc<Mutex<HashMap<String, u32>>>,
 }
 
@@ -53,6 +61,14 @@ enum PaidAnswer {
     Paid,
     NotPaid,
     Unknown(String),
+}
+
+/// What one step decided for each order it read.
+#[derive(Default)]
+struct StepPlan {
+    release: Vec<String>,
+    confirm: Vec<String>,
+    keep: Vec<String>,
 }
 
 impl ExpiryJob {
@@ -111,59 +127,114 @@ impl ExpiryJob {
         }
     }
 
-    /// One run: up to `timeout.batch_size` due orders.
+    /// The longest a run may take: the configured budget, capped at half the lease (the
+    /// lease is renewed between jobs).
+    fn budget(&self) -> Duration {
+        let budget_ms = self
+            .settings
+            .reservation
+            .timeout
+            .run_budget_ms
+            .min(self.settings.supervisor.lease_ms / 2)
+            .max(1);
+        Duration::from_millis(budget_ms)
+    }
+
+    /// One run: every due hold, in steps of `batch_size`, within the time budget.
     pub async fn run_once(&self) -> Result<ExpiryReport, EngineError> {
-        let timeout = &self.settings.reservation.timeout;
-        let batch = timeout.batch_size;
-        let hook = !timeout.order_status_url.is_empty();
-        let mut report = ExpiryReport::default();
-        let kept_before = self.attempts.lock().await.len();
-        let due = self
-            .stock
-            .redis()
-            .due_holds(now_ms(), batch + kept_before)
-            .await?;
+        let started = Instant::now();
+        let budget = self.budget();
+        let batch = self.settings.reservation.timeout.batch_size.max(1);
         let trace = format!("expiry-{}", uuid::Uuid::new_v4().simple());
-        for order_no in due.into_iter() {
-            if report.released + report.confirmed + report.settled >= batch {
+        let mut report = ExpiryReport::default();
+        // Orders left held this run (status unknown), with their expiry. Everything else a
+        // step reads leaves the holds index, so the next step reads from the expiry of the
+        // last order read and skips only these.
+        let mut kept: HashMap<String, i64> = HashMap::new();
+        let mut from_ms = i64::MIN;
+        loop {
+            if started.elapsed() >= budget {
+                report.budget_spent = true;
                 break;
             }
-            if hook {
-                match self.order_paid(&order_no).await {
-                    PaidAnswer::Paid => {
-                        self.attempts.lock().await.remove(&order_no);
-                        match self.reservations.confirm_paid(&order_no, &trace).await {
-                            Ok(_) => {
-                                report.confirmed += 1;
-                                self.count("confirmed_paid");
-                            }
-                            Err(e) if is_transient(&e) => return Err(e),
-                            Err(e) => {
-                                tracing::warn!(order_no, error = %e, "paid order could not be confirmed");
-                                self.stock.redis().forget_hold(&order_no).await?;
-                                report.settled += 1;
-                            }
-                        }
-                        continue;
-                    }
-                    PaidAnswer::NotPaid => {
-                        self.attempts.lock().await.remove(&order_no);
-                    }
-                    PaidAnswer::Unknown(reason) => {
-                        let mut attempts = self.attempts.lock().await;
-                        let n = attempts.entry(order_no.clone()).or_insert(0);
-                        *n += 1;
-                        if *n < timeout.order_status_max_attempts {
-                            tracing::warn!(
-                                order_no,
-                                attempt = *n,
-                                reason,
-                                "order status unknown; hold kept"
-                            );
-                            report.kept += 1;
-                            self.count("kept");
-                            continue;
-                        }
+            let skip = kept.values().filter(|x| **x >= from_ms).count();
+            let due = self
+                .stock
+                .redis()
+                .due_holds(from_ms, now_ms(), batch + skip)
+                .await?;
+            let step: Vec<(String, i64)> = due
+                .into_iter()
+                .filter(|(order, _)| !kept.contains_key(order))
+                .take(batch)
+                .collect();
+            let Some(last) = step.last() else {
+                break;
+            };
+            from_ms = last.1;
+            report.steps += 1;
+            let expiry_of: HashMap<&str, i64> =
+                step.iter().map(|(o, x)| (o.as_str(), *x)).collect();
+            let plan = self.plan_step(&step).await;
+            for order in &plan.keep {
+                kept.insert(
+                    order.clone(),
+                    expiry_of.get(order.as_str()).copied().unwrap_or(from_ms),
+                );
+            }
+            report.kept += plan.keep.len();
+            self.apply_step(plan, &trace, &mut report).await?;
+        }
+        if !report.budget_spent {
+            // Orders that were not seen again were settled elsewhere: forget their counts.
+            self.attempts
+                .lock()
+                .await
+                .retain(|order, _| kept.contains_key(order));
+        }
+        Ok(report)
+    }
+
+    /// Asks the order service about every order of a step (bounded concurrency) and
+    /// decides what to do with each. Without the hook, everything is released.
+    async fn plan_step(&self, step: &[(String, i64)]) -> StepPlan {
+        let timeout = &self.settings.reservation.timeout;
+        if timeout.order_status_url.is_empty() {
+            return StepPlan {
+                release: step.iter().map(|(o, _)| o.clone()).collect(),
+                ..StepPlan::default()
+            };
+        }
+        let answers: Vec<(String, PaidAnswer)> = futures_util::stream::iter(step.iter())
+            .map(|(order, _)| async move { (order.clone(), self.order_paid(order).await) })
+            .buffered(timeout.order_status_concurrency.max(1))
+            .collect()
+            .await;
+        let mut plan = StepPlan::default();
+        let mut attempts = self.attempts.lock().await;
+        for (order_no, answer) in answers {
+            match answer {
+                PaidAnswer::Paid => {
+                    attempts.remove(&order_no);
+                    plan.confirm.push(order_no);
+                }
+                PaidAnswer::NotPaid => {
+                    attempts.remove(&order_no);
+                    plan.release.push(order_no);
+                }
+                PaidAnswer::Unknown(reason) => {
+                    let n = attempts.entry(order_no.clone()).or_insert(0);
+                    *n += 1;
+                    if *n < timeout.order_status_max_attempts {
+                        tracing::warn!(
+                            order_no,
+                            attempt = *n,
+                            reason,
+                            "order status unknown; hold kept"
+                        );
+                        self.count("kept");
+                        plan.keep.push(order_no);
+                    } else {
                         tracing::error!(
                             order_no,
                             attempts = *n,
@@ -171,27 +242,90 @@ impl ExpiryJob {
                             "order status still unknown; releasing the expired hold"
                         );
                         attempts.remove(&order_no);
+                        plan.release.push(order_no);
                     }
                 }
             }
-            match self.reservations.release_expired(&order_no, &trace).await {
+        }
+        plan
+    }
+
+    /// Confirms the paid orders and releases the rest of a step, all at once through the
+    /// shards. Orders that turn out settled elsewhere leave the holds index.
+    async fn apply_step(
+        &self,
+        plan: StepPlan,
+        trace: &str,
+        report: &mut ExpiryReport,
+    ) -> Result<(), EngineError> {
+        let mut forget = Vec::new();
+        let mut transient = None;
+        let confirms = plan
+            .confirm
+            .iter()
+            .map(|order_no| self.reservations.confirm_paid(order_no, trace));
+        let confirmed = futures_util::future::join_all(confirms).await;
+        for (order_no, result) in plan.confirm.iter().zip(confirmed) {
+            match result {
+                Ok(_) => {
+                    report.confirmed += 1;
+                    self.count("confirmed_paid");
+                }
+                Err(e) if is_transient(&e) => transient = Some(e),
+                Err(e) => {
+                    tracing::warn!(order_no, error = %e, "paid order could not be confirmed");
+                    forget.push(order_no.clone());
+                    report.settled += 1;
+                }
+            }
+        }
+        let released = self
+            .reservations
+            .release_expired_many(&plan.release, trace)
+            .await?;
+        for (order_no, result) in plan.release.iter().zip(released) {
+            match result {
                 Ok(outcome) if !outcome.existed => {
                     report.released += 1;
                     self.count("released");
                 }
                 Ok(_) => {
+                    forget.push(order_no.clone());
                     report.settled += 1;
                 }
-                Err(e) if is_transient(&e) => return Err(e),
+                Err(e) if is_transient(&e) => transient = Some(e),
                 // Confirmed, not found, or not (yet) expired: not ours to release.
                 Err(e) => {
                     tracing::debug!(order_no, error = %e, "expired hold already settled");
-                    self.stock.redis().forget_hold(&order_no).await?;
+                    forget.push(order_no.clone());
                     report.settled += 1;
                 }
             }
         }
-        Ok(report)
+        self.stock.redis().forget_holds(&forget).await?;
+        match transient {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Holds due now and not yet released: how many, and how long the oldest has been due.
+    pub async fn lag(&self) -> Result<ExpiryLag, EngineError> {
+        let now = now_ms();
+        let (due, oldest) = self.stock.redis().due_hold_stats(now).await?;
+        let lag = ExpiryLag {
+            due_holds: due,
+            oldest_due_age_ms: oldest
+                .map(|x| u64::try_from(now - x).unwrap_or(0))
+                .unwrap_or(0),
+        };
+        self.metrics
+            .expiry_due_holds
+            .set(i64::try_from(lag.due_holds).unwrap_or(i64::MAX));
+        self.metrics
+            .expiry_oldest_due_age
+            .set(lag.oldest_due_age_ms as f64 / 1000.0);
+        Ok(lag)
     }
 
     fn count(&self, outcome: &str) {
@@ -200,6 +334,16 @@ impl ExpiryJob {
             .with_label_values(&[outcome])
             .inc();
     }
+}
+
+/// How far expiry is behind.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpiryLag {
+    /// Holds past their expiry that are still held (the scan has not released them yet).
+    pub due_holds: u64,
+    /// How long the oldest of them has been due, in milliseconds (0 when none is).
+    pub oldest_due_age_ms: u64,
 }
 
 fn is_transient(e: &EngineError) -> bool {
@@ -762,13 +906,15 @@ impl SupervisorActor {
                         None
                     }
                 };
+                let mut expiry_behind = false;
                 if token.is_some() {
                     if let Err(e) = reconciler.rebuild_if_lost().await {
                         tracing::error!(error = %e, "redis rebuild failed");
                     }
                     if plan.run_expiry {
                         match expiry.run_once().await {
-                            Ok(r) if r != ExpiryReport::default() => {
+                            Ok(r) if r.steps > 0 => {
+                                expiry_behind = r.budget_spent;
                                 tracing::info!(?r, "expiry run")
                             }
                             Ok(_) => {}
@@ -793,10 +939,14 @@ impl SupervisorActor {
                         }
                     }
                 }
-                token
+                (token, expiry_behind)
             }
             .into_actor(self)
-            .map(move |token, act, _ctx| {
+            .map(move |(token, expiry_behind), act, _ctx| {
+                if expiry_behind {
+                    // Holds are still due: the next tick runs the scan again.
+                    act.core.next_expiry = None;
+                }
                 if token.is_some() != was_leader {
                     tracing::info!(
                         instance = %act.core.instance_id,

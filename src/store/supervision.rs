@@ -28,13 +28,20 @@ impl RedisStore {
         Ok((item.status == "LEADER" && item.n[0] > 0).then_some(item.n[0]))
     }
 
-    /// Orders whose holds expired by `now_ms`, oldest first, from every group's holds.
-    pub async fn due_holds(&self, now_ms: i64, limit: usize) -> RedisResult<Vec<String>> {
+    /// Orders whose holds expire in `from_ms..=now_ms`, oldest first (ties by orderNo),
+    /// from every group's holds: (orderNo, expireAt ms), at most `limit`. A multi-group
+    /// order is held in each of its groups and listed once.
+    pub async fn due_holds(
+        &self,
+        from_ms: i64,
+        now_ms: i64,
+        limit: usize,
+    ) -> RedisResult<Vec<(String, i64)>> {
         let mut pipe = redis::pipe();
         for g in 0..self.keys.groups() {
             pipe.cmd("ZRANGEBYSCORE")
                 .arg(self.keys.holds(g))
-                .arg("-inf")
+                .arg(from_ms)
                 .arg(now_ms)
                 .arg("WITHSCORES")
                 .arg("LIMIT")
@@ -43,30 +50,31 @@ impl RedisStore {
         }
         let mut conn = self.conn.clone();
         let per_group: Vec<Vec<(String, f64)>> = self.timed(pipe.query_async(&mut conn)).await?;
-        let mut due: Vec<(f64, String)> = per_group
+        let mut due: Vec<(i64, String)> = per_group
             .into_iter()
             .flatten()
-            .map(|(order, score)| (score, order))
+            .map(|(order, score)| (score as i64, order))
             .collect();
-        due.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        // A multi-group order is held in each of its groups.
+        due.sort();
         let mut seen = std::collections::HashSet::new();
         Ok(due
             .into_iter()
             .filter(|(_, order)| seen.insert(order.clone()))
-            .map(|(_, order)| order)
+            .map(|(score, order)| (order, score))
             .take(limit)
             .collect())
     }
 
-    /// Drops an order from every group's holds (it is settled, or Redis has no record).
-    pub async fn forget_hold(&self, order_no: &str) -> RedisResult<()> {
+    /// Drops orders from every group's holds (they are settled, or Redis has no record).
+    pub async fn forget_holds(&self, order_nos: &[String]) -> RedisResult<()> {
+        if order_nos.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
-        for g in 0..self.keys.groups() {
-            pipe.cmd("ZREM")
-                .arg(self.keys.holds(g))
-                .arg(order_no)
-                .ignore();
+        for chunk in order_nos.chunks(1000) {
+            for g in 0..self.keys.groups() {
+                pipe.cmd("ZREM").arg(self.keys.holds(g)).arg(chunk).ignore();
+            }
         }
         let mut conn = self.conn.clone();
         let _: () = self.timed(pipe.query_async(&mut conn)).await?;

@@ -108,6 +108,223 @@ async fn expired_holds_are_released_once_by_the_scheduled_job() {
     assert_eq!((expired_a, expired_b), (2, 1), "one EXPIRED row per line");
 }
 
+/// The default configuration (`config/default.toml` with nothing but the test's stores and
+/// a short hold) releases an unconfirmed hold on its own: no `reservation.timeout.*` set.
+#[actix_web::test]
+async fn the_default_configuration_releases_an_unconfirmed_hold() {
+    let app = spawn_app_with(&[("reservation.expire_after_ms", 300.into())]).await;
+    assert!(
+        app.settings.reservation.timeout.enabled,
+        "expiry is on by default"
+    );
+    let key = SkuKey::new(1, 151);
+    app.stock_in(151, 1, 10).await;
+    reserve(&app, "DEFAULT-1", json!([{"skuId": 151, "qty": 4}])).await;
+    reserve(&app, "DEFAULT-PAID", json!([{"skuId": 151, "qty": 1}])).await;
+    let (status, body) = app
+        .post("/inventory/reservations/confirm?orderNo=DEFAULT-PAID")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The default schedule is every 5 s.
+    eventually(
+        "the default expiry scan",
+        Duration::from_secs(15),
+        || async { status_of(&app, "DEFAULT-1").await == "RELEASED" },
+    )
+    .await;
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].db_available, Some(9));
+    assert_eq!(audits[0].lines_confirmed, 1);
+    assert_eq!(status_of(&app, "DEFAULT-PAID").await, "CONFIRMED");
+    let (_, ready) = app.get("/health/ready").await;
+    assert_eq!(ready["data"]["expiry"]["dueHolds"], 0, "{ready}");
+}
+
+/// Expiry lag is visible in /health/ready and /metrics, and goes back to zero once the
+/// scan has run.
+#[actix_web::test]
+async fn due_holds_show_in_readiness_and_metrics() {
+    let app = spawn_app_with(&[
+        ("reservation.expire_after_ms", 200.into()),
+        ("reservation.timeout.enabled", false.into()),
+    ])
+    .await;
+    app.stock_in(161, 1, 10).await;
+    app.stock_in(162, 1, 10).await;
+    reserve(&app, "LAG-1", json!([{"skuId": 161, "qty": 1}])).await;
+    reserve(&app, "LAG-2", json!([{"skuId": 162, "qty": 1}])).await;
+    let (_, ready) = app.get("/health/ready").await;
+    assert_eq!(
+        ready["data"]["expiry"]["dueHolds"], 0,
+        "not due yet: {ready}"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, ready) = app.get("/health/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    let expiry = &ready["data"]["expiry"];
+    assert_eq!(expiry["enabled"], false, "{ready}");
+    assert_eq!(expiry["dueHolds"], 2, "{ready}");
+    let age = expiry["oldestDueAgeMs"].as_u64().unwrap();
+    assert!((400..60_000).contains(&age), "{ready}");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("inventory_expiry_due_holds 2"),
+        "{metrics}"
+    );
+    let age_line = metrics
+        .lines()
+        .find(|l| l.starts_with("inventory_expiry_oldest_due_age_seconds "))
+        .unwrap();
+    let age_s: f64 = age_line.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(age_s >= 0.4, "{age_line}");
+
+    let report = app.state.expiry.run_once().await.unwrap();
+    assert_eq!(report.released, 2, "{report:?}");
+    let (_, ready) = app.get("/health/ready").await;
+    assert_eq!(ready["data"]["expiry"]["dueHolds"], 0, "{ready}");
+    assert_eq!(ready["data"]["expiry"]["oldestDueAgeMs"], 0, "{ready}");
+}
+
+/// One run drains everything due in steps of batch_size, releases through the shards in
+/// batches (multi-group orders included), and an order confirmed while it runs stays
+/// confirmed: each hold ends released once or confirmed, never both.
+#[actix_web::test]
+async fn one_run_drains_every_due_hold_and_a_racing_confirm_keeps_its_order() {
+    let app = spawn_app_with(&[
+        ("reservation.expire_after_ms", 300.into()),
+        ("reservation.timeout.enabled", false.into()),
+        ("reservation.timeout.batch_size", 50.into()),
+    ])
+    .await;
+    let keys: Vec<SkuKey> = (0..20).map(|n| SkuKey::new(1, 1700 + n)).collect();
+    for key in &keys {
+        app.stock_in(key.sku_id, 1, 1000).await;
+    }
+    let orders = 600usize;
+    futures_util::future::join_all((0..orders).map(|n| {
+        let app = &app;
+        async move {
+            // Every third order has two lines, most of them in two slot groups.
+            let first = 1700 + (n % 20) as i64;
+            let items = if n % 3 == 0 {
+                json!([{"skuId": first, "qty": 2}, {"skuId": 1700 + ((n + 7) % 20) as i64, "qty": 1}])
+            } else {
+                json!([{"skuId": first, "qty": 2}])
+            };
+            reserve(app, &format!("DRAIN-{n}"), items).await;
+        }
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_, ready) = app.get("/health/ready").await;
+    assert!(
+        ready["data"]["expiry"]["dueHolds"].as_u64().unwrap() >= orders as u64,
+        "{ready}"
+    );
+    // The order service confirms every tenth order (paid at the last moment) while the
+    // scan runs; whichever comes first wins.
+    let racing = (0..orders).step_by(10).map(|n| format!("DRAIN-{n}"));
+    let confirms = futures_util::future::join_all(racing.map(|order| {
+        let engine = app.state.reservations.clone();
+        async move {
+            (
+                order.clone(),
+                engine.confirm_paid(&order, "race").await.is_ok(),
+            )
+        }
+    }));
+    let (report, confirmed) = tokio::join!(app.state.expiry.run_once(), confirms);
+    let report = report.unwrap();
+    let confirmed: Vec<String> = confirmed
+        .into_iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(o, _)| o)
+        .collect();
+    assert!(
+        report.steps >= (orders - confirmed.len()) / 50,
+        "steps of 50: {report:?}"
+    );
+    assert!(!report.budget_spent, "{report:?}");
+    assert_eq!(
+        report.released + confirmed.len(),
+        orders,
+        "{report:?}, {} confirmed",
+        confirmed.len()
+    );
+    for order in &confirmed {
+        assert_eq!(status_of(&app, order).await, "CONFIRMED", "{order}");
+    }
+    // Nothing is due any more, and a second run finds nothing.
+    let again = app.state.expiry.run_once().await.unwrap();
+    assert_eq!((again.released, again.steps), (0, 0), "{again:?}");
+
+    let audits = app.assert_invariants(&keys).await;
+    let expired_rows: usize =
+        futures_util::future::join_all(keys.iter().map(|k| ledger_reasons(&app, *k)))
+            .await
+            .iter()
+            .map(|reasons| reasons.iter().filter(|r| *r == "EXPIRED").count())
+            .sum();
+    // Lines: orders n % 3 == 0 have two.
+    let lines_of = |n: usize| if n % 3 == 0 { 2 } else { 1 };
+    let confirmed_lines: usize = confirmed
+        .iter()
+        .map(|o| lines_of(o["DRAIN-".len()..].parse().unwrap()))
+        .sum();
+    let all_lines: usize = (0..orders).map(lines_of).sum();
+    assert_eq!(
+        expired_rows,
+        all_lines - confirmed_lines,
+        "one EXPIRED row per released line"
+    );
+    let held: i64 = audits.iter().map(|a| a.lines_reserved).sum();
+    assert_eq!(held, 0, "nothing is still held");
+}
+
+/// A run stops when its budget is spent and says so; the next runs finish the job.
+#[actix_web::test]
+async fn a_run_stops_at_its_budget_and_the_next_one_goes_on() {
+    let app = spawn_app_with(&[
+        ("reservation.expire_after_ms", 200.into()),
+        ("reservation.timeout.enabled", false.into()),
+        ("reservation.timeout.batch_size", 5.into()),
+        ("reservation.timeout.run_budget_ms", 1.into()),
+    ])
+    .await;
+    let key = SkuKey::new(1, 181);
+    app.stock_in(181, 1, 100).await;
+    for n in 0..40 {
+        reserve(
+            &app,
+            &format!("BUDGET-{n}"),
+            json!([{"skuId": 181, "qty": 1}]),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = app.state.expiry.run_once().await.unwrap();
+    assert!(first.budget_spent, "{first:?}");
+    assert!(first.released < 40, "{first:?}");
+    let mut released = first.released;
+    for _ in 0..100 {
+        if released == 40 {
+            break;
+        }
+        released += app.state.expiry.run_once().await.unwrap().released;
+    }
+    assert_eq!(released, 40);
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].db_available, Some(100));
+}
+
 #[actix_web::test]
 async fn an_expired_hold_reads_as_expired_before_any_scan() {
     let app = spawn_app_with(&[("reservation.expire_after_ms", 200.into())]).await;
@@ -126,7 +343,12 @@ async fn an_expired_hold_reads_as_expired_before_any_scan() {
 
 #[actix_web::test]
 async fn two_expiry_jobs_at_once_release_each_hold_once() {
-    let first = spawn_app_with(&[("reservation.expire_after_ms", 300.into())]).await;
+    // The scheduled scan is off: this test runs both jobs itself.
+    let first = spawn_app_with(&[
+        ("reservation.expire_after_ms", 300.into()),
+        ("reservation.timeout.enabled", false.into()),
+    ])
+    .await;
     let second = start(first.settings.clone(), first.db_name.clone()).await;
     let key = SkuKey::new(1, 301);
     first.stock_in(301, 1, 100).await;
@@ -190,6 +412,7 @@ async fn the_order_status_hook_confirms_paid_orders_instead_of_releasing_them() 
             format!("http://127.0.0.1:{port}/orders/{{orderNo}}/status").into(),
         ),
         ("reservation.timeout.order_status_max_attempts", 3.into()),
+        ("reservation.timeout.enabled", false.into()),
     ])
     .await;
     let key = SkuKey::new(1, 401);
