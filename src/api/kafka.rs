@@ -23,6 +23,7 @@ use crate::domain::{LedgerReason, SkuKey};
 use crate::engine::reservation::{ReservationEngine, ReserveRequest};
 use crate::engine::stock::{AdjustRequest, StockService};
 use crate::engine::EngineError;
+use crate::events::client_log::KafkaLogContext;
 use crate::events::producer::EventPublisher;
 use crate::events::wire::{
     self, AfterSaleRefundedEvent, Envelope, OrderCanceledEvent, OrderCreatedEvent, Outcome,
@@ -565,13 +566,13 @@ fn refund_request_id(as_no: &str, sku_id: i64) -> String {
 /// thread of its own: dropping it never blocks the async runtime, not even when the broker
 /// is gone.
 pub struct ClosingConsumer {
-    inner: Option<StreamConsumer>,
+    inner: Option<StreamConsumer<KafkaLogContext>>,
 }
 
 impl std::ops::Deref for ClosingConsumer {
-    type Target = StreamConsumer;
+    type Target = StreamConsumer<KafkaLogContext>;
 
-    fn deref(&self) -> &StreamConsumer {
+    fn deref(&self) -> &StreamConsumer<KafkaLogContext> {
         // Only taken in drop.
         self.inner
             .as_ref()
@@ -602,7 +603,7 @@ pub struct KafkaConsumer {
 impl KafkaConsumer {
     pub fn new(handler: OrderEventHandler) -> Result<Self, KafkaError> {
         let settings = handler.settings.kafka.clone();
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<KafkaLogContext> = ClientConfig::new()
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group_id)
             .set("client.id", &settings.client_id)
@@ -619,7 +620,7 @@ impl KafkaConsumer {
             // Brokers that hold a fetch for its whole wait (tansu does) would add this much
             // latency to every message.
             .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
-            .create()?;
+            .create_with_context(KafkaLogContext::default())?;
         let mut topics: Vec<&str> = Vec::new();
         if settings.consume_order_created || settings.consume_order_canceled {
             topics.push(&settings.order_topic);

@@ -1,4 +1,5 @@
 //! Events on Kafka: the reference's wire format and the producer.
 
+pub mod client_log;
 pub mod producer;
 pub mod wire;

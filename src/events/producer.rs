@@ -8,6 +8,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::events::client_log::KafkaLogContext;
 use rdkafka::util::Timeout;
 
 use crate::config::KafkaSettings;
@@ -25,10 +27,9 @@ pub enum PublishError {
 /// a broker without CreateTopics (or with auto-creation) still works.
 pub async fn ensure_topics(settings: &KafkaSettings) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
+    let admin: AdminClient<KafkaLogContext> = match ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
-        .create()
+        .create_with_context(KafkaLogContext::default())
     {
         Ok(admin) => admin,
         Err(e) => {
@@ -68,13 +69,13 @@ pub async fn ensure_topics(settings: &KafkaSettings) {
 
 #[derive(Clone)]
 pub struct EventPublisher {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaLogContext>,
     settings: KafkaSettings,
 }
 
 impl EventPublisher {
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
+        let producer: FutureProducer<KafkaLogContext> = ClientConfig::new()
             .set("bootstrap.servers", &settings.brokers)
             .set("client.id", &settings.client_id)
             .set(
@@ -95,7 +96,7 @@ impl EventPublisher {
                 settings.delivery_timeout_ms.to_string(),
             )
             .set("linger.ms", "2")
-            .create()?;
+            .create_with_context(KafkaLogContext::default())?;
         Ok(EventPublisher {
             producer,
             settings: settings.clone(),

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use inventory::domain::SkuKey;
+use inventory::events::client_log::KafkaLogContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -41,7 +42,7 @@ impl Received {
 
 pub struct KafkaClient {
     pub brokers: String,
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaLogContext>,
 }
 
 impl KafkaClient {
@@ -55,7 +56,7 @@ impl KafkaClient {
             .set("bootstrap.servers", brokers)
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .set("enable.idempotence", "true")
-            .create()
+            .create_with_context(KafkaLogContext::default())
             .expect("test producer");
         KafkaClient {
             brokers: brokers.to_string(),
@@ -100,13 +101,13 @@ impl KafkaClient {
         limit: Duration,
         enough: impl Fn(&[Received]) -> bool,
     ) -> Vec<Received> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<KafkaLogContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "10")
-            .create()
+            .create_with_context(KafkaLogContext::default())
             .expect("test consumer");
         consumer.subscribe(&[topic]).expect("subscribe");
         let deadline = Instant::now() + limit;
