@@ -942,10 +942,11 @@ impl SupervisorActor {
                 (token, expiry_behind)
             }
             .into_actor(self)
-            .map(move |(token, expiry_behind), act, _ctx| {
+            .map(move |(token, expiry_behind), act, ctx| {
                 if expiry_behind {
-                    // Holds are still due: the next tick runs the scan again.
+                    // Holds are still due: renew the lease and scan again right away.
                     act.core.next_expiry = None;
+                    ctx.run_later(Duration::ZERO, |act, ctx| act.tick(ctx));
                 }
                 if token.is_some() != was_leader {
                     tracing::info!(
