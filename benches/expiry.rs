@@ -193,7 +193,7 @@ async fn run(o: Options) -> i32 {
         })
         .await;
     let created = Instant::now();
-    let held = futures_util::stream::iter(0..o.holds)
+    let held: usize = futures_util::stream::iter(0..o.holds)
         .map(|n| {
             let engine = state.reservations.clone();
             let key = keys[(n % skus as u64) as usize];
@@ -212,10 +212,9 @@ async fn run(o: Options) -> i32 {
         .filter(|ok| futures_util::future::ready(*ok))
         .count()
         .await;
-    eprintln!(
-        "{held} holds in {:.1} s; draining the journal",
-        created.elapsed().as_secs_f64()
-    );
+    let create_secs = created.elapsed().as_secs_f64();
+    let create_rate = held as f64 / create_secs.max(1e-9);
+    eprintln!("{held} holds in {create_secs:.1} s; draining the journal");
     if held as u64 != o.holds {
         eprintln!("FAIL: only {held} of {} holds were made", o.holds);
         return 1;
@@ -388,10 +387,10 @@ async fn run(o: Options) -> i32 {
         confirmed.len()
     );
     println!();
-    println!("| holds | SKUs | released | confirmed (race) | scan runs / steps | Redis: all released | released/s | DB: stock back |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| holds | SKUs | released | confirmed (race) | scan runs / steps | Redis: all released | released/s | DB: stock back | same run: holds made/s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {held} | {skus} | {released} | {} | {runs} / {steps} | {:.2} s | {rate:.0} | {:.2} s |",
+        "| {held} | {skus} | {released} | {} | {runs} / {steps} | {:.2} s | {rate:.0} | {:.2} s | {create_rate:.0} |",
         confirmed.len(),
         redis_done.as_secs_f64(),
         db_done.as_secs_f64()
@@ -405,7 +404,7 @@ async fn run(o: Options) -> i32 {
             "holds": held, "skus": skus, "released": released, "confirmed": confirmed.len(),
             "runs": runs, "steps": steps,
             "redisSeconds": redis_done.as_secs_f64(), "releasedPerSecond": rate,
-            "dbSeconds": db_done.as_secs_f64(),
+            "dbSeconds": db_done.as_secs_f64(), "holdsMadePerSecond": create_rate,
             "batchSize": settings.reservation.timeout.batch_size,
             "violations": violations,
         });

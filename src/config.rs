@@ -825,7 +825,7 @@ mod tests {
         // Expiry differs from the reference on purpose (README, "Expiry"): on, every 5 s,
         // draining everything due.
         assert!(s.reservation.timeout.enabled);
-        assert_eq!(s.reservation.timeout.batch_size, 500);
+        assert_eq!(s.reservation.timeout.batch_size, 1000);
         assert_eq!(s.reservation.timeout.cron, "0/5 * * * * ?");
         assert_eq!(s.reservation.timeout.run_budget_ms, 2000);
         assert_eq!(s.inventory.default_warehouse_id, 1);
@@ -891,7 +891,7 @@ mod tests {
         std::fs::write(&file, "[reservation]\nexpire_minutes = 5\n").unwrap();
         let s = Settings::load_from(Some(&file), &dev()).unwrap();
         assert_eq!(s.reservation.expire_minutes, 5);
-        assert_eq!(s.reservation.timeout.batch_size, 500);
+        assert_eq!(s.reservation.timeout.batch_size, 1000);
     }
 
     #[test]

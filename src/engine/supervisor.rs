@@ -141,56 +141,70 @@ impl ExpiryJob {
     }
 
     /// One run: every due hold, in steps of `batch_size`, within the time budget.
+    ///
+    /// Each round reads up to `batch_size` due holds from every group (one pipeline) and
+    /// works through all it read, `batch_size` orders per step, oldest first. Everything a
+    /// step handles leaves the holds index except the orders kept (order status unknown),
+    /// so the next round reads each group from the expiry of the last order it took there
+    /// and skips only those.
     pub async fn run_once(&self) -> Result<ExpiryReport, EngineError> {
         let started = Instant::now();
         let budget = self.budget();
         let batch = self.settings.reservation.timeout.batch_size.max(1);
         let trace = format!("expiry-{}", uuid::Uuid::new_v4().simple());
         let mut report = ExpiryReport::default();
-        // Orders left held this run (status unknown), with their expiry. Everything else a
-        // step reads leaves the holds index, so the next step reads from the expiry of the
-        // last order read and skips only these.
-        let mut kept: HashMap<String, i64> = HashMap::new();
-        let mut from_ms = i64::MIN;
-        loop {
+        // Orders left held this run (order status unknown): skipped when read again.
+        let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut from_ms = vec![i64::MIN; self.stock.redis().keys().groups() as usize];
+        'rounds: loop {
             if started.elapsed() >= budget {
                 report.budget_spent = true;
                 break;
             }
-            let skip = kept.values().filter(|x| **x >= from_ms).count();
-            let due = self
+            let per_group = self
                 .stock
                 .redis()
-                .due_holds(from_ms, now_ms(), batch + skip)
+                .due_holds(&from_ms, now_ms(), batch + kept.len())
                 .await?;
-            let step: Vec<(String, i64)> = due
-                .into_iter()
-                .filter(|(order, _)| !kept.contains_key(order))
-                .take(batch)
-                .collect();
-            let Some(last) = step.last() else {
-                break;
-            };
-            from_ms = last.1;
-            report.steps += 1;
-            let expiry_of: HashMap<&str, i64> =
-                step.iter().map(|(o, x)| (o.as_str(), *x)).collect();
-            let plan = self.plan_step(&step).await;
-            for order in &plan.keep {
-                kept.insert(
-                    order.clone(),
-                    expiry_of.get(order.as_str()).copied().unwrap_or(from_ms),
-                );
+            let mut round: Vec<(String, i64)> = Vec::new();
+            let mut listed = std::collections::HashSet::new();
+            for (g, entries) in per_group.into_iter().enumerate() {
+                let taken = entries
+                    .into_iter()
+                    .filter(|(order, _)| !kept.contains(order))
+                    .take(batch);
+                for (order, expire_at) in taken {
+                    if let Some(from) = from_ms.get_mut(g) {
+                        *from = expire_at;
+                    }
+                    // A multi-group order is listed by each of its groups.
+                    if listed.insert(order.clone()) {
+                        round.push((order, expire_at));
+                    }
+                }
             }
-            report.kept += plan.keep.len();
-            self.apply_step(plan, &trace, &mut report).await?;
+            if round.is_empty() {
+                break;
+            }
+            round.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+            for step in round.chunks(batch) {
+                if report.steps > 0 && started.elapsed() >= budget {
+                    report.budget_spent = true;
+                    break 'rounds;
+                }
+                report.steps += 1;
+                let plan = self.plan_step(step).await;
+                kept.extend(plan.keep.iter().cloned());
+                report.kept += plan.keep.len();
+                self.apply_step(plan, &trace, &mut report).await?;
+            }
         }
         if !report.budget_spent {
             // Orders that were not seen again were settled elsewhere: forget their counts.
             self.attempts
                 .lock()
                 .await
-                .retain(|order, _| kept.contains_key(order));
+                .retain(|order, _| kept.contains(order));
         }
         Ok(report)
     }

@@ -28,20 +28,22 @@ impl RedisStore {
         Ok((item.status == "LEADER" && item.n[0] > 0).then_some(item.n[0]))
     }
 
-    /// Orders whose holds expire in `from_ms..=now_ms`, oldest first (ties by orderNo),
-    /// from every group's holds: (orderNo, expireAt ms), at most `limit`. A multi-group
-    /// order is held in each of its groups and listed once.
+    /// Due holds per group: for group g, the orders whose holds expire in
+    /// `from_ms[g]..=now_ms`, oldest first (ties by orderNo), at most `limit`, as
+    /// (orderNo, expireAt ms). One pipeline. A multi-group order is held in each of its
+    /// groups, so it is listed in each.
     pub async fn due_holds(
         &self,
-        from_ms: i64,
+        from_ms: &[i64],
         now_ms: i64,
         limit: usize,
-    ) -> RedisResult<Vec<(String, i64)>> {
+    ) -> RedisResult<Vec<Vec<(String, i64)>>> {
         let mut pipe = redis::pipe();
         for g in 0..self.keys.groups() {
+            let from = from_ms.get(g as usize).copied().unwrap_or(i64::MIN);
             pipe.cmd("ZRANGEBYSCORE")
                 .arg(self.keys.holds(g))
-                .arg(from_ms)
+                .arg(from)
                 .arg(now_ms)
                 .arg("WITHSCORES")
                 .arg("LIMIT")
@@ -50,18 +52,14 @@ impl RedisStore {
         }
         let mut conn = self.conn.clone();
         let per_group: Vec<Vec<(String, f64)>> = self.timed(pipe.query_async(&mut conn)).await?;
-        let mut due: Vec<(i64, String)> = per_group
+        Ok(per_group
             .into_iter()
-            .flatten()
-            .map(|(order, score)| (score as i64, order))
-            .collect();
-        due.sort();
-        let mut seen = std::collections::HashSet::new();
-        Ok(due
-            .into_iter()
-            .filter(|(_, order)| seen.insert(order.clone()))
-            .map(|(score, order)| (order, score))
-            .take(limit)
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|(order, score)| (order, score as i64))
+                    .collect()
+            })
             .collect())
     }
 
