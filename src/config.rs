@@ -207,6 +207,7 @@ pub struct KafkaSettings {
     pub delivery_timeout_ms: u64,
     pub idempotent_producer: bool,
     pub session_timeout_ms: u64,
+    pub rejoin_unassigned_ms: u64,
     pub fetch_wait_max_ms: u64,
     pub retry_min_ms: u64,
     pub retry_max_ms: u64,
@@ -614,6 +615,14 @@ impl Settings {
             1000,
             600_000,
         )?;
+        if self.kafka.rejoin_unassigned_ms != 0 {
+            check_range(
+                "kafka.rejoin_unassigned_ms",
+                self.kafka.rejoin_unassigned_ms as i64,
+                1000,
+                3_600_000,
+            )?;
+        }
         check_range(
             "kafka.retry_min_ms",
             self.kafka.retry_min_ms as i64,

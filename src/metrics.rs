@@ -35,6 +35,7 @@ pub struct MetricSet {
     pub kafka_produced: IntCounterVec,
     pub kafka_dead_lettered: IntCounterVec,
     pub kafka_consumer_lag: IntGauge,
+    pub kafka_rejoins: IntCounter,
     pub holds_expired: IntCounterVec,
     pub expiry_due_holds: IntGauge,
     pub expiry_oldest_due_age: Gauge,
@@ -146,6 +147,10 @@ impl Metrics {
             ),
             &["tag"],
         )?;
+        let kafka_rejoins = IntCounter::new(
+            "kafka_rejoins_total",
+            "Times the consumer left and rejoined its group after having no partition for kafka.rejoin_unassigned_ms",
+        )?;
         let kafka_consumer_lag = IntGauge::new(
             "kafka_consumer_lag_messages",
             "Messages in assigned partitions not yet consumed",
@@ -211,6 +216,7 @@ impl Metrics {
         registry.register(Box::new(kafka_produced.clone()))?;
         registry.register(Box::new(kafka_dead_lettered.clone()))?;
         registry.register(Box::new(kafka_consumer_lag.clone()))?;
+        registry.register(Box::new(kafka_rejoins.clone()))?;
         registry.register(Box::new(reservations.clone()))?;
         registry.register(Box::new(reserve_batch_size.clone()))?;
         registry.register(Box::new(transitions.clone()))?;
@@ -239,6 +245,7 @@ impl Metrics {
             kafka_produced,
             kafka_dead_lettered,
             kafka_consumer_lag,
+            kafka_rejoins,
             holds_expired,
             expiry_due_holds,
             expiry_oldest_due_age,

@@ -25,6 +25,7 @@ use crate::engine::stock::{AdjustRequest, StockService};
 use crate::engine::EngineError;
 use crate::events::client_log::KafkaLogContext;
 use crate::events::producer::EventPublisher;
+use crate::events::rejoin::RejoinWatchdog;
 use crate::events::wire::{
     self, AfterSaleRefundedEvent, Envelope, OrderCanceledEvent, OrderCreatedEvent, Outcome,
     PaymentSucceededEvent, StockItem, StockReserveFailedEvent, StockReservedEvent,
@@ -598,6 +599,8 @@ pub struct KafkaConsumer {
     consumer: Arc<ClosingConsumer>,
     handler: OrderEventHandler,
     settings: KafkaSettings,
+    /// What it subscribed to (a rejoin subscribes again).
+    topics: Vec<String>,
 }
 
 impl KafkaConsumer {
@@ -634,13 +637,55 @@ impl KafkaConsumer {
         if !topics.is_empty() {
             consumer.subscribe(&topics)?;
         }
+        let topics = topics.into_iter().map(str::to_string).collect();
         Ok(KafkaConsumer {
             consumer: Arc::new(ClosingConsumer {
                 inner: Some(consumer),
             }),
             handler,
             settings,
+            topics,
         })
+    }
+
+    /// Leaves the group and joins again when no partition has come for
+    /// `kafka.rejoin_unassigned_ms` (events::rejoin says why), until `stop` turns true.
+    async fn rejoin_watchdog(
+        consumer: Arc<ClosingConsumer>,
+        topics: Vec<String>,
+        after: Duration,
+        metrics: crate::metrics::Metrics,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut watchdog = RejoinWatchdog::new(after);
+        if topics.is_empty() || after.is_zero() {
+            return;
+        }
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let assigned = consumer.assignment().map(|a| a.count() > 0).unwrap_or(true);
+            if !watchdog.observe(assigned, Instant::now()) {
+                continue;
+            }
+            tracing::warn!(
+                unassigned_ms = after.as_millis() as u64,
+                "kafka consumer has no partition: leaving the group and joining again"
+            );
+            metrics.kafka_rejoins.inc();
+            consumer.unsubscribe();
+            // The leave must reach the coordinator before the new join does.
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+            }
+            if let Err(e) = consumer.subscribe(&topics) {
+                tracing::error!(error = %e, "kafka consumer could not subscribe again");
+            }
+        }
     }
 
     /// Runs until `stop` turns true; then lets the workers finish the message in hand,
@@ -648,6 +693,13 @@ impl KafkaConsumer {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut workers: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
         let mut handles = Vec::new();
+        let watchdog = actix::spawn(Self::rejoin_watchdog(
+            self.consumer.clone(),
+            self.topics.clone(),
+            Duration::from_millis(self.settings.rejoin_unassigned_ms),
+            self.handler.metrics.clone(),
+            stop.clone(),
+        ));
         let mut lag_check = Instant::now();
         loop {
             let received = tokio::select! {
@@ -690,6 +742,7 @@ impl KafkaConsumer {
         for handle in handles {
             let _ = handle.await;
         }
+        watchdog.abort();
         // Both block on the broker: off the async runtime.
         let consumer = self.consumer.clone();
         let publisher = self.handler.publisher.clone();

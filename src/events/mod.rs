@@ -2,4 +2,5 @@
 
 pub mod client_log;
 pub mod producer;
+pub mod rejoin;
 pub mod wire;

@@ -186,3 +186,115 @@ async fn broker_killed_and_restarted_mid_stream_loses_no_event_and_reserves_noth
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The service (the real binary) is killed with kill -9 while ORDER_CREATED streams in and
+/// is started again at once: its new consumer must get the partitions of the group its dead
+/// one still holds, and every order must get its outcome within 30 s of the restart.
+#[actix_web::test]
+async fn service_killed_mid_stream_gets_every_order_its_outcome_after_the_restart() {
+    use crate::crash::{start_service_with, stock_in};
+    use crate::helpers::{create_test_database, test_settings};
+
+    let dir = std::env::temp_dir().join(format!("inv-tansu-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("broker dir");
+    let port = free_port();
+    let broker = Broker::start(dir.clone(), port);
+    let brokers = format!("127.0.0.1:{port}");
+    let (db_name, db_url) = create_test_database().await;
+    let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
+    let env = [
+        ("INVENTORY__KAFKA__ENABLED", "true"),
+        ("INVENTORY__KAFKA__BROKERS", brokers.as_str()),
+        ("INVENTORY__KAFKA__GROUP_ID", "inventory-kill9"),
+        ("INVENTORY__KAFKA__TOPIC_PARTITIONS", "4"),
+        ("INVENTORY__KAFKA__SESSION_TIMEOUT_MS", "10000"),
+    ];
+    let mut service = start_service_with(&db_url, &prefix, &env).await;
+    stock_in(&service.base, 8201, 500).await;
+    let kafka = std::sync::Arc::new(KafkaClient::with_message_timeout(
+        &brokers,
+        Duration::from_secs(60),
+    ));
+    let orders = 1000;
+    let messages: Vec<(String, String)> = (0..orders)
+        .map(|n| {
+            let order = format!("KS-{n}");
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let message = order_created(&id, &order, r#"[{"skuId":8201,"qty":1}]"#);
+            (order, message)
+        })
+        .collect();
+    // 20 orders every 20 ms (1 s in all); the service is killed once outcomes flow, with
+    // orders still going in.
+    let producing = tokio::spawn({
+        let (kafka, messages) = (kafka.clone(), messages.clone());
+        async move {
+            for batch in messages.chunks(20) {
+                send_all(&kafka, batch).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let early = kafka
+        .collect_keys("INVENTORY_TOPIC", 50, Duration::from_secs(60))
+        .await;
+    assert!(early.len() >= 50, "no outcomes before the kill");
+    service.kill9();
+    let service = start_service_with(&db_url, &prefix, &env).await;
+    let restarted = Instant::now();
+    producing.await.expect("producer");
+
+    let out = kafka
+        .collect_keys("INVENTORY_TOPIC", orders, Duration::from_secs(30))
+        .await;
+    let took = restarted.elapsed();
+    let mut outcome: HashMap<String, String> = HashMap::new();
+    for m in &out {
+        let tag = m.headers.get("tag").cloned().unwrap_or_default();
+        if let Some(before) = outcome.insert(m.key.clone(), tag.clone()) {
+            assert_eq!(before, tag, "{} got two different outcomes", m.key);
+        }
+    }
+    let missing = messages
+        .iter()
+        .filter(|(order, _)| !outcome.contains_key(order))
+        .count();
+    assert_eq!(
+        missing, 0,
+        "{missing} of {orders} orders had no outcome 30 s after the restart"
+    );
+    let reserved = outcome.values().filter(|t| *t == "STOCK_RESERVED").count();
+    assert_eq!(reserved, 500, "500 units, one each");
+
+    let settings = test_settings(&db_url, &prefix, &[]);
+    let redis = inventory::store::redis::RedisStore::connect(&settings.redis)
+        .await
+        .expect("redis");
+    let pool = inventory::store::db::build_pool(&settings.database).expect("pool");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis
+        .journal_lag(inventory::engine::persistence::PERSIST_GROUP)
+        .await
+        .expect("lag")
+        .not_persisted()
+        > 0
+    {
+        assert!(Instant::now() < deadline, "journal did not drain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let audit = inventory::engine::audit::audit_position(&redis, &pool, SkuKey::new(1, 8201))
+        .await
+        .expect("audit");
+    assert!(audit.is_clean(), "{audit:#?}");
+    assert_eq!(audit.lines_reserved, 500);
+    println!(
+        "FAULT service-kill-9 (kafka): {orders} orders, {} outcomes before the kill, all {orders} answered {:.1} s after the restart ({} outcomes, {} repeated)",
+        early.len(),
+        took.as_secs_f64(),
+        out.len(),
+        out.len() - outcome.len()
+    );
+    drop(service);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
