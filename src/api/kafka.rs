@@ -24,6 +24,7 @@ use crate::engine::reservation::{ReservationEngine, ReserveRequest};
 use crate::engine::stock::{AdjustRequest, StockService};
 use crate::engine::EngineError;
 use crate::events::client_log::KafkaLogContext;
+use crate::events::consume_log::ConsumeLogBatcher;
 use crate::events::producer::EventPublisher;
 use crate::events::rejoin::RejoinWatchdog;
 use crate::events::wire::{
@@ -31,8 +32,8 @@ use crate::events::wire::{
     PaymentSucceededEvent, StockItem, StockReserveFailedEvent, StockReservedEvent,
 };
 use crate::metrics::Metrics;
-use crate::store::db::{self, DbPool};
-use crate::store::models::{ConsumeLog, NewConsumeLog};
+use crate::store::db::DbPool;
+use crate::store::models::NewConsumeLog;
 use crate::store::reservations::OrderLine;
 
 /// Why a message is not done yet.
@@ -62,7 +63,7 @@ pub struct OrderEventHandler {
     reservations: ReservationEngine,
     stock: StockService,
     publisher: EventPublisher,
-    pool: DbPool,
+    log: ConsumeLogBatcher,
     settings: Settings,
     metrics: Metrics,
 }
@@ -119,11 +120,12 @@ impl OrderEventHandler {
         settings: Settings,
         metrics: Metrics,
     ) -> Self {
+        let log = ConsumeLogBatcher::start(pool, settings.kafka.group_id.clone());
         OrderEventHandler {
             reservations,
             stock,
             publisher,
-            pool,
+            log,
             settings,
             metrics,
         }
@@ -188,12 +190,11 @@ impl OrderEventHandler {
 
         // Idempotency layer 1.
         let group = k.group_id.clone();
-        let previous = {
-            let mut conn = db::connection(&self.pool).await.map_err(transient)?;
-            ConsumeLog::find(&mut conn, &envelope.message_id, &group)
-                .await
-                .map_err(transient)?
-        };
+        let previous = self
+            .log
+            .find(&envelope.message_id)
+            .await
+            .map_err(Retry::Transient)?;
         if let Some(log) = previous.filter(|l| l.status == "SUCCESS") {
             if tag == wire::TAG_ORDER_CREATED {
                 if let Some(outcome) = log
@@ -221,7 +222,10 @@ impl OrderEventHandler {
                     Ok(e) => e,
                     Err(reason) => return self.dead_letter(msg, &tag, &reason).await,
                 };
-                match self.order_created(&event, &trace_id).await? {
+                match self
+                    .order_created(&event, &envelope.message_id, &trace_id)
+                    .await?
+                {
                     Ok(outcome) => {
                         self.publish(&outcome).await?;
                         let result = serde_json::to_string(&outcome).map_err(transient)?;
@@ -277,22 +281,22 @@ impl OrderEventHandler {
             result: Some(result),
             cost_ms: Some(started.elapsed().as_millis().min(i32::MAX as u128) as i32),
         };
-        {
-            let mut conn = db::connection(&self.pool).await.map_err(transient)?;
-            ConsumeLog::record(&mut conn, &row)
-                .await
-                .map_err(transient)?;
-        }
+        self.log.record(row).await.map_err(Retry::Transient)?;
         self.count(&tag, "ok");
         Ok(handled)
     }
 
     /// Reserves; Ok(outcome to publish) or Err(reason for the dead-letter topic).
+    /// The outcome's eventId and its envelope's messageId are derived from the incoming
+    /// messageId (UUID v5), so a redelivery publishes the identical message.
     async fn order_created(
         &self,
         event: &OrderCreatedEvent,
+        message_id: &str,
         trace_id: &str,
     ) -> Result<Result<Outcome, String>, Retry> {
+        let event_id = wire::derived_id(message_id, "outcome-event");
+        let envelope_id = wire::derived_id(message_id, "outcome-envelope");
         let default_warehouse = self.settings.inventory.default_warehouse_id;
         let lines: Vec<OrderLine> = event
             .items
@@ -319,22 +323,25 @@ impl OrderEventHandler {
             })
             .await;
         let outcome = match result {
-            Ok(held) => Outcome::reserved(&StockReservedEvent {
-                event_id: wire::new_message_id(),
-                order_no: event.order_no.clone(),
-                items: held
-                    .items
-                    .iter()
-                    .map(|l| StockItem {
-                        sku_id: l.sku_id,
-                        warehouse_id: l.warehouse_id,
-                        qty: l.qty,
-                    })
-                    .collect(),
-                event_time: wire::now_event_time(),
-                trace_id: trace_id.to_string(),
-                version: wire::EVENT_VERSION.to_string(),
-            }),
+            Ok(held) => Outcome::reserved(
+                &StockReservedEvent {
+                    event_id,
+                    order_no: event.order_no.clone(),
+                    items: held
+                        .items
+                        .iter()
+                        .map(|l| StockItem {
+                            sku_id: l.sku_id,
+                            warehouse_id: l.warehouse_id,
+                            qty: l.qty,
+                        })
+                        .collect(),
+                    event_time: wire::now_event_time(),
+                    trace_id: trace_id.to_string(),
+                    version: wire::EVENT_VERSION.to_string(),
+                },
+                envelope_id,
+            ),
             Err(e) if is_transient(&e) => return Err(transient(e)),
             Err(e @ (EngineError::Invalid(_) | EngineError::QuantityOutOfRange(_))) => {
                 return Ok(Err(format!("invalid OrderCreatedEvent: {e}")))
@@ -345,17 +352,20 @@ impl OrderEventHandler {
                     | EngineError::InventoryNotFound(key) => Some(key.sku_id),
                     _ => None,
                 };
-                Outcome::failed(&StockReserveFailedEvent {
-                    event_id: wire::new_message_id(),
-                    order_no: event.order_no.clone(),
-                    error_code: failure_code(&e).to_string(),
-                    error_message: e.to_string(),
-                    failed_sku_id,
-                    requested_items: requested,
-                    event_time: wire::now_event_time(),
-                    trace_id: trace_id.to_string(),
-                    version: wire::EVENT_VERSION.to_string(),
-                })
+                Outcome::failed(
+                    &StockReserveFailedEvent {
+                        event_id,
+                        order_no: event.order_no.clone(),
+                        error_code: failure_code(&e).to_string(),
+                        error_message: e.to_string(),
+                        failed_sku_id,
+                        requested_items: requested,
+                        event_time: wire::now_event_time(),
+                        trace_id: trace_id.to_string(),
+                        version: wire::EVENT_VERSION.to_string(),
+                    },
+                    envelope_id,
+                )
             }
         };
         outcome.map(Ok).map_err(transient)

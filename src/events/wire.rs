@@ -58,6 +58,20 @@ pub fn new_message_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// The namespace of ids derived from an incoming message (UUID v5 over it).
+const DERIVED_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1c_2a4e_9b7d_4c1e_8a53_0d2f_7e61_b9a4);
+
+/// An id derived from an incoming messageId and what it is for (32 lowercase hex digits):
+/// the same message always gives the same id, so an outcome published again after a
+/// redelivery is the identical message.
+pub fn derived_id(incoming_message_id: &str, purpose: &str) -> String {
+    let name = format!("{purpose}:{incoming_message_id}");
+    uuid::Uuid::new_v5(&DERIVED_ID_NAMESPACE, name.as_bytes())
+        .simple()
+        .to_string()
+}
+
 /// Java's Long may arrive as a number or a numeric string.
 fn long<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     match Value::deserialize(d)? {
@@ -248,38 +262,65 @@ pub struct Outcome {
     pub trace_id: String,
     /// The inner event, serialised.
     pub payload: String,
+    /// The envelope's messageId and eventTime, fixed when the outcome is decided so that
+    /// every send of it is the identical message. Empty in outcomes recorded by earlier
+    /// versions: then each send gets a fresh id and time.
+    #[serde(default)]
+    pub message_id: String,
+    #[serde(default)]
+    pub event_time: String,
 }
 
 impl Outcome {
-    pub fn reserved(event: &StockReservedEvent) -> Result<Self, serde_json::Error> {
+    /// STOCK_RESERVED, its envelope's messageId derived from the incoming `message_id`.
+    pub fn reserved(
+        event: &StockReservedEvent,
+        message_id: String,
+    ) -> Result<Self, serde_json::Error> {
         Ok(Outcome {
             tag: TAG_STOCK_RESERVED.to_string(),
             event_type: "StockReservedEvent".to_string(),
             order_no: event.order_no.clone(),
             trace_id: event.trace_id.clone(),
             payload: serde_json::to_string(event)?,
+            message_id,
+            event_time: event.event_time.clone(),
         })
     }
 
-    pub fn failed(event: &StockReserveFailedEvent) -> Result<Self, serde_json::Error> {
+    /// STOCK_RESERVE_FAILED, its envelope's messageId derived from the incoming one.
+    pub fn failed(
+        event: &StockReserveFailedEvent,
+        message_id: String,
+    ) -> Result<Self, serde_json::Error> {
         Ok(Outcome {
             tag: TAG_STOCK_RESERVE_FAILED.to_string(),
             event_type: "StockReserveFailedEvent".to_string(),
             order_no: event.order_no.clone(),
             trace_id: event.trace_id.clone(),
             payload: serde_json::to_string(event)?,
+            message_id,
+            event_time: event.event_time.clone(),
         })
     }
 
-    /// The envelope for one send (a fresh messageId each time).
+    /// The envelope of every send of this outcome: the same messageId and eventTime each
+    /// time (fresh ones only for outcomes recorded before they were fixed).
     pub fn envelope(&self, source: &str) -> Envelope {
+        let or_new = |value: &str, new: fn() -> String| {
+            if value.is_empty() {
+                new()
+            } else {
+                value.to_string()
+            }
+        };
         Envelope {
-            message_id: new_message_id(),
+            message_id: or_new(&self.message_id, new_message_id),
             business_key: Some(self.order_no.clone()),
             trace_id: Some(self.trace_id.clone()),
             event_type: self.event_type.clone(),
             version: EVENT_VERSION.to_string(),
-            event_time: Some(now_event_time()),
+            event_time: Some(or_new(&self.event_time, now_event_time)),
             source: Some(source.to_string()),
             payload: self.payload.clone(),
         }
@@ -347,5 +388,44 @@ mod tests {
         );
         assert!(parse_event_time(&event.event_time).is_some());
         assert_eq!(new_message_id().len(), 32);
+    }
+
+    #[test]
+    fn outcomes_derived_from_one_message_are_identical_on_every_send() {
+        let a = derived_id("0123456789abcdef0123456789abcdef", "outcome-event");
+        assert_eq!(a.len(), 32);
+        assert_eq!(
+            a,
+            derived_id("0123456789abcdef0123456789abcdef", "outcome-event")
+        );
+        assert_ne!(
+            a,
+            derived_id("0123456789abcdef0123456789abcdef", "outcome-envelope")
+        );
+        assert_ne!(
+            a,
+            derived_id("0123456789abcdef0123456789abcdee", "outcome-event")
+        );
+        let event = StockReservedEvent {
+            event_id: a,
+            order_no: "O-1".into(),
+            items: vec![],
+            event_time: "2026-11-26T10:00:00.000".into(),
+            trace_id: "t".into(),
+            version: EVENT_VERSION.into(),
+        };
+        let outcome = Outcome::reserved(&event, derived_id("m", "outcome-envelope")).unwrap();
+        // Recorded in the consume log and read back for a redelivery: the same bytes.
+        let recorded: Outcome =
+            serde_json::from_str(&serde_json::to_string(&outcome).unwrap()).unwrap();
+        let first = serde_json::to_string(&outcome.envelope("inventory-service")).unwrap();
+        let again = serde_json::to_string(&recorded.envelope("inventory-service")).unwrap();
+        assert_eq!(first, again);
+        // An outcome recorded before the ids were fixed still gets an id on each send.
+        let old: Outcome = serde_json::from_str(
+            r#"{"tag":"STOCK_RESERVED","event_type":"StockReservedEvent","order_no":"O-1","trace_id":"t","payload":"{}"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.envelope("s").message_id.len(), 32);
     }
 }

@@ -457,6 +457,67 @@ impl ConsumeLog {
             .optional()
     }
 
+    /// The rows of many events of one group, in one query (in no particular order).
+    pub async fn find_many(
+        conn: &mut AsyncMysqlConnection,
+        event_ids: &[String],
+        group: &str,
+    ) -> QueryResult<Vec<Self>> {
+        use crate::store::schema::t_mq_consume_log::dsl as l;
+        if event_ids.is_empty() {
+            return Ok(vec![]);
+        }
+        l::t_mq_consume_log
+            .filter(l::event_id.eq_any(event_ids))
+            .filter(l::consumer_group.eq(group))
+            .select(ConsumeLog::as_select())
+            .load(conn)
+            .await
+    }
+
+    /// Inserts many rows in one statement (SQL text, see store::sql_text), or updates
+    /// status, result and cost of those that exist.
+    pub async fn record_many(
+        conn: &mut AsyncMysqlConnection,
+        rows: &[NewConsumeLog],
+    ) -> QueryResult<usize> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::with_capacity(256 + chunk.len() * 160);
+            sql.push_str(
+                "INSERT INTO t_mq_consume_log (event_id, consumer_group, topic, tag, \
+                 business_key, status, result, cost_ms) VALUES ",
+            );
+            for (i, row) in chunk.iter().enumerate() {
+                sql.push_str(if i == 0 { "(" } else { ", (" });
+                push_text(&mut sql, &row.event_id);
+                sql.push_str(", ");
+                push_text(&mut sql, &row.consumer_group);
+                sql.push_str(", ");
+                push_text(&mut sql, &row.topic);
+                sql.push_str(", ");
+                push_opt_text(&mut sql, row.tag.as_deref());
+                sql.push_str(", ");
+                push_opt_text(&mut sql, row.business_key.as_deref());
+                sql.push_str(", ");
+                push_text(&mut sql, &row.status);
+                sql.push_str(", ");
+                push_opt_text(&mut sql, row.result.as_deref());
+                sql.push_str(", ");
+                match row.cost_ms {
+                    Some(ms) => push_int(&mut sql, i64::from(ms)),
+                    None => sql.push_str("NULL"),
+                }
+                sql.push(')');
+            }
+            sql.push_str(
+                " ON DUPLICATE KEY UPDATE status = VALUES(status), result = VALUES(result), \
+                 cost_ms = VALUES(cost_ms)",
+            );
+            conn.batch_execute(&sql).await?;
+        }
+        Ok(rows.len())
+    }
+
     /// Inserts the row, or updates status, result and cost of an existing one.
     pub async fn record(
         conn: &mut AsyncMysqlConnection,
