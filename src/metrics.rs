@@ -36,6 +36,7 @@ pub struct MetricSet {
     pub kafka_dead_lettered: IntCounterVec,
     pub kafka_consumer_lag: IntGauge,
     pub kafka_rejoins: IntCounter,
+    pub kafka_offset_store_failures: IntCounter,
     pub holds_expired: IntCounterVec,
     pub expiry_due_holds: IntGauge,
     pub expiry_oldest_due_age: Gauge,
@@ -151,6 +152,10 @@ impl Metrics {
             "kafka_rejoins_total",
             "Times the consumer left and rejoined its group after having no partition for kafka.rejoin_unassigned_ms",
         )?;
+        let kafka_offset_store_failures = IntCounter::new(
+            "kafka_offset_store_failures_total",
+            "Offsets of finished messages that could not be stored (partition revoked meanwhile: the new owner redelivers them)",
+        )?;
         let kafka_consumer_lag = IntGauge::new(
             "kafka_consumer_lag_messages",
             "Messages in assigned partitions not yet consumed",
@@ -217,6 +222,7 @@ impl Metrics {
         registry.register(Box::new(kafka_dead_lettered.clone()))?;
         registry.register(Box::new(kafka_consumer_lag.clone()))?;
         registry.register(Box::new(kafka_rejoins.clone()))?;
+        registry.register(Box::new(kafka_offset_store_failures.clone()))?;
         registry.register(Box::new(reservations.clone()))?;
         registry.register(Box::new(reserve_batch_size.clone()))?;
         registry.register(Box::new(transitions.clone()))?;
@@ -246,6 +252,7 @@ impl Metrics {
             kafka_dead_lettered,
             kafka_consumer_lag,
             kafka_rejoins,
+            kafka_offset_store_failures,
             holds_expired,
             expiry_due_holds,
             expiry_oldest_due_age,

@@ -7,7 +7,6 @@ use actix::{Actor, Addr};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 
-use crate::api::kafka::{KafkaConsumer, OrderEventHandler};
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::engine::persistence::{
@@ -20,6 +19,8 @@ use crate::engine::supervisor::{
     ExpiryJob, Reconciler, StopSupervisor, SupervisorActor, SupervisorCore,
 };
 use crate::engine::EngineError;
+use crate::events::consumer::KafkaConsumer;
+use crate::events::handlers::OrderEventHandler;
 use crate::events::producer::EventPublisher;
 use crate::metrics::Metrics;
 use crate::store::db::{self, DbError};

@@ -3,7 +3,6 @@
 pub mod auth;
 pub mod health;
 pub mod inventory;
-pub mod kafka;
 pub mod openapi;
 pub mod params;
 pub mod reservations;
@@ -24,7 +23,6 @@ use crate::engine::supervisor::{ExpiryJob, Reconciler, SupervisorActor};
 use crate::engine::EngineError;
 use crate::error::{ApiError, Code};
 use crate::metrics::Metrics;
-use crate::store::db::DbError;
 use crate::store::redis::RedisStoreError;
 
 /// Shared by every handler.
@@ -90,12 +88,18 @@ impl From<EngineError> for ApiError {
             EngineError::Redis(RedisStoreError::Timeout(_)) => {
                 ApiError::new(Code::Timeout, "redis did not answer in time")
             }
-            EngineError::Redis(e) => {
+            // One classification of "try again" (EngineError::is_retryable): an outage is
+            // 503 with Retry-After, anything else is a bug and 500.
+            EngineError::Redis(e) if e.is_retryable() => {
                 tracing::error!(error = %e, "redis call failed");
                 ApiError::new(Code::StoreUnavailable, "redis is unavailable")
             }
-            EngineError::Db(DbError::PoolTimeout(_)) | EngineError::Db(DbError::Connect(_)) => {
-                tracing::error!(error = %message, "database unavailable");
+            EngineError::Redis(e) => {
+                tracing::error!(error = %e, "redis call failed (not retryable)");
+                ApiError::system("redis error")
+            }
+            EngineError::Db(e) if e.is_retryable() => {
+                tracing::error!(error = %e, "database unavailable");
                 ApiError::new(Code::StoreUnavailable, "the database is unavailable")
             }
             EngineError::Db(e) => {

@@ -114,10 +114,8 @@ pub async fn reserve(
             Err(ApiError::from(e).with_data(data))
         }
         Err(e) => {
-            let failed = !matches!(
-                e,
-                EngineError::Overloaded | EngineError::Timeout | EngineError::Redis(_)
-            );
+            // A retryable error decided nothing: the order may still be held by a retry.
+            let failed = !e.is_retryable();
             let mut api = ApiError::from(e);
             if failed && api.data.is_null() {
                 api = api.with_data(json!({"orderNo": order_no, "status": "FAILED"}));

@@ -58,6 +58,34 @@ pub enum EngineError {
     Db(#[from] DbError),
 }
 
+impl EngineError {
+    /// The one classification of "try again later" (Kafka retries the message, HTTP answers
+    /// 503 with Retry-After, the supervisor ends its run and tries at the next one): load
+    /// shedding, timeouts, a journal that is full or behind, and the store errors of an
+    /// outage. A store error of the bug kind (a constraint violation, a bad script reply) is
+    /// not: retrying it forever would block a Kafka partition for nothing.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            EngineError::Overloaded
+            | EngineError::Timeout
+            | EngineError::JournalFull
+            | EngineError::JournalBehind(_) => true,
+            EngineError::Redis(e) => e.is_retryable(),
+            EngineError::Db(e) => e.is_retryable(),
+            EngineError::Invalid(_)
+            | EngineError::QuantityOutOfRange(_)
+            | EngineError::InventoryNotFound(_)
+            | EngineError::SkuNotFound(_)
+            | EngineError::InsufficientStock { .. }
+            | EngineError::StockLimitExceeded { .. }
+            | EngineError::IdempotencyConflict(_)
+            | EngineError::ReservationNotFound(_)
+            | EngineError::InvalidStatus(_)
+            | EngineError::OrderCancelled(_) => false,
+        }
+    }
+}
+
 /// Local date-time without zone, as the reference prints them (`2024-01-01T12:00:00`).
 pub fn format_local_datetime(t: &NaiveDateTime) -> String {
     t.format("%Y-%m-%dT%H:%M:%S").to_string()
@@ -82,5 +110,39 @@ pub fn serialize_local_datetime_opt<S: Serializer>(
     match t {
         Some(t) => s.serialize_str(&format_local_datetime(t)),
         None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::db::DbError;
+    use crate::store::redis::RedisStoreError;
+    use std::time::Duration;
+
+    #[test]
+    fn one_classification_of_what_is_worth_retrying() {
+        let io = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ));
+        assert!(EngineError::Redis(RedisStoreError::Redis(io)).is_retryable());
+        assert!(
+            EngineError::Redis(RedisStoreError::Timeout(Duration::from_secs(1))).is_retryable()
+        );
+        assert!(!EngineError::Redis(RedisStoreError::BadReply {
+            script: "reserve",
+            detail: "x".into()
+        })
+        .is_retryable());
+        assert!(EngineError::Db(DbError::PoolTimeout(Duration::from_secs(1))).is_retryable());
+        // A bug-class DB error would block a Kafka partition forever if retried.
+        let violation = diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            Box::new("duplicate".to_string()),
+        );
+        assert!(!EngineError::Db(DbError::Query(violation)).is_retryable());
+        assert!(EngineError::Overloaded.is_retryable());
+        assert!(!EngineError::ReservationNotFound("o".into()).is_retryable());
     }
 }

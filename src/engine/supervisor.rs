@@ -285,7 +285,7 @@ impl ExpiryJob {
                     report.confirmed += 1;
                     self.count("confirmed_paid");
                 }
-                Err(e) if is_transient(&e) => transient = Some(e),
+                Err(e) if e.is_retryable() => transient = Some(e),
                 Err(e) => {
                     tracing::warn!(order_no, error = %e, "paid order could not be confirmed");
                     forget.push(order_no.clone());
@@ -307,7 +307,7 @@ impl ExpiryJob {
                     forget.push(order_no.clone());
                     report.settled += 1;
                 }
-                Err(e) if is_transient(&e) => transient = Some(e),
+                Err(e) if e.is_retryable() => transient = Some(e),
                 // Confirmed, not found, or not (yet) expired: not ours to release.
                 Err(e) => {
                     tracing::debug!(order_no, error = %e, "expired hold already settled");
@@ -358,17 +358,6 @@ pub struct ExpiryLag {
     pub due_holds: u64,
     /// How long the oldest of them has been due, in milliseconds (0 when none is).
     pub oldest_due_age_ms: u64,
-}
-
-fn is_transient(e: &EngineError) -> bool {
-    matches!(
-        e,
-        EngineError::Overloaded
-            | EngineError::Timeout
-            | EngineError::JournalFull
-            | EngineError::Redis(_)
-            | EngineError::Db(_)
-    )
 }
 
 // ---------------------------------------------------------------- reconciliation

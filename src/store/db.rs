@@ -29,7 +29,7 @@ pub enum DbError {
 
 impl DbError {
     /// Errors worth retrying (outage, pool exhaustion, deadlock), as opposed to a bug.
-    pub fn is_transient(&self) -> bool {
+    pub fn is_retryable(&self) -> bool {
         match self {
             DbError::PoolTimeout(_) | DbError::Connect(_) => true,
             DbError::Query(diesel::result::Error::DatabaseError(kind, info)) => {

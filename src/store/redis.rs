@@ -28,6 +28,18 @@ pub enum RedisStoreError {
     Layout(String),
 }
 
+impl RedisStoreError {
+    /// Worth trying again (an outage, a timeout, a failover), as opposed to a bug or a
+    /// misconfiguration that would fail the same way every time.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RedisStoreError::Timeout(_) => true,
+            RedisStoreError::Redis(e) => !matches!(e.retry_method(), redis::RetryMethod::NoRetry),
+            RedisStoreError::BadReply { .. } | RedisStoreError::Layout(_) => false,
+        }
+    }
+}
+
 impl From<BadReply> for RedisStoreError {
     fn from(e: BadReply) -> Self {
         RedisStoreError::BadReply {

@@ -1,0 +1,300 @@
+//! The Kafka consumer's lifecycle: subscribe, a receive loop feeding one worker per
+//! partition (events::partition), the rejoin watchdog (events::rejoin), the lag gauge, and
+//! on shutdown: finish the messages in hand, commit stored offsets, flush the producer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::KafkaSettings;
+use crate::events::client_log::KafkaLogContext;
+use crate::events::handlers::OrderEventHandler;
+use crate::events::partition::partition_worker;
+use crate::events::rejoin::RejoinWatchdog;
+
+/// The consumer's context: librdkafka's logs (events::client_log), and the partitions a
+/// rebalance took away, for the receive loop to retire their workers.
+#[derive(Default)]
+pub struct ConsumerEvents {
+    log: KafkaLogContext,
+    /// Revoked (topic, partition)s not yet handled; at most the partitions assigned.
+    revoked: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+}
+
+impl ConsumerEvents {
+    /// The partitions revoked since the last call.
+    fn take_revoked(&self) -> Vec<(String, i32)> {
+        match self.revoked.lock() {
+            Ok(mut revoked) => revoked.drain().collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl ClientContext for ConsumerEvents {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+}
+
+impl ConsumerContext for ConsumerEvents {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            if let Ok(mut revoked) = self.revoked.lock() {
+                for p in partitions.elements() {
+                    revoked.insert((p.topic().to_string(), p.partition()));
+                }
+            }
+        }
+    }
+}
+
+/// A consumer whose closing (leaving the group, which waits for the broker) happens on a
+/// thread of its own: dropping it never blocks the async runtime, not even when the broker
+/// is gone.
+pub struct ClosingConsumer {
+    inner: Option<StreamConsumer<ConsumerEvents>>,
+}
+
+impl std::ops::Deref for ClosingConsumer {
+    type Target = StreamConsumer<ConsumerEvents>;
+
+    fn deref(&self) -> &StreamConsumer<ConsumerEvents> {
+        // Only taken in drop.
+        self.inner
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("consumer used after drop"))
+    }
+}
+
+impl Drop for ClosingConsumer {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.inner.take() {
+            let closing = std::thread::Builder::new()
+                .name("kafka-close".into())
+                .spawn(move || drop(consumer));
+            if let Err(e) = closing {
+                tracing::warn!(error = %e, "kafka consumer closed inline");
+            }
+        }
+    }
+}
+
+/// The running consumer: a receive loop feeding one worker per partition.
+pub struct KafkaConsumer {
+    consumer: Arc<ClosingConsumer>,
+    handler: OrderEventHandler,
+    settings: KafkaSettings,
+    /// What it subscribed to (a rejoin subscribes again).
+    topics: Vec<String>,
+}
+
+impl KafkaConsumer {
+    pub fn new(handler: OrderEventHandler) -> Result<Self, KafkaError> {
+        let settings = handler.settings.kafka.clone();
+        let consumer: StreamConsumer<ConsumerEvents> = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .set("group.id", &settings.group_id)
+            .set("client.id", &settings.client_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            // Offsets are stored by hand, after the work is durable and the outcome sent.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout_ms.to_string(),
+            )
+            .set("enable.partition.eof", "false")
+            // Brokers that hold a fetch for its whole wait (tansu does) would add this much
+            // latency to every message.
+            .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
+            .create_with_context(ConsumerEvents::default())?;
+        let mut topics: Vec<&str> = Vec::new();
+        if settings.consume_order_created || settings.consume_order_canceled {
+            topics.push(&settings.order_topic);
+        }
+        if settings.consume_payment_succeeded {
+            topics.push(&settings.payment_topic);
+        }
+        if settings.consume_aftersale_refunded {
+            topics.push(&settings.aftersales_topic);
+        }
+        if !topics.is_empty() {
+            consumer.subscribe(&topics)?;
+        }
+        let topics = topics.into_iter().map(str::to_string).collect();
+        Ok(KafkaConsumer {
+            consumer: Arc::new(ClosingConsumer {
+                inner: Some(consumer),
+            }),
+            handler,
+            settings,
+            topics,
+        })
+    }
+
+    /// Leaves the group and joins again when no partition has come for
+    /// `kafka.rejoin_unassigned_ms` (events::rejoin says why), until `stop` turns true.
+    async fn rejoin_watchdog(
+        consumer: Arc<ClosingConsumer>,
+        topics: Vec<String>,
+        after: Duration,
+        metrics: crate::metrics::Metrics,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut watchdog = RejoinWatchdog::new(after);
+        if topics.is_empty() || after.is_zero() {
+            return;
+        }
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let assigned = consumer.assignment().map(|a| a.count() > 0).unwrap_or(true);
+            if !watchdog.observe(assigned, Instant::now()) {
+                continue;
+            }
+            tracing::warn!(
+                unassigned_ms = after.as_millis() as u64,
+                "kafka consumer has no partition: leaving the group and joining again"
+            );
+            metrics.kafka_rejoins.inc();
+            consumer.unsubscribe();
+            // The leave must reach the coordinator before the new join does.
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+            }
+            if let Err(e) = consumer.subscribe(&topics) {
+                tracing::error!(error = %e, "kafka consumer could not subscribe again");
+            }
+        }
+    }
+
+    /// Runs until `stop` turns true; then lets the workers finish the message in hand,
+    /// commits the stored offsets and flushes the producer.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        type Worker = (
+            mpsc::Sender<OwnedMessage>,
+            Arc<std::sync::atomic::AtomicBool>,
+        );
+        let mut workers: HashMap<(String, i32), Worker> = HashMap::new();
+        let mut handles = Vec::new();
+        let watchdog = actix::spawn(Self::rejoin_watchdog(
+            self.consumer.clone(),
+            self.topics.clone(),
+            Duration::from_millis(self.settings.rejoin_unassigned_ms),
+            self.handler.metrics.clone(),
+            stop.clone(),
+        ));
+        let mut lag_check = Instant::now();
+        loop {
+            let received = tokio::select! {
+                _ = stop.changed() => break,
+                received = self.consumer.recv() => received.map(|m| m.detach()),
+            };
+            if *stop.borrow() {
+                break;
+            }
+            // Partitions a rebalance took away: their workers finish the messages in
+            // flight and drop the queued ones (the new owner reads them again from the
+            // committed offset); a later message of the partition gets a new worker.
+            for partition in self.consumer.context().take_revoked() {
+                if let Some((_, revoked)) = workers.remove(&partition) {
+                    revoked.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            handles.retain(|h: &tokio::task::JoinHandle<()>| !h.is_finished());
+            match received {
+                Ok(msg) => {
+                    let key = (msg.topic().to_string(), msg.partition());
+                    let (tx, _) = workers.entry(key).or_insert_with(|| {
+                        let (tx, rx) = mpsc::channel(self.settings.partition_queue);
+                        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                        handles.push(actix::spawn(partition_worker(
+                            rx,
+                            self.consumer.clone(),
+                            self.handler.clone(),
+                            self.settings.clone(),
+                            stop.clone(),
+                            revoked.clone(),
+                        )));
+                        (tx, revoked)
+                    });
+                    // Waits when the worker is behind: backpressure on consumption.
+                    if tx.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka receive failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            if lag_check.elapsed() > Duration::from_secs(5) {
+                lag_check = Instant::now();
+                self.update_lag().await;
+            }
+        }
+        drop(workers);
+        for handle in handles {
+            let _ = handle.await;
+        }
+        watchdog.abort();
+        // Both block on the broker: off the async runtime.
+        let consumer = self.consumer.clone();
+        let publisher = self.handler.publisher.clone();
+        let finished = tokio::task::spawn_blocking(move || {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "final offset commit");
+            }
+            if let Err(e) = publisher.flush(Duration::from_secs(10)) {
+                tracing::warn!(error = %e, "producer flush on shutdown failed");
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(15), finished).await;
+        tracing::info!("kafka consumer stopped");
+    }
+
+    async fn update_lag(&self) {
+        let consumer = self.consumer.clone();
+        let lag = tokio::task::spawn_blocking(move || -> Option<i64> {
+            let positions = consumer.position().ok()?;
+            let mut lag = 0;
+            for element in positions.elements() {
+                let (_, high) = consumer
+                    .fetch_watermarks(
+                        element.topic(),
+                        element.partition(),
+                        Duration::from_millis(500),
+                    )
+                    .ok()?;
+                if let rdkafka::Offset::Offset(position) = element.offset() {
+                    lag += (high - position).max(0);
+                }
+            }
+            Some(lag)
+        })
+        .await;
+        if let Ok(Some(lag)) = lag {
+            self.handler.metrics.kafka_consumer_lag.set(lag);
+        }
+    }
+}
