@@ -718,6 +718,72 @@ struct KafkaTopics {
     dead_letter: String,
 }
 
+/// The broker's echo ceiling: a consumer-to-producer loop with the service's client
+/// settings (consumer group, manual offset store, `fetch.wait.max.ms`; idempotent producer,
+/// `acks=all`, `linger.ms`) that does no work: every message of `from` goes to `to` with the
+/// same key and body and a STOCK_RESERVED tag, its offset stored once the copy is
+/// acknowledged. Driven by the same closed-loop clients as the service, it says what the
+/// broker and the Kafka clients allow on this machine.
+fn start_echo(brokers: &str, settings: &inventory::config::KafkaSettings, from: &str, to: &str) {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Header, Message, OwnedHeaders};
+    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("echo-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", settings.session_timeout_ms.to_string())
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
+        .create()
+        .expect("echo consumer");
+    consumer.subscribe(&[from]).expect("echo subscribe");
+    let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "queue.buffering.max.messages",
+            settings.producer_queue_messages.to_string(),
+        )
+        .set("linger.ms", "2")
+        .create()
+        .expect("echo producer");
+    let consumer = Arc::new(consumer);
+    let to = to.to_string();
+    // As many copies in flight as the service may have messages in flight.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(4096));
+    actix_web::rt::spawn(async move {
+        loop {
+            let Ok(m) = consumer.recv().await else {
+                continue;
+            };
+            let m = m.detach();
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let (producer, consumer, to) = (producer.clone(), consumer.clone(), to.clone());
+            actix_web::rt::spawn(async move {
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "tag",
+                    value: Some("STOCK_RESERVED"),
+                });
+                let key = m.key().unwrap_or_default();
+                let record = rdkafka::producer::FutureRecord::to(&to)
+                    .key(key)
+                    .payload(m.payload().unwrap_or_default())
+                    .headers(headers);
+                if producer.send(record, Duration::from_secs(30)).await.is_ok() {
+                    let _ = consumer.store_offset(m.topic(), m.partition(), m.offset() + 1);
+                }
+                drop(permit);
+            });
+        }
+    });
+}
+
 #[derive(Clone)]
 enum Driver {
     InProcess(Box<ReservationEngine>),
@@ -1563,6 +1629,34 @@ async fn run(o: Options) -> i32 {
         .await;
         results.push(("reference".into(), r));
     }
+    // Kafka: the broker's echo ceiling, with the same load, in the same run.
+    let mut echo_result = None;
+    if o.target == "kafka" {
+        eprintln!("baseline: the broker's echo ceiling (consume -> produce, no work)");
+        let echo_topics = KafkaTopics {
+            order: topic("ECHO_IN"),
+            payment: topic("ECHO_PAYMENT"),
+            aftersales: topic("ECHO_AFTERSALES"),
+            inventory: topic("ECHO_OUT"),
+            dead_letter: topic("ECHO_DLQ"),
+        };
+        let mut echo_settings = settings.kafka.clone();
+        echo_settings.order_topic = echo_topics.order.clone();
+        echo_settings.payment_topic = echo_topics.payment.clone();
+        echo_settings.aftersales_topic = echo_topics.aftersales.clone();
+        echo_settings.inventory_topic = echo_topics.inventory.clone();
+        echo_settings.dead_letter_topic = echo_topics.dead_letter.clone();
+        inventory::events::producer::ensure_topics(&echo_settings).await;
+        start_echo(
+            &brokers,
+            &echo_settings,
+            &echo_topics.order,
+            &echo_topics.inventory,
+        );
+        let echo = KafkaDriver::start(&brokers, &echo_topics);
+        let r = drive(&o, Driver::Kafka(Box::new(echo)), SKU_BASE, "E-", None, None).await;
+        echo_result = Some(r);
+    }
     let main_driver = match o.target.as_str() {
         "http" => Some(Driver::Http(client, format!("http://127.0.0.1:{port}"))),
         "inprocess" => Some(Driver::InProcess(Box::new(state.reservations.clone()))),
@@ -1753,6 +1847,9 @@ async fn run(o: Options) -> i32 {
             "| redis-benchmark ceiling (pipelined check-and-decrement) | {c:.0} | | | | | | |"
         );
     }
+    if let Some(r) = &echo_result {
+        print_row("broker echo ceiling (no work)", r);
+    }
     println!();
     for (name, r) in &results {
         print_details(name, r);
@@ -1774,6 +1871,14 @@ async fn run(o: Options) -> i32 {
             "\n{}: {:.1}x the reference design's request rate",
             o.target,
             m / r
+        );
+    }
+    if let (Some(m), Some(e)) = (main_rate, &echo_result) {
+        let echo_rate = e.requests as f64 / e.elapsed.as_secs_f64().max(1e-9);
+        println!(
+            "{}: {:.0}% of the broker's echo ceiling ({echo_rate:.0} messages/s in to out)",
+            o.target,
+            100.0 * m / echo_rate
         );
     }
     if let (Some(m), Some(c)) = (main_rate, ceiling) {
@@ -1807,6 +1912,7 @@ async fn run(o: Options) -> i32 {
             "sustained": sustained.as_ref().map(|(report, _)| report.clone()),
             "results": results.iter().map(|(n, r)| summary(n, r)).collect::<Vec<_>>(),
             "redisBenchmarkCeiling": ceiling,
+            "echoCeiling": echo_result.as_ref().map(|r| summary("echo", r)),
             "journalDrainMs": drain.as_secs_f64() * 1000.0,
             "oversold": violations.iter().any(|v| v.starts_with("OVERSOLD")),
             "violations": violations,
