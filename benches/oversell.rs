@@ -734,7 +734,10 @@ fn start_echo(brokers: &str, settings: &inventory::config::KafkaSettings, from: 
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", settings.session_timeout_ms.to_string())
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
         .create()
@@ -1654,7 +1657,15 @@ async fn run(o: Options) -> i32 {
             &echo_topics.inventory,
         );
         let echo = KafkaDriver::start(&brokers, &echo_topics);
-        let r = drive(&o, Driver::Kafka(Box::new(echo)), SKU_BASE, "E-", None, None).await;
+        let r = drive(
+            &o,
+            Driver::Kafka(Box::new(echo)),
+            SKU_BASE,
+            "E-",
+            None,
+            None,
+        )
+        .await;
         echo_result = Some(r);
     }
     let main_driver = match o.target.as_str() {
