@@ -297,7 +297,13 @@ impl OrderEventHandler {
                             qty: l.qty,
                         })
                         .collect(),
-                    event_time: wire::now_event_time(),
+                    // When the hold was made, as Redis has it (its expiry less the hold
+                    // time): the same for every decision of this order, so the outcome is
+                    // the identical message even when a crash lost the consume log row and
+                    // a redelivery decides it again.
+                    event_time: wire::format_event_time(
+                        &(held.expire_at - chrono::Duration::milliseconds(self.settings.hold_ms())),
+                    ),
                     trace_id: trace_id.to_string(),
                     version: wire::EVENT_VERSION.to_string(),
                 },

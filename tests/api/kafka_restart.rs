@@ -265,6 +265,19 @@ async fn service_killed_mid_stream_gets_every_order_its_outcome_after_the_restar
     );
     let reserved = outcome.values().filter(|t| *t == "STOCK_RESERVED").count();
     assert_eq!(reserved, 500, "500 units, one each");
+    // Outcomes published again after the crash (redelivered: the kill came after the
+    // publish and before the offset commit, or after the reserve and before the consume log
+    // row) are the identical message: same envelope messageId and eventTime, same payload
+    // (eventId included).
+    let mut first: HashMap<String, String> = HashMap::new();
+    for m in out
+        .iter()
+        .filter(|m| m.headers.get("tag").map(String::as_str) == Some("STOCK_RESERVED"))
+    {
+        if let Some(before) = first.insert(m.key.clone(), m.body.clone()) {
+            assert_eq!(before, m.body, "{} was published twice, differently", m.key);
+        }
+    }
 
     let settings = test_settings(&db_url, &prefix, &[]);
     let redis = inventory::store::redis::RedisStore::connect(&settings.redis)
