@@ -142,6 +142,12 @@ mod tests {
             Box::new("duplicate".to_string()),
         );
         assert!(!EngineError::Db(DbError::Query(violation)).is_retryable());
+        // diesel-async's kind for a dropped connection ("server has gone away").
+        let gone = diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::Unknown,
+            Box::new("MySQL server has gone away".to_string()),
+        );
+        assert!(EngineError::Db(DbError::Query(gone)).is_retryable());
         assert!(EngineError::Overloaded.is_retryable());
         assert!(!EngineError::ReservationNotFound("o".into()).is_retryable());
     }

@@ -196,7 +196,8 @@ impl ExpiryJob {
                 let plan = self.plan_step(step).await;
                 kept.extend(plan.keep.iter().cloned());
                 report.kept += plan.keep.len();
-                self.apply_step(plan, &trace, &mut report).await?;
+                let left = self.apply_step(plan, &trace, &mut report).await?;
+                kept.extend(left);
             }
         }
         if !report.budget_spent {
@@ -266,13 +267,16 @@ impl ExpiryJob {
 
     /// Confirms the paid orders and releases the rest of a step, all at once through the
     /// shards. Orders that turn out settled elsewhere leave the holds index.
+    /// Returns the orders left in place because an unexpected error stopped them (the
+    /// next run tries them again; this one skips them).
     async fn apply_step(
         &self,
         plan: StepPlan,
         trace: &str,
         report: &mut ExpiryReport,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Vec<String>, EngineError> {
         let mut forget = Vec::new();
+        let mut left = Vec::new();
         let mut transient = None;
         let confirms = plan
             .confirm
@@ -286,10 +290,14 @@ impl ExpiryJob {
                     self.count("confirmed_paid");
                 }
                 Err(e) if e.is_retryable() => transient = Some(e),
-                Err(e) => {
+                Err(e) if settled_elsewhere(&e) => {
                     tracing::warn!(order_no, error = %e, "paid order could not be confirmed");
                     forget.push(order_no.clone());
                     report.settled += 1;
+                }
+                Err(e) => {
+                    tracing::error!(order_no, error = %e, "paid order could not be confirmed; hold kept");
+                    left.push(order_no.clone());
                 }
             }
         }
@@ -309,17 +317,23 @@ impl ExpiryJob {
                 }
                 Err(e) if e.is_retryable() => transient = Some(e),
                 // Confirmed, not found, or not (yet) expired: not ours to release.
-                Err(e) => {
+                Err(e) if settled_elsewhere(&e) => {
                     tracing::debug!(order_no, error = %e, "expired hold already settled");
                     forget.push(order_no.clone());
                     report.settled += 1;
+                }
+                // Anything else is unexpected: the hold must not leave the index (it
+                // would never expire); the next run tries it again.
+                Err(e) => {
+                    tracing::error!(order_no, error = %e, "expired hold not released; kept for the next run");
+                    left.push(order_no.clone());
                 }
             }
         }
         self.stock.redis().forget_holds(&forget).await?;
         match transient {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(left),
         }
     }
 
@@ -348,6 +362,16 @@ impl ExpiryJob {
             .with_label_values(&[outcome])
             .inc();
     }
+}
+
+/// Errors that say the order is not (or no longer) ours to release or confirm: it was
+/// settled by someone else, is unknown, or has not expired. Only these let an order leave
+/// the holds index without being released.
+fn settled_elsewhere(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::ReservationNotFound(_) | EngineError::InvalidStatus(_)
+    )
 }
 
 /// How far expiry is behind.

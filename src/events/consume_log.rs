@@ -90,8 +90,16 @@ async fn run(mut rx: mpsc::Receiver<Request>, pool: DbPool, group: String) {
         let rows: Vec<NewConsumeLog> = records.iter().map(|(row, _)| row.clone()).collect();
         let ids: Vec<String> = finds.iter().map(|(id, _)| id.clone()).collect();
         let (written, found) = tokio::join!(write(&pool, &rows), read(&pool, &ids, &group));
-        for (_, reply) in records {
-            let _ = reply.send(written.clone());
+        if written.is_ok() {
+            for (_, reply) in records {
+                let _ = reply.send(Ok(()));
+            }
+        } else {
+            // One bad row must not fail the others batched with it (they would be retried
+            // forever): each row on its own, each caller gets its own answer.
+            for (row, reply) in records {
+                let _ = reply.send(write(&pool, std::slice::from_ref(&row)).await);
+            }
         }
         match found {
             Ok(mut found) => {

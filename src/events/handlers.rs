@@ -392,11 +392,13 @@ impl OrderEventHandler {
             return Ok(Err("AfterSaleRefundedEvent has no items".to_string()));
         }
         // The warehouse a unit came from is the one its order line held it in.
-        let lines = self
-            .reservations
-            .order_positions(&event.order_no)
-            .await
-            .unwrap_or_default();
+        let lines = match self.reservations.order_positions(&event.order_no).await {
+            Ok(lines) => lines,
+            // A guess here would restore the units to the wrong warehouse for good (the
+            // refund is applied once per asNo and sku).
+            Err(e) if e.is_retryable() => return Err(transient(e)),
+            Err(_) => Vec::new(),
+        };
         let mut restored = 0;
         for item in &event.items {
             let warehouse_id = lines

@@ -49,6 +49,7 @@ async fn process_message(
     handler: &OrderEventHandler,
     settings: &KafkaSettings,
     stop: &watch::Receiver<bool>,
+    revoked: &AtomicBool,
 ) -> bool {
     let mut attempt: u32 = 0;
     loop {
@@ -73,8 +74,9 @@ async fn process_message(
                 attempt = attempt.saturating_add(1);
             }
         }
-        if *stop.borrow() {
-            // Not done: its offset is not stored, so it is redelivered after restart.
+        if *stop.borrow() || revoked.load(Ordering::Relaxed) {
+            // Not done: its offset is not stored, so it is redelivered (after a restart, or
+            // to the partition's new owner).
             return false;
         }
         let pause = settings
@@ -131,8 +133,9 @@ pub async fn partition_worker(
             keys.insert(key.clone());
             offsets.dispatch(msg.offset());
             let (handler, settings, stop) = (handler.clone(), settings.clone(), stop.clone());
+            let revoked = revoked.clone();
             in_flight.push(async move {
-                let done = process_message(&msg, &handler, &settings, &stop).await;
+                let done = process_message(&msg, &handler, &settings, &stop, &revoked).await;
                 (msg, key, done)
             });
         }

@@ -33,11 +33,15 @@ impl DbError {
         match self {
             DbError::PoolTimeout(_) | DbError::Connect(_) => true,
             DbError::Query(diesel::result::Error::DatabaseError(kind, info)) => {
+                // diesel-async reports client-side failures (a reset connection, "server
+                // has gone away") as Unknown, with the server errors it does not list:
+                // retried, as before. The bug kinds (constraint violations) are not.
                 matches!(
                     kind,
                     diesel::result::DatabaseErrorKind::SerializationFailure
                         | diesel::result::DatabaseErrorKind::ClosedConnection
                         | diesel::result::DatabaseErrorKind::UnableToSendCommand
+                        | diesel::result::DatabaseErrorKind::Unknown
                 ) || info.message().contains("Deadlock")
                     || info.message().contains("Lock wait timeout")
             }
