@@ -162,6 +162,31 @@ fn line_views(lines: &[OrderLine]) -> Vec<LineView> {
         .collect()
 }
 
+/// The transition of an order whose lines the directory lists, and the lines as callers
+/// see them.
+fn transition_for(
+    order_no: &str,
+    trace_id: &str,
+    lines: &[(SkuKey, i64)],
+    op: TransitionOp,
+) -> (TransitionOrder, Vec<LineView>) {
+    let items = lines
+        .iter()
+        .map(|(key, qty)| LineView {
+            sku_id: key.sku_id,
+            warehouse_id: key.warehouse_id,
+            qty: *qty,
+        })
+        .collect();
+    let order = TransitionOrder {
+        order_no: order_no.to_string(),
+        trace_id: trace_id.to_string(),
+        positions: lines.iter().map(|(k, _)| *k).collect(),
+        op,
+    };
+    (order, items)
+}
+
 /// What a release's reply means for its caller.
 fn release_result(
     order_no: &str,
@@ -414,20 +439,7 @@ impl ReservationEngine {
             let entry = self.directory_entry(order_no).await?;
             let (reply, items) = match entry {
                 Some(DirectoryEntry::Order { lines, .. }) => {
-                    let items = lines
-                        .iter()
-                        .map(|(key, qty)| LineView {
-                            sku_id: key.sku_id,
-                            warehouse_id: key.warehouse_id,
-                            qty: *qty,
-                        })
-                        .collect();
-                    let order = TransitionOrder {
-                        order_no: order_no.to_string(),
-                        trace_id: trace_id.to_string(),
-                        positions: lines.iter().map(|(k, _)| *k).collect(),
-                        op: op.clone(),
-                    };
+                    let (order, items) = transition_for(order_no, trace_id, &lines, op.clone());
                     (self.send_transition(order).await?, items)
                 }
                 _ => match &op {
@@ -586,20 +598,7 @@ impl ReservationEngine {
                 let Some(DirectoryEntry::Order { lines, .. }) = entry else {
                     return Err(EngineError::ReservationNotFound(order_no.clone()));
                 };
-                let items = lines
-                    .iter()
-                    .map(|(key, qty)| LineView {
-                        sku_id: key.sku_id,
-                        warehouse_id: key.warehouse_id,
-                        qty: *qty,
-                    })
-                    .collect();
-                let order = TransitionOrder {
-                    order_no: order_no.clone(),
-                    trace_id: trace_id.to_string(),
-                    positions: lines.iter().map(|(k, _)| *k).collect(),
-                    op,
-                };
+                let (order, items) = transition_for(order_no, trace_id, &lines, op);
                 match self.send_transition(order).await? {
                     // The order changed since the directory was read: the one-order path
                     // reads it again (bounded retries).

@@ -517,23 +517,4 @@ impl ConsumeLog {
         }
         Ok(rows.len())
     }
-
-    /// Inserts the row, or updates status, result and cost of an existing one.
-    pub async fn record(
-        conn: &mut AsyncMysqlConnection,
-        row: &NewConsumeLog,
-    ) -> QueryResult<usize> {
-        use crate::store::schema::t_mq_consume_log::dsl as l;
-        diesel::insert_into(l::t_mq_consume_log)
-            .values(row)
-            .on_conflict(diesel::dsl::DuplicatedKeys)
-            .do_update()
-            .set((
-                l::status.eq(&row.status),
-                l::result.eq(&row.result),
-                l::cost_ms.eq(row.cost_ms),
-            ))
-            .execute(conn)
-            .await
-    }
 }
