@@ -170,6 +170,17 @@ local function flush(groups, positions)
   end
 end
 
+-- After the per-order items: one item per position the call changed, its counters now
+-- ('LEVELS position# avail reserved seq'), so the caller's read cache can hold what this
+-- instance wrote (read-your-writes) without another round trip.
+local function report_levels(out, positions)
+  for k, p in ipairs(positions) do
+    if p.dirty then
+      reply(out, 'LEVELS', k, p.a, p.r, p.v)
+    end
+  end
+end
+
 -- Marks a position changed (written once by flush).
 local function touch(p)
   p.dirty = true

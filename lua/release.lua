@@ -13,6 +13,7 @@
 --
 -- Reply items, one per order: RELEASED | EXISTS | NOT_FOUND | RETRY | JOURNAL_FULL |
 -- NOT_EXPIRED | CONFIRMED w s (the line that refused).
+-- Then one LEVELS item per position changed (lib.lua, report_levels).
 local now = tonumber(ARGV[1])
 local max_journal = tonumber(ARGV[2])
 local ngroups = tonumber(ARGV[3])
@@ -68,4 +69,5 @@ for _, o in ipairs(orders) do
   end
 end
 flush(groups, positions)
+report_levels(out, positions)
 return out

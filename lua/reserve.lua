@@ -22,6 +22,7 @@
 --   CONFLICT line# (0: other lines)          same order, other content
 --   CANCELLED                                released before it was reserved
 --   JOURNAL_FULL                             backpressure, nothing done
+-- Then one LEVELS item per position changed (lib.lua, report_levels).
 local now = tonumber(ARGV[1])
 local hold_ms = tonumber(ARGV[2])
 local max_journal = tonumber(ARGV[3])
@@ -202,4 +203,5 @@ for from = 1, #dir_writes, SLICE do
   redis.call('HSET', KEYS[1], unpack(dir_writes, from, math.min(from + SLICE - 1, #dir_writes)))
 end
 flush(groups, positions)
+report_levels(out, positions)
 return out

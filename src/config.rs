@@ -67,6 +67,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub database: DatabaseSettings,
     pub inventory: InventorySettings,
+    pub cache: CacheSettings,
     pub reservation: ReservationSettings,
     pub engine: EngineSettings,
     pub journal: JournalSettings,
@@ -116,6 +117,15 @@ pub struct InventorySettings {
     pub max_lines_per_order: usize,
     pub max_order_no_len: usize,
     pub adjust_persist_wait_ms: u64,
+    pub max_query_positions: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    pub stock_ttl_ms: u64,
+    pub row_ttl_ms: u64,
+    pub capacity: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -402,6 +412,25 @@ impl Settings {
             0,
             60_000,
         )?;
+        check_range(
+            "inventory.max_query_positions",
+            self.inventory.max_query_positions as i64,
+            1,
+            1000,
+        )?;
+        check_range(
+            "cache.stock_ttl_ms",
+            self.cache.stock_ttl_ms as i64,
+            0,
+            60_000,
+        )?;
+        check_range(
+            "cache.row_ttl_ms",
+            self.cache.row_ttl_ms as i64,
+            0,
+            3_600_000,
+        )?;
+        check_range("cache.capacity", self.cache.capacity as i64, 1, 10_000_000)?;
         check_range(
             "reservation.expire_minutes",
             self.reservation.expire_minutes as i64,

@@ -38,6 +38,9 @@ pub struct MetricSet {
     pub kafka_rejoins: IntCounter,
     pub kafka_offset_store_failures: IntCounter,
     pub holds_expired: IntCounterVec,
+    pub stock_cache_lookups: IntCounterVec,
+    pub stock_cache_evictions: IntCounter,
+    pub stock_cache_entries: IntGauge,
     pub expiry_due_holds: IntGauge,
     pub expiry_oldest_due_age: Gauge,
     pub reconcile_runs: IntCounterVec,
@@ -160,6 +163,21 @@ impl Metrics {
             "kafka_consumer_lag_messages",
             "Messages in assigned partitions not yet consumed",
         )?;
+        let stock_cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "stock_cache_lookups_total",
+                "Stock reads answered from the in-process cache (hit) or from Redis (miss)",
+            ),
+            &["result"],
+        )?;
+        let stock_cache_evictions = IntCounter::new(
+            "stock_cache_evictions_total",
+            "Cache entries dropped to stay within cache.capacity",
+        )?;
+        let stock_cache_entries = IntGauge::new(
+            "stock_cache_entries",
+            "Entries in the in-process stock read cache (levels and rows)",
+        )?;
         let holds_expired = IntCounterVec::new(
             Opts::new(
                 "holds_expired_total",
@@ -209,6 +227,9 @@ impl Metrics {
             "1 while this instance holds the supervisor lease",
         )?;
         registry.register(Box::new(holds_expired.clone()))?;
+        registry.register(Box::new(stock_cache_lookups.clone()))?;
+        registry.register(Box::new(stock_cache_evictions.clone()))?;
+        registry.register(Box::new(stock_cache_entries.clone()))?;
         registry.register(Box::new(expiry_due_holds.clone()))?;
         registry.register(Box::new(expiry_oldest_due_age.clone()))?;
         registry.register(Box::new(reconcile_runs.clone()))?;
@@ -254,6 +275,9 @@ impl Metrics {
             kafka_rejoins,
             kafka_offset_store_failures,
             holds_expired,
+            stock_cache_lookups,
+            stock_cache_evictions,
+            stock_cache_entries,
             expiry_due_holds,
             expiry_oldest_due_age,
             reconcile_runs,

@@ -123,7 +123,7 @@ impl Application {
         persister.prepare().await?;
         let persistence = PersistenceActor::new(persister, redis.clone()).start();
 
-        let shards = start_shards(&settings, &redis, &metrics);
+        let shards = start_shards(&settings, &redis, &metrics, stock.cache());
         let reservations = ReservationEngine::new(
             shards,
             redis.clone(),
@@ -271,6 +271,7 @@ fn start_shards(
     settings: &Settings,
     redis: &RedisStore,
     metrics: &Metrics,
+    cache: std::sync::Arc<crate::engine::stock_cache::StockCache>,
 ) -> Vec<Addr<ShardActor>> {
     let threads = match settings.engine.arbiters {
         0 => std::thread::available_parallelism()
@@ -285,6 +286,7 @@ fn start_shards(
         hold_ms: settings.hold_ms(),
         max_journal_entries: settings.journal.max_pending_entries,
         metrics: metrics.clone(),
+        cache,
     };
     let capacity = settings.engine.mailbox_capacity;
     let max_batch = settings.engine.max_batch;

@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::params::{check_identifier, check_len, optional_id, positive_id, trace_id};
 use crate::api::AppState;
 use crate::domain::{LedgerReason, SkuKey};
-use crate::engine::stock::{AdjustRequest, AdjustResult, InventoryView, SyncResult};
+use crate::engine::stock::{AdjustRequest, AdjustResult, InventoryView, ReadSource, SyncResult};
 use crate::engine::supervisor::ReconcileReport;
 use crate::error::{ok, ApiError};
 
@@ -26,9 +26,27 @@ fn position(
     Ok(SkuKey::new(warehouse_id, sku_id))
 }
 
-/// Stock of one position (`GET /inventory/{skuId}?warehouseId=W`).
+/// `?source=live` (the default) or `?source=db`.
+pub(crate) fn read_source(query: &HashMap<String, String>) -> Result<ReadSource, ApiError> {
+    parse_source(query.get("source").map(|s| s.as_str()))
+}
+
+fn parse_source(raw: Option<&str>) -> Result<ReadSource, ApiError> {
+    match raw {
+        None | Some("live") => Ok(ReadSource::Live),
+        Some("db") => Ok(ReadSource::Db),
+        Some(other) => Err(ApiError::invalid(format!(
+            "source must be live or db, got {:?}",
+            other.chars().take(20).collect::<String>()
+        ))),
+    }
+}
+
+const SOURCE_DOC: &str = "live (default): availableQty, reservedQty and redisAvailableQty are Redis' counters, where every decision is made, served from this instance's cache for at most cache.stock_ttl_ms (its own changes at once); id and updatedAt come from the DB row, cached for at most cache.row_ttl_ms. db: availableQty and reservedQty from the DB row as the journal wrote it, redisAvailableQty read from Redis now (reconciliation by hand).";
+
+/// Stock of one position (`GET /inventory/{skuId}?warehouseId=W[&source=live|db]`).
 #[utoipa::path(get, path = "/inventory/{skuId}", tag = "inventory",
-    params(("skuId" = i64, Path, minimum = 1, description = "The SKU"), ("warehouseId" = Option<i64>, Query, minimum = 1, description = "Default: inventory.default_warehouse_id")),
+    params(("skuId" = i64, Path, minimum = 1, description = "The SKU"), ("warehouseId" = Option<i64>, Query, minimum = 1, description = "Default: inventory.default_warehouse_id"), ("source" = Option<String>, Query, description = SOURCE_DOC)),
     responses(
         (status = 200, description = "The position's stock", body = crate::api::openapi::Success<InventoryView>),
         (status = 404, description = "INVENTORY_NOT_FOUND", body = crate::api::openapi::ErrorEnvelope),
@@ -40,12 +58,13 @@ pub async fn get_inventory(
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     let key = position(&state, &path, &query)?;
-    Ok(ok(state.stock.get(key).await?))
+    let source = read_source(&query)?;
+    Ok(ok(state.stock.get(key, source).await?))
 }
 
-/// Stock of a SKU in every warehouse (`GET /inventory/{skuId}/all`).
+/// Stock of a SKU in every warehouse (`GET /inventory/{skuId}/all[?source=live|db]`).
 #[utoipa::path(get, path = "/inventory/{skuId}/all", tag = "inventory",
-    params(("skuId" = i64, Path, minimum = 1, description = "The SKU")),
+    params(("skuId" = i64, Path, minimum = 1, description = "The SKU"), ("source" = Option<String>, Query, description = SOURCE_DOC)),
     responses(
         (status = 200, description = "One entry per warehouse", body = crate::api::openapi::Success<Vec<InventoryView>>),
         (status = 404, description = "SKU_NOT_FOUND: no warehouse has this SKU", body = crate::api::openapi::ErrorEnvelope),
@@ -54,9 +73,109 @@ pub async fn get_inventory(
 pub async fn get_all_warehouses(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     let sku_id = positive_id("skuId", &path)?;
-    Ok(ok(state.stock.list_by_sku(sku_id).await?))
+    let source = read_source(&query)?;
+    Ok(ok(state.stock.list_by_sku(sku_id, source).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct QueryBody {
+    /// The positions to read (1 to inventory.max_query_positions; repeats are answered
+    /// once).
+    pub positions: Vec<PositionBody>,
+    /// live (default) or db, as for `GET /inventory/{skuId}`.
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PositionBody {
+    #[schema(minimum = 1)]
+    pub sku_id: i64,
+    /// Default: inventory.default_warehouse_id.
+    #[schema(minimum = 1)]
+    pub warehouse_id: Option<i64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PositionRef {
+    pub sku_id: i64,
+    pub warehouse_id: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryResult {
+    /// The positions found, in the order asked.
+    pub items: Vec<InventoryView>,
+    /// The positions no store holds.
+    pub not_found: Vec<PositionRef>,
+}
+
+/// Stock of many positions in one call (a cart page): `POST /inventory/query` with
+/// `{"positions": [{"skuId": 1001, "warehouseId": 1}, ...]}`. Cached levels are answered
+/// at once, the rest with one Redis round trip; freshness as for `GET /inventory/{skuId}`.
+#[utoipa::path(post, path = "/inventory/query", tag = "inventory",
+    request_body = QueryBody,
+    responses(
+        (status = 200, description = "The positions found and those not found", body = crate::api::openapi::Success<QueryResult>),
+        crate::api::openapi::BodyErrors,
+    ))]
+pub async fn query_many(
+    state: web::Data<AppState>,
+    body: web::Json<QueryBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let limit = state.settings.inventory.max_query_positions;
+    if body.positions.is_empty() || body.positions.len() > limit {
+        return Err(ApiError::invalid(format!(
+            "positions must hold 1 to {limit} entries, got {}",
+            body.positions.len()
+        )));
+    }
+    let source = parse_source(body.source.as_deref())?;
+    let default_warehouse = state.settings.inventory.default_warehouse_id;
+    let mut keys: Vec<SkuKey> = Vec::with_capacity(body.positions.len());
+    for (i, p) in body.positions.iter().enumerate() {
+        if p.sku_id <= 0 {
+            return Err(ApiError::invalid(format!(
+                "positions[{i}].skuId must be a positive integer, got {}",
+                p.sku_id
+            )));
+        }
+        let warehouse_id = match p.warehouse_id {
+            None => default_warehouse,
+            Some(w) if w > 0 => w,
+            Some(w) => {
+                return Err(ApiError::invalid(format!(
+                    "positions[{i}].warehouseId must be a positive integer, got {w}"
+                )))
+            }
+        };
+        let key = SkuKey::new(warehouse_id, p.sku_id);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let views = state.stock.query(&keys, source).await?;
+    let mut result = QueryResult {
+        items: Vec::with_capacity(keys.len()),
+        not_found: vec![],
+    };
+    for (key, view) in keys.iter().zip(views) {
+        match view {
+            Some(v) => result.items.push(v),
+            None => result.not_found.push(PositionRef {
+                sku_id: key.sku_id,
+                warehouse_id: key.warehouse_id,
+            }),
+        }
+    }
+    Ok(ok(result))
 }
 
 /// Admin: makes Redis hold the DB's stock for a position (`POST /inventory/{skuId}/sync?warehouseId=W`).

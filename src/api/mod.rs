@@ -236,6 +236,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .wrap(from_fn(auth::admin_only)),
     )
     .service(
+        endpoint(Method::POST, "/inventory/query", inventory::query_many)
+            .wrap(from_fn(auth::readers)),
+    )
+    .service(
         endpoint(Method::GET, "/inventory/reservations", reservations::list)
             .wrap(from_fn(auth::readers)),
     )

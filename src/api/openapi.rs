@@ -154,6 +154,7 @@ Every JSON answer is the envelope {code, message, data}; code \"0\" is success. 
         reservations::list,
         inventory::get_inventory,
         inventory::get_all_warehouses,
+        inventory::query_many,
         inventory::sync_to_redis,
         inventory::adjust_stock,
         inventory::reconcile,
@@ -198,6 +199,9 @@ pub fn document(settings: &Settings) -> Value {
             {"required": ["skuId"]}, {"required": ["qty"]}, {"required": ["warehouseId"]}]}},
     ]);
     schemas["ReserveBody"]["properties"]["items"]["maxItems"] = json!(limits.max_lines_per_order);
+    let positions = &mut schemas["QueryBody"]["properties"]["positions"];
+    positions["minItems"] = json!(1);
+    positions["maxItems"] = json!(limits.max_query_positions);
     let delta = &mut schemas["StockAdjustBody"]["properties"]["delta"];
     delta["minimum"] = json!(-limits.max_adjust_qty);
     delta["maximum"] = json!(limits.max_adjust_qty);

@@ -176,9 +176,10 @@ pub async fn release(
     Ok(ok(outcome))
 }
 
-/// The lines of an order and their states (`GET /inventory/reservations?orderNo=...`).
+/// The lines of an order and their states
+/// (`GET /inventory/reservations?orderNo=...[&source=live|db]`).
 #[utoipa::path(get, path = "/inventory/reservations", tag = "reservations",
-    params(("orderNo" = String, Query, description = "The order")),
+    params(("orderNo" = String, Query, description = "The order"), ("source" = Option<String>, Query, description = "live (default): the lines' states in Redis, current before the journal reaches the DB; the DB is read only for lines Redis no longer holds (their markers aged out), so id is null for lines Redis answered. db: the DB rows as the journal wrote them, with their ids.")),
     responses(
         (status = 200, description = "The order's lines; empty when unknown", body = crate::api::openapi::Success<Vec<ReservationView>>),
         crate::api::openapi::ReadErrors,
@@ -188,5 +189,9 @@ pub async fn list(
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     let order_no = required_str(&query, "orderNo", 64)?;
-    Ok(ok(state.reservations.reservations(order_no).await?))
+    let source = crate::api::inventory::read_source(&query)?;
+    Ok(ok(state
+        .reservations
+        .reservations(order_no, source)
+        .await?))
 }

@@ -5,6 +5,7 @@ pub mod persistence;
 pub mod reservation;
 pub mod shard;
 pub mod stock;
+pub mod stock_cache;
 pub mod supervisor;
 
 use chrono::NaiveDateTime;

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use crate::config::Settings;
 use crate::domain::{LedgerReason, ReservationStatus, SkuKey};
 use crate::engine::shard::{ShardActor, ShardError, ShardReply, ShardRequest, Submit};
+use crate::engine::stock::ReadSource;
 use crate::engine::stock::StockService;
 use crate::engine::{ms_to_local_datetime, now_ms, EngineError};
 use crate::metrics::Metrics;
@@ -623,16 +624,34 @@ impl ReservationEngine {
         Ok(results)
     }
 
-    /// The order's lines: Redis' state (current even before the journal drains), with the
-    /// DB ids where the rows exist; DB rows alone once Redis' markers have aged out.
-    pub async fn reservations(&self, order_no: &str) -> Result<Vec<ReservationView>, EngineError> {
-        let lines = self.lines_of(order_no).await?;
-        let markers = self.redis.line_markers(order_no, &lines).await?;
-        let rows = match db::connection(&self.pool).await {
-            Ok(mut conn) => Reservation::by_order(&mut conn, order_no)
-                .await
-                .map_err(db::DbError::from),
-            Err(e) => Err(e),
+    /// The order's lines. `Live`: Redis' state (current even before the journal drains),
+    /// answered by Redis alone while it holds every line (id null: the DB is not asked);
+    /// lines whose markers aged out come from the DB. `Db`: the DB rows as the journal
+    /// wrote them, with their ids.
+    pub async fn reservations(
+        &self,
+        order_no: &str,
+        source: ReadSource,
+    ) -> Result<Vec<ReservationView>, EngineError> {
+        check_order_no(order_no, self.settings.inventory.max_order_no_len)?;
+        let (lines, markers) = match source {
+            ReadSource::Live => {
+                let lines = self.lines_of(order_no).await?;
+                let markers = self.redis.line_markers(order_no, &lines).await?;
+                (lines, markers)
+            }
+            ReadSource::Db => (vec![], vec![]),
+        };
+        let redis_has_all = !lines.is_empty() && markers.iter().all(Option::is_some);
+        let rows = if redis_has_all {
+            Ok(vec![])
+        } else {
+            match db::connection(&self.pool).await {
+                Ok(mut conn) => Reservation::by_order(&mut conn, order_no)
+                    .await
+                    .map_err(db::DbError::from),
+                Err(e) => Err(e),
+            }
         };
         let rows = match rows {
             Ok(rows) => rows,

@@ -12,11 +12,13 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::engine::now_ms;
+use crate::engine::stock_cache::{CachedLevels, StockCache};
 use crate::metrics::Metrics;
 use crate::store::redis::{RedisStore, RedisStoreError};
 use crate::store::reservations::{
     ReserveOrder, ReserveParams, ReserveReply, TransitionOrder, TransitionReply,
 };
+use crate::store::wire::LevelsAfter;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ShardError {
@@ -74,6 +76,8 @@ pub struct ShardCore {
     pub hold_ms: i64,
     pub max_journal_entries: u64,
     pub metrics: Metrics,
+    /// Gets the counters each batch leaves, before its callers get their answers.
+    pub cache: std::sync::Arc<StockCache>,
 }
 
 impl ShardCore {
@@ -99,7 +103,10 @@ impl ShardCore {
                 let replies = self.redis.reserve_batch(&orders, params).await;
                 (
                     "reserve_batch",
-                    replies.map(|r| r.into_iter().map(ShardReply::Reserve).collect::<Vec<_>>()),
+                    replies.map(|(r, levels)| {
+                        self.remember(&levels);
+                        r.into_iter().map(ShardReply::Reserve).collect::<Vec<_>>()
+                    }),
                 )
             }
             Some(kind) => {
@@ -120,7 +127,8 @@ impl ShardCore {
                     } else {
                         "release_batch"
                     },
-                    replies.map(|r| {
+                    replies.map(|(r, levels)| {
+                        self.remember(&levels);
                         r.into_iter()
                             .map(ShardReply::Transition)
                             .collect::<Vec<_>>()
@@ -141,6 +149,21 @@ impl ShardCore {
             )));
         }
         Ok(replies)
+    }
+}
+
+impl ShardCore {
+    fn remember(&self, levels: &[LevelsAfter]) {
+        for l in levels {
+            self.cache.store_write(
+                l.key,
+                CachedLevels {
+                    available: l.available,
+                    reserved: l.reserved,
+                    seq: l.seq,
+                },
+            );
+        }
     }
 }
 

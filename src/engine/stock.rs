@@ -2,6 +2,8 @@
 //! Redis decides every change (in a Lua script that also journals it); the DB follows
 //! through the persistence actor.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
@@ -9,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::domain::{LedgerReason, SkuKey, StockLevels};
+use crate::engine::stock_cache::{CacheMetrics, CachedLevels, RowMeta, StockCache};
 use crate::engine::EngineError;
 use crate::metrics::Metrics;
 use crate::store::db::{self, DbPool};
@@ -83,12 +86,24 @@ pub struct SyncResult {
     pub redis_available_qty: i64,
 }
 
+/// Where a stock read takes `availableQty` and `reservedQty` from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadSource {
+    /// Redis' counters (where every decision is made), through the in-process cache:
+    /// at most `cache.stock_ttl_ms` behind other instances' changes, never behind this
+    /// instance's own.
+    Live,
+    /// The DB row as the journal has written it (reconciliation by hand); uncached.
+    Db,
+}
+
 #[derive(Clone)]
 pub struct StockService {
     redis: RedisStore,
     pool: DbPool,
     settings: Settings,
     metrics: Metrics,
+    cache: Arc<StockCache>,
 }
 
 /// Demo stock of the reference's quick start: (sku, available) in the default warehouse.
@@ -96,12 +111,24 @@ const DEMO_STOCK: &[(i64, i64)] = &[(1001, 100), (1002, 200)];
 
 impl StockService {
     pub fn new(redis: RedisStore, pool: DbPool, settings: Settings, metrics: Metrics) -> Self {
+        let cache = Arc::new(StockCache::new(
+            Duration::from_millis(settings.cache.stock_ttl_ms),
+            Duration::from_millis(settings.cache.row_ttl_ms),
+            settings.cache.capacity,
+            CacheMetrics::of(&metrics),
+        ));
         StockService {
             redis,
             pool,
             settings,
             metrics,
+            cache,
         }
+    }
+
+    /// The read cache this service and the shards keep current.
+    pub fn cache(&self) -> Arc<StockCache> {
+        self.cache.clone()
     }
 
     pub fn redis(&self) -> &RedisStore {
@@ -112,34 +139,35 @@ impl StockService {
         &self.pool
     }
 
-    pub async fn get(&self, key: SkuKey) -> Result<InventoryView, EngineError> {
-        let row = {
-            let mut conn = db::connection(&self.pool).await?;
-            Inventory::find(&mut conn, key)
-                .await
-                .map_err(db::DbError::from)?
+    /// One position's stock (`GET /inventory/{skuId}`).
+    pub async fn get(&self, key: SkuKey, source: ReadSource) -> Result<InventoryView, EngineError> {
+        let found = match source {
+            ReadSource::Live => self.live_views(&[key]).await?.pop().flatten(),
+            ReadSource::Db => self.db_views(&[key]).await?.pop().flatten(),
         };
-        let redis_available = self.redis.available(key).await?;
-        match row {
-            Some(row) => Ok(view(&row, redis_available)),
-            // Redis holds it but the journal has not reached the DB yet.
-            None => match self.redis.stock(key).await? {
-                Some(levels) => Ok(InventoryView {
-                    id: None,
-                    sku_id: key.sku_id,
-                    warehouse_id: key.warehouse_id,
-                    available_qty: levels.available,
-                    reserved_qty: levels.reserved,
-                    total_qty: levels.available + levels.reserved,
-                    redis_available_qty: Some(levels.available),
-                    updated_at: None,
-                }),
-                None => Err(EngineError::InventoryNotFound(key)),
-            },
+        found.ok_or(EngineError::InventoryNotFound(key))
+    }
+
+    /// Many positions at once (`POST /inventory/query`), in the order asked; None where no
+    /// store holds the position.
+    pub async fn query(
+        &self,
+        keys: &[SkuKey],
+        source: ReadSource,
+    ) -> Result<Vec<Option<InventoryView>>, EngineError> {
+        match source {
+            ReadSource::Live => self.live_views(keys).await,
+            ReadSource::Db => self.db_views(keys).await,
         }
     }
 
-    pub async fn list_by_sku(&self, sku_id: i64) -> Result<Vec<InventoryView>, EngineError> {
+    /// Every warehouse's stock of a SKU (`GET /inventory/{skuId}/all`): the DB says which
+    /// positions exist, the levels come from `source`.
+    pub async fn list_by_sku(
+        &self,
+        sku_id: i64,
+        source: ReadSource,
+    ) -> Result<Vec<InventoryView>, EngineError> {
         let rows = {
             let mut conn = db::connection(&self.pool).await?;
             Inventory::by_sku(&mut conn, sku_id)
@@ -149,12 +177,149 @@ impl StockService {
         if rows.is_empty() {
             return Err(EngineError::SkuNotFound(sku_id));
         }
-        let mut views = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let redis_available = self.redis.available(row.key()).await?;
-            views.push(view(row, redis_available));
+        let keys: Vec<SkuKey> = rows.iter().map(Inventory::key).collect();
+        let views = match source {
+            ReadSource::Live => {
+                for row in &rows {
+                    self.cache.store_row(row.key(), row_meta(row));
+                }
+                self.live_views(&keys).await?
+            }
+            ReadSource::Db => {
+                let available = self.redis.stock_many(&keys).await?;
+                rows.iter()
+                    .zip(available)
+                    .map(|(row, levels)| Some(view(row, levels.map(|l| l.available))))
+                    .collect()
+            }
+        };
+        Ok(views.into_iter().flatten().collect())
+    }
+
+    /// Levels from the cache or, for the misses, one Redis round trip; the DB row's id and
+    /// updatedAt from the cache or one DB query. A position Redis does not hold (not
+    /// loaded yet) is answered from its DB row, with `redisAvailableQty` null.
+    async fn live_views(&self, keys: &[SkuKey]) -> Result<Vec<Option<InventoryView>>, EngineError> {
+        let mut levels: Vec<Option<CachedLevels>> =
+            keys.iter().map(|k| self.cache.levels(*k)).collect();
+        let misses: Vec<SkuKey> = keys
+            .iter()
+            .zip(&levels)
+            .filter(|(_, l)| l.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if !misses.is_empty() {
+            // Taken before the read: an entry this instance writes meanwhile stays newer.
+            let read_at = Instant::now();
+            let read = self.redis.stock_many(&misses).await?;
+            let fetched: HashMap<SkuKey, CachedLevels> = misses
+                .iter()
+                .zip(read)
+                .filter_map(|(k, l)| {
+                    let l = l?;
+                    let cached = CachedLevels {
+                        available: l.available,
+                        reserved: l.reserved,
+                        seq: l.seq,
+                    };
+                    self.cache.store_read(*k, cached, read_at);
+                    Some((*k, cached))
+                })
+                .collect();
+            for (slot, key) in levels.iter_mut().zip(keys) {
+                if slot.is_none() {
+                    *slot = fetched.get(key).copied();
+                }
+            }
         }
-        Ok(views)
+
+        let mut rows: Vec<Option<RowMeta>> = keys.iter().map(|k| self.cache.row(*k)).collect();
+        // Positions without Redis levels need their whole DB row.
+        let mut db_rows: HashMap<SkuKey, Inventory> = HashMap::new();
+        let wanted: Vec<SkuKey> = keys
+            .iter()
+            .zip(levels.iter().zip(&rows))
+            .filter(|(_, (l, r))| l.is_none() || r.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if !wanted.is_empty() {
+            let found = match db::connection(&self.pool).await {
+                Ok(mut conn) => Inventory::find_many(&mut conn, &wanted)
+                    .await
+                    .map_err(|e| EngineError::from(db::DbError::from(e))),
+                Err(e) => Err(e.into()),
+            };
+            match found {
+                Ok(found) => {
+                    for row in found {
+                        self.cache.store_row(row.key(), row_meta(&row));
+                        db_rows.insert(row.key(), row);
+                    }
+                }
+                // Redis alone answers what it holds while the DB is away (id and
+                // updatedAt null); what only the DB could answer fails.
+                Err(e) if levels.iter().all(Option::is_some) => {
+                    tracing::warn!(error = %e, "stock read answered from Redis only");
+                }
+                Err(e) => return Err(e),
+            }
+            for (slot, key) in rows.iter_mut().zip(keys) {
+                if slot.is_none() {
+                    *slot = db_rows.get(key).map(row_meta);
+                }
+            }
+        }
+
+        Ok(keys
+            .iter()
+            .zip(levels.into_iter().zip(rows))
+            .map(|(key, (levels, row))| match levels {
+                Some(l) => Some(InventoryView {
+                    id: row.map(|r| r.id),
+                    sku_id: key.sku_id,
+                    warehouse_id: key.warehouse_id,
+                    available_qty: l.available,
+                    reserved_qty: l.reserved,
+                    total_qty: l.available + l.reserved,
+                    redis_available_qty: Some(l.available),
+                    updated_at: row.map(|r| r.updated_at),
+                }),
+                None => db_rows.get(key).map(|row| view(row, None)),
+            })
+            .collect())
+    }
+
+    /// The DB rows as the journal wrote them, with Redis' available beside them (one
+    /// pipeline); positions only Redis holds (journal behind) from Redis.
+    async fn db_views(&self, keys: &[SkuKey]) -> Result<Vec<Option<InventoryView>>, EngineError> {
+        let rows: HashMap<SkuKey, Inventory> = {
+            let mut conn = db::connection(&self.pool).await?;
+            Inventory::find_many(&mut conn, keys)
+                .await
+                .map_err(db::DbError::from)?
+                .into_iter()
+                .map(|row| (row.key(), row))
+                .collect()
+        };
+        let redis = self.redis.stock_many(keys).await?;
+        Ok(keys
+            .iter()
+            .zip(redis)
+            .map(|(key, levels)| match (rows.get(key), levels) {
+                (Some(row), levels) => Some(view(row, levels.map(|l| l.available))),
+                (None, Some(levels)) => Some(InventoryView {
+                    id: None,
+                    sku_id: key.sku_id,
+                    warehouse_id: key.warehouse_id,
+                    available_qty: levels.available,
+                    reserved_qty: levels.reserved,
+                    total_qty: levels.available + levels.reserved,
+                    redis_available_qty: Some(levels.available),
+                    updated_at: None,
+                }),
+                (None, None) => None,
+            })
+            .collect())
     }
 
     pub async fn adjust(&self, req: AdjustRequest) -> Result<AdjustResult, EngineError> {
@@ -267,7 +432,25 @@ impl StockService {
             .redis_call_latency
             .with_label_values(&["adjust"])
             .observe(started.elapsed().as_secs_f64());
-        Ok(outcome?)
+        let outcome = outcome?;
+        // The script's counters are the newest: the caller reads its own adjustment.
+        match &outcome {
+            AdjustOutcome::Applied { levels, .. }
+            | AdjustOutcome::AlreadyApplied { levels }
+            | AdjustOutcome::Insufficient { levels }
+            | AdjustOutcome::LimitExceeded { levels } => self.cache.store_write(
+                cmd.key,
+                CachedLevels {
+                    available: levels.available,
+                    reserved: levels.reserved,
+                    seq: levels.seq,
+                },
+            ),
+            AdjustOutcome::Conflict { .. }
+            | AdjustOutcome::JournalFull
+            | AdjustOutcome::Missing => {}
+        }
+        Ok(outcome)
     }
 
     fn count_adjust(&self, reason: LedgerReason, outcome: &str) {
@@ -337,6 +520,7 @@ impl StockService {
         }
         let snapshots: Vec<OrderSnapshot> = orders.into_values().collect();
         let result = self.redis.rebuild_position(key, levels, &snapshots).await?;
+        self.cache.forget(key);
         Ok(Some(result))
     }
 
@@ -425,6 +609,7 @@ impl StockService {
                 return Err(EngineError::InventoryNotFound(key));
             };
             let outcome = self.redis.sync(key, levels).await?;
+            self.cache.forget(key);
             let status = match outcome.status {
                 SyncStatus::Pending => {
                     self.wait_persisted(key, outcome.seq, wait).await?;
@@ -518,6 +703,13 @@ impl StockService {
             created += 1;
         }
         Ok(created)
+    }
+}
+
+fn row_meta(row: &Inventory) -> RowMeta {
+    RowMeta {
+        id: row.id,
+        updated_at: row.updated_at,
     }
 }
 

@@ -44,6 +44,37 @@ impl Inventory {
             .optional()
     }
 
+    /// The rows of many positions in one query (any order; absent positions are missing).
+    pub async fn find_many(
+        conn: &mut AsyncMysqlConnection,
+        keys: &[SkuKey],
+    ) -> QueryResult<Vec<Self>> {
+        use t_inventory::dsl as inv;
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut skus: Vec<i64> = keys.iter().map(|k| k.sku_id).collect();
+        let mut warehouses: Vec<i64> = keys.iter().map(|k| k.warehouse_id).collect();
+        skus.sort_unstable();
+        skus.dedup();
+        warehouses.sort_unstable();
+        warehouses.dedup();
+        // The cross product of both lists may name positions nobody asked for: keep those
+        // asked for (the unique (sku_id, warehouse_id) index serves the IN lists).
+        let wanted: std::collections::HashSet<SkuKey> = keys.iter().copied().collect();
+        let rows: Vec<Self> = inv::t_inventory
+            .filter(inv::sku_id.eq_any(&skus))
+            .filter(inv::warehouse_id.eq_any(&warehouses))
+            .filter(inv::deleted.eq(0))
+            .select(Inventory::as_select())
+            .load(conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|row| wanted.contains(&row.key()))
+            .collect())
+    }
+
     pub async fn by_sku(conn: &mut AsyncMysqlConnection, sku_id: i64) -> QueryResult<Vec<Self>> {
         use t_inventory::dsl as inv;
         inv::t_inventory

@@ -279,6 +279,36 @@ impl RedisStore {
         }))
     }
 
+    /// The levels of many positions in one round trip (a pipeline of HMGETs); None where
+    /// Redis does not hold the position.
+    pub async fn stock_many(&self, keys: &[SkuKey]) -> RedisResult<Vec<Option<StockLevels>>> {
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HMGET").arg(self.keys.stock(*key)).arg(&[
+                "avail",
+                "reserved",
+                "confirmed",
+                "seq",
+            ]);
+        }
+        let mut conn = self.conn.clone();
+        let rows: Vec<[Option<i64>; 4]> = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|[avail, reserved, confirmed, seq]| {
+                avail.map(|available| StockLevels {
+                    available,
+                    reserved: reserved.unwrap_or(0),
+                    confirmed: confirmed.unwrap_or(0),
+                    seq: seq.unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
     pub async fn available(&self, key: SkuKey) -> RedisResult<Option<i64>> {
         let mut conn = self.conn.clone();
         self.timed(conn.hget(self.keys.stock(key), "avail")).await

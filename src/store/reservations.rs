@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use crate::domain::{LedgerReason, ReservationStatus, SkuKey};
 use crate::store::redis::{RedisResult, RedisStore, RedisStoreError};
-use crate::store::wire::{self, DirectoryEntry, Keys, OrderRecord, ReplyItem};
+use crate::store::wire::{self, DirectoryEntry, Keys, LevelsAfter, OrderRecord, ReplyItem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderLine {
@@ -235,9 +235,9 @@ impl RedisStore {
         &self,
         orders: &[ReserveOrder],
         params: ReserveParams,
-    ) -> RedisResult<Vec<ReserveReply>> {
+    ) -> RedisResult<(Vec<ReserveReply>, Vec<LevelsAfter>)> {
         if orders.is_empty() {
-            return Ok(vec![]);
+            return Ok((vec![], vec![]));
         }
         let keys = &self.keys;
         let mut layout = CallLayout::default();
@@ -268,10 +268,14 @@ impl RedisStore {
                 invocation.arg(*position).arg(line.qty);
             }
         }
-        let items = self
-            .run_script("reserve", &invocation, Some(orders.len()))
-            .await?;
-        items.iter().map(parse_reserve_reply).collect()
+        let items = self.run_script("reserve", &invocation, None).await?;
+        let (items, levels) =
+            wire::split_levels("reserve", items, orders.len(), &layout.positions)?;
+        let replies = items
+            .iter()
+            .map(parse_reserve_reply)
+            .collect::<RedisResult<Vec<_>>>()?;
+        Ok((replies, levels))
     }
 
     /// What the directory says of each order (None: unknown).
@@ -331,9 +335,9 @@ impl RedisStore {
         orders: &[TransitionOrder],
         now_ms: i64,
         max_journal_entries: u64,
-    ) -> RedisResult<Vec<TransitionReply>> {
+    ) -> RedisResult<(Vec<TransitionReply>, Vec<LevelsAfter>)> {
         let Some(first) = orders.first() else {
-            return Ok(vec![]);
+            return Ok((vec![], vec![]));
         };
         let confirm = first.op.is_confirm();
         if orders.iter().any(|o| o.op.is_confirm() != confirm) {
@@ -387,13 +391,13 @@ impl RedisStore {
                 invocation.arg(g);
             }
         }
-        let items = self
-            .run_script(name, &invocation, Some(orders.len()))
-            .await?;
-        items
+        let items = self.run_script(name, &invocation, None).await?;
+        let (items, levels) = wire::split_levels(name, items, orders.len(), &layout.positions)?;
+        let replies = items
             .iter()
             .map(|item| parse_transition(name, item))
-            .collect()
+            .collect::<RedisResult<Vec<_>>>()?;
+        Ok((replies, levels))
     }
 
     /// Leaves a tombstone for an order Redis has no record of (a release that came before

@@ -478,6 +478,50 @@ pub fn parse_reply(
         .collect()
 }
 
+/// A position's counters after a script changed it (its `LEVELS` reply item).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LevelsAfter {
+    pub key: SkuKey,
+    pub available: i64,
+    pub reserved: i64,
+    pub seq: i64,
+}
+
+/// Splits the reply of a batch script (reserve, confirm, release): `orders` items, one per
+/// order, then a `LEVELS position# avail reserved seq` item per position the call changed
+/// (`positions` lists the call's positions in argument order, 1-based in the reply).
+pub fn split_levels(
+    script: &'static str,
+    mut items: Vec<ReplyItem>,
+    orders: usize,
+    positions: &[SkuKey],
+) -> Result<(Vec<ReplyItem>, Vec<LevelsAfter>), BadReply> {
+    let bad = |detail: String| BadReply { script, detail };
+    if items.len() < orders {
+        return Err(bad(format!("{} items for {orders} orders", items.len())));
+    }
+    let tail = items.split_off(orders);
+    let levels = tail
+        .into_iter()
+        .map(|item| {
+            let [k, available, reserved, seq] = item.n;
+            let key = usize::try_from(k)
+                .ok()
+                .and_then(|k| k.checked_sub(1))
+                .and_then(|k| positions.get(k))
+                .filter(|_| item.status == "LEVELS")
+                .ok_or_else(|| bad(format!("{} {k} after the orders", item.status)))?;
+            Ok(LevelsAfter {
+                key: *key,
+                available,
+                reserved,
+                seq,
+            })
+        })
+        .collect::<Result<Vec<_>, BadReply>>()?;
+    Ok((items, levels))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,5 +660,34 @@ mod tests {
         assert_eq!(items[0].n, [5, 0, 0, 0]);
         assert!(parse_reply("reserve", &reply, Some(2)).is_err());
         assert!(parse_reply("reserve", &Value::Array(vec![Value::Int(1)]), None).is_err());
+    }
+
+    #[test]
+    fn levels_follow_the_order_items() {
+        let item = |status: &str, n: [i64; 4]| ReplyItem {
+            status: status.to_string(),
+            n,
+        };
+        let positions = [SkuKey::new(1, 10), SkuKey::new(1, 20)];
+        let items = vec![
+            item("RESERVED", [5, 0, 0, 0]),
+            item("INSUFFICIENT", [1, 0, 0, 0]),
+            item("LEVELS", [2, 7, 3, 11]),
+        ];
+        let (orders, levels) = split_levels("reserve", items.clone(), 2, &positions).unwrap();
+        assert_eq!(orders, items[..2].to_vec());
+        assert_eq!(
+            levels,
+            vec![LevelsAfter {
+                key: positions[1],
+                available: 7,
+                reserved: 3,
+                seq: 11
+            }]
+        );
+        assert!(split_levels("reserve", items.clone(), 3, &positions).is_err());
+        assert!(split_levels("reserve", items.clone(), 4, &positions).is_err());
+        let out_of_range = vec![item("LEVELS", [3, 0, 0, 0])];
+        assert!(split_levels("reserve", out_of_range, 0, &positions).is_err());
     }
 }

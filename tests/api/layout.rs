@@ -120,7 +120,7 @@ async fn a_batch_costs_the_same_redis_commands_for_1_order_and_for_200() {
     let mut costs = Vec::new();
     for (from, n) in [(0, 1), (1, 200)] {
         reset_stats(&redis).await;
-        let replies = redis
+        let (replies, levels) = redis
             .reserve_batch(&orders(from, n, key), params)
             .await
             .expect("reserve");
@@ -128,6 +128,18 @@ async fn a_batch_costs_the_same_redis_commands_for_1_order_and_for_200() {
             .iter()
             .all(|r| matches!(r, ReserveReply::Reserved { .. })));
         costs.push(inner_calls(&redis).await);
+        // The counters after the batch come with the reply (the read cache's input).
+        let now = redis.stock(key).await.expect("stock").expect("position");
+        assert_eq!(levels.len(), 1, "{levels:?}");
+        assert_eq!(
+            (
+                levels[0].key,
+                levels[0].available,
+                levels[0].reserved,
+                levels[0].seq
+            ),
+            (key, now.available, now.reserved, now.seq)
+        );
     }
     assert_eq!(costs[0], costs[1], "reserve: 1 order vs 200 orders");
     let per_batch: u64 = costs[0].values().sum();
@@ -139,10 +151,14 @@ async fn a_batch_costs_the_same_redis_commands_for_1_order_and_for_200() {
 
     // Repeats cost one read more (their state), still not one per order.
     reset_stats(&redis).await;
-    let repeats = redis
+    let (repeats, unchanged) = redis
         .reserve_batch(&orders(1, 200, key), params)
         .await
         .expect("repeat");
+    assert!(
+        unchanged.is_empty(),
+        "repeats change no counters: {unchanged:?}"
+    );
     assert!(repeats
         .iter()
         .all(|r| matches!(r, ReserveReply::Exists { .. })));
@@ -164,7 +180,7 @@ async fn a_batch_costs_the_same_redis_commands_for_1_order_and_for_200() {
         let mut costs = Vec::new();
         for (from, n) in [(base, 1), (base + 1, 99)] {
             reset_stats(&redis).await;
-            let replies = redis
+            let (replies, _) = redis
                 .transition_batch(&transitions(from, n, key, op.clone()), now, 1_000_000)
                 .await
                 .expect("transition");
@@ -298,7 +314,13 @@ async fn a_layout_1_deployment_upgrades_with_its_holds_markers_tombstones_and_jo
     let (status, body) = app.get("/inventory/reservations?orderNo=OLD-NEW").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"][0]["status"], "RESERVED", "{body}");
-    assert!(body["data"][0]["id"].is_i64(), "the DB has it: {body}");
+    let (_, from_db) = app
+        .get("/inventory/reservations?orderNo=OLD-NEW&source=db")
+        .await;
+    assert!(
+        from_db["data"][0]["id"].is_i64(),
+        "the DB has it: {from_db}"
+    );
 
     // Markers survive: a repeat answers existed.
     for (order, qty) in [("OLD-HELD", 2), ("OLD-NEW", 1)] {
