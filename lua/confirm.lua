@@ -11,7 +11,7 @@
 --
 -- Reply items, one per order: CONFIRMED | EXISTS | NOT_FOUND | RETRY | JOURNAL_FULL |
 -- RELEASED w s | EXPIRED w s (the line that refused).
--- Then one LEVELS item per position changed (lib.lua, report_levels).
+-- Then one LEVELS item per position read (lib.lua, report_levels).
 local now = tonumber(ARGV[1])
 local max_journal = tonumber(ARGV[2])
 local ngroups = tonumber(ARGV[3])

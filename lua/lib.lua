@@ -170,12 +170,13 @@ local function flush(groups, positions)
   end
 end
 
--- After the per-order items: one item per position the call changed, its counters now
--- ('LEVELS position# avail reserved seq'), so the caller's read cache can hold what this
--- instance wrote (read-your-writes) without another round trip.
+-- After the per-order items: one item per position the call read (changed or not: a
+-- refusal read the counters too), its counters now ('LEVELS position# avail reserved
+-- seq'), so the caller's read cache holds what this instance wrote (read-your-writes)
+-- without another round trip.
 local function report_levels(out, positions)
   for k, p in ipairs(positions) do
-    if p.dirty then
+    if p.loaded then
       reply(out, 'LEVELS', k, p.a, p.r, p.v)
     end
   end

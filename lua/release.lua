@@ -13,7 +13,7 @@
 --
 -- Reply items, one per order: RELEASED | EXISTS | NOT_FOUND | RETRY | JOURNAL_FULL |
 -- NOT_EXPIRED | CONFIRMED w s (the line that refused).
--- Then one LEVELS item per position changed (lib.lua, report_levels).
+-- Then one LEVELS item per position read (lib.lua, report_levels).
 local now = tonumber(ARGV[1])
 local max_journal = tonumber(ARGV[2])
 local ngroups = tonumber(ARGV[3])

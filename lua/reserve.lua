@@ -22,7 +22,7 @@
 --   CONFLICT line# (0: other lines)          same order, other content
 --   CANCELLED                                released before it was reserved
 --   JOURNAL_FULL                             backpressure, nothing done
--- Then one LEVELS item per position changed (lib.lua, report_levels).
+-- Then one LEVELS item per position read (lib.lua, report_levels).
 local now = tonumber(ARGV[1])
 local hold_ms = tonumber(ARGV[2])
 local max_journal = tonumber(ARGV[3])

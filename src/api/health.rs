@@ -173,6 +173,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         state.metrics.journal_lag.set(lag.not_persisted() as i64);
     }
     let _ = tokio::time::timeout(CHECK_TIMEOUT, state.expiry.lag()).await;
+    state.stock.cache().entries();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

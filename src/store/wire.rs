@@ -478,7 +478,7 @@ pub fn parse_reply(
         .collect()
 }
 
-/// A position's counters after a script changed it (its `LEVELS` reply item).
+/// A position's counters as a script left them (its `LEVELS` reply item).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LevelsAfter {
     pub key: SkuKey,
@@ -488,7 +488,7 @@ pub struct LevelsAfter {
 }
 
 /// Splits the reply of a batch script (reserve, confirm, release): `orders` items, one per
-/// order, then a `LEVELS position# avail reserved seq` item per position the call changed
+/// order, then a `LEVELS position# avail reserved seq` item per position the call read
 /// (`positions` lists the call's positions in argument order, 1-based in the reply).
 pub fn split_levels(
     script: &'static str,

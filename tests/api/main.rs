@@ -16,5 +16,6 @@ mod kafka_e2e;
 mod kafka_restart;
 mod layout;
 mod openapi;
+mod reads;
 mod reservations;
 mod supervisor;
