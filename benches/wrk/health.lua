@@ -1,22 +1,19 @@
--- wrk script for the HTTP ceiling in scripts/bench-http.sh: plain GET of the URL given to
--- wrk (/health); only done() is defined, so wrk neither builds requests in Lua nor parses
--- bodies. Prints (or appends to $REPORT) "RESULT key=value ..." like reserve.lua.
-function done(summary, latency, requests)
-  local e = summary.errors
-  local line = string.format(
-    "RESULT requests=%d duration_s=%.3f rps=%.1f p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f " ..
-    "p999_ms=%.3f max_ms=%.3f mean_ms=%.3f err_connect=%d err_read=%d err_write=%d " ..
-    "err_status=%d err_timeout=%d",
-    summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(90) / 1000,
-    latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000,
-    latency.mean / 1000, e.connect, e.read, e.write, e.status, e.timeout)
-  local report = os.getenv("REPORT")
-  if report and report ~= "" then
-    local f = assert(io.open(report, "a"))
-    f:write(line, "\n")
-    f:close()
-  else
-    print(line)
+-- wrk script for plain GETs of the URL given to wrk (/health, GET /inventory/{skuId}) in
+-- scripts/bench-http.sh and scripts/bench-reads.sh: wrk builds no request in Lua and parses
+-- no body. Prints (or appends to $REPORT) "RESULT key=value ..." like reserve.lua.
+-- RATE (requests/s over all connections, optional) paces the connections with delay(), for
+-- a steady load beside another run instead of as much as the machine gives.
+dofile("benches/wrk/result.lua")
+
+local rate = tonumber(os.getenv("RATE") or "")
+local connections = tonumber(os.getenv("CONNECTIONS_PER_RUN") or "")
+if rate and connections and rate > 0 then
+  local pause_ms = math.floor(1000 * connections / rate)
+  function delay()
+    return pause_ms
   end
+end
+
+function done(summary, latency, requests)
+  report_result(summary, latency)
 end

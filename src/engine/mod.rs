@@ -89,7 +89,31 @@ impl EngineError {
 
 /// Local date-time without zone, as the reference prints them (`2024-01-01T12:00:00`).
 pub fn format_local_datetime(t: &NaiveDateTime) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S").to_string()
+    use chrono::{Datelike, Timelike};
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // chrono's own formatting for years that need a sign or a fifth digit.
+        return t.format("%Y-%m-%dT%H:%M:%S").to_string();
+    }
+    // Digit by digit: chrono's strftime parses its format string on every call, which was
+    // 5% of a read-heavy service's CPU (20 dates per `POST /inventory/query`).
+    let mut out = String::with_capacity(19);
+    let mut push = |n: u32, width: u32, sep: Option<char>| {
+        for p in (0..width).rev() {
+            let digit = (n / 10u32.pow(p)) % 10;
+            out.push(char::from(b'0' + digit as u8));
+        }
+        if let Some(sep) = sep {
+            out.push(sep);
+        }
+    };
+    push(year as u32, 4, Some('-'));
+    push(t.month(), 2, Some('-'));
+    push(t.day(), 2, Some('T'));
+    push(t.hour(), 2, Some(':'));
+    push(t.minute(), 2, Some(':'));
+    push(t.second(), 2, None);
+    out
 }
 
 pub fn ms_to_local_datetime(ms: i64) -> NaiveDateTime {
@@ -120,6 +144,26 @@ mod tests {
     use crate::store::db::DbError;
     use crate::store::redis::RedisStoreError;
     use std::time::Duration;
+
+    #[test]
+    fn dates_print_as_chrono_would() {
+        for (y, mo, d, h, mi, se) in [
+            (2026, 11, 26, 16, 5, 9),
+            (1, 1, 1, 0, 0, 0),
+            (9999, 12, 31, 23, 59, 59),
+            (-5, 3, 4, 5, 6, 7),
+            (12345, 1, 2, 3, 4, 5),
+        ] {
+            let t = chrono::NaiveDate::from_ymd_opt(y, mo, d)
+                .unwrap()
+                .and_hms_opt(h, mi, se)
+                .unwrap();
+            assert_eq!(
+                format_local_datetime(&t),
+                t.format("%Y-%m-%dT%H:%M:%S").to_string()
+            );
+        }
+    }
 
     #[test]
     fn one_classification_of_what_is_worth_retrying() {

@@ -200,8 +200,8 @@ impl StockService {
     /// updatedAt from the cache or one DB query. A position Redis does not hold (not
     /// loaded yet) is answered from its DB row, with `redisAvailableQty` null.
     async fn live_views(&self, keys: &[SkuKey]) -> Result<Vec<Option<InventoryView>>, EngineError> {
-        let mut levels: Vec<Option<CachedLevels>> =
-            keys.iter().map(|k| self.cache.levels(*k)).collect();
+        let (mut levels, mut rows): (Vec<Option<CachedLevels>>, Vec<Option<RowMeta>>) =
+            keys.iter().map(|k| self.cache.lookup(*k)).unzip();
         let misses: Vec<SkuKey> = keys
             .iter()
             .zip(&levels)
@@ -233,7 +233,6 @@ impl StockService {
             }
         }
 
-        let mut rows: Vec<Option<RowMeta>> = keys.iter().map(|k| self.cache.row(*k)).collect();
         // Positions without Redis levels need their whole DB row.
         let mut db_rows: HashMap<SkuKey, Inventory> = HashMap::new();
         let wanted: Vec<SkuKey> = keys
@@ -582,14 +581,15 @@ impl StockService {
         let deadline = Instant::now() + limit;
         let mut pause = Duration::from_millis(5);
         loop {
-            let version = {
+            let row = {
                 let mut conn = db::connection(&self.pool).await?;
                 Inventory::find(&mut conn, key)
                     .await
                     .map_err(db::DbError::from)?
-                    .map(|row| row.version)
             };
-            if version.is_some_and(|v| v >= seq) {
+            if let Some(row) = row.filter(|row| row.version >= seq) {
+                // The row as this change left it: reads of it need no DB query.
+                self.cache.store_row(key, row_meta(&row));
                 return Ok(true);
             }
             if Instant::now() + pause > deadline {
@@ -674,6 +674,10 @@ impl StockService {
                 })
                 .collect();
             loaded += self.redis.warm_up(&positions).await?;
+            // The rows' ids and updatedAt, so that the first reads need no DB query.
+            for row in &rows {
+                self.cache.store_row(row.key(), row_meta(row));
+            }
             if (rows.len() as i64) < PAGE {
                 break;
             }

@@ -2,7 +2,7 @@
 //! during a flash sale, so that pages polling "how many are left?" cost neither a Redis
 //! round trip each nor a DB query.
 //!
-//! Two maps, both bounded in time and size:
+//! One map of positions, bounded in size; each entry holds two parts, bounded in time:
 //! - **levels** (available, reserved, seq) from Redis, served for at most `stock_ttl`
 //!   after they were read. This instance's own changes (reserve, confirm, release,
 //!   expiry, adjust) overwrite its entries from the script replies before the caller gets
@@ -16,7 +16,6 @@
 //! A plain struct (no actor, no await): a `DashMap` reference never lives across an
 //! `.await` because no method here awaits.
 
-use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
@@ -60,113 +59,43 @@ impl CacheMetrics {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Timed<V> {
     value: V,
     at: Instant,
 }
 
-/// A map whose entries are served for `ttl` after they were stored, holding at most
-/// `capacity` entries. When full, an insert of a new key first drops an eighth of the
-/// capacity (expired entries first, then any), so that eviction costs O(1) per insert
-/// amortised instead of a scan each time.
-struct TtlMap<K: Eq + Hash, V> {
-    map: DashMap<K, Timed<V>>,
-    ttl: Duration,
-    capacity: usize,
+/// What the cache holds of one position: both parts in one entry, so that a read costs one
+/// map lookup.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    levels: Option<Timed<CachedLevels>>,
+    row: Option<Timed<RowMeta>>,
 }
 
-impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
-    fn new(ttl: Duration, capacity: usize) -> Self {
-        TtlMap {
-            map: DashMap::new(),
-            ttl,
-            capacity: capacity.max(1),
-        }
-    }
-
-    fn get(&self, key: &K, now: Instant) -> Option<V> {
-        let entry = self.map.get(key)?;
-        (now.saturating_duration_since(entry.at) < self.ttl).then(|| entry.value.clone())
-    }
-
-    /// Stores `value` unless `keep_old(old)` says the stored, still fresh value wins.
-    /// Returns how many entries were evicted to make room.
-    fn put(&self, key: K, value: V, now: Instant, keep_old: impl Fn(&V) -> bool) -> usize {
-        if self.ttl.is_zero() {
-            return 0;
-        }
-        let mut evicted = 0;
-        if !self.map.contains_key(&key) && self.map.len() >= self.capacity {
-            evicted = self.evict(now);
-        }
-        self.map
-            .entry(key)
-            .and_modify(|old| {
-                let fresh = now.saturating_duration_since(old.at) < self.ttl;
-                if !(fresh && keep_old(&old.value)) {
-                    *old = Timed {
-                        value: value.clone(),
-                        at: now,
-                    };
-                }
-            })
-            .or_insert_with(|| Timed {
-                value: value.clone(),
-                at: now,
-            });
-        evicted
-    }
-
-    fn remove(&self, key: &K) {
-        self.map.remove(key);
-    }
-
-    fn evict(&self, now: Instant) -> usize {
-        let target = (self.capacity / 8).max(1);
-        let mut victims: Vec<K> = Vec::with_capacity(target);
-        // Expired first (one pass), then whatever comes (DashMap's order: arbitrary).
-        for entry in self.map.iter() {
-            if victims.len() >= target {
-                break;
-            }
-            if now.saturating_duration_since(entry.at) >= self.ttl {
-                victims.push(entry.key().clone());
-            }
-        }
-        if victims.len() < target {
-            for entry in self.map.iter() {
-                if victims.len() >= target {
-                    break;
-                }
-                if now.saturating_duration_since(entry.at) < self.ttl {
-                    victims.push(entry.key().clone());
-                }
-            }
-        }
-        // The iterators' shard locks are released here, before removing.
-        let mut removed = 0;
-        for key in victims {
-            if self.map.remove(&key).is_some() {
-                removed += 1;
-            }
-        }
-        removed
-    }
-
-    fn len(&self) -> usize {
-        self.map.len()
-    }
+fn fresh<V: Copy>(part: &Option<Timed<V>>, ttl: Duration, now: Instant) -> Option<V> {
+    part.as_ref()
+        .filter(|t| now.saturating_duration_since(t.at) < ttl)
+        .map(|t| t.value)
 }
+
+/// Seeded per process (skuIds come from callers: no fixed hash to collide on), and faster
+/// than the std SipHash on two integers.
+type Hasher = foldhash::quality::RandomState;
 
 pub struct StockCache {
-    levels: TtlMap<SkuKey, CachedLevels>,
-    rows: TtlMap<SkuKey, RowMeta>,
+    map: DashMap<SkuKey, Slot, Hasher>,
+    stock_ttl: Duration,
+    row_ttl: Duration,
+    capacity: usize,
     metrics: CacheMetrics,
 }
 
 impl StockCache {
     /// `stock_ttl` zero turns the levels cache off (every read asks Redis); `row_ttl`
-    /// zero the row cache. `capacity` bounds each map.
+    /// zero the row cache. `capacity` bounds the positions held: when full, an insert of a
+    /// new position first drops an eighth of them (expired ones first, then any), so that
+    /// eviction costs O(1) per insert amortised instead of a scan each time.
     pub fn new(
         stock_ttl: Duration,
         row_ttl: Duration,
@@ -174,72 +103,144 @@ impl StockCache {
         metrics: CacheMetrics,
     ) -> Self {
         StockCache {
-            levels: TtlMap::new(stock_ttl, capacity),
-            rows: TtlMap::new(row_ttl, capacity),
+            map: DashMap::with_hasher(Hasher::default()),
+            stock_ttl,
+            row_ttl,
+            capacity: capacity.max(1),
             metrics,
         }
     }
 
     pub fn stock_ttl(&self) -> Duration {
-        self.levels.ttl
+        self.stock_ttl
     }
 
-    /// Fresh levels of a position, counted as a hit or a miss.
-    pub fn levels(&self, key: SkuKey) -> Option<CachedLevels> {
-        let found = self.levels.get(&key, Instant::now());
-        if found.is_some() {
+    /// Fresh levels and row of a position (one lookup); the levels count as a hit or a
+    /// miss.
+    pub fn lookup(&self, key: SkuKey) -> (Option<CachedLevels>, Option<RowMeta>) {
+        let now = Instant::now();
+        let found = self.map.get(&key).map(|slot| {
+            (
+                fresh(&slot.levels, self.stock_ttl, now),
+                fresh(&slot.row, self.row_ttl, now),
+            )
+        });
+        let (levels, row) = found.unwrap_or((None, None));
+        if levels.is_some() {
             self.metrics.hits.inc();
         } else {
             self.metrics.misses.inc();
         }
-        found
+        (levels, row)
+    }
+
+    /// Fresh levels of a position, counted as a hit or a miss.
+    pub fn levels(&self, key: SkuKey) -> Option<CachedLevels> {
+        self.lookup(key).0
+    }
+
+    /// The DB row's fields Redis lacks. Absence is not cached: a position Redis holds
+    /// without a DB row is one whose journal has not reached the DB yet, for milliseconds.
+    pub fn row(&self, key: SkuKey) -> Option<RowMeta> {
+        let now = Instant::now();
+        self.map
+            .get(&key)
+            .and_then(|slot| fresh(&slot.row, self.row_ttl, now))
     }
 
     /// Levels read from Redis at `read_at` (taken before the read was sent). A fresh entry
     /// with a later seq wins: a read that raced with a newer write of this instance must
     /// not put the older value back.
     pub fn store_read(&self, key: SkuKey, levels: CachedLevels, read_at: Instant) {
-        let evicted = self
-            .levels
-            .put(key, levels, read_at, |old| old.seq > levels.seq);
-        self.count_evictions(evicted);
+        self.store_levels(key, levels, read_at);
     }
 
     /// Levels a script of this instance answered after changing the position: the newest
     /// there are, unless a fresher entry already has a later seq.
     pub fn store_write(&self, key: SkuKey, levels: CachedLevels) {
-        let evicted = self
-            .levels
-            .put(key, levels, Instant::now(), |old| old.seq > levels.seq);
-        self.count_evictions(evicted);
+        self.store_levels(key, levels, Instant::now());
+    }
+
+    fn store_levels(&self, key: SkuKey, levels: CachedLevels, at: Instant) {
+        if self.stock_ttl.is_zero() {
+            return;
+        }
+        let ttl = self.stock_ttl;
+        self.update(key, |slot| {
+            let keep_old = slot.levels.as_ref().is_some_and(|old| {
+                at.saturating_duration_since(old.at) < ttl && old.value.seq > levels.seq
+            });
+            if !keep_old {
+                slot.levels = Some(Timed { value: levels, at });
+            }
+        });
+    }
+
+    pub fn store_row(&self, key: SkuKey, row: RowMeta) {
+        if self.row_ttl.is_zero() {
+            return;
+        }
+        // Each position's row lives between half and all of row_ttl (spread by its key), so
+        // that rows stored together (stock loaded in one go, a start-up) are not all read
+        // from the DB again in the same second.
+        let half_ms = (self.row_ttl.as_millis() / 2).max(1) as u64;
+        let spread = std::hash::BuildHasher::hash_one(self.map.hasher(), key) % half_ms;
+        let now = Instant::now();
+        let at = now
+            .checked_sub(Duration::from_millis(spread))
+            .unwrap_or(now);
+        self.update(key, |slot| slot.row = Some(Timed { value: row, at }));
     }
 
     /// Forgets a position (admin sync and rebuild write Redis without a script reply).
     pub fn forget(&self, key: SkuKey) {
-        self.levels.remove(&key);
-        self.rows.remove(&key);
+        self.map.remove(&key);
     }
 
-    /// The DB row's fields Redis lacks. Absence is not cached: a position Redis holds
-    /// without a DB row is one whose journal has not reached the DB yet, for milliseconds.
-    pub fn row(&self, key: SkuKey) -> Option<RowMeta> {
-        self.rows.get(&key, Instant::now())
-    }
-
-    pub fn store_row(&self, key: SkuKey, row: RowMeta) {
-        let evicted = self.rows.put(key, row, Instant::now(), |_| false);
-        self.count_evictions(evicted);
-    }
-
-    fn count_evictions(&self, evicted: usize) {
-        if evicted > 0 {
+    fn update(&self, key: SkuKey, change: impl FnOnce(&mut Slot)) {
+        if !self.map.contains_key(&key) && self.map.len() >= self.capacity {
+            let evicted = self.evict(Instant::now());
             self.metrics.evictions.inc_by(evicted as u64);
         }
+        change(&mut self.map.entry(key).or_default());
     }
 
-    /// Entries held (both maps); also sets the gauge.
+    fn evict(&self, now: Instant) -> usize {
+        let target = (self.capacity / 8).max(1);
+        let expired = |slot: &Slot| {
+            fresh(&slot.levels, self.stock_ttl, now).is_none()
+                && fresh(&slot.row, self.row_ttl, now).is_none()
+        };
+        let mut victims: Vec<SkuKey> = Vec::with_capacity(target);
+        // Expired first (one pass), then whatever comes (DashMap's order: arbitrary).
+        for entry in self.map.iter() {
+            if victims.len() >= target {
+                break;
+            }
+            if expired(entry.value()) {
+                victims.push(*entry.key());
+            }
+        }
+        if victims.len() < target {
+            for entry in self.map.iter() {
+                if victims.len() >= target {
+                    break;
+                }
+                if !expired(entry.value()) {
+                    victims.push(*entry.key());
+                }
+            }
+        }
+        // The iterators' shard locks are released here, before removing.
+        victims
+            .iter()
+            .filter(|key| self.map.remove(key).is_some())
+            .count()
+    }
+
+    /// Positions held; also sets the gauge.
     pub fn entries(&self) -> usize {
-        let n = self.levels.len() + self.rows.len();
+        let n = self.map.len();
         self.metrics.entries.set(n as i64);
         n
     }
@@ -311,7 +312,7 @@ mod tests {
         let c = cache(10_000, 64);
         for s in 0..1_000 {
             c.store_read(SkuKey::new(1, s), levels(s, 1), Instant::now());
-            assert!(c.levels.len() <= 64, "{} entries", c.levels.len());
+            assert!(c.entries() <= 64, "{} entries", c.entries());
         }
         assert!(c.metrics.evictions.get() >= 1_000 - 64);
         // The newest entry survives the eviction it caused.

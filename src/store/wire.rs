@@ -60,12 +60,18 @@ impl Keys {
 
     /// Hash `{avail, reserved, confirmed, seq}` of one position.
     pub fn stock(&self, key: SkuKey) -> String {
-        format!(
-            "{}:s:{}:{}",
-            self.tag(self.group(key)),
+        // One allocation: every read of a position names this key (reads at 100k/s).
+        use std::fmt::Write;
+        let mut out = String::with_capacity(self.prefix.len() + 48);
+        let _ = write!(
+            out,
+            "{}inv:{{g{}}}:s:{}:{}",
+            self.prefix,
+            self.group(key),
             key.warehouse_id,
             key.sku_id
-        )
+        );
+        out
     }
 
     /// Marker of one stock adjustment request (idempotency of admin calls), hash

@@ -182,8 +182,7 @@ async fn the_cache_stays_within_its_capacity() {
         }
     }
     let text = metrics_text(&app).await;
-    // Two maps (levels and rows) of at most 16 entries each.
-    assert!(metric(&text, "inventory_stock_cache_entries") <= 32.0);
+    assert!(metric(&text, "inventory_stock_cache_entries") <= 16.0);
     assert!(metric(&text, "inventory_stock_cache_evictions_total") >= 60.0);
 }
 

@@ -1,0 +1,43 @@
+-- wrk script for scripts/bench-reads.sh: POST /inventory/query with QUERY_SIZE random
+-- positions in [SKU_FROM, SKU_TO] (a cart page). Counts answers that are not 200 or whose
+-- notFound list is not empty (every SKU in the range is stocked).
+dofile("benches/wrk/result.lua")
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+
+function init(args)
+  from = tonumber(os.getenv("SKU_FROM") or error("SKU_FROM is not set"))
+  to = tonumber(os.getenv("SKU_TO") or error("SKU_TO is not set"))
+  size = tonumber(os.getenv("QUERY_SIZE") or "20")
+  headers = {["Content-Type"] = "application/json"}
+  math.randomseed(os.time() * 100 + tid)
+  bad = 0
+end
+
+function request()
+  local parts = {}
+  for i = 1, size do
+    parts[i] = '{"skuId":' .. math.random(from, to) .. ',"warehouseId":1}'
+  end
+  return wrk.format("POST", "/inventory/query", headers,
+    '{"positions":[' .. table.concat(parts, ",") .. ']}')
+end
+
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body or "", '"notFound":[]', 1, true) then
+    bad = bad + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local n = 0
+  for _, t in ipairs(threads) do
+    n = n + (t:get("bad") or 0)
+  end
+  report_result(summary, latency, "bad=" .. n)
+end

@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Stock reads at flash-sale scale, with an external load generator (wrk), against one release
+# inventory-service, all cases in one run (docs/benchmarks.md "Reads"):
+#   1. builds the release binary (skip with SKIP_BUILD=1), installs wrk if missing, starts the
+#      service on its own port, Redis key prefix and fresh database;
+#   2. stocks a hot SKU (STOCK units) and SKUS other SKUs (1000 units each) through the API;
+#   3. measures, each for DURATION seconds with wrk -t$WRK_THREADS -c$CONNECTIONS:
+#      - GET /health (the HTTP ceiling);
+#      - GET /inventory/{hot}: live (Redis through the cache) and ?source=db (the DB path
+#        every read took before);
+#      - GET /inventory/{random of SKUS}: live and ?source=db, with the cache's hit ratio;
+#      - POST /inventory/query with QUERY_SIZE random positions;
+#      - POST /inventory/reserve on the hot SKU alone, then the same while GETs of the hot SKU
+#        run beside it (half the connections each): once as fast as they go, once paced to
+#        READ_RATE GETs/s (wrk's delay());
+#   4. verifies: no read answered anything but 200 (query: with nothing not found); reconcile
+#      finds no difference on any position; RESERVED rows' units + available == stock loaded;
+#   5. stops the service, drops the database and the Redis keys of its prefix.
+# Exits 1 when a verification fails, 2 on a setup problem.
+#
+# Settings (environment): DURATION=10 CONNECTIONS=64 WRK_THREADS=2 SKUS=10000 QUERY_SIZE=20
+#   STOCK=1000000 HOT_SKU=900000 PORT=18083 READ_RATE=10000 REDIS_URL DATABASE_URL KEEP=1 SKIP_BUILD=1
+#   INVENTORY__* (any service setting, e.g. INVENTORY__CACHE__STOCK_TTL_MS=0)
+# Output: the summary on stdout and in .run/bench-reads-<ts>/summary.md.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+WRK_THREADS=${WRK_THREADS:-2}
+SKUS=${SKUS:-10000}
+QUERY_SIZE=${QUERY_SIZE:-20}
+STOCK=${STOCK:-1000000}
+HOT_SKU=${HOT_SKU:-900000}
+PORT=${PORT:-18083}
+READ_RATE=${READ_RATE:-10000}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+DATABASE_URL=${DATABASE_URL:-mysql://inventory:inventory@127.0.0.1:3306/inventory}
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+export CARGO_TARGET_DIR
+BIN="$CARGO_TARGET_DIR/release/inventory-service"
+SKU_FROM=$((HOT_SKU + 1))
+SKU_TO=$((HOT_SKU + SKUS))
+HALF=$((CONNECTIONS / 2))
+
+log() { printf '[bench-reads] %s\n' "$*" >&2; }
+die() { log "$*"; exit 2; }
+
+db_rest=${DATABASE_URL#mysql://}
+DB_USERPASS=${db_rest%%@*}
+DB_USER=${DB_USERPASS%%:*}
+DB_PASSWORD=${DB_USERPASS#*:}
+db_hostport=${db_rest#*@}
+db_hostport=${db_hostport%%/*}
+DB_HOST=${db_hostport%%:*}
+DB_PORT=${db_hostport##*:}
+[ "$DB_PORT" = "$db_hostport" ] && DB_PORT=3306
+sql() { mariadb --protocol=tcp -h "$DB_HOST" -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -N -B "$@"; }
+rcli() { redis-cli -u "$REDIS_URL" "$@"; }
+
+if ! command -v wrk >/dev/null 2>&1; then
+  log "installing wrk"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+for tool in wrk jq curl mariadb redis-cli; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (apt-get install $tool)"
+done
+rcli ping >/dev/null 2>&1 || die "redis does not answer at $REDIS_URL (make services)"
+sql -e "SELECT 1" >/dev/null 2>&1 || die "mariadb does not answer on $DB_HOST:$DB_PORT (make services)"
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then die "port $PORT is taken; set PORT"; fi
+if [ "${SKIP_BUILD:-0}" != "1" ]; then
+  log "cargo build --release --bin inventory-service"
+  cargo build --release --bin inventory-service >&2
+fi
+[ -x "$BIN" ] || die "$BIN is missing"
+
+TS=$(date +%Y%m%d_%H%M%S)_$$
+DB="inventory_bench_reads_$TS"
+PREFIX="br$TS:"
+RUN_DIR="$ROOT/.run/bench-reads-$TS"
+mkdir -p "$RUN_DIR"
+token() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+ADMIN_TOKEN="bench-admin-$(token)"
+SERVICE_TOKEN="bench-service-$(token)"
+BASE="http://127.0.0.1:$PORT"
+SERVICE_PID=""
+
+cleanup() {
+  local rc=$?
+  if [ -n "$SERVICE_PID" ] && kill -0 "$SERVICE_PID" 2>/dev/null; then
+    kill -TERM "$SERVICE_PID" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$SERVICE_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVICE_PID" 2>/dev/null || true
+    wait "$SERVICE_PID" 2>/dev/null || true
+  fi
+  if [ "${KEEP:-0}" = "1" ]; then
+    log "kept: database $DB, Redis prefix $PREFIX, $RUN_DIR"
+  else
+    sql -e "DROP DATABASE IF EXISTS \`$DB\`" 2>/dev/null || true
+    rcli --scan --pattern "${PREFIX}*" 2>/dev/null | xargs -r -n 500 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log "database $DB, Redis prefix $PREFIX, port $PORT, run directory $RUN_DIR"
+sql -e "CREATE DATABASE \`$DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+INVENTORY__HTTP__BIND="127.0.0.1:$PORT" \
+INVENTORY__REDIS__URL="$REDIS_URL" \
+INVENTORY__REDIS__KEY_PREFIX="$PREFIX" \
+INVENTORY__DATABASE__URL="mysql://$DB_USER:$DB_PASSWORD@$DB_HOST:$DB_PORT/$DB" \
+INVENTORY__AUTH__ADMIN_TOKENS="$ADMIN_TOKEN" \
+INVENTORY__AUTH__SERVICE_TOKENS="$SERVICE_TOKEN" \
+INVENTORY__LOG__FORMAT=json \
+RUST_LOG="${RUST_LOG:-warn}" \
+  "$BIN" >"$RUN_DIR/service.log" 2>&1 &
+SERVICE_PID=$!
+for _ in $(seq 1 300); do
+  curl -fsS "$BASE/health" >/dev/null 2>&1 && break
+  kill -0 "$SERVICE_PID" 2>/dev/null || { tail -20 "$RUN_DIR/service.log" >&2; die "the service exited"; }
+  sleep 0.1
+done
+curl -fsS "$BASE/health" >/dev/null || die "the service does not answer on $BASE"
+
+admin() { curl -sS -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' "$@"; }
+stocked=$(admin -X POST "$BASE/inventory/$HOT_SKU/stock" -d "{\"delta\": $STOCK, \"reason\": \"INBOUND\"}")
+[ "$(jq -r '.data.availableQty // empty' <<<"$stocked")" = "$STOCK" ] || die "stocking failed: $stocked"
+log "stocking $SKUS SKUs ($SKU_FROM..$SKU_TO) through POST /inventory/{skuId}/stock"
+for sku in $(seq "$SKU_FROM" "$SKU_TO"); do
+  printf 'url = "%s/inventory/%s/stock"\noutput = "/dev/null"\n' "$BASE" "$sku"
+done >"$RUN_DIR/stock-urls.cfg"
+curl -sS --parallel --parallel-max 16 -X POST -H "Authorization: Bearer $ADMIN_TOKEN" \
+  -H 'Content-Type: application/json' -d '{"delta": 1000, "reason": "INBOUND"}' \
+  -w '%{http_code}\n' --config "$RUN_DIR/stock-urls.cfg" >"$RUN_DIR/stock-codes.txt"
+stocked_ok=$(grep -c '^200$' "$RUN_DIR/stock-codes.txt" || true)
+[ "$stocked_ok" = "$SKUS" ] || die "stocked $stocked_ok of $SKUS SKUs: $(sort "$RUN_DIR/stock-codes.txt" | uniq -c | tr '\n' ' ')"
+
+wait_drained() {
+  local lag
+  for _ in $(seq 1 1200); do
+    lag=$(curl -sS "$BASE/health/ready" | jq -r '.data.journal.notPersisted // "null"')
+    [ "$lag" = "0" ] && return 0
+    sleep 0.1
+  done
+  log "the journal did not drain in 120 s (lag $lag)"
+  return 1
+}
+wait_drained
+value() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
+cache_counter() { curl -sS "$BASE/metrics" | awk -v r="$1" '$1 == "inventory_stock_cache_lookups_total{result=\"" r "\"}" {print $2}'; }
+
+# run NAME wrk-args...: one wrk run; its RESULT line goes to $RUN_DIR/NAME.result.
+run() {
+  local name=$1
+  shift
+  log "$name: wrk $*"
+  REPORT="$RUN_DIR/$name.result" wrk --latency "$@" >"$RUN_DIR/$name.wrk.txt" 2>&1 || die "wrk failed: $(tail -5 "$RUN_DIR/$name.wrk.txt")"
+  [ -s "$RUN_DIR/$name.result" ] || die "wrk gave no result for $name: $(tail -5 "$RUN_DIR/$name.wrk.txt")"
+}
+W=(-t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s")
+export SKU_FROM SKU_TO QUERY_SIZE
+
+run health "${W[@]}" -s benches/wrk/health.lua "$BASE/health"
+run hot_live "${W[@]}" -s benches/wrk/health.lua "$BASE/inventory/$HOT_SKU?warehouseId=1"
+run hot_db "${W[@]}" -s benches/wrk/health.lua "$BASE/inventory/$HOT_SKU?warehouseId=1&source=db"
+hits0=$(cache_counter hit); misses0=$(cache_counter miss)
+run many_live "${W[@]}" -s benches/wrk/read-many.lua "$BASE"
+hits1=$(cache_counter hit); misses1=$(cache_counter miss)
+SOURCE=db run many_db "${W[@]}" -s benches/wrk/read-many.lua "$BASE"
+run query "${W[@]}" -s benches/wrk/query.lua "$BASE"
+TOKEN="$SERVICE_TOKEN" SKU="$HOT_SKU" RUN="$TS-alone" \
+  run reserve_alone -t1 -c"$HALF" -d"${DURATION}s" -s benches/wrk/reserve.lua "$BASE"
+wait_drained
+# beside NAME [RATE]: reserves and GETs of the hot SKU side by side (the GETs paced to RATE
+# requests/s when given, else as fast as they go).
+beside() {
+  local name=$1 rate=${2:-}
+  log "$name: reserve and GET of the hot SKU side by side${rate:+ (GETs paced to $rate/s)}"
+  RATE="$rate" CONNECTIONS_PER_RUN="$HALF" REPORT="$RUN_DIR/${name}_reads.result" \
+    wrk --latency -t1 -c"$HALF" -d"${DURATION}s" -s benches/wrk/health.lua \
+    "$BASE/inventory/$HOT_SKU?warehouseId=1" >"$RUN_DIR/${name}_reads.wrk.txt" 2>&1 &
+  local reads_pid=$!
+  TOKEN="$SERVICE_TOKEN" SKU="$HOT_SKU" RUN="$TS-$name" \
+    run "$name" -t1 -c"$HALF" -d"${DURATION}s" -s benches/wrk/reserve.lua "$BASE"
+  wait "$reads_pid" || die "the reads beside the reserves failed"
+  wait_drained
+}
+beside reserve_with_reads
+beside reserve_with_paced_reads "$READ_RATE"
+
+# ---------- verification ----------
+failures=()
+for name in hot_live hot_db reserve_with_reads_reads reserve_with_paced_reads_reads; do
+  r=$(tail -1 "$RUN_DIR/$name.result")
+  [ "$(value "$r" err_status)" = "0" ] || failures+=("$name: $(value "$r" err_status) non-2xx answers")
+done
+for name in many_live many_db; do
+  r=$(tail -1 "$RUN_DIR/$name.result")
+  [ "$(value "$r" not_200)" = "0" ] || failures+=("$name: $(value "$r" not_200) answers that were not 200")
+done
+r=$(tail -1 "$RUN_DIR/query.result")
+[ "$(value "$r" bad)" = "0" ] || failures+=("query: $(value "$r" bad) answers not 200 or with positions not found")
+report=$(admin -X POST "$BASE/inventory/reconcile?repair=false")
+differences=$(jq -r '.data.differences | length' <<<"$report" 2>/dev/null || echo "?")
+checked=$(jq -r '.data.positionsChecked // 0' <<<"$report" 2>/dev/null || echo 0)
+[ "$differences" = "0" ] && [ "$checked" -ge "$SKUS" ] || failures+=("reconcile: $differences difference(s) over $checked position(s)")
+read -r available reserved_qty <<<"$(sql "$DB" -e "SELECT available_qty, reserved_qty FROM t_inventory WHERE sku_id = $HOT_SKU AND warehouse_id = 1")"
+units=$(sql "$DB" -e "SELECT COALESCE(SUM(qty), 0) FROM t_inventory_reservation WHERE sku_id = $HOT_SKU AND status = 'RESERVED'")
+[ "$((units + available))" = "$STOCK" ] || failures+=("hot SKU: RESERVED units ($units) + available ($available) != stock loaded ($STOCK)")
+[ "$reserved_qty" = "$units" ] || failures+=("hot SKU: reserved_qty ($reserved_qty) != RESERVED units ($units)")
+
+# ---------- report ----------
+H=$(tail -1 "$RUN_DIR/health.result")
+HEALTH_RPS=$(value "$H" rps)
+row() {
+  local label=$1 name=$2 r
+  r=$(tail -1 "$RUN_DIR/$name.result")
+  printf '| %s | %.0f | %s | %s / %s / %s |\n' "$label" "$(value "$r" rps)" \
+    "$(awk -v a="$(value "$r" rps)" -v b="$HEALTH_RPS" 'BEGIN {printf "%.0f%%", 100 * a / b}')" \
+    "$(value "$r" p50_ms)" "$(value "$r" p99_ms)" "$(value "$r" max_ms)"
+}
+hit_ratio=$(awk -v h=$((hits1 - hits0)) -v m=$((misses1 - misses0)) 'BEGIN {printf "%.1f%%", (h + m > 0 ? 100 * h / (h + m) : 0)}')
+alone=$(value "$(tail -1 "$RUN_DIR/reserve_alone.result")" rps)
+beside=$(value "$(tail -1 "$RUN_DIR/reserve_with_reads.result")" rps)
+paced=$(value "$(tail -1 "$RUN_DIR/reserve_with_paced_reads.result")" rps)
+{
+  echo
+  echo "## scripts/bench-reads.sh $(date -u +%Y-%m-%dT%H:%MZ): wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, hot SKU $HOT_SKU x $STOCK, $SKUS SKUs x 1000, cache.stock_ttl_ms ${INVENTORY__CACHE__STOCK_TTL_MS:-default}"
+  echo
+  echo "| case | requests/s | of /health | latency p50 / p99 / max (ms) |"
+  echo "|---|---|---|---|"
+  row "GET /health (ceiling)" health
+  row "GET /inventory/{hot SKU} (live: Redis through the cache)" hot_live
+  row "GET /inventory/{hot SKU}?source=db (the DB path)" hot_db
+  row "GET /inventory/{1 of $SKUS SKUs} (live; cache hits $hit_ratio)" many_live
+  row "GET /inventory/{1 of $SKUS SKUs}?source=db" many_db
+  row "POST /inventory/query, $QUERY_SIZE positions of $SKUS" query
+  row "POST /inventory/reserve, hot SKU, -t1 -c$HALF alone" reserve_alone
+  row "POST /inventory/reserve, hot SKU, -t1 -c$HALF beside GETs of it" reserve_with_reads
+  row "GET /inventory/{hot SKU}, -t1 -c$HALF beside the reserves" reserve_with_reads_reads
+  row "POST /inventory/reserve, hot SKU, -t1 -c$HALF beside GETs paced to $READ_RATE/s" reserve_with_paced_reads
+  row "GET /inventory/{hot SKU}, -t1 -c$HALF paced to $READ_RATE/s, beside the reserves" reserve_with_paced_reads_reads
+  echo
+  echo "reserve rate beside reads as fast as they go: $(awk -v a="$beside" -v b="$alone" 'BEGIN {printf "%.1f%%", 100 * a / b}') of alone ($(printf '%.0f' "$beside") vs $(printf '%.0f' "$alone")/s); beside reads paced to $READ_RATE/s: $(awk -v a="$paced" -v b="$alone" 'BEGIN {printf "%.1f%%", 100 * a / b}')"
+  echo "verification: reconcile $differences difference(s) over $checked positions; hot SKU RESERVED units $units + available $available = $((units + available)) (stock $STOCK)"
+} | tee "$RUN_DIR/summary.md"
+
+if [ ${#failures[@]} -gt 0 ]; then
+  echo
+  echo "FAIL: ${#failures[@]} verification failure(s):"
+  printf '  %s\n' "${failures[@]}"
+  exit 1
+fi
+echo
+echo "OK: every read answered; zero oversell; Redis == DB (reconcile). Summary: $RUN_DIR/summary.md"
