@@ -4,7 +4,7 @@ export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
 export KAFKA_BROKERS ?= 127.0.0.1:9092
 
-.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry
+.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
@@ -60,6 +60,10 @@ bench-http: services
 ## 60 s at a fixed offered rate on 10,000 SKUs: does the DB keep up?
 bench-sustain: services
 	cargo bench --bench oversell -- --target inprocess --skus 10000 --rate 5000 --sustain-secs 60
+
+## Reads benchmark (wrk, release build): hot SKU, 10,000 SKUs, queries, reserves beside reads.
+bench-reads: services
+	bash scripts/bench-reads.sh
 
 ## Expiry benchmark: 100,000 holds expire at once (10,000 SKUs, then one hot SKU).
 bench-expiry: services
