@@ -75,7 +75,15 @@ impl<T: Serialize> Envelope<T> {
 }
 
 pub fn ok<T: Serialize>(data: T) -> HttpResponse {
-    HttpResponse::Ok().json(Envelope::success(data))
+    // Sized for a typical answer up front (serde_json::to_string starts empty and grows
+    // by doubling: five reallocations for a 20-position query).
+    let mut body = Vec::with_capacity(512);
+    match serde_json::to_writer(&mut body, &Envelope::success(data)) {
+        Ok(()) => HttpResponse::Ok()
+            .content_type(actix_web::http::header::ContentType::json())
+            .body(body),
+        Err(e) => ApiError::system(format!("response not serialisable: {e}")).error_response(),
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

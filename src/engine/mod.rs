@@ -89,31 +89,41 @@ impl EngineError {
 
 /// Local date-time without zone, as the reference prints them (`2024-01-01T12:00:00`).
 pub fn format_local_datetime(t: &NaiveDateTime) -> String {
-    use chrono::{Datelike, Timelike};
-    let year = t.year();
-    if !(0..=9999).contains(&year) {
+    let mut buf = [0u8; 19];
+    match write_local_datetime(t, &mut buf) {
+        Some(text) => text.to_string(),
         // chrono's own formatting for years that need a sign or a fifth digit.
-        return t.format("%Y-%m-%dT%H:%M:%S").to_string();
+        None => t.format("%Y-%m-%dT%H:%M:%S").to_string(),
     }
-    // Digit by digit: chrono's strftime parses its format string on every call, which was
-    // 5% of a read-heavy service's CPU (20 dates per `POST /inventory/query`).
-    let mut out = String::with_capacity(19);
-    let mut push = |n: u32, width: u32, sep: Option<char>| {
+}
+
+/// `format_local_datetime` into a stack buffer, digit by digit: chrono's strftime parses
+/// its format string on every call, which was 5% of a read-heavy service's CPU (20 dates
+/// per `POST /inventory/query`). None for years outside 0..=9999.
+fn write_local_datetime<'b>(t: &NaiveDateTime, buf: &'b mut [u8; 19]) -> Option<&'b str> {
+    use chrono::{Datelike, Timelike};
+    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+    let fields = [
+        (year, 4, b'-'),
+        (t.month(), 2, b'-'),
+        (t.day(), 2, b'T'),
+        (t.hour(), 2, b':'),
+        (t.minute(), 2, b':'),
+        (t.second(), 2, 0),
+    ];
+    let mut at = 0;
+    for (value, width, sep) in fields {
         for p in (0..width).rev() {
-            let digit = (n / 10u32.pow(p)) % 10;
-            out.push(char::from(b'0' + digit as u8));
+            let digit = (value / 10u32.pow(p)) % 10;
+            *buf.get_mut(at)? = b'0' + digit as u8;
+            at += 1;
         }
-        if let Some(sep) = sep {
-            out.push(sep);
+        if sep != 0 {
+            *buf.get_mut(at)? = sep;
+            at += 1;
         }
-    };
-    push(year as u32, 4, Some('-'));
-    push(t.month(), 2, Some('-'));
-    push(t.day(), 2, Some('T'));
-    push(t.hour(), 2, Some(':'));
-    push(t.minute(), 2, Some(':'));
-    push(t.second(), 2, None);
-    out
+    }
+    std::str::from_utf8(buf).ok()
 }
 
 pub fn ms_to_local_datetime(ms: i64) -> NaiveDateTime {
@@ -125,7 +135,11 @@ pub fn now_ms() -> i64 {
 }
 
 pub fn serialize_local_datetime<S: Serializer>(t: &NaiveDateTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_local_datetime(t))
+    let mut buf = [0u8; 19];
+    match write_local_datetime(t, &mut buf) {
+        Some(text) => s.serialize_str(text),
+        None => s.serialize_str(&format_local_datetime(t)),
+    }
 }
 
 pub fn serialize_local_datetime_opt<S: Serializer>(
@@ -133,7 +147,7 @@ pub fn serialize_local_datetime_opt<S: Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match t {
-        Some(t) => s.serialize_str(&format_local_datetime(t)),
+        Some(t) => serialize_local_datetime(t, s),
         None => s.serialize_none(),
     }
 }

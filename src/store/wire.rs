@@ -506,7 +506,11 @@ pub fn split_levels(
     if items.len() < orders {
         return Err(bad(format!("{} items for {orders} orders", items.len())));
     }
-    if items.iter().take(orders).any(|item| item.status == "LEVELS") {
+    if items
+        .iter()
+        .take(orders)
+        .any(|item| item.status == "LEVELS")
+    {
         return Err(bad(format!("fewer than {orders} order items")));
     }
     let tail = items.split_off(orders);
