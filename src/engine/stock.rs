@@ -211,25 +211,21 @@ impl StockService {
         if !misses.is_empty() {
             // Taken before the read: an entry this instance writes meanwhile stays newer.
             let read_at = Instant::now();
-            let read = self.redis.stock_many(&misses).await?;
-            let fetched: HashMap<SkuKey, CachedLevels> = misses
-                .iter()
-                .zip(read)
-                .filter_map(|(k, l)| {
-                    let l = l?;
+            let mut read = self.redis.stock_many(&misses).await?.into_iter();
+            // `misses` lists the empty slots in order: fill them in the same order.
+            for (slot, key) in levels.iter_mut().zip(keys) {
+                if slot.is_some() {
+                    continue;
+                }
+                *slot = read.next().flatten().map(|l| {
                     let cached = CachedLevels {
                         available: l.available,
                         reserved: l.reserved,
                         seq: l.seq,
                     };
-                    self.cache.store_read(*k, cached, read_at);
-                    Some((*k, cached))
-                })
-                .collect();
-            for (slot, key) in levels.iter_mut().zip(keys) {
-                if slot.is_none() {
-                    *slot = fetched.get(key).copied();
-                }
+                    self.cache.store_read(*key, cached, read_at);
+                    cached
+                });
             }
         }
 

@@ -198,7 +198,12 @@ impl StockCache {
     }
 
     fn update(&self, key: SkuKey, change: impl FnOnce(&mut Slot)) {
-        if !self.map.contains_key(&key) && self.map.len() >= self.capacity {
+        // The common case, a position already held: one lookup, under its shard's lock.
+        if let Some(mut slot) = self.map.get_mut(&key) {
+            change(&mut slot);
+            return;
+        }
+        if self.map.len() >= self.capacity {
             let evicted = self.evict(Instant::now());
             self.metrics.evictions.inc_by(evicted as u64);
         }
