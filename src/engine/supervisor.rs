@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::config::Settings;
 use crate::domain::{LedgerReason, SkuKey, StockLevels};
+use crate::engine::leadership::{Leadership, LeaseGuard};
 use crate::engine::persistence::PERSIST_GROUP;
 use crate::engine::reservation::ReservationEngine;
 use crate::engine::stock::StockService;
@@ -22,6 +23,7 @@ use crate::engine::{now_ms, EngineError};
 use crate::metrics::Metrics;
 use crate::store::db::{self, DbError};
 use crate::store::models::{Inventory, LedgerEntry, Reservation};
+use crate::store::redis::RedisStore;
 
 // ---------------------------------------------------------------- expiry
 
@@ -40,6 +42,8 @@ pub struct ExpiryReport {
     pub steps: usize,
     /// The run ended on its time budget with holds still due: run again soon.
     pub budget_spent: bool,
+    /// The run stopped because this instance no longer holds the supervisor lease.
+    pub lease_lost: bool,
 }
 
 /// Releases expired holds (the reference's timeout job), asking the order service first
@@ -128,7 +132,8 @@ impl ExpiryJob {
     }
 
     /// The longest a run may take: the configured budget, capped at half the lease (the
-    /// lease is renewed between jobs).
+    /// lease is renewed on its own timer, and a run that loses it stops between steps; the
+    /// cap keeps a run short enough that holds due meanwhile wait at most that long).
     fn budget(&self) -> Duration {
         let budget_ms = self
             .settings
@@ -148,6 +153,16 @@ impl ExpiryJob {
     /// so the next round reads each group from the expiry of the last order it took there
     /// and skips only those.
     pub async fn run_once(&self) -> Result<ExpiryReport, EngineError> {
+        self.run(None).await
+    }
+
+    /// A run of the leader: it stops between steps once the lease it started under is
+    /// lost (another instance may be running the job by then).
+    pub async fn run_as_leader(&self, guard: &LeaseGuard) -> Result<ExpiryReport, EngineError> {
+        self.run(Some(guard)).await
+    }
+
+    async fn run(&self, guard: Option<&LeaseGuard>) -> Result<ExpiryReport, EngineError> {
         let started = Instant::now();
         let budget = self.budget();
         let batch = self.settings.reservation.timeout.batch_size.max(1);
@@ -159,6 +174,10 @@ impl ExpiryJob {
         'rounds: loop {
             if started.elapsed() >= budget {
                 report.budget_spent = true;
+                break;
+            }
+            if guard.is_some_and(|g| !g.holds()) {
+                report.lease_lost = true;
                 break;
             }
             let per_group = self
@@ -192,6 +211,10 @@ impl ExpiryJob {
                     report.budget_spent = true;
                     break 'rounds;
                 }
+                if guard.is_some_and(|g| !g.holds()) {
+                    report.lease_lost = true;
+                    break 'rounds;
+                }
                 report.steps += 1;
                 let plan = self.plan_step(step).await;
                 kept.extend(plan.keep.iter().cloned());
@@ -200,7 +223,7 @@ impl ExpiryJob {
                 kept.extend(left);
             }
         }
-        if !report.budget_spent {
+        if !report.budget_spent && !report.lease_lost {
             // Orders that were not seen again were settled elsewhere: forget their counts.
             self.attempts
                 .lock()
@@ -416,6 +439,9 @@ pub struct ReconcileReport {
     pub differences: Vec<Difference>,
     pub skipped: Vec<Skipped>,
     pub duration_ms: u64,
+    /// The scheduled run stopped because this instance lost the supervisor lease.
+    #[serde(skip)]
+    pub lease_lost: bool,
 }
 
 #[derive(Clone)]
@@ -529,6 +555,20 @@ impl Reconciler {
         repair: bool,
         trigger: &str,
     ) -> Result<ReconcileReport, EngineError> {
+        self.run_guarded(sku_id, warehouse_id, repair, trigger, None)
+            .await
+    }
+
+    /// `run`, stopping between positions once `guard`'s lease is lost (the scheduled run
+    /// of the leader).
+    pub async fn run_guarded(
+        &self,
+        sku_id: Option<i64>,
+        warehouse_id: Option<i64>,
+        repair: bool,
+        trigger: &str,
+        guard: Option<&LeaseGuard>,
+    ) -> Result<ReconcileReport, EngineError> {
         let started = Instant::now();
         self.metrics
             .reconcile_runs
@@ -550,6 +590,10 @@ impl Reconciler {
             });
         }
         for key in self.positions(sku_id, warehouse_id).await? {
+            if guard.is_some_and(|g| !g.holds()) {
+                report.lease_lost = true;
+                break;
+            }
             report.positions_checked += 1;
             match self.check_position(key, repair).await? {
                 Ok(differences) => {
@@ -790,11 +834,14 @@ impl SweepJob {
 
     /// Sweeps until the directory was scanned to its end or 2 s are spent. Returns how
     /// many orders were forgotten.
-    pub async fn run_once(&self) -> Result<u64, EngineError> {
+    pub async fn run_once(&self, guard: Option<&LeaseGuard>) -> Result<u64, EngineError> {
         let mut cursor = self.cursor.lock().await;
         let budget = Instant::now() + Duration::from_secs(2);
         let mut removed = 0;
         loop {
+            if guard.is_some_and(|g| !g.holds()) {
+                break;
+            }
             let (next, n) = self
                 .stock
                 .redis()
@@ -826,7 +873,10 @@ pub struct SupervisorCore {
     next_expiry: Option<Instant>,
     next_reconcile: Option<Instant>,
     next_sweep: Option<Instant>,
-    pub leader_token: Option<i64>,
+    /// The lease as of its last renewal; the jobs check it between their batches.
+    pub leadership: Leadership,
+    /// The token last logged (leadership changes are logged once).
+    logged_token: Option<i64>,
 }
 
 impl SupervisorCore {
@@ -848,8 +898,25 @@ impl SupervisorCore {
             next_expiry: None,
             next_reconcile: None,
             next_sweep: None,
-            leader_token: None,
+            leadership: Leadership::default(),
+            logged_token: None,
         }
+    }
+
+    /// Records a renewal's answer, logs a change of leadership and sets the gauge.
+    fn renewed(&mut self, token: Option<i64>, sent_at_ms: i64) {
+        self.leadership
+            .renewed(token, sent_at_ms, self.settings.supervisor.lease_ms);
+        if token != self.logged_token {
+            tracing::info!(
+                instance = %self.instance_id,
+                leader = token.is_some(),
+                ?token,
+                "supervisor leadership changed"
+            );
+            self.logged_token = token;
+        }
+        self.metrics.leader.set(i64::from(token.is_some()));
     }
 
     /// When the expiry job runs next after `now`.
@@ -877,11 +944,47 @@ struct TickPlan {
 pub struct SupervisorActor {
     core: SupervisorCore,
     busy: bool,
+    renewing: bool,
+}
+
+/// Takes or renews the lease; None when another instance holds it or Redis did not answer.
+async fn renew_lease(redis: RedisStore, owner: String, lease_ms: u64) -> (Option<i64>, i64) {
+    let sent_at_ms = now_ms();
+    let token = match redis.lease(&owner, lease_ms, false).await {
+        Ok(token) => token,
+        Err(e) => {
+            tracing::warn!(error = %e, "supervisor lease not renewed");
+            None
+        }
+    };
+    (token, sent_at_ms)
 }
 
 impl SupervisorActor {
     pub fn new(core: SupervisorCore) -> Self {
-        SupervisorActor { core, busy: false }
+        SupervisorActor {
+            core,
+            busy: false,
+            renewing: false,
+        }
+    }
+
+    /// Renews the lease on its own timer, whether or not a job is running: a job longer
+    /// than the lease must not lose it part-way (and if it is lost, the job sees it).
+    fn renew(&mut self, ctx: &mut Context<Self>) {
+        if self.renewing {
+            return;
+        }
+        self.renewing = true;
+        let redis = self.core.reconciler.stock.redis().clone();
+        let owner = self.core.instance_id.clone();
+        let lease_ms = self.core.settings.supervisor.lease_ms;
+        ctx.spawn(renew_lease(redis, owner, lease_ms).into_actor(self).map(
+            |(token, sent_at_ms), act, _ctx| {
+                act.renewing = false;
+                act.core.renewed(token, sent_at_ms);
+            },
+        ));
     }
 
     fn plan(&mut self) -> TickPlan {
@@ -922,24 +1025,28 @@ impl SupervisorActor {
         let reconciler = self.core.reconciler.clone();
         let sweep = self.core.sweep.clone();
         let repair = self.core.settings.reconcile.repair;
-        let was_leader = self.core.leader_token.is_some();
         let plan = self.plan();
+        let leadership = self.core.leadership.clone();
         ctx.spawn(
             async move {
-                let token = match redis.lease(&owner, lease_ms, false).await {
-                    Ok(token) => token,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "supervisor lease not renewed");
-                        None
-                    }
-                };
+                // The timer renews too; this one makes a tick that finds no lease try to
+                // take it before deciding.
+                let (token, sent_at_ms) = renew_lease(redis, owner, lease_ms).await;
+                leadership.renewed(token, sent_at_ms, lease_ms);
                 let mut expiry_behind = false;
-                if token.is_some() {
+                if let Some(token) = token {
+                    let guard = LeaseGuard { leadership, token };
                     if let Err(e) = reconciler.rebuild_if_lost().await {
                         tracing::error!(error = %e, "redis rebuild failed");
                     }
-                    if plan.run_expiry {
-                        match expiry.run_once().await {
+                    if plan.run_expiry && guard.holds() {
+                        match expiry.run_as_leader(&guard).await {
+                            Ok(r) if r.lease_lost => {
+                                tracing::warn!(
+                                    ?r,
+                                    "expiry run stopped: the supervisor lease was lost"
+                                )
+                            }
                             Ok(r) if r.steps > 0 => {
                                 expiry_behind = r.budget_spent;
                                 tracing::info!(?r, "expiry run")
@@ -948,15 +1055,22 @@ impl SupervisorActor {
                             Err(e) => tracing::warn!(error = %e, "expiry run failed"),
                         }
                     }
-                    if plan.run_sweep {
-                        match sweep.run_once().await {
+                    if plan.run_sweep && guard.holds() {
+                        match sweep.run_once(Some(&guard)).await {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(orders = n, "sweep forgot settled orders"),
                             Err(e) => tracing::warn!(error = %e, "sweep failed"),
                         }
                     }
-                    if plan.run_reconcile {
-                        match reconciler.run(None, None, repair, "schedule").await {
+                    if plan.run_reconcile && guard.holds() {
+                        match reconciler
+                            .run_guarded(None, None, repair, "schedule", Some(&guard))
+                            .await
+                        {
+                            Ok(r) if r.lease_lost => tracing::warn!(
+                                checked = r.positions_checked,
+                                "reconciliation stopped: the supervisor lease was lost"
+                            ),
                             Ok(r) if !r.differences.is_empty() => tracing::warn!(
                                 differences = r.differences.len(),
                                 "reconciliation found differences"
@@ -966,25 +1080,16 @@ impl SupervisorActor {
                         }
                     }
                 }
-                (token, expiry_behind)
+                (token, sent_at_ms, expiry_behind)
             }
             .into_actor(self)
-            .map(move |(token, expiry_behind), act, ctx| {
+            .map(move |(token, sent_at_ms, expiry_behind), act, ctx| {
                 if expiry_behind {
-                    // Holds are still due: renew the lease and scan again right away.
+                    // Holds are still due: scan again right away.
                     act.core.next_expiry = None;
                     ctx.run_later(Duration::ZERO, |act, ctx| act.tick(ctx));
                 }
-                if token.is_some() != was_leader {
-                    tracing::info!(
-                        instance = %act.core.instance_id,
-                        leader = token.is_some(),
-                        ?token,
-                        "supervisor leadership changed"
-                    );
-                }
-                act.core.leader_token = token;
-                act.core.metrics.leader.set(i64::from(token.is_some()));
+                act.core.renewed(token, sent_at_ms);
                 act.busy = false;
             }),
         );
@@ -998,6 +1103,10 @@ impl Actor for SupervisorActor {
         let tick = Duration::from_millis(self.core.settings.supervisor.tick_ms);
         self.tick(ctx);
         ctx.run_interval(tick, |act, ctx| act.tick(ctx));
+        // Three renewals per lease: two can fail before it runs out.
+        let renew_every =
+            Duration::from_millis((self.core.settings.supervisor.lease_ms / 3).max(50));
+        ctx.run_interval(renew_every, |act, ctx| act.renew(ctx));
     }
 }
 
@@ -1013,7 +1122,7 @@ impl Handler<StopSupervisor> for SupervisorActor {
         let redis = self.core.reconciler.stock.redis().clone();
         let owner = self.core.instance_id.clone();
         let lease_ms = self.core.settings.supervisor.lease_ms;
-        self.core.leader_token = None;
+        self.core.leadership.lost();
         self.core.metrics.leader.set(0);
         ctx.stop();
         Box::pin(async move {
@@ -1031,6 +1140,6 @@ impl Handler<LeaderToken> for SupervisorActor {
     type Result = Option<i64>;
 
     fn handle(&mut self, _msg: LeaderToken, _ctx: &mut Self::Context) -> Self::Result {
-        self.core.leader_token
+        self.core.leadership.current()
     }
 }

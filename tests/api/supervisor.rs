@@ -377,13 +377,17 @@ async fn two_expiry_jobs_at_once_release_each_hold_once() {
     assert_eq!(expired, 25);
 }
 
-/// A stand-in for the order service: PAID-* are paid, DOWN-* fail, others are not paid.
+/// A stand-in for the order service: PAID-* are paid, DOWN-* fail, others are not paid;
+/// SLOW-* are answered after 2.5 s.
 async fn order_service() -> u16 {
     let server = HttpServer::new(|| {
         App::new().route(
             "/orders/{order_no}/status",
             web::get().to(|path: web::Path<String>| async move {
                 let order = path.into_inner();
+                if order.starts_with("SLOW-") {
+                    tokio::time::sleep(Duration::from_millis(2_500)).await;
+                }
                 if order.starts_with("DOWN-") {
                     HttpResponse::InternalServerError().finish()
                 } else if order.starts_with("PAID-") {
@@ -718,4 +722,114 @@ async fn a_cancel_while_redis_had_lost_the_order_does_not_strand_its_hold() {
     let audits = app.assert_invariants(&[key]).await;
     assert_eq!(audits[0].db_available, Some(10));
     assert_eq!(audits[0].lines_reserved, 0);
+}
+
+/// A run that loses the supervisor lease part-way stops between steps, leaving the rest
+/// due; the next leader's run releases the rest, each hold once.
+#[actix_web::test]
+async fn a_run_that_loses_the_lease_stops_between_steps() {
+    use inventory::engine::leadership::{Leadership, LeaseGuard};
+    let app = spawn_app_with(&[
+        ("reservation.expire_after_ms", 200.into()),
+        ("reservation.timeout.enabled", false.into()),
+        ("reservation.timeout.batch_size", 5.into()),
+    ])
+    .await;
+    let key = SkuKey::new(1, 191);
+    app.stock_in(191, 1, 1_000).await;
+    for n in 0..400 {
+        reserve(
+            &app,
+            &format!("LEASE-{n}"),
+            json!([{"skuId": 191, "qty": 1}]),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A lease this instance holds for about 60 ms more (a 1 s lease renewed 940 ms ago,
+    // less the tenth kept for drift... counted from now - 840 ms).
+    let leadership = Leadership::default();
+    leadership.renewed(Some(41), inventory::engine::now_ms() - 840, 1_000);
+    let guard = LeaseGuard {
+        leadership: leadership.clone(),
+        token: 41,
+    };
+    assert!(guard.holds());
+    let lost = app.state.expiry.run_as_leader(&guard).await.unwrap();
+    assert!(lost.lease_lost, "{lost:?}");
+    assert!(lost.released < 400, "{lost:?}");
+    assert!(!guard.holds());
+
+    // Another token is another lease: a guard of the old one does nothing at all.
+    leadership.renewed(Some(42), inventory::engine::now_ms(), 60_000);
+    let stale = app.state.expiry.run_as_leader(&guard).await.unwrap();
+    assert!(stale.lease_lost && stale.steps == 0, "{stale:?}");
+
+    // The new leader finishes the job.
+    let next = LeaseGuard {
+        leadership,
+        token: 42,
+    };
+    let mut released = lost.released;
+    for _ in 0..50 {
+        let r = app.state.expiry.run_as_leader(&next).await.unwrap();
+        assert!(!r.lease_lost, "{r:?}");
+        released += r.released;
+        if released == 400 {
+            break;
+        }
+    }
+    assert_eq!(released, 400);
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].db_available, Some(1_000));
+    let expired = ledger_reasons(&app, key)
+        .await
+        .iter()
+        .filter(|r| r.as_str() == "EXPIRED")
+        .count();
+    assert_eq!(expired, 400, "each hold released once");
+}
+
+/// The lease is renewed on its own timer: a job that takes longer than the lease (here an
+/// order service that answers after 2.5 s, with a 0.9 s lease) keeps it throughout.
+#[actix_web::test]
+async fn the_lease_outlives_a_job_longer_than_it() {
+    let port = order_service().await;
+    let app = spawn_app_with(&[
+        ("reservation.expire_after_ms", 200.into()),
+        (
+            "reservation.timeout.order_status_url",
+            format!("http://127.0.0.1:{port}/orders/{{orderNo}}/status").into(),
+        ),
+        ("reservation.timeout.order_status_timeout_ms", 5_000.into()),
+        ("reservation.timeout.interval_ms", 100.into()),
+        ("supervisor.lease_ms", 900.into()),
+        ("supervisor.tick_ms", 100.into()),
+    ])
+    .await;
+    app.stock_in(196, 1, 10).await;
+    eventually("leadership", Duration::from_secs(5), || async {
+        token(&app).await.is_some()
+    })
+    .await;
+    let first = token(&app).await;
+    reserve(&app, "SLOW-1", json!([{"skuId": 196, "qty": 1}])).await;
+    let lease_key = app.redis.keys().leader();
+    // The hold is due after 200 ms; the job then waits 2.5 s for the order service.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(3_000) {
+        let owner: Option<String> = app.redis_cmd(redis::cmd("GET").arg(&lease_key)).await;
+        assert!(
+            owner.is_some(),
+            "the lease lapsed {:?} into the job",
+            watch.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually("the slow hold released", Duration::from_secs(5), || async {
+        status_of(&app, "SLOW-1").await == "RELEASED"
+    })
+    .await;
+    assert_eq!(token(&app).await, first, "the same lease throughout");
 }
