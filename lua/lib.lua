@@ -182,6 +182,27 @@ local function report_levels(out, positions)
   end
 end
 
+-- Fencing of leader-only writes (expiry releases, reconciliation repairs): each carries
+-- the supervisor lease's token ('0': not a leader-only write). A group keeps the highest
+-- token it has seen in field FENCE_FIELD of its orders hash (no orderNo has a space, so it
+-- names no order) and refuses a lower one: a leader that was paused past its lease, while
+-- another instance took over (and raised every group's fence, lua/fence.lua), cannot write.
+local FENCE_FIELD = ' fence'
+local function fence_refuses(orders_key, token)
+  local t = tonumber(token)
+  if not t or t <= 0 then
+    return false
+  end
+  local seen = tonumber(redis.call('HGET', orders_key, FENCE_FIELD) or '0')
+  if t < seen then
+    return true
+  end
+  if t > seen then
+    redis.call('HSET', orders_key, FENCE_FIELD, token)
+  end
+  return false
+end
+
 -- Marks a position changed (written once by flush).
 local function touch(p)
   p.dirty = true

@@ -4,11 +4,16 @@
 -- not changed since it was compared (seq CAS); otherwise nothing happens and the next run
 -- compares again. lua/lib.lua is prepended.
 --
--- KEYS[1] stock hash, KEYS[2] the position's group journal
+-- KEYS[1] stock hash, KEYS[2] the position's group journal, KEYS[3] the group's orders
 -- ARGV[1] expected seq, ARGV[2] available, ARGV[3] reserved, ARGV[4] confirmed,
--- ARGV[5] warehouseId, ARGV[6] skuId, ARGV[7] now (ms), ARGV[8] remark, ARGV[9] trace id
--- Reply: one item, OK seq | CHANGED seq
+-- ARGV[5] warehouseId, ARGV[6] skuId, ARGV[7] now (ms), ARGV[8] remark, ARGV[9] trace id,
+-- ARGV[10] the fencing token of the leader's scheduled run ('0': a run asked for by hand)
+-- Reply: one item, OK seq | CHANGED seq | FENCED
 local out = {}
+if fence_refuses(KEYS[3], ARGV[10]) then
+  reply(out, 'FENCED')
+  return out
+end
 local v = redis.call('HMGET', KEYS[1], 'avail', 'reserved', 'seq')
 local seq = tonumber(v[3] or '-1')
 if seq ~= tonumber(ARGV[1]) then

@@ -8,24 +8,32 @@
 -- ARGV[1] now (ms), ARGV[2] max entries per journal stream, ARGV[3] groups in the call,
 -- ARGV[4] positions in the call, then per position: group#, warehouseId, skuId; then the
 -- number of orders, then per order: orderNo, traceId, ledger reason (RELEASE | EXPIRED),
--- remark, '1' = only if every held line has expired (the expiry scan), the number of its
--- groups, their group#s.
+-- remark, '1' = only if every held line has expired (the expiry scan), the fencing token of
+-- a leader-only release ('0': none; lib.lua, fence_refuses), the number of its groups,
+-- their group#s.
 --
 -- Reply items, one per order: RELEASED | EXISTS | NOT_FOUND | RETRY | JOURNAL_FULL |
--- NOT_EXPIRED | CONFIRMED w s (the line that refused).
+-- NOT_EXPIRED | FENCED (a newer leader's token was seen) | CONFIRMED w s (the line that
+-- refused).
 -- Then one LEVELS item per position read (lib.lua, report_levels).
 local now = tonumber(ARGV[1])
 local max_journal = tonumber(ARGV[2])
 local ngroups = tonumber(ARGV[3])
 local groups = call_groups(0, ngroups)
 local positions, by_id, at = call_positions(5, tonumber(ARGV[4]), 3 * ngroups)
-local orders = transition_orders(at, groups, 3)
+local orders = transition_orders(at, groups, 4)
 
 local out = {}
 for _, o in ipairs(orders) do
-  local reason, remark, only_expired = o.args[1], o.args[2], o.args[3] == '1'
+  local reason, remark, only_expired, fence = o.args[1], o.args[2], o.args[3] == '1', o.args[4]
+  local stale = false
+  for _, gi in ipairs(o.groups) do
+    stale = stale or fence_refuses(groups[gi].o, fence)
+  end
   local lines, x = order_lines(o, groups, by_id)
-  if lines == nil then
+  if stale then
+    reply(out, 'FENCED')
+  elseif lines == nil then
     reply(out, 'NOT_FOUND')
   elseif lines == false then
     reply(out, 'RETRY')

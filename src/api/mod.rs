@@ -106,6 +106,8 @@ impl From<EngineError> for ApiError {
                 tracing::error!(error = %e, "database error");
                 ApiError::system("database error")
             }
+            // Only leader-only jobs carry a fencing token; no request does.
+            EngineError::Fenced => ApiError::system(message),
         }
     }
 }

@@ -51,6 +51,12 @@ impl Leadership {
         (token != 0 && now_ms() < self.inner.valid_until_ms.load(Ordering::SeqCst)).then_some(token)
     }
 
+    /// The token last recorded, even if its deadline has passed (0: none): a renewal that
+    /// answers another token is a new lease, whose fences must be raised first.
+    pub fn last_token(&self) -> i64 {
+        self.inner.token.load(Ordering::SeqCst)
+    }
+
     /// Whether the lease that `token` names is still held: what a job asks between batches.
     pub fn holds(&self, token: i64) -> bool {
         self.current() == Some(token)

@@ -52,6 +52,8 @@ pub enum EngineError {
     OrderCancelled(String),
     #[error("the service is busy; retry shortly")]
     Overloaded,
+    #[error("refused: another instance took over the supervisor lease")]
+    Fenced,
     #[error("no answer in time; retrying with the same orderNo is safe")]
     Timeout,
     #[error(transparent)]
@@ -83,7 +85,9 @@ impl EngineError {
             | EngineError::IdempotencyConflict(_)
             | EngineError::ReservationNotFound(_)
             | EngineError::InvalidStatus(_)
-            | EngineError::OrderCancelled(_) => false,
+            | EngineError::OrderCancelled(_)
+            // The job that got it stops; the new leader does the work.
+            | EngineError::Fenced => false,
         }
     }
 }

@@ -213,6 +213,7 @@ fn release_result(
         TransitionReply::NotExpired => Err(EngineError::InvalidStatus(format!(
             "order {order_no} has not expired"
         ))),
+        TransitionReply::Fenced => Err(EngineError::Fenced),
         TransitionReply::Released { .. } | TransitionReply::Expired { .. } => Err(
             EngineError::InvalidStatus(format!("order {order_no} cannot be released")),
         ),
@@ -498,6 +499,7 @@ impl ReservationEngine {
                 "hold expired",
                 trace_id,
                 true,
+                0,
             )
             .await;
         self.count_transition("expire", &result);
@@ -541,6 +543,7 @@ impl ReservationEngine {
                 EngineError::InvalidStatus(format!("order {order_no} cannot be confirmed")),
             ),
             TransitionReply::JournalFull => Err(EngineError::Overloaded),
+            TransitionReply::Fenced => Err(EngineError::Fenced),
         }
     }
 
@@ -554,7 +557,7 @@ impl ReservationEngine {
         trace_id: &str,
     ) -> Result<TransitionOutcome, EngineError> {
         let result = self
-            .release_inner(order_no, reason, remark, trace_id, false)
+            .release_inner(order_no, reason, remark, trace_id, false, 0)
             .await;
         self.count_transition("release", &result);
         result
@@ -567,11 +570,13 @@ impl ReservationEngine {
         remark: &str,
         trace_id: &str,
         only_if_expired: bool,
+        fence: i64,
     ) -> Result<TransitionOutcome, EngineError> {
         let op = TransitionOp::Release {
             reason,
             remark: remark.to_string(),
             only_if_expired,
+            fence,
         };
         let (reply, items) = self.transition(order_no, trace_id, op).await?;
         release_result(order_no, reply, items)
@@ -581,17 +586,21 @@ impl ReservationEngine {
     /// read for all of them, then every order goes to its shard at the same time, so the
     /// shards batch them into one script call per batch, as they do reserves. Only lines
     /// whose hold has expired are released (ledger reason EXPIRED). One result per order,
-    /// in order; Err as a whole only when the directory cannot be read.
+    /// in order; Err as a whole only when the directory cannot be read. `fence`: the
+    /// supervisor lease's token (0: none), refused (EngineError::Fenced) once a newer
+    /// leader has raised the groups' fences.
     pub async fn release_expired_many(
         &self,
         order_nos: &[String],
         trace_id: &str,
+        fence: i64,
     ) -> Result<Vec<Result<TransitionOutcome, EngineError>>, EngineError> {
         let entries = self.redis.lookup_orders(order_nos).await?;
         let op = TransitionOp::Release {
             reason: LedgerReason::Expired,
             remark: "hold expired".to_string(),
             only_if_expired: true,
+            fence,
         };
         let releases = order_nos.iter().zip(entries).map(|(order_no, entry)| {
             let op = op.clone();
@@ -610,6 +619,7 @@ impl ReservationEngine {
                             "hold expired",
                             trace_id,
                             true,
+                            fence,
                         )
                         .await
                     }

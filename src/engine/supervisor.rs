@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::store::db::{self, DbError};
 use crate::store::models::{Inventory, LedgerEntry, Reservation};
 use crate::store::redis::RedisStore;
+use crate::store::supervision::RepairOutcome;
 
 // ---------------------------------------------------------------- expiry
 
@@ -219,8 +220,12 @@ impl ExpiryJob {
                 let plan = self.plan_step(step).await;
                 kept.extend(plan.keep.iter().cloned());
                 report.kept += plan.keep.len();
-                let left = self.apply_step(plan, &trace, &mut report).await?;
+                let fence = guard.map_or(0, |g| g.token);
+                let left = self.apply_step(plan, &trace, fence, &mut report).await?;
                 kept.extend(left);
+                if report.lease_lost {
+                    break 'rounds;
+                }
             }
         }
         if !report.budget_spent && !report.lease_lost {
@@ -296,6 +301,7 @@ impl ExpiryJob {
         &self,
         plan: StepPlan,
         trace: &str,
+        fence: i64,
         report: &mut ExpiryReport,
     ) -> Result<Vec<String>, EngineError> {
         let mut forget = Vec::new();
@@ -326,7 +332,7 @@ impl ExpiryJob {
         }
         let released = self
             .reservations
-            .release_expired_many(&plan.release, trace)
+            .release_expired_many(&plan.release, trace, fence)
             .await?;
         for (order_no, result) in plan.release.iter().zip(released) {
             match result {
@@ -339,6 +345,11 @@ impl ExpiryJob {
                     report.settled += 1;
                 }
                 Err(e) if e.is_retryable() => transient = Some(e),
+                // A newer leader raised the fence: the hold is its to release now.
+                Err(EngineError::Fenced) => {
+                    report.lease_lost = true;
+                    left.push(order_no.clone());
+                }
                 // Confirmed, not found, or not (yet) expired: not ours to release.
                 Err(e) if settled_elsewhere(&e) => {
                     tracing::debug!(order_no, error = %e, "expired hold already settled");
@@ -589,13 +600,21 @@ impl Reconciler {
                 repaired: false,
             });
         }
+        let fence = guard.map_or(0, |g| g.token);
         for key in self.positions(sku_id, warehouse_id).await? {
             if guard.is_some_and(|g| !g.holds()) {
                 report.lease_lost = true;
                 break;
             }
             report.positions_checked += 1;
-            match self.check_position(key, repair).await? {
+            let checked = match self.check_position(key, repair, fence).await {
+                Err(EngineError::Fenced) => {
+                    report.lease_lost = true;
+                    break;
+                }
+                other => other?,
+            };
+            match checked {
                 Ok(differences) => {
                     for d in &differences {
                         tracing::warn!(
@@ -630,11 +649,13 @@ impl Reconciler {
         Ok(report)
     }
 
-    /// Ok(differences), or Err(why the position was not compared).
+    /// Ok(differences), or Err(why the position was not compared). `fence`: the lease
+    /// token a repair carries (0: none); EngineError::Fenced once a newer leader raised it.
     async fn check_position(
         &self,
         key: SkuKey,
         repair: bool,
+        fence: i64,
     ) -> Result<Result<Vec<Difference>, String>, EngineError> {
         let redis = self.stock.redis();
         let wait = Duration::from_millis(self.settings.reconcile.drain_wait_ms);
@@ -792,9 +813,12 @@ impl Reconciler {
                     r.available, r.reserved, r.confirmed, db_available, db_reserved
                 );
                 let applied = redis
-                    .reconcile_position(key, r.seq, expected, &remark, "reconcile")
+                    .reconcile_position(key, r.seq, expected, &remark, "reconcile", fence)
                     .await?;
-                if let Some(seq) = applied {
+                if applied == RepairOutcome::Fenced {
+                    return Err(EngineError::Fenced);
+                }
+                if let RepairOutcome::Repaired { seq } = applied {
                     self.stock.wait_persisted(key, seq, wait).await?;
                     for d in differences
                         .iter_mut()
@@ -948,9 +972,27 @@ pub struct SupervisorActor {
 }
 
 /// Takes or renews the lease; None when another instance holds it or Redis did not answer.
-async fn renew_lease(redis: RedisStore, owner: String, lease_ms: u64) -> (Option<i64>, i64) {
+/// A new lease (a token other than `known`) raises every group's fence to its token before
+/// it counts, so that no write of an earlier leader lands after this one starts its jobs.
+async fn renew_lease(
+    redis: RedisStore,
+    owner: String,
+    lease_ms: u64,
+    known: i64,
+) -> (Option<i64>, i64) {
     let sent_at_ms = now_ms();
     let token = match redis.lease(&owner, lease_ms, false).await {
+        Ok(Some(token)) if token != known => match redis.raise_fences(token).await {
+            Ok(true) => Some(token),
+            Ok(false) => {
+                tracing::warn!(token, "a newer supervisor lease was seen: not leading");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "fences not raised; not leading yet");
+                None
+            }
+        },
         Ok(token) => token,
         Err(e) => {
             tracing::warn!(error = %e, "supervisor lease not renewed");
@@ -979,12 +1021,15 @@ impl SupervisorActor {
         let redis = self.core.reconciler.stock.redis().clone();
         let owner = self.core.instance_id.clone();
         let lease_ms = self.core.settings.supervisor.lease_ms;
-        ctx.spawn(renew_lease(redis, owner, lease_ms).into_actor(self).map(
-            |(token, sent_at_ms), act, _ctx| {
-                act.renewing = false;
-                act.core.renewed(token, sent_at_ms);
-            },
-        ));
+        let known = self.core.leadership.last_token();
+        ctx.spawn(
+            renew_lease(redis, owner, lease_ms, known)
+                .into_actor(self)
+                .map(|(token, sent_at_ms), act, _ctx| {
+                    act.renewing = false;
+                    act.core.renewed(token, sent_at_ms);
+                }),
+        );
     }
 
     fn plan(&mut self) -> TickPlan {
@@ -1031,7 +1076,8 @@ impl SupervisorActor {
             async move {
                 // The timer renews too; this one makes a tick that finds no lease try to
                 // take it before deciding.
-                let (token, sent_at_ms) = renew_lease(redis, owner, lease_ms).await;
+                let known = leadership.last_token();
+                let (token, sent_at_ms) = renew_lease(redis, owner, lease_ms, known).await;
                 leadership.renewed(token, sent_at_ms, lease_ms);
                 let mut expiry_behind = false;
                 if let Some(token) = token {

@@ -70,6 +70,7 @@ pub(super) struct Scripts {
     pub(super) lease: Script,
     pub(super) rebuild: Script,
     pub(super) reconcile: Script,
+    pub(super) fence: Script,
 }
 
 impl Scripts {
@@ -86,6 +87,7 @@ impl Scripts {
             lease: script(include_str!("../../lua/lease.lua")),
             rebuild: script(include_str!("../../lua/rebuild.lua")),
             reconcile: script(include_str!("../../lua/reconcile.lua")),
+            fence: script(include_str!("../../lua/fence.lua")),
         }
     }
 }

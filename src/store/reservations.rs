@@ -63,6 +63,8 @@ pub enum TransitionOp {
         reason: LedgerReason,
         remark: String,
         only_if_expired: bool,
+        /// The supervisor lease's fencing token of a leader-only release (expiry); 0: none.
+        fence: i64,
     },
 }
 
@@ -89,6 +91,8 @@ pub enum TransitionReply {
     Exists,
     /// Redis has no record of the order.
     NotFound,
+    /// A newer supervisor lease's token was seen: this leader-only release is refused.
+    Fenced,
     /// A line is released (confirm refused).
     Released {
         key: SkuKey,
@@ -167,6 +171,7 @@ fn parse_transition(script: &'static str, item: &ReplyItem) -> RedisResult<Trans
         "TOMBSTONE" => TransitionReply::Tombstone,
         "RETRY" => TransitionReply::Retry,
         "JOURNAL_FULL" => TransitionReply::JournalFull,
+        "FENCED" => TransitionReply::Fenced,
         other => return Err(bad(script, format!("status {other}"))),
     })
 }
@@ -372,11 +377,13 @@ impl RedisStore {
                     reason,
                     remark,
                     only_if_expired,
+                    fence,
                 } => {
                     invocation
                         .arg(reason.as_str())
                         .arg(wire::remark(remark, 255))
-                        .arg(if *only_if_expired { "1" } else { "0" });
+                        .arg(if *only_if_expired { "1" } else { "0" })
+                        .arg(*fence);
                 }
             }
             let mut groups: Vec<usize> = order

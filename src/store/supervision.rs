@@ -28,6 +28,20 @@ impl RedisStore {
         Ok((item.status == "LEADER" && item.n[0] > 0).then_some(item.n[0]))
     }
 
+    /// Raises every group's fence to a new lease's token (lua/fence.lua), so that the
+    /// writes of an earlier leader are refused from now on. False when a group has seen a
+    /// newer token (this instance no longer leads).
+    pub async fn raise_fences(&self, token: i64) -> RedisResult<bool> {
+        for g in 0..self.keys.groups() {
+            let mut invocation = self.scripts.fence.key(self.keys.orders(g));
+            invocation.arg(token);
+            if self.run_script_one("fence", &invocation).await?.status != "OK" {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Due holds per group: for group g, the orders whose holds expire in
     /// `from_ms[g]..=now_ms`, oldest first (ties by orderNo), at most `limit`, as
     /// (orderNo, expireAt ms). One pipeline. A multi-group order is held in each of its
@@ -300,10 +314,12 @@ impl RedisStore {
         target: StockLevels,
         remark: &str,
         trace_id: &str,
-    ) -> RedisResult<Option<i64>> {
+        fence: i64,
+    ) -> RedisResult<RepairOutcome> {
         let mut invocation = self.scripts.reconcile.key(self.keys.stock(key));
         invocation
             .key(self.keys.journal(self.keys.group(key)))
+            .key(self.keys.orders(self.keys.group(key)))
             .arg(expected_seq)
             .arg(target.available)
             .arg(target.reserved)
@@ -312,15 +328,28 @@ impl RedisStore {
             .arg(key.sku_id)
             .arg(chrono::Utc::now().timestamp_millis())
             .arg(crate::store::wire::remark(remark, 255))
-            .arg(crate::store::wire::word(trace_id, 64));
+            .arg(crate::store::wire::word(trace_id, 64))
+            .arg(fence);
         let item = self.run_script_one("reconcile", &invocation).await?;
         match item.status.as_str() {
-            "OK" => Ok(Some(item.n[0])),
-            "CHANGED" => Ok(None),
+            "OK" => Ok(RepairOutcome::Repaired { seq: item.n[0] }),
+            "CHANGED" => Ok(RepairOutcome::Changed),
+            "FENCED" => Ok(RepairOutcome::Fenced),
             other => Err(RedisStoreError::BadReply {
                 script: "reconcile",
                 detail: format!("status {other}"),
             }),
         }
     }
+}
+
+/// What a reconciliation repair did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairOutcome {
+    /// Written as a journalled RECONCILE change; the position's new seq.
+    Repaired { seq: i64 },
+    /// The position changed since it was compared: nothing written.
+    Changed,
+    /// A newer supervisor lease's token was seen: this run no longer leads.
+    Fenced,
 }

@@ -174,6 +174,7 @@ async fn a_batch_costs_the_same_redis_commands_for_1_order_and_for_200() {
         reason: LedgerReason::Release,
         remark: "test".into(),
         only_if_expired: false,
+        fence: 0,
     };
     for op in [confirm, release] {
         let base = if op.is_confirm() { 1 } else { 101 };

@@ -833,3 +833,113 @@ async fn the_lease_outlives_a_job_longer_than_it() {
     .await;
     assert_eq!(token(&app).await, first, "the same lease throughout");
 }
+
+/// A leader paused past its lease while another instance took over: the new leader raised
+/// every group's fence to its token, so the old one's expiry releases and reconciliation
+/// repairs are refused, even while its own clock still says it leads.
+#[actix_web::test]
+async fn a_stale_leaders_writes_are_refused_by_the_fence() {
+    use inventory::engine::leadership::{Leadership, LeaseGuard};
+    let app = spawn_app_with(&[
+        ("reservation.expire_after_ms", 200.into()),
+        ("reservation.timeout.enabled", false.into()),
+        ("reconcile.enabled", false.into()),
+    ])
+    .await;
+    // The instance's own supervisor leads (and raised the fences to its token first).
+    eventually("leadership", Duration::from_secs(5), || async {
+        token(&app).await.is_some()
+    })
+    .await;
+    let own = token(&app).await.unwrap();
+    let keys = app.redis.keys().clone();
+    for g in 0..keys.groups() {
+        let fence: Option<i64> = app
+            .redis_cmd(redis::cmd("HGET").arg(keys.orders(g)).arg(" fence"))
+            .await;
+        assert_eq!(fence, Some(own), "group {g}");
+    }
+
+    let key = SkuKey::new(1, 197);
+    app.stock_in(197, 1, 50).await;
+    for n in 0..10 {
+        reserve(
+            &app,
+            &format!("FENCE-{n}"),
+            json!([{"skuId": 197, "qty": 1}]),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A newer leader (token own + 10) has raised the fences.
+    let newer = own + 10;
+    assert!(app.redis.raise_fences(newer).await.unwrap());
+    assert!(
+        !app.redis.raise_fences(own).await.unwrap(),
+        "a lower token is refused"
+    );
+
+    // The stale leader still believes it leads, for a minute.
+    let leadership = Leadership::default();
+    leadership.renewed(Some(own), inventory::engine::now_ms(), 60_000);
+    let stale = LeaseGuard {
+        leadership,
+        token: own,
+    };
+    let report = app.state.expiry.run_as_leader(&stale).await.unwrap();
+    assert!(report.lease_lost, "{report:?}");
+    assert_eq!(report.released, 0, "{report:?}");
+    for n in 0..10 {
+        assert_eq!(status_of(&app, &format!("FENCE-{n}")).await, "RESERVED");
+    }
+    // Its repair is refused too.
+    app.drain_journal().await;
+    let _: i64 = app
+        .redis_cmd(
+            redis::cmd("HINCRBY")
+                .arg(keys.stock(key))
+                .arg("avail")
+                .arg(3),
+        )
+        .await;
+    let refused = app
+        .state
+        .reconciler
+        .run_guarded(Some(197), Some(1), true, "test", Some(&stale))
+        .await
+        .unwrap();
+    assert!(refused.lease_lost, "{refused:?}");
+    assert!(
+        refused.differences.iter().all(|d| !d.repaired),
+        "{refused:?}"
+    );
+
+    // The new leader's token goes through: the holds are released once, the repair made.
+    let current = Leadership::default();
+    current.renewed(Some(newer), inventory::engine::now_ms(), 60_000);
+    let fresh = LeaseGuard {
+        leadership: current,
+        token: newer,
+    };
+    let repaired = app
+        .state
+        .reconciler
+        .run_guarded(Some(197), Some(1), true, "test", Some(&fresh))
+        .await
+        .unwrap();
+    assert!(!repaired.lease_lost, "{repaired:?}");
+    assert!(
+        repaired.differences.iter().any(|d| d.repaired),
+        "{repaired:?}"
+    );
+    let report = app.state.expiry.run_as_leader(&fresh).await.unwrap();
+    assert_eq!(report.released, 10, "{report:?}");
+    // A customer's release carries no token and is never fenced.
+    reserve(&app, "FENCE-USER", json!([{"skuId": 197, "qty": 1}])).await;
+    let (status, body) = app
+        .post("/inventory/reservations/release?orderNo=FENCE-USER")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].db_available, Some(50));
+}
