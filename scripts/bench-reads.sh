@@ -175,7 +175,8 @@ hits1=$(cache_counter hit); misses1=$(cache_counter miss)
 SOURCE=db run many_db "${W[@]}" -s benches/wrk/read-many.lua "$BASE"
 run query "${W[@]}" -s benches/wrk/query.lua "$BASE"
 reserve_alone() {
-  TOKEN="$SERVICE_TOKEN" SKU="$HOT_SKU" RUN="$TS-$1" \
+  mkdir -p "$RUN_DIR/$1"
+  TOKEN="$SERVICE_TOKEN" SKU="$HOT_SKU" RUN="$TS-$1" LOG_DIR="$RUN_DIR/$1" \
     run "$1" -t1 -c"$RESERVE_CONNECTIONS" -d"${DURATION}s" -s benches/wrk/reserve.lua "$BASE"
   wait_drained
 }
@@ -189,7 +190,8 @@ beside() {
     wrk --latency -t1 -c"$HALF" -d"${DURATION}s" -s benches/wrk/health.lua \
     "$BASE/inventory/$HOT_SKU?warehouseId=1" >"$RUN_DIR/${name}_reads.wrk.txt" 2>&1 &
   local reads_pid=$!
-  TOKEN="$SERVICE_TOKEN" SKU="$HOT_SKU" RUN="$TS-$name" \
+  mkdir -p "$RUN_DIR/$name"
+  TOKEN="$SERVICE_TOKEN" SKU="$HOT_SKU" RUN="$TS-$name" LOG_DIR="$RUN_DIR/$name" \
     run "$name" -t1 -c"$RESERVE_CONNECTIONS" -d"${DURATION}s" -s benches/wrk/reserve.lua "$BASE"
   wait "$reads_pid" || die "the reads beside the reserves failed"
   wait_drained
@@ -201,9 +203,25 @@ reserve_alone reserve_alone_again
 
 # ---------- verification ----------
 failures=()
+# Every run: answers at all, and no connection, read or timeout errors.
+for f in "$RUN_DIR"/*.result; do
+  name=$(basename "$f" .result)
+  r=$(tail -1 "$f")
+  [ "$(value "$r" requests)" -gt 0 ] || failures+=("$name: no answer at all")
+  for e in err_connect err_read err_timeout; do
+    [ "$(value "$r" "$e")" = "0" ] || failures+=("$name: $(value "$r" "$e") $e")
+  done
+done
 for name in hot_live hot_db reserve_with_reads_reads reserve_with_paced_reads_reads; do
   r=$(tail -1 "$RUN_DIR/$name.result")
   [ "$(value "$r" err_status)" = "0" ] || failures+=("$name: $(value "$r" err_status) non-2xx answers")
+done
+# Every reserve run held orders, and refused none for another reason than stock.
+for name in reserve_alone reserve_with_reads reserve_with_paced_reads reserve_alone_again; do
+  r=$(tail -1 "$RUN_DIR/$name.result")
+  [ "$(value "$r" held)" -gt 0 ] || failures+=("$name: nothing held")
+  bad_answers=$(( $(value "$r" repeats) + $(value "$r" conflict) + $(value "$r" overloaded) + $(value "$r" other) ))
+  [ "$bad_answers" = "0" ] || failures+=("$name: $bad_answers answers other than held or out of stock")
 done
 for name in many_live many_db; do
   r=$(tail -1 "$RUN_DIR/$name.result")
@@ -219,6 +237,16 @@ read -r available reserved_qty <<<"$(sql "$DB" -e "SELECT available_qty, reserve
 units=$(sql "$DB" -e "SELECT COALESCE(SUM(qty), 0) FROM t_inventory_reservation WHERE sku_id = $HOT_SKU AND status = 'RESERVED'")
 [ "$((units + available))" = "$STOCK" ] || failures+=("hot SKU: RESERVED units ($units) + available ($available) != stock loaded ($STOCK)")
 [ "$reserved_qty" = "$units" ] || failures+=("hot SKU: reserved_qty ($reserved_qty) != RESERVED units ($units)")
+# The 200s wrk saw against the RESERVED rows, order by order (as scripts/bench-http.sh).
+sql "$DB" -e "SELECT order_no FROM t_inventory_reservation WHERE sku_id = $HOT_SKU AND status = 'RESERVED'" | sort >"$RUN_DIR/rows.sorted"
+cat "$RUN_DIR"/reserve_*/responses-*.txt 2>/dev/null | awk '$2 == 200 {print $1}' | sort >"$RUN_DIR/ok.sorted"
+seen_ok=$(wc -l <"$RUN_DIR/ok.sorted")
+ok_without_row=$(comm -23 "$RUN_DIR/ok.sorted" "$RUN_DIR/rows.sorted" | wc -l)
+row_without_ok=$(comm -13 "$RUN_DIR/ok.sorted" "$RUN_DIR/rows.sorted" | wc -l)
+[ "$seen_ok" -gt 0 ] || failures+=("no reserve answered 200")
+[ "$ok_without_row" = "0" ] || failures+=("$ok_without_row order(s) answered 200 have no RESERVED row")
+# wrk abandons up to one request per connection when it stops (4 reserve runs).
+[ "$row_without_ok" -le $((4 * RESERVE_CONNECTIONS + 4)) ] || failures+=("$row_without_ok RESERVED row(s) without a 200 seen")
 
 # ---------- report ----------
 H=$(tail -1 "$RUN_DIR/health.result")
@@ -255,7 +283,7 @@ paced=$(value "$(tail -1 "$RUN_DIR/reserve_with_paced_reads.result")" rps)
   row "POST /inventory/reserve, hot SKU, -t1 -c$RESERVE_CONNECTIONS alone, again" reserve_alone_again
   echo
   echo "reserve rate beside reads as fast as they go: $(awk -v a="$beside" -v b="$alone" 'BEGIN {printf "%.1f%%", 100 * a / b}') of alone (the mean of both alone runs: $(printf '%.0f' "$beside") vs $(printf '%.0f' "$alone")/s); beside reads paced to $READ_RATE/s: $(awk -v a="$paced" -v b="$alone" 'BEGIN {printf "%.1f%%", 100 * a / b}')"
-  echo "verification: reconcile $differences difference(s) over $checked positions; hot SKU RESERVED units $units + available $available = $((units + available)) (stock $STOCK)"
+  echo "verification: reconcile $differences difference(s) over $checked positions; hot SKU RESERVED units $units + available $available = $((units + available)) (stock $STOCK); 200s seen $seen_ok, each a RESERVED row; rows whose 200 wrk abandoned at its stop: $row_without_ok"
 } | tee "$RUN_DIR/summary.md"
 
 if [ ${#failures[@]} -gt 0 ]; then

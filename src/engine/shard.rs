@@ -104,7 +104,7 @@ impl ShardCore {
                 (
                     "reserve_batch",
                     replies.map(|(r, levels)| {
-                        self.remember(&levels);
+                        self.remember(&levels, started);
                         r.into_iter().map(ShardReply::Reserve).collect::<Vec<_>>()
                     }),
                 )
@@ -128,7 +128,7 @@ impl ShardCore {
                         "release_batch"
                     },
                     replies.map(|(r, levels)| {
-                        self.remember(&levels);
+                        self.remember(&levels, started);
                         r.into_iter()
                             .map(ShardReply::Transition)
                             .collect::<Vec<_>>()
@@ -153,7 +153,7 @@ impl ShardCore {
 }
 
 impl ShardCore {
-    fn remember(&self, levels: &[LevelsAfter]) {
+    fn remember(&self, levels: &[LevelsAfter], sent_at: Instant) {
         for l in levels {
             self.cache.store_write(
                 l.key,
@@ -162,6 +162,7 @@ impl ShardCore {
                     reserved: l.reserved,
                     seq: l.seq,
                 },
+                sent_at,
             );
         }
     }

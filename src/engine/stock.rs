@@ -440,6 +440,7 @@ impl StockService {
                     reserved: levels.reserved,
                     seq: levels.seq,
                 },
+                started,
             ),
             AdjustOutcome::Conflict { .. }
             | AdjustOutcome::JournalFull
@@ -604,8 +605,21 @@ impl StockService {
             let Some(levels) = self.db_levels(key).await? else {
                 return Err(EngineError::InventoryNotFound(key));
             };
+            let sent_at = Instant::now();
             let outcome = self.redis.sync(key, levels).await?;
-            self.cache.forget(key);
+            if outcome.status != SyncStatus::Pending {
+                // Redis holds the DB's levels now (or did already): what this instance
+                // reads next, even against a read that was in flight.
+                self.cache.store_write(
+                    key,
+                    CachedLevels {
+                        available: levels.available,
+                        reserved: levels.reserved,
+                        seq: levels.seq,
+                    },
+                    sent_at,
+                );
+            }
             let status = match outcome.status {
                 SyncStatus::Pending => {
                     self.wait_persisted(key, outcome.seq, wait).await?;

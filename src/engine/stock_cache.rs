@@ -148,27 +148,34 @@ impl StockCache {
             .and_then(|slot| fresh(&slot.row, self.row_ttl, now))
     }
 
-    /// Levels read from Redis at `read_at` (taken before the read was sent). A fresh entry
-    /// with a later seq wins: a read that raced with a newer write of this instance must
-    /// not put the older value back.
-    pub fn store_read(&self, key: SkuKey, levels: CachedLevels, read_at: Instant) {
-        self.store_levels(key, levels, read_at);
+    /// Levels read from Redis by a read sent at `sent_at`.
+    pub fn store_read(&self, key: SkuKey, levels: CachedLevels, sent_at: Instant) {
+        self.store_levels(key, levels, sent_at);
     }
 
-    /// Levels a script of this instance answered after changing the position: the newest
-    /// there are, unless a fresher entry already has a later seq.
-    pub fn store_write(&self, key: SkuKey, levels: CachedLevels) {
-        self.store_levels(key, levels, Instant::now());
+    /// Levels a script of this instance answered, the script sent at `sent_at`: what Redis
+    /// held when the script ran.
+    pub fn store_write(&self, key: SkuKey, levels: CachedLevels, sent_at: Instant) {
+        self.store_levels(key, levels, sent_at);
     }
 
-    fn store_levels(&self, key: SkuKey, levels: CachedLevels, at: Instant) {
+    /// Entries are stamped with when their Redis call was sent (before Redis ran it), so
+    /// the TTL bounds how old a served value is, round trip included. The stored entry
+    /// stays only when it is fresh, its call was sent after this one, and its seq is not
+    /// lower: a read that raced with a newer write of this instance must not put the older
+    /// value back, while after a rebuild from the DB (seq may go down) a later call wins.
+    fn store_levels(&self, key: SkuKey, levels: CachedLevels, sent_at: Instant) {
         if self.stock_ttl.is_zero() {
             return;
         }
         let ttl = self.stock_ttl;
+        let now = Instant::now();
+        let at = sent_at;
         self.update(key, |slot| {
             let keep_old = slot.levels.as_ref().is_some_and(|old| {
-                at.saturating_duration_since(old.at) < ttl && old.value.seq > levels.seq
+                now.saturating_duration_since(old.at) < ttl
+                    && old.at > at
+                    && old.value.seq >= levels.seq
             });
             if !keep_old {
                 slot.levels = Some(Timed { value: levels, at });
@@ -289,15 +296,31 @@ mod tests {
     fn an_older_read_never_replaces_a_newer_write() {
         let c = cache(10_000, 10);
         let k = SkuKey::new(1, 1);
-        let read_started = Instant::now();
-        c.store_write(k, levels(4, 7));
+        let read_sent = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        c.store_write(k, levels(4, 7), Instant::now());
         // A read sent before the write answers with seq 6 and arrives after it.
-        c.store_read(k, levels(5, 6), read_started);
+        c.store_read(k, levels(5, 6), read_sent);
         assert_eq!(c.levels(k), Some(levels(4, 7)));
-        // The same seq (a plain re-read) refreshes; a newer one replaces.
+        // ...or with the same seq and other values (an admin sync overwrote at that seq).
+        c.store_read(k, levels(9, 7), read_sent);
+        assert_eq!(c.levels(k), Some(levels(4, 7)));
+        // A later re-read refreshes; a newer write replaces.
         c.store_read(k, levels(4, 7), Instant::now());
-        c.store_write(k, levels(3, 8));
+        c.store_write(k, levels(3, 8), Instant::now());
         assert_eq!(c.levels(k), Some(levels(3, 8)));
+    }
+
+    #[test]
+    fn after_a_rebuild_a_later_write_wins_over_a_higher_seq() {
+        // Redis rebuilt from the DB counts from a lower seq: this instance's own write,
+        // sent after the entry it holds was read, is the truth.
+        let c = cache(60_000, 10);
+        let k = SkuKey::new(1, 1);
+        c.store_read(k, levels(50, 100), Instant::now());
+        std::thread::sleep(Duration::from_millis(2));
+        c.store_write(k, levels(7, 96), Instant::now());
+        assert_eq!(c.levels(k), Some(levels(7, 96)));
     }
 
     #[test]
@@ -306,7 +329,7 @@ mod tests {
         // an old entry can hide.
         let c = cache(20, 10);
         let k = SkuKey::new(1, 1);
-        c.store_write(k, levels(9, 100));
+        c.store_write(k, levels(9, 100), Instant::now());
         std::thread::sleep(Duration::from_millis(30));
         c.store_read(k, levels(2, 3), Instant::now());
         assert_eq!(c.levels(k), Some(levels(2, 3)));
@@ -329,7 +352,7 @@ mod tests {
     fn a_zero_ttl_caches_nothing() {
         let c = cache(0, 10);
         let k = SkuKey::new(1, 1);
-        c.store_write(k, levels(1, 1));
+        c.store_write(k, levels(1, 1), Instant::now());
         assert_eq!(c.levels(k), None);
         assert_eq!(c.entries(), 0);
     }
@@ -344,7 +367,7 @@ mod tests {
             updated_at: chrono::NaiveDateTime::default(),
         };
         c.store_row(k, row);
-        c.store_write(k, levels(1, 1));
+        c.store_write(k, levels(1, 1), Instant::now());
         assert_eq!(c.row(k), Some(row));
         c.forget(k);
         assert_eq!(c.row(k), None);

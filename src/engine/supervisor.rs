@@ -812,6 +812,7 @@ impl Reconciler {
                     "reconcile: redis was {}/{}/{}, db {}/{}",
                     r.available, r.reserved, r.confirmed, db_available, db_reserved
                 );
+                let sent_at = Instant::now();
                 let applied = redis
                     .reconcile_position(key, r.seq, expected, &remark, "reconcile", fence)
                     .await?;
@@ -819,6 +820,16 @@ impl Reconciler {
                     return Err(EngineError::Fenced);
                 }
                 if let RepairOutcome::Repaired { seq } = applied {
+                    // This instance's reads show the repair at once.
+                    self.stock.cache().store_write(
+                        key,
+                        crate::engine::stock_cache::CachedLevels {
+                            available: expected.available,
+                            reserved: expected.reserved,
+                            seq,
+                        },
+                        sent_at,
+                    );
                     self.stock.wait_persisted(key, seq, wait).await?;
                     for d in differences
                         .iter_mut()
