@@ -38,6 +38,7 @@ pub struct MetricSet {
     pub kafka_rejoins: IntCounter,
     pub kafka_offset_store_failures: IntCounter,
     pub holds_expired: IntCounterVec,
+    pub internal_errors: IntCounterVec,
     pub stock_cache_lookups: IntCounterVec,
     pub stock_cache_evictions: IntCounter,
     pub stock_cache_entries: IntGauge,
@@ -163,6 +164,13 @@ impl Metrics {
             "kafka_consumer_lag_messages",
             "Messages in assigned partitions not yet consumed",
         )?;
+        let internal_errors = IntCounterVec::new(
+            Opts::new(
+                "internal_errors_total",
+                "Inconsistencies that are bugs (a script reply that does not fit its request), by what",
+            ),
+            &["what"],
+        )?;
         let stock_cache_lookups = IntCounterVec::new(
             Opts::new(
                 "stock_cache_lookups_total",
@@ -227,6 +235,7 @@ impl Metrics {
             "1 while this instance holds the supervisor lease",
         )?;
         registry.register(Box::new(holds_expired.clone()))?;
+        registry.register(Box::new(internal_errors.clone()))?;
         registry.register(Box::new(stock_cache_lookups.clone()))?;
         registry.register(Box::new(stock_cache_evictions.clone()))?;
         registry.register(Box::new(stock_cache_entries.clone()))?;
@@ -275,6 +284,7 @@ impl Metrics {
             kafka_rejoins,
             kafka_offset_store_failures,
             holds_expired,
+            internal_errors,
             stock_cache_lookups,
             stock_cache_evictions,
             stock_cache_entries,

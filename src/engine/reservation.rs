@@ -240,6 +240,25 @@ impl ReservationEngine {
         }
     }
 
+    /// A reply that does not fit the request it answers: a bug, not a business outcome.
+    /// Logged at error level, counted, and answered as an error that names it.
+    fn inconsistent(&self, what: &'static str, order_no: &str, line: usize) -> EngineError {
+        tracing::error!(
+            what,
+            order_no,
+            line,
+            "script reply names a line the order does not have"
+        );
+        self.metrics
+            .internal_errors
+            .with_label_values(&[what])
+            .inc();
+        EngineError::Redis(crate::store::redis::RedisStoreError::BadReply {
+            script: "reserve",
+            detail: format!("order {order_no}: line {line} is not one of its lines"),
+        })
+    }
+
     fn count(&self, outcome: &str) {
         self.metrics
             .reservations
@@ -349,31 +368,32 @@ impl ReservationEngine {
                     items: line_views(&lines),
                 })
             }
-            ReserveReply::Insufficient { line, available } => {
-                let failed = lines.get(line).or(lines.first()).copied();
-                Err(EngineError::InsufficientStock {
-                    key: failed.map(|l| l.key).unwrap_or(SkuKey::new(0, 0)),
+            // The store checked the line numbers against the order's lines.
+            ReserveReply::Insufficient { line, available } => match lines.get(line) {
+                Some(failed) => Err(EngineError::InsufficientStock {
+                    key: failed.key,
                     available,
-                    requested: failed.map(|l| l.qty).unwrap_or(0),
-                })
-            }
-            ReserveReply::NotFound { line } => {
-                let key = lines.get(line).or(lines.first()).map(|l| l.key);
-                Err(EngineError::InventoryNotFound(
-                    key.unwrap_or(SkuKey::new(0, 0)),
-                ))
-            }
-            ReserveReply::Conflict { line } => Err(EngineError::IdempotencyConflict(match line {
-                Some(i) => format!(
+                    requested: failed.qty,
+                }),
+                None => Err(self.inconsistent("reserve_line", &req.order_no, line)),
+            },
+            ReserveReply::NotFound { line } => match lines.get(line) {
+                Some(failed) => Err(EngineError::InventoryNotFound(failed.key)),
+                None => Err(self.inconsistent("reserve_line", &req.order_no, line)),
+            },
+            ReserveReply::Conflict { line: Some(i) } => match lines.get(i) {
+                Some(l) => Err(EngineError::IdempotencyConflict(format!(
                     "order {} was reserved before with another quantity of sku {}",
-                    req.order_no,
-                    lines.get(i).map(|l| l.key.sku_id).unwrap_or(0)
-                ),
-                None => format!(
+                    req.order_no, l.key.sku_id
+                ))),
+                None => Err(self.inconsistent("reserve_line", &req.order_no, i)),
+            },
+            ReserveReply::Conflict { line: None } => {
+                Err(EngineError::IdempotencyConflict(format!(
                     "order {} was reserved before with other lines",
                     req.order_no
-                ),
-            })),
+                )))
+            }
             ReserveReply::Cancelled => Err(EngineError::OrderCancelled(req.order_no)),
             ReserveReply::JournalFull => Err(EngineError::Overloaded),
         };

@@ -140,6 +140,14 @@ impl ShardCore {
             .redis_call_latency
             .with_label_values(&[label])
             .observe(started.elapsed().as_secs_f64());
+        if let Err(RedisStoreError::BadReply { script, detail }) = &result {
+            // A script and this code disagree: a bug, never an outcome to default away.
+            tracing::error!(script, detail, "script reply does not fit the batch");
+            self.metrics
+                .internal_errors
+                .with_label_values(&["script_reply"])
+                .inc();
+        }
         let replies = result?;
         if replies.len() != batch.len() {
             return Err(ShardError::Store(format!(

@@ -129,19 +129,32 @@ fn bad(script: &'static str, detail: impl Into<String>) -> RedisStoreError {
     }
 }
 
-/// One order's reply item (see lua/reserve.lua).
-fn parse_reserve_reply(item: &ReplyItem) -> RedisResult<ReserveReply> {
-    let line = |n: i64| usize::try_from(n - 1).unwrap_or(0);
+/// One order's reply item (see lua/reserve.lua); `lines`: how many lines the order has.
+/// A line number outside 1..=lines is a script bug, reported as such (not defaulted to the
+/// first line, which would blame the wrong SKU).
+fn parse_reserve_reply(item: &ReplyItem, lines: usize) -> RedisResult<ReserveReply> {
+    let line = |n: i64| {
+        usize::try_from(n)
+            .ok()
+            .filter(|n| (1..=lines).contains(n))
+            .map(|n| n - 1)
+            .ok_or_else(|| {
+                bad(
+                    "reserve",
+                    format!("{} names line {n} of an order of {lines}", item.status),
+                )
+            })
+    };
     let [n1, n2, _, _] = item.n;
     Ok(match item.status.as_str() {
         "RESERVED" => ReserveReply::Reserved { expire_at_ms: n1 },
         "INSUFFICIENT" => ReserveReply::Insufficient {
-            line: line(n1),
+            line: line(n1)?,
             available: n2,
         },
-        "NOT_FOUND" => ReserveReply::NotFound { line: line(n1) },
+        "NOT_FOUND" => ReserveReply::NotFound { line: line(n1)? },
         "CONFLICT" => ReserveReply::Conflict {
-            line: (n1 > 0).then(|| line(n1)),
+            line: if n1 == 0 { None } else { Some(line(n1)?) },
         },
         "CANCELLED" => ReserveReply::Cancelled,
         "JOURNAL_FULL" => ReserveReply::JournalFull,
@@ -205,8 +218,12 @@ impl CallLayout {
         i
     }
 
+    /// The call's number of a position's group; the position was added first (by
+    /// `position`, which adds its group), so it is always there.
     fn group_of(&self, keys: &Keys, key: SkuKey) -> usize {
-        self.group_index.get(&keys.group(key)).copied().unwrap_or(0)
+        let found = self.group_index.get(&keys.group(key)).copied();
+        debug_assert!(found.is_some(), "group of {key} not in the call");
+        found.unwrap_or(0)
     }
 
     /// Group keys (orders, holds, journal per group), then stock keys.
@@ -278,7 +295,8 @@ impl RedisStore {
             wire::split_levels("reserve", items, orders.len(), &layout.positions)?;
         let replies = items
             .iter()
-            .map(parse_reserve_reply)
+            .zip(orders)
+            .map(|(item, order)| parse_reserve_reply(item, order.lines.len()))
             .collect::<RedisResult<Vec<_>>>()?;
         Ok((replies, levels))
     }
@@ -489,6 +507,36 @@ impl RedisStore {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_line_number_outside_the_order_is_a_bad_reply() {
+        let item = |status: &str, n1: i64| item(status, [n1, 4, 0, 0]);
+        assert_eq!(
+            parse_reserve_reply(&item("INSUFFICIENT", 2), 2).unwrap(),
+            ReserveReply::Insufficient {
+                line: 1,
+                available: 4
+            }
+        );
+        assert_eq!(
+            parse_reserve_reply(&item("CONFLICT", 0), 2).unwrap(),
+            ReserveReply::Conflict { line: None }
+        );
+        for (status, n1) in [
+            ("INSUFFICIENT", 0),
+            ("INSUFFICIENT", 3),
+            ("NOT_FOUND", -1),
+            ("CONFLICT", 5),
+        ] {
+            assert!(
+                matches!(
+                    parse_reserve_reply(&item(status, n1), 2),
+                    Err(RedisStoreError::BadReply { .. })
+                ),
+                "{status} {n1}"
+            );
+        }
+    }
+
     fn item(status: &str, n: [i64; 4]) -> ReplyItem {
         ReplyItem {
             status: status.into(),
@@ -499,23 +547,24 @@ mod tests {
     #[test]
     fn replies_parse() {
         assert_eq!(
-            parse_reserve_reply(&item("EXISTS:CONFIRMED", [1_700_000_000_000, 0, 0, 0])).unwrap(),
+            parse_reserve_reply(&item("EXISTS:CONFIRMED", [1_700_000_000_000, 0, 0, 0]), 1)
+                .unwrap(),
             ReserveReply::Exists {
                 lines: vec![(ReservationStatus::Confirmed, 1_700_000_000_000)]
             }
         );
         assert_eq!(
-            parse_reserve_reply(&item("INSUFFICIENT", [2, 3, 0, 0])).unwrap(),
+            parse_reserve_reply(&item("INSUFFICIENT", [2, 3, 0, 0]), 2).unwrap(),
             ReserveReply::Insufficient {
                 line: 1,
                 available: 3
             }
         );
         assert_eq!(
-            parse_reserve_reply(&item("CONFLICT", [0; 4])).unwrap(),
+            parse_reserve_reply(&item("CONFLICT", [0; 4]), 1).unwrap(),
             ReserveReply::Conflict { line: None }
         );
-        assert!(parse_reserve_reply(&item("WHAT", [0; 4])).is_err());
+        assert!(parse_reserve_reply(&item("WHAT", [0; 4]), 1).is_err());
         assert_eq!(
             parse_transition("release", &item("RELEASED", [0; 4])).unwrap(),
             TransitionReply::Done
