@@ -75,9 +75,13 @@ impl<T: Serialize> Envelope<T> {
 }
 
 pub fn ok<T: Serialize>(data: T) -> HttpResponse {
-    // Sized for a typical answer up front (serde_json::to_string starts empty and grows
-    // by doubling: five reallocations for a 20-position query).
-    let mut body = Vec::with_capacity(512);
+    ok_sized(data, 512)
+}
+
+/// `ok` with the body's buffer sized up front (serde_json::to_string starts empty and grows
+/// by doubling: five reallocations for a 20-position query).
+pub fn ok_sized<T: Serialize>(data: T, capacity: usize) -> HttpResponse {
+    let mut body = Vec::with_capacity(capacity);
     match serde_json::to_writer(&mut body, &Envelope::success(data)) {
         Ok(()) => HttpResponse::Ok()
             .content_type(actix_web::http::header::ContentType::json())
