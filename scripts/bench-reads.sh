@@ -38,97 +38,15 @@ HOT_SKU=${HOT_SKU:-900000}
 PORT=${PORT:-18083}
 READ_RATE=${READ_RATE:-10000}
 RESERVE_CONNECTIONS=${RESERVE_CONNECTIONS:-128}
-REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-DATABASE_URL=${DATABASE_URL:-mysql://inventory:inventory@127.0.0.1:3306/inventory}
-CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-export CARGO_TARGET_DIR
-BIN="$CARGO_TARGET_DIR/release/inventory-service"
 SKU_FROM=$((HOT_SKU + 1))
 SKU_TO=$((HOT_SKU + SKUS))
 HALF=$((CONNECTIONS / 2))
+BENCH_NAME=bench-reads
+# shellcheck source=scripts/bench-common.sh
+. "$ROOT/scripts/bench-common.sh"
+bench_setup
+bench_start
 
-log() { printf '[bench-reads] %s\n' "$*" >&2; }
-die() { log "$*"; exit 2; }
-
-db_rest=${DATABASE_URL#mysql://}
-DB_USERPASS=${db_rest%%@*}
-DB_USER=${DB_USERPASS%%:*}
-DB_PASSWORD=${DB_USERPASS#*:}
-db_hostport=${db_rest#*@}
-db_hostport=${db_hostport%%/*}
-DB_HOST=${db_hostport%%:*}
-DB_PORT=${db_hostport##*:}
-[ "$DB_PORT" = "$db_hostport" ] && DB_PORT=3306
-sql() { mariadb --protocol=tcp -h "$DB_HOST" -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -N -B "$@"; }
-rcli() { redis-cli -u "$REDIS_URL" "$@"; }
-
-if ! command -v wrk >/dev/null 2>&1; then
-  log "installing wrk"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-fi
-for tool in wrk jq curl mariadb redis-cli; do
-  command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (apt-get install $tool)"
-done
-rcli ping >/dev/null 2>&1 || die "redis does not answer at $REDIS_URL (make services)"
-sql -e "SELECT 1" >/dev/null 2>&1 || die "mariadb does not answer on $DB_HOST:$DB_PORT (make services)"
-if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then die "port $PORT is taken; set PORT"; fi
-if [ "${SKIP_BUILD:-0}" != "1" ]; then
-  log "cargo build --release --bin inventory-service"
-  cargo build --release --bin inventory-service >&2
-fi
-[ -x "$BIN" ] || die "$BIN is missing"
-
-TS=$(date +%Y%m%d_%H%M%S)_$$
-DB="inventory_bench_reads_$TS"
-PREFIX="br$TS:"
-RUN_DIR="$ROOT/.run/bench-reads-$TS"
-mkdir -p "$RUN_DIR"
-token() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-ADMIN_TOKEN="bench-admin-$(token)"
-SERVICE_TOKEN="bench-service-$(token)"
-BASE="http://127.0.0.1:$PORT"
-SERVICE_PID=""
-
-cleanup() {
-  local rc=$?
-  if [ -n "$SERVICE_PID" ] && kill -0 "$SERVICE_PID" 2>/dev/null; then
-    kill -TERM "$SERVICE_PID" 2>/dev/null || true
-    for _ in $(seq 1 150); do kill -0 "$SERVICE_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVICE_PID" 2>/dev/null || true
-    wait "$SERVICE_PID" 2>/dev/null || true
-  fi
-  if [ "${KEEP:-0}" = "1" ]; then
-    log "kept: database $DB, Redis prefix $PREFIX, $RUN_DIR"
-  else
-    sql -e "DROP DATABASE IF EXISTS \`$DB\`" 2>/dev/null || true
-    rcli --scan --pattern "${PREFIX}*" 2>/dev/null | xargs -r -n 500 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log "database $DB, Redis prefix $PREFIX, port $PORT, run directory $RUN_DIR"
-sql -e "CREATE DATABASE \`$DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-INVENTORY__HTTP__BIND="127.0.0.1:$PORT" \
-INVENTORY__REDIS__URL="$REDIS_URL" \
-INVENTORY__REDIS__KEY_PREFIX="$PREFIX" \
-INVENTORY__DATABASE__URL="mysql://$DB_USER:$DB_PASSWORD@$DB_HOST:$DB_PORT/$DB" \
-INVENTORY__AUTH__ADMIN_TOKENS="$ADMIN_TOKEN" \
-INVENTORY__AUTH__SERVICE_TOKENS="$SERVICE_TOKEN" \
-INVENTORY__LOG__FORMAT=json \
-RUST_LOG="${RUST_LOG:-warn}" \
-  "$BIN" >"$RUN_DIR/service.log" 2>&1 &
-SERVICE_PID=$!
-for _ in $(seq 1 300); do
-  curl -fsS "$BASE/health" >/dev/null 2>&1 && break
-  kill -0 "$SERVICE_PID" 2>/dev/null || { tail -20 "$RUN_DIR/service.log" >&2; die "the service exited"; }
-  sleep 0.1
-done
-curl -fsS "$BASE/health" >/dev/null || die "the service does not answer on $BASE"
-
-admin() { curl -sS -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' "$@"; }
 stocked=$(admin -X POST "$BASE/inventory/$HOT_SKU/stock" -d "{\"delta\": $STOCK, \"reason\": \"INBOUND\"}")
 [ "$(jq -r '.data.availableQty // empty' <<<"$stocked")" = "$STOCK" ] || die "stocking failed: $stocked"
 log "stocking $SKUS SKUs ($SKU_FROM..$SKU_TO) through POST /inventory/{skuId}/stock"
@@ -152,7 +70,6 @@ wait_drained() {
   return 1
 }
 wait_drained
-value() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
 cache_counter() { curl -sS "$BASE/metrics" | awk -v r="$1" '$1 == "inventory_stock_cache_lookups_total{result=\"" r "\"}" {print $2}'; }
 
 # run NAME wrk-args...: one wrk run; its RESULT line goes to $RUN_DIR/NAME.result.

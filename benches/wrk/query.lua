@@ -5,13 +5,6 @@
 -- building a 20-position body in Lua per request took CPU the service then lacked.
 dofile("benches/wrk/result.lua")
 
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-  thread:set("tid", #threads)
-end
-
 function init(args)
   from = tonumber(os.getenv("SKU_FROM") or error("SKU_FROM is not set"))
   to = tonumber(os.getenv("SKU_TO") or error("SKU_TO is not set"))
@@ -43,9 +36,5 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local n = 0
-  for _, t in ipairs(threads) do
-    n = n + (t:get("bad") or 0)
-  end
-  report_result(summary, latency, "bad=" .. n)
+  report_result(summary, latency, "bad=" .. thread_sum("bad"))
 end

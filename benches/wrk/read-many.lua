@@ -4,13 +4,6 @@
 -- Non-200 answers are counted (wrk counts them as err_status too).
 dofile("benches/wrk/result.lua")
 
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-  thread:set("tid", #threads)
-end
-
 function init(args)
   from = tonumber(os.getenv("SKU_FROM") or error("SKU_FROM is not set"))
   to = tonumber(os.getenv("SKU_TO") or error("SKU_TO is not set"))
@@ -30,9 +23,5 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local n = 0
-  for _, t in ipairs(threads) do
-    n = n + (t:get("bad") or 0)
-  end
-  report_result(summary, latency, "not_200=" .. n)
+  report_result(summary, latency, "not_200=" .. thread_sum("bad"))
 end

@@ -18,12 +18,7 @@
 -- refused (409 INSUFFICIENT_STOCK), conflict (other 409), overloaded (503), other; sent
 -- (requests built) and answered (responses seen).
 
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-  thread:set("tid", #threads)
-end
+dofile("benches/wrk/result.lua")
 
 function init(args)
   run = os.getenv("RUN") or tostring(os.time())
@@ -77,32 +72,10 @@ function response(status, hdrs, body)
 end
 
 function done(summary, latency, requests)
-  local sum = {}
+  local counts = {}
   for _, name in ipairs({"sent", "answered", "held", "repeats", "refused", "conflict",
                          "overloaded", "other"}) do
-    sum[name] = 0
-    for _, t in ipairs(threads) do
-      sum[name] = sum[name] + (t:get(name) or 0)
-    end
+    counts[#counts + 1] = name .. "=" .. thread_sum(name)
   end
-  local e = summary.errors
-  local line = string.format(
-    "RESULT requests=%d duration_s=%.3f rps=%.1f p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f " ..
-    "p999_ms=%.3f max_ms=%.3f mean_ms=%.3f err_connect=%d err_read=%d err_write=%d " ..
-    "err_status=%d err_timeout=%d sent=%d answered=%d held=%d repeats=%d refused=%d " ..
-    "conflict=%d overloaded=%d other=%d",
-    summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(90) / 1000,
-    latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000,
-    latency.mean / 1000, e.connect, e.read, e.write, e.status, e.timeout,
-    sum.sent, sum.answered, sum.held, sum.repeats, sum.refused, sum.conflict,
-    sum.overloaded, sum.other)
-  local report = os.getenv("REPORT")
-  if report and report ~= "" then
-    local f = assert(io.open(report, "a"))
-    f:write(line, "\n")
-    f:close()
-  else
-    print(line)
-  end
+  report_result(summary, latency, table.concat(counts, " "))
 end

@@ -1,6 +1,26 @@
--- Shared by the wrk scripts of scripts/bench-reads.sh (loaded with dofile from the
--- repository root): prints (or appends to $REPORT) one line "RESULT key=value ..." with
--- wrk's totals and latency percentiles in ms, plus `extra` (already "k=v ..." text).
+-- Shared by the wrk scripts of scripts/bench-http.sh and scripts/bench-reads.sh (loaded
+-- with dofile from the repository root).
+
+-- Numbers each wrk thread (`tid`, from 1) and keeps them, so that done() can add up what
+-- the threads counted (thread_sum).
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+
+-- The sum of a global counter over every thread.
+function thread_sum(name)
+  local sum = 0
+  for _, t in ipairs(threads) do
+    sum = sum + (t:get(name) or 0)
+  end
+  return sum
+end
+
+-- Prints (or appends to $REPORT) one line "RESULT key=value ..." with wrk's totals and
+-- latency percentiles in ms, plus `extra` (already "k=v ..." text).
 function report_result(summary, latency, extra)
   local e = summary.errors
   local line = string.format(
