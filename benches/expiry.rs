@@ -24,6 +24,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -169,7 +170,9 @@ async fn run(o: Options) -> i32 {
 
     let skus = o.skus;
     let per_sku = (o.holds as i64 + skus - 1) / skus;
-    let keys: Vec<SkuKey> = (0..skus).map(|s| SkuKey::new(1, SKU_BASE + s)).collect();
+    let keys: Vec<SkuKey> = (0..skus)
+        .map(|s| SkuKey::new(WarehouseId(1), SkuId(SKU_BASE + s)))
+        .collect();
     eprintln!(
         "stocking {skus} SKU(s) x {per_sku} units, then {} holds of 1 unit",
         o.holds

@@ -41,6 +41,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -235,7 +236,7 @@ fn order_lines(o: &Options, n: u64, base: i64) -> Vec<OrderLine> {
     let first = (mix(n) % o.skus as u64) as i64;
     (0..o.lines as i64)
         .map(|l| OrderLine {
-            key: SkuKey::new(1, base + (first + l) % o.skus),
+            key: SkuKey::new(WarehouseId(1), SkuId(base + (first + l) % o.skus)),
             qty: o.qty,
         })
         .collect()
@@ -1563,7 +1564,9 @@ async fn run(o: Options) -> i32 {
         "setting up {} SKU(s) x {} units ({} target, {} requests, concurrency {})",
         o.skus, o.stock, o.target, o.requests, o.concurrency
     );
-    let keys: Vec<SkuKey> = (0..o.skus).map(|s| SkuKey::new(1, SKU_BASE + s)).collect();
+    let keys: Vec<SkuKey> = (0..o.skus)
+        .map(|s| SkuKey::new(WarehouseId(1), SkuId(SKU_BASE + s)))
+        .collect();
     // 32 adjustments at a time: each waits for its journal entry to reach the DB, so
     // 10,000 SKUs one after the other take minutes.
     let stock_started = Instant::now();
@@ -1599,7 +1602,7 @@ async fn run(o: Options) -> i32 {
         prefix: prefix.clone(),
     };
     let reference_keys: Vec<SkuKey> = (0..o.skus)
-        .map(|s| SkuKey::new(1, REFERENCE_SKU_BASE + s))
+        .map(|s| SkuKey::new(WarehouseId(1), SkuId(REFERENCE_SKU_BASE + s)))
         .collect();
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(

@@ -4,7 +4,31 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// One stock position: a SKU in a warehouse.
+/// A SKU's id. A newtype so that a warehouse id cannot go where a SKU id goes: positions
+/// are made with `SkuKey::new(WarehouseId(w), SkuId(s))`, which says which is which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SkuId(pub i64);
+
+/// A warehouse's id (see [`SkuId`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WarehouseId(pub i64);
+
+impl fmt::Display for SkuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for WarehouseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One stock position: a SKU in a warehouse. The fields stay plain integers (they go to
+/// SQL, Redis keys and JSON as such); the constructor and the accessors are typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SkuKey {
@@ -13,11 +37,19 @@ pub struct SkuKey {
 }
 
 impl SkuKey {
-    pub fn new(warehouse_id: i64, sku_id: i64) -> Self {
+    pub fn new(warehouse: WarehouseId, sku: SkuId) -> Self {
         SkuKey {
-            warehouse_id,
-            sku_id,
+            warehouse_id: warehouse.0,
+            sku_id: sku.0,
         }
+    }
+
+    pub fn sku(&self) -> SkuId {
+        SkuId(self.sku_id)
+    }
+
+    pub fn warehouse(&self) -> WarehouseId {
+        WarehouseId(self.warehouse_id)
     }
 }
 

@@ -1,5 +1,6 @@
 //! `/inventory/{skuId}...`: stock queries and admin operations.
 
+use crate::domain::{SkuId, WarehouseId};
 use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -23,7 +24,7 @@ fn position(
         "warehouseId",
         state.settings.inventory.default_warehouse_id,
     )?;
-    Ok(SkuKey::new(warehouse_id, sku_id))
+    Ok(SkuKey::new(WarehouseId(warehouse_id), SkuId(sku_id)))
 }
 
 /// `?source=live` (the default) or `?source=db`.
@@ -156,7 +157,7 @@ pub async fn query_many(
                 )))
             }
         };
-        let key = SkuKey::new(warehouse_id, p.sku_id);
+        let key = SkuKey::new(WarehouseId(warehouse_id), SkuId(p.sku_id));
         if !keys.contains(&key) {
             keys.push(key);
         }

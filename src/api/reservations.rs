@@ -1,5 +1,6 @@
 //! `/inventory/reserve` and `/inventory/reservations...`: TryReserve, Confirm, Release.
 
+use crate::domain::{SkuId, WarehouseId};
 use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -42,7 +43,10 @@ pub struct ReserveBody {
 
 fn lines_of(body: &ReserveBody, default_warehouse: i64) -> Result<Vec<OrderLine>, ApiError> {
     let line = |sku_id: i64, warehouse_id: Option<i64>, qty: i64| OrderLine {
-        key: SkuKey::new(warehouse_id.unwrap_or(default_warehouse), sku_id),
+        key: SkuKey::new(
+            WarehouseId(warehouse_id.unwrap_or(default_warehouse)),
+            SkuId(sku_id),
+        ),
         qty,
     };
     match (&body.items, body.sku_id, body.qty) {

@@ -1,6 +1,7 @@
 //! TryReserve, Confirm and Release. All three go through the shard actors, which batch
 //! what arrives together into one script call per batch. Every decision is made in Redis.
 
+use crate::domain::{SkuId, WarehouseId};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -699,7 +700,7 @@ impl ReservationEngine {
                 continue;
             };
             views.insert(
-                SkuKey::new(row.warehouse_id, row.sku_id),
+                SkuKey::new(WarehouseId(row.warehouse_id), SkuId(row.sku_id)),
                 ReservationView {
                     id: Some(row.id),
                     order_no: row.order_no.clone(),
@@ -742,7 +743,7 @@ mod tests {
 
     fn line(w: i64, s: i64, qty: i64) -> OrderLine {
         OrderLine {
-            key: SkuKey::new(w, s),
+            key: SkuKey::new(WarehouseId(w), SkuId(s)),
             qty,
         }
     }

@@ -345,6 +345,7 @@ impl Handler<Submit> for ShardActor {
 mod tests {
     use super::*;
     use crate::domain::SkuKey;
+    use crate::domain::{SkuId, WarehouseId};
     use crate::store::reservations::OrderLine;
 
     fn order(n: usize) -> ShardRequest {
@@ -352,7 +353,7 @@ mod tests {
             order_no: format!("O{n}"),
             trace_id: String::new(),
             lines: vec![OrderLine {
-                key: SkuKey::new(1, 1),
+                key: SkuKey::new(WarehouseId(1), SkuId(1)),
                 qty: 1,
             }],
         })
@@ -362,7 +363,7 @@ mod tests {
         ShardRequest::Transition(TransitionOrder {
             order_no: format!("O{n}"),
             trace_id: String::new(),
-            positions: vec![SkuKey::new(1, 1)],
+            positions: vec![SkuKey::new(WarehouseId(1), SkuId(1))],
             op: crate::store::reservations::TransitionOp::Confirm {
                 even_if_expired: false,
             },

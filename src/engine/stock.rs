@@ -2,6 +2,7 @@
 //! Redis decides every change (in a Lua script that also journals it); the DB follows
 //! through the persistence actor.
 
+use crate::domain::{SkuId, WarehouseId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -509,7 +510,7 @@ impl StockService {
                     lines: vec![],
                 });
             order.lines.push(RecordLine {
-                key: SkuKey::new(row.warehouse_id, row.sku_id),
+                key: SkuKey::new(WarehouseId(row.warehouse_id), SkuId(row.sku_id)),
                 qty: row.qty.into(),
                 status,
             });
@@ -701,7 +702,7 @@ impl StockService {
         let warehouse_id = self.settings.inventory.default_warehouse_id;
         let mut created = 0;
         for &(sku_id, qty) in DEMO_STOCK {
-            let key = SkuKey::new(warehouse_id, sku_id);
+            let key = SkuKey::new(WarehouseId(warehouse_id), SkuId(sku_id));
             if self.db_levels(key).await?.is_some() || self.redis.stock(key).await?.is_some() {
                 continue;
             }

@@ -261,6 +261,7 @@ impl StockCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{SkuId, WarehouseId};
 
     fn levels(available: i64, seq: i64) -> CachedLevels {
         CachedLevels {
@@ -282,7 +283,7 @@ mod tests {
     #[test]
     fn entries_are_served_for_the_ttl_only() {
         let c = cache(40, 10);
-        let k = SkuKey::new(1, 1);
+        let k = SkuKey::new(WarehouseId(1), SkuId(1));
         assert_eq!(c.levels(k), None);
         c.store_read(k, levels(5, 1), Instant::now());
         assert_eq!(c.levels(k), Some(levels(5, 1)));
@@ -295,7 +296,7 @@ mod tests {
     #[test]
     fn an_older_read_never_replaces_a_newer_write() {
         let c = cache(10_000, 10);
-        let k = SkuKey::new(1, 1);
+        let k = SkuKey::new(WarehouseId(1), SkuId(1));
         let read_sent = Instant::now();
         std::thread::sleep(Duration::from_millis(2));
         c.store_write(k, levels(4, 7), Instant::now());
@@ -316,7 +317,7 @@ mod tests {
         // Redis rebuilt from the DB counts from a lower seq: this instance's own write,
         // sent after the entry it holds was read, is the truth.
         let c = cache(60_000, 10);
-        let k = SkuKey::new(1, 1);
+        let k = SkuKey::new(WarehouseId(1), SkuId(1));
         c.store_read(k, levels(50, 100), Instant::now());
         std::thread::sleep(Duration::from_millis(2));
         c.store_write(k, levels(7, 96), Instant::now());
@@ -328,7 +329,7 @@ mod tests {
         // Redis rebuilt from the DB may count from a lower seq: the TTL still bounds what
         // an old entry can hide.
         let c = cache(20, 10);
-        let k = SkuKey::new(1, 1);
+        let k = SkuKey::new(WarehouseId(1), SkuId(1));
         c.store_write(k, levels(9, 100), Instant::now());
         std::thread::sleep(Duration::from_millis(30));
         c.store_read(k, levels(2, 3), Instant::now());
@@ -339,19 +340,26 @@ mod tests {
     fn capacity_bounds_the_entries() {
         let c = cache(10_000, 64);
         for s in 0..1_000 {
-            c.store_read(SkuKey::new(1, s), levels(s, 1), Instant::now());
+            c.store_read(
+                SkuKey::new(WarehouseId(1), SkuId(s)),
+                levels(s, 1),
+                Instant::now(),
+            );
             assert!(c.entries() <= 64, "{} entries", c.entries());
         }
         assert!(c.metrics.evictions.get() >= 1_000 - 64);
         // The newest entry survives the eviction it caused.
-        assert_eq!(c.levels(SkuKey::new(1, 999)), Some(levels(999, 1)));
+        assert_eq!(
+            c.levels(SkuKey::new(WarehouseId(1), SkuId(999))),
+            Some(levels(999, 1))
+        );
         assert!(c.entries() <= 64);
     }
 
     #[test]
     fn a_zero_ttl_caches_nothing() {
         let c = cache(0, 10);
-        let k = SkuKey::new(1, 1);
+        let k = SkuKey::new(WarehouseId(1), SkuId(1));
         c.store_write(k, levels(1, 1), Instant::now());
         assert_eq!(c.levels(k), None);
         assert_eq!(c.entries(), 0);
@@ -360,7 +368,7 @@ mod tests {
     #[test]
     fn rows_are_cached_and_forgotten() {
         let c = cache(10_000, 10);
-        let k = SkuKey::new(1, 1);
+        let k = SkuKey::new(WarehouseId(1), SkuId(1));
         assert_eq!(c.row(k), None);
         let row = RowMeta {
             id: 7,

@@ -3,6 +3,7 @@
 //! the periodic jobs; every action is decided in a script, so even two jobs racing apply
 //! each change once.
 
+use crate::domain::{SkuId, WarehouseId};
 use std::collections::HashMap;
 
 use futures_util::StreamExt;
@@ -523,7 +524,7 @@ impl Reconciler {
     ) -> Result<Vec<SkuKey>, EngineError> {
         let mut keys: Vec<SkuKey> = Vec::new();
         if let (Some(s), Some(w)) = (sku_id, warehouse_id) {
-            return Ok(vec![SkuKey::new(w, s)]);
+            return Ok(vec![SkuKey::new(WarehouseId(w), SkuId(s))]);
         }
         {
             let mut conn = db::connection(self.stock.pool()).await?;

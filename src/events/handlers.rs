@@ -5,6 +5,7 @@
 //! A redelivered ORDER_CREATED republishes its recorded outcome (identical: its ids are
 //! derived from the incoming messageId) and reserves nothing.
 
+use crate::domain::{SkuId, WarehouseId};
 use std::time::Instant;
 
 use rdkafka::message::{Headers, Message, OwnedMessage};
@@ -263,7 +264,10 @@ impl OrderEventHandler {
             .items
             .iter()
             .map(|i| OrderLine {
-                key: SkuKey::new(i.warehouse_id.unwrap_or(default_warehouse), i.sku_id),
+                key: SkuKey::new(
+                    WarehouseId(i.warehouse_id.unwrap_or(default_warehouse)),
+                    SkuId(i.sku_id),
+                ),
                 qty: i.qty,
             })
             .collect();
@@ -411,7 +415,7 @@ impl OrderEventHandler {
             let result = self
                 .stock
                 .adjust(AdjustRequest {
-                    key: SkuKey::new(warehouse_id, item.sku_id),
+                    key: SkuKey::new(WarehouseId(warehouse_id), SkuId(item.sku_id)),
                     delta: item.qty,
                     reason: LedgerReason::RefundRestore,
                     request_id: Some(request_id),

@@ -48,7 +48,7 @@ pub mod legacy {
     use serde::{Deserialize, Deserializer};
 
     use super::BadEntry;
-    use crate::domain::SkuKey;
+    use crate::domain::{SkuId, SkuKey, WarehouseId};
     use crate::store::wire::{JournalKind, JournalLine};
 
     #[derive(Deserialize)]
@@ -119,7 +119,7 @@ pub mod legacy {
             .map(|e| {
                 Ok(JournalLine {
                     kind: JournalKind::parse(&e.k).ok_or_else(|| bad(format!("kind {}", e.k)))?,
-                    key: SkuKey::new(e.w, e.s),
+                    key: SkuKey::new(WarehouseId(e.w), SkuId(e.s)),
                     delta_available: e.da,
                     delta_reserved: e.dr,
                     available: e.a,
@@ -149,7 +149,7 @@ pub mod legacy {
         let trace_id = f.next().unwrap_or("").to_string();
         Some(JournalLine {
             kind: JournalKind::Reserve,
-            key: SkuKey::new(w, s),
+            key: SkuKey::new(WarehouseId(w), SkuId(s)),
             delta_available: -q,
             delta_reserved: q,
             available: a,
@@ -177,7 +177,7 @@ pub mod legacy {
             )
             .unwrap();
             assert_eq!(events.len(), 1);
-            assert_eq!(events[0].key, SkuKey::new(1, 1001));
+            assert_eq!(events[0].key, SkuKey::new(WarehouseId(1), SkuId(1001)));
             assert_eq!(events[0].kind, JournalKind::Adjust);
             assert!(parse_entry("1-0", "not json").is_err());
             assert!(parse_entry("1-0", "{}").unwrap().is_empty());
@@ -290,6 +290,7 @@ pub async fn persist_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{SkuId, WarehouseId};
 
     fn line(raw: &str) -> JournalLine {
         JournalLine::parse(raw).unwrap()
@@ -303,7 +304,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0].key, SkuKey::new(1, 1001));
+        assert_eq!(lines[0].key, SkuKey::new(WarehouseId(1), SkuId(1001)));
         assert_eq!(lines[0].kind, JournalKind::Adjust);
         assert_eq!(lines[0].remark, "a remark");
         assert_eq!(lines[1].order_no, "ORD-1");

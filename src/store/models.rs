@@ -1,6 +1,7 @@
 //! Rows and the queries that read and write them. Every function takes a connection, so
 //! callers can compose them inside one transaction.
 
+use crate::domain::{SkuId, WarehouseId};
 use std::collections::HashMap;
 
 use chrono::NaiveDateTime;
@@ -29,7 +30,7 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn key(&self) -> SkuKey {
-        SkuKey::new(self.warehouse_id, self.sku_id)
+        SkuKey::new(WarehouseId(self.warehouse_id), SkuId(self.sku_id))
     }
 
     pub async fn find(conn: &mut AsyncMysqlConnection, key: SkuKey) -> QueryResult<Option<Self>> {
@@ -342,7 +343,12 @@ impl Reservation {
         let totals: Vec<ConfirmedTotal> = query.load(conn).await?;
         Ok(totals
             .into_iter()
-            .map(|t| (SkuKey::new(t.warehouse_id, t.sku_id), t.total))
+            .map(|t| {
+                (
+                    SkuKey::new(WarehouseId(t.warehouse_id), SkuId(t.sku_id)),
+                    t.total,
+                )
+            })
             .collect())
     }
 }

@@ -1,6 +1,7 @@
 //! The Redis side of reservations: the batched reserve, confirm and release scripts, the
 //! order directory and order records (see store::wire and docs/redis-layout.md).
 
+use crate::domain::{SkuId, WarehouseId};
 use std::collections::HashMap;
 
 use crate::domain::{LedgerReason, ReservationStatus, SkuKey};
@@ -171,7 +172,7 @@ fn parse_reserve_reply(item: &ReplyItem, lines: usize) -> RedisResult<ReserveRep
 }
 
 fn parse_transition(script: &'static str, item: &ReplyItem) -> RedisResult<TransitionReply> {
-    let key = SkuKey::new(item.n[0], item.n[1]);
+    let key = SkuKey::new(WarehouseId(item.n[0]), SkuId(item.n[1]));
     Ok(match item.status.as_str() {
         "CONFIRMED" if script == "confirm" => TransitionReply::Done,
         "RELEASED" if script == "release" => TransitionReply::Done,
@@ -572,7 +573,7 @@ mod tests {
         assert_eq!(
             parse_transition("confirm", &item("RELEASED", [1, 1001, 0, 0])).unwrap(),
             TransitionReply::Released {
-                key: SkuKey::new(1, 1001)
+                key: SkuKey::new(WarehouseId(1), SkuId(1001))
             }
         );
     }
@@ -581,8 +582,8 @@ mod tests {
     fn a_call_numbers_groups_and_positions_once() {
         let keys = Keys::new("", 16);
         let mut layout = CallLayout::default();
-        let a = SkuKey::new(1, 1);
-        let b = SkuKey::new(1, 2);
+        let a = SkuKey::new(WarehouseId(1), SkuId(1));
+        let b = SkuKey::new(WarehouseId(1), SkuId(2));
         assert_eq!(layout.position(&keys, a), 1);
         assert_eq!(layout.position(&keys, b), 2);
         assert_eq!(layout.position(&keys, a), 1);

@@ -11,6 +11,7 @@
 //! Each step can be repeated after a crash. Every instance of the old version must be
 //! stopped first: the upgrade does not coordinate with one still writing layout 1.
 
+use crate::domain::{SkuId, WarehouseId};
 use std::time::Duration;
 
 use redis::Value;
@@ -214,7 +215,9 @@ impl RedisStore {
             let (Ok(w), Ok(s)) = (w.parse(), s.parse()) else {
                 continue;
             };
-            let target = self.keys.adjustment(SkuKey::new(w, s), request_id);
+            let target = self
+                .keys
+                .adjustment(SkuKey::new(WarehouseId(w), SkuId(s)), request_id);
             let mut conn = self.conn.clone();
             let (delta, ttl_ms): (Option<String>, i64) = self
                 .timed(

@@ -3,6 +3,7 @@
 //! format, the reply shape every script returns, and the line states with their ranks.
 //! docs/redis-layout.md describes the same in prose; `lua/lib.lua` is the Lua half.
 
+use crate::domain::{SkuId, WarehouseId};
 use redis::Value;
 
 use crate::domain::{ReservationStatus, SkuKey};
@@ -137,7 +138,10 @@ impl Keys {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("inv:{g")?;
         let (_, rest) = rest.split_once("}:s:")?;
         let (w, s) = rest.split_once(':')?;
-        Some(SkuKey::new(w.parse().ok()?, s.parse().ok()?))
+        Some(SkuKey::new(
+            WarehouseId(w.parse().ok()?),
+            SkuId(s.parse().ok()?),
+        ))
     }
 
     /// Every group's journal stream, in group order.
@@ -174,7 +178,7 @@ fn parse_line_head<'a>(parts: &mut impl Iterator<Item = &'a str>) -> Option<(Sku
     let w = parts.next()?.parse().ok()?;
     let s = parts.next()?.parse().ok()?;
     let qty = parts.next()?.parse().ok()?;
-    Some((SkuKey::new(w, s), qty))
+    Some((SkuKey::new(WarehouseId(w), SkuId(s)), qty))
 }
 
 impl OrderRecord {
@@ -360,7 +364,7 @@ impl JournalLine {
         let remark = f.next()?.to_string();
         Some(JournalLine {
             kind,
-            key: SkuKey::new(w, s),
+            key: SkuKey::new(WarehouseId(w), SkuId(s)),
             delta_available: da,
             delta_reserved: dr,
             available: a,
@@ -542,7 +546,7 @@ mod tests {
     #[test]
     fn keys_of_a_group_share_its_hash_tag() {
         let keys = Keys::new("p:", 16);
-        let k = SkuKey::new(1, 1001);
+        let k = SkuKey::new(WarehouseId(1), SkuId(1001));
         let g = keys.group(k);
         assert!(g < 16);
         assert_eq!(keys.stock(k), format!("p:inv:{{g{g}}}:s:1:1001"));
@@ -558,19 +562,19 @@ mod tests {
     fn groups_spread_and_are_stable() {
         // Pinned: changing the hash would move every position of a running deployment.
         assert_eq!(
-            group_of(SkuKey::new(1, 1001), 16),
-            group_of(SkuKey::new(1, 1001), 16)
+            group_of(SkuKey::new(WarehouseId(1), SkuId(1001)), 16),
+            group_of(SkuKey::new(WarehouseId(1), SkuId(1001)), 16)
         );
         let mut seen = std::collections::HashSet::new();
         for s in 0..1000 {
-            seen.insert(group_of(SkuKey::new(1, s), 16));
+            seen.insert(group_of(SkuKey::new(WarehouseId(1), SkuId(s)), 16));
         }
         assert_eq!(seen.len(), 16);
-        assert_eq!(group_of(SkuKey::new(1, 5), 1), 0);
+        assert_eq!(group_of(SkuKey::new(WarehouseId(1), SkuId(5)), 1), 0);
         // In range, and 1000 SKUs over 8 groups leave none nearly empty.
         let mut counts = [0; 8];
         for sku in 0..1000 {
-            let g = group_of(SkuKey::new(1, sku), 8) as usize;
+            let g = group_of(SkuKey::new(WarehouseId(1), SkuId(sku)), 8) as usize;
             assert!(g < 8);
             counts[g] += 1;
         }
@@ -582,7 +586,13 @@ mod tests {
         let raw = "1732540000000 1:1001:2:RESERVED 2:7:1:CONFIRMED";
         let record = OrderRecord::parse(raw).unwrap();
         assert_eq!(record.lines.len(), 2);
-        assert_eq!(record.line(SkuKey::new(2, 7)).unwrap().qty, 1);
+        assert_eq!(
+            record
+                .line(SkuKey::new(WarehouseId(2), SkuId(7)))
+                .unwrap()
+                .qty,
+            1
+        );
         assert_eq!(record.format(), raw);
         for bad in [
             "",
@@ -596,7 +606,10 @@ mod tests {
         let dir = DirectoryEntry::parse("1732540000000 1:1001:2 2:7:1").unwrap();
         assert_eq!(
             dir.positions(),
-            vec![SkuKey::new(1, 1001), SkuKey::new(2, 7)]
+            vec![
+                SkuKey::new(WarehouseId(1), SkuId(1001)),
+                SkuKey::new(WarehouseId(2), SkuId(7))
+            ]
         );
         assert_eq!(dir.format(), "1732540000000 1:1001:2 2:7:1");
         assert_eq!(
@@ -610,7 +623,7 @@ mod tests {
     fn journal_lines_round_trip_with_empty_fields_and_spaced_remarks() {
         let line = JournalLine {
             kind: JournalKind::Release,
-            key: SkuKey::new(1, 1001),
+            key: SkuKey::new(WarehouseId(1), SkuId(1001)),
             delta_available: 2,
             delta_reserved: -2,
             available: 10,
@@ -681,7 +694,10 @@ mod tests {
             status: status.to_string(),
             n,
         };
-        let positions = [SkuKey::new(1, 10), SkuKey::new(1, 20)];
+        let positions = [
+            SkuKey::new(WarehouseId(1), SkuId(10)),
+            SkuKey::new(WarehouseId(1), SkuId(20)),
+        ];
         let items = vec![
             item("RESERVED", [5, 0, 0, 0]),
             item("INSUFFICIENT", [1, 0, 0, 0]),

@@ -1,6 +1,7 @@
 //! Who may call what: 401 without a valid token, 403 for the wrong role, nothing changed.
 
 use inventory::domain::SkuKey;
+use inventory::domain::{SkuId, WarehouseId};
 use serde_json::json;
 
 use crate::helpers::{spawn_app, spawn_app_with, SERVICE_TOKEN};
@@ -8,8 +9,8 @@ use crate::helpers::{spawn_app, spawn_app_with, SERVICE_TOKEN};
 #[actix_web::test]
 async fn mutations_need_a_token_of_the_right_role_and_reads_are_open() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 91);
-    app.stock_in(91, 1, 10).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(91));
+    app.stock_in(SkuId(91), WarehouseId(1), 10).await;
     app.drain_journal().await;
     let before = app.audit(key).await;
     let anonymous = reqwest::Client::new();

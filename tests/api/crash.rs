@@ -2,6 +2,7 @@
 //! heard of it, and at random moments under load. Every reservation a caller was told is
 //! held must be in the DB exactly once after a restart, and nothing else.
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -156,7 +157,7 @@ async fn kill_9_never_loses_or_invents_a_reservation() {
         "{}?prefer_socket=false",
         db_url.replace("127.0.0.1:3306", &format!("127.0.0.1:{}", db_proxy.port))
     );
-    let key = SkuKey::new(1, 777);
+    let key = SkuKey::new(WarehouseId(1), SkuId(777));
     let mut acknowledged: HashSet<String> = HashSet::new();
 
     // 1. The DB is unreachable: Redis answers, the journal waits, then kill -9.
@@ -260,7 +261,7 @@ async fn kill_9_never_loses_or_invents_a_reservation() {
 async fn sigterm_under_load_persists_every_acknowledged_reservation_before_exit() {
     let (db_name, db_url) = create_test_database().await;
     let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
-    let key = SkuKey::new(1, 778);
+    let key = SkuKey::new(WarehouseId(1), SkuId(778));
     let mut service = start_service(&db_url, &prefix).await;
     stock_in(&service.base, 778, 100_000).await;
     let base = service.base.clone();

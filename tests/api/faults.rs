@@ -2,6 +2,7 @@
 //! killed with kill -9 and restarted from its AOF; MariaDB stopped for 20 s; a client that
 //! retries every request after a timeout.
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,7 +58,7 @@ async fn redis_killed_and_restarted_under_load_loses_no_acknowledged_reservation
         ],
     )
     .await;
-    let key = SkuKey::new(1, 779);
+    let key = SkuKey::new(WarehouseId(1), SkuId(779));
     stock_in(&service.base, 779, 100_000).await;
 
     let base = service.base.clone();
@@ -335,7 +336,7 @@ async fn mariadb_stopped_for_20_s_under_load_degrades_serves_and_catches_up() {
         ],
     )
     .await;
-    let key = SkuKey::new(1, 780);
+    let key = SkuKey::new(WarehouseId(1), SkuId(780));
     stock_in(&service.base, 780, 1_000_000).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -456,9 +457,12 @@ async fn send_until_answered(
 #[actix_web::test]
 async fn a_client_retrying_after_every_timeout_still_gets_exactly_once_per_line() {
     let app = crate::helpers::spawn_app().await;
-    let (small, large) = (SkuKey::new(1, 41), SkuKey::new(1, 42));
-    app.stock_in(41, 1, 100).await;
-    app.stock_in(42, 1, 150).await;
+    let (small, large) = (
+        SkuKey::new(WarehouseId(1), SkuId(41)),
+        SkuKey::new(WarehouseId(1), SkuId(42)),
+    );
+    app.stock_in(SkuId(41), WarehouseId(1), 100).await;
+    app.stock_in(SkuId(42), WarehouseId(1), 150).await;
     let client = crate::helpers::admin_client();
 
     // 200 two-line orders; the second line's stock fits 75 of them.

@@ -4,6 +4,7 @@
 //! 405), invalid data is rejected, and afterwards the invariants hold for every position.
 //! `make test` installs schemathesis into .data/venv (scripts/fuzz-tools.sh).
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::time::Duration;
 
 use inventory::domain::SkuKey;
@@ -31,7 +32,7 @@ async fn schemathesis_finds_no_server_error_or_nonconforming_answer_and_invarian
     let app = spawn_app().await;
     // Known positions and an order, so generated requests reach the logic, not only 404s.
     for sku in 1..=3 {
-        app.stock_in(sku, 1, 1_000).await;
+        app.stock_in(SkuId(sku), WarehouseId(1), 1_000).await;
     }
     let (status, body) = app
         .post_json(
@@ -90,8 +91,12 @@ async fn schemathesis_finds_no_server_error_or_nonconforming_answer_and_invarian
     println!("FUZZ schemathesis seed {seed}:\n{summary}");
 
     // The invariants hold for the seeded positions and for every position the run created.
-    app.assert_invariants(&[SkuKey::new(1, 1), SkuKey::new(1, 2), SkuKey::new(1, 3)])
-        .await;
+    app.assert_invariants(&[
+        SkuKey::new(WarehouseId(1), SkuId(1)),
+        SkuKey::new(WarehouseId(1), SkuId(2)),
+        SkuKey::new(WarehouseId(1), SkuId(3)),
+    ])
+    .await;
     let (status, report) = app.post("/inventory/reconcile?repair=false").await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(

@@ -1,3 +1,4 @@
+use inventory::domain::{SkuId, WarehouseId};
 use serde_json::json;
 
 use crate::helpers::{create_test_database, start, test_settings, CuttableProxy};
@@ -15,7 +16,7 @@ async fn liveness_readiness_and_metrics() {
     assert_eq!(body["data"]["database"]["status"], "UP");
     assert!(body["data"]["journal"]["notPersisted"].is_u64(), "{body}");
 
-    app.stock_in(1, 1, 5).await;
+    app.stock_in(SkuId(1), WarehouseId(1), 5).await;
     app.get("/inventory/abc").await;
     let metrics = app
         .client

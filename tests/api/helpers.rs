@@ -9,7 +9,7 @@ use actix_web::web;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection};
 use inventory::api::AppState;
 use inventory::config::Settings;
-use inventory::domain::SkuKey;
+use inventory::domain::{SkuId, SkuKey, WarehouseId};
 use inventory::engine::audit::{audit_position, PositionAudit};
 use inventory::engine::persistence::PERSIST_GROUP;
 use inventory::startup::Application;
@@ -190,7 +190,7 @@ impl TestApp {
     }
 
     /// Adds stock through the API and asserts it worked.
-    pub async fn stock_in(&self, sku: i64, warehouse: i64, qty: i64) {
+    pub async fn stock_in(&self, sku: SkuId, warehouse: WarehouseId, qty: i64) {
         let (status, body) = self
             .post_json(
                 &format!("/inventory/{sku}/stock?warehouseId={warehouse}"),

@@ -1,4 +1,5 @@
 use inventory::domain::SkuKey;
+use inventory::domain::{SkuId, WarehouseId};
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app, spawn_app_with, start};
@@ -23,7 +24,7 @@ fn field_names(v: &Value) -> Vec<String> {
 #[actix_web::test]
 async fn get_inventory_returns_exactly_the_reference_fields() {
     let app = spawn_app().await;
-    app.stock_in(1001, 1, 100).await;
+    app.stock_in(SkuId(1001), WarehouseId(1), 100).await;
 
     let (status, body) = app.get("/inventory/1001?warehouseId=1").await;
     assert_eq!(status, 200, "{body}");
@@ -55,7 +56,7 @@ async fn get_inventory_returns_exactly_the_reference_fields() {
 #[actix_web::test]
 async fn default_warehouse_comes_from_config() {
     let app = spawn_app_with(&[("inventory.default_warehouse_id", 7.into())]).await;
-    app.stock_in(55, 7, 3).await;
+    app.stock_in(SkuId(55), WarehouseId(7), 3).await;
     let (status, body) = app.get("/inventory/55").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["warehouseId"], 7);
@@ -67,9 +68,9 @@ async fn default_warehouse_comes_from_config() {
 #[actix_web::test]
 async fn all_warehouses_lists_every_position_of_the_sku() {
     let app = spawn_app().await;
-    app.stock_in(2001, 1, 10).await;
-    app.stock_in(2001, 2, 20).await;
-    app.stock_in(2002, 1, 5).await;
+    app.stock_in(SkuId(2001), WarehouseId(1), 10).await;
+    app.stock_in(SkuId(2001), WarehouseId(2), 20).await;
+    app.stock_in(SkuId(2002), WarehouseId(1), 5).await;
 
     let (status, body) = app.get("/inventory/2001/all").await;
     assert_eq!(status, 200, "{body}");
@@ -94,7 +95,7 @@ async fn all_warehouses_lists_every_position_of_the_sku() {
 #[actix_web::test]
 async fn stock_adjustments_write_the_ledger_and_keep_redis_equal_to_the_db() {
     let app = spawn_app().await;
-    let key = SkuKey::new(3, 3001);
+    let key = SkuKey::new(WarehouseId(3), SkuId(3001));
 
     // Inbound creates the position.
     let (status, body) = app
@@ -156,8 +157,8 @@ async fn stock_adjustments_write_the_ledger_and_keep_redis_equal_to_the_db() {
 #[actix_web::test]
 async fn removing_more_than_available_is_refused_and_changes_nothing() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 4001);
-    app.stock_in(4001, 1, 10).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(4001));
+    app.stock_in(SkuId(4001), WarehouseId(1), 10).await;
 
     let (status, body) = app
         .post_json("/inventory/4001/stock", &json!({"delta": -11}))
@@ -174,7 +175,7 @@ async fn removing_more_than_available_is_refused_and_changes_nothing() {
     assert_eq!(body["code"], "INVENTORY_NOT_FOUND");
     assert!(app
         .redis
-        .stock(SkuKey::new(1, 4002))
+        .stock(SkuKey::new(WarehouseId(1), SkuId(4002)))
         .await
         .unwrap()
         .is_none());
@@ -206,7 +207,7 @@ async fn removing_more_than_available_is_refused_and_changes_nothing() {
 #[actix_web::test]
 async fn a_repeated_request_id_applies_once_and_a_different_delta_conflicts() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 5001);
+    let key = SkuKey::new(WarehouseId(1), SkuId(5001));
     let body = json!({"delta": 7, "reason": "INBOUND", "requestId": "grn-77"});
     let (s1, first) = app.post_json("/inventory/5001/stock", &body).await;
     let (s2, second) = app.post_json("/inventory/5001/stock", &body).await;
@@ -232,8 +233,8 @@ async fn a_repeated_request_id_applies_once_and_a_different_delta_conflicts() {
 #[actix_web::test]
 async fn concurrent_write_offs_never_take_available_below_zero() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 6001);
-    app.stock_in(6001, 1, 30).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(6001));
+    app.stock_in(SkuId(6001), WarehouseId(1), 30).await;
 
     let mut tasks = Vec::new();
     for _ in 0..60 {
@@ -434,8 +435,8 @@ fn bad_requests() -> Vec<(
 #[actix_web::test]
 async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 7001);
-    app.stock_in(7001, 1, 10).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(7001));
+    app.stock_in(SkuId(7001), WarehouseId(1), 10).await;
     app.drain_journal().await;
     let before = app.audit(key).await;
 
@@ -477,14 +478,19 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let after = app.audit(key).await;
     assert_eq!(before, after, "a refused request changed state");
     assert!(after.is_clean(), "{after:#?}");
-    assert!(app.redis.stock(SkuKey::new(1, 1)).await.unwrap().is_none());
+    assert!(app
+        .redis
+        .stock(SkuKey::new(WarehouseId(1), SkuId(1)))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[actix_web::test]
 async fn sync_copies_the_db_to_redis() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 8001);
-    app.stock_in(8001, 1, 40).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(8001));
+    app.stock_in(SkuId(8001), WarehouseId(1), 40).await;
     app.drain_journal().await;
 
     let (status, body) = app.post("/inventory/8001/sync?warehouseId=1").await;
@@ -517,10 +523,10 @@ async fn sync_copies_the_db_to_redis() {
 #[actix_web::test]
 async fn warm_up_loads_missing_positions_and_never_overwrites_redis() {
     let mut app = spawn_app().await;
-    let lost = SkuKey::new(1, 9001);
-    let kept = SkuKey::new(1, 9002);
-    app.stock_in(9001, 1, 11).await;
-    app.stock_in(9002, 1, 22).await;
+    let lost = SkuKey::new(WarehouseId(1), SkuId(9001));
+    let kept = SkuKey::new(WarehouseId(1), SkuId(9002));
+    app.stock_in(SkuId(9001), WarehouseId(1), 11).await;
+    app.stock_in(SkuId(9002), WarehouseId(1), 22).await;
     app.drain_journal().await;
     app.stop().await;
 
@@ -569,6 +575,9 @@ async fn demo_stock_is_seeded_once() {
     let (_, body) = restarted.get("/inventory/1001").await;
     assert_eq!(body["data"]["availableQty"], 70);
     restarted
-        .assert_invariants(&[SkuKey::new(1, 1001), SkuKey::new(1, 1002)])
+        .assert_invariants(&[
+            SkuKey::new(WarehouseId(1), SkuId(1001)),
+            SkuKey::new(WarehouseId(1), SkuId(1002)),
+        ])
         .await;
 }

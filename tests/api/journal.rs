@@ -1,6 +1,7 @@
 //! The journal: every change reaches the DB, also across a restart with entries pending.
 
 use inventory::domain::SkuKey;
+use inventory::domain::{SkuId, WarehouseId};
 use inventory::engine::persistence::{StopPersistence, PERSIST_GROUP};
 use serde_json::json;
 
@@ -9,8 +10,8 @@ use crate::helpers::{spawn_app_with, start};
 #[actix_web::test]
 async fn entries_left_unpersisted_by_a_stopped_instance_are_persisted_after_restart() {
     let mut app = spawn_app_with(&[("inventory.adjust_persist_wait_ms", 50.into())]).await;
-    let key = SkuKey::new(1, 42);
-    app.stock_in(42, 1, 10).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(42));
+    app.stock_in(SkuId(42), WarehouseId(1), 10).await;
     app.drain_journal().await;
 
     // The persistence loop stops: Redis keeps deciding, the DB falls behind.
@@ -39,8 +40,8 @@ async fn entries_left_unpersisted_by_a_stopped_instance_are_persisted_after_rest
 #[actix_web::test]
 async fn replaying_entries_that_were_already_written_changes_nothing() {
     let app = spawn_app_with(&[]).await;
-    let key = SkuKey::new(2, 43);
-    app.stock_in(43, 2, 10).await;
+    let key = SkuKey::new(WarehouseId(2), SkuId(43));
+    app.stock_in(SkuId(43), WarehouseId(2), 10).await;
     let (status, _) = app
         .post_json("/inventory/43/stock?warehouseId=2", &json!({"delta": -4}))
         .await;
@@ -144,7 +145,7 @@ async fn any_text_reaches_the_ledger_as_it_was_sent() {
     } else {
         assert_eq!(status, 200, "{body}");
     }
-    let key = SkuKey::new(1, 44);
+    let key = SkuKey::new(WarehouseId(1), SkuId(44));
     let audits = app.assert_invariants(&[key]).await;
     assert_eq!(audits[0].db_available, Some(5));
     let mut conn = app.db_conn().await;

@@ -1,6 +1,7 @@
 //! Kafka order events on librdkafka's in-process mock cluster (a real Kafka protocol
 //! peer), with messages written by hand in the reference's wire format.
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -208,7 +209,7 @@ fn sorted_keys(v: &Value) -> Vec<String> {
 #[actix_web::test]
 async fn order_created_is_reserved_and_answered_in_the_reference_format() {
     let s = setup(&[]).await;
-    s.app.stock_in(1001, 1, 10).await;
+    s.app.stock_in(SkuId(1001), WarehouseId(1), 10).await;
     let message = order_created(
         "0123456789abcdef0123456789abcdef",
         "ORD20240115001",
@@ -276,7 +277,10 @@ async fn order_created_is_reserved_and_answered_in_the_reference_format() {
     );
     assert_eq!(payload["items"][0]["qty"], 2);
 
-    let audits = s.app.assert_invariants(&[SkuKey::new(1, 1001)]).await;
+    let audits = s
+        .app
+        .assert_invariants(&[SkuKey::new(WarehouseId(1), SkuId(1001))])
+        .await;
     assert_eq!(audits[0].lines_reserved, 2);
     // The consume log recorded it.
     let mut conn = s.app.db_conn().await;
@@ -295,8 +299,8 @@ async fn order_created_is_reserved_and_answered_in_the_reference_format() {
 #[actix_web::test]
 async fn insufficient_stock_publishes_stock_reserve_failed() {
     let s = setup(&[]).await;
-    s.app.stock_in(2001, 1, 1).await;
-    s.app.stock_in(2002, 1, 5).await;
+    s.app.stock_in(SkuId(2001), WarehouseId(1), 1).await;
+    s.app.stock_in(SkuId(2002), WarehouseId(1), 5).await;
     let message = order_created(
         &mid(),
         "ORD-SHORT",
@@ -317,7 +321,10 @@ async fn insufficient_stock_publishes_stock_reserve_failed() {
     assert_eq!(typed.requested_items.len(), 2);
     let audits = s
         .app
-        .assert_invariants(&[SkuKey::new(1, 2001), SkuKey::new(1, 2002)])
+        .assert_invariants(&[
+            SkuKey::new(WarehouseId(1), SkuId(2001)),
+            SkuKey::new(WarehouseId(1), SkuId(2002)),
+        ])
         .await;
     assert!(audits.iter().all(|a| a.lines_reserved == 0), "nothing held");
 }
@@ -325,7 +332,7 @@ async fn insufficient_stock_publishes_stock_reserve_failed() {
 #[actix_web::test]
 async fn a_redelivered_message_reserves_once_and_republishes_the_same_outcome() {
     let s = setup(&[]).await;
-    s.app.stock_in(3001, 1, 10).await;
+    s.app.stock_in(SkuId(3001), WarehouseId(1), 10).await;
     let id = mid();
     let message = order_created(&id, "ORD-TWICE", r#"[{"skuId":3001,"qty":4}]"#);
     s.kafka
@@ -350,7 +357,10 @@ async fn a_redelivered_message_reserves_once_and_republishes_the_same_outcome() 
         both[0].envelope()["messageId"],
         inventory::events::wire::derived_id(&id, "outcome-envelope").as_str()
     );
-    let audits = s.app.assert_invariants(&[SkuKey::new(1, 3001)]).await;
+    let audits = s
+        .app
+        .assert_invariants(&[SkuKey::new(WarehouseId(1), SkuId(3001))])
+        .await;
     assert_eq!(audits[0].lines_reserved, 4);
     assert_eq!(audits[0].db_available, Some(6));
     assert_eq!(audits[0].ledger_rows, 2, "inbound + one reserve");
@@ -359,7 +369,7 @@ async fn a_redelivered_message_reserves_once_and_republishes_the_same_outcome() 
 #[actix_web::test]
 async fn a_poison_message_goes_to_the_dead_letter_topic_and_the_next_one_is_processed() {
     let s = setup(&[]).await;
-    s.app.stock_in(4001, 1, 10).await;
+    s.app.stock_in(SkuId(4001), WarehouseId(1), 10).await;
     s.kafka
         .send("ORDER_TOPIC", "ORDER_CREATED", "BAD-1", "{not json")
         .await;
@@ -395,7 +405,10 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_and_the_next_one_is_proc
     let out = s.kafka.collect("INVENTORY_TOPIC", 1, WAIT).await;
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].key, "GOOD-1");
-    let audits = s.app.assert_invariants(&[SkuKey::new(1, 4001)]).await;
+    let audits = s
+        .app
+        .assert_invariants(&[SkuKey::new(WarehouseId(1), SkuId(4001))])
+        .await;
     assert_eq!(audits[0].lines_reserved, 1);
 }
 
@@ -442,8 +455,8 @@ async fn line_status(app: &TestApp, order: &str) -> String {
 #[actix_web::test]
 async fn cancel_payment_and_refund_events_do_their_job() {
     let s = setup(&[]).await;
-    let key = SkuKey::new(1, 5001);
-    s.app.stock_in(5001, 1, 20).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(5001));
+    s.app.stock_in(SkuId(5001), WarehouseId(1), 20).await;
     for order in ["PAID-1", "CANCEL-1"] {
         let m = order_created(&mid(), order, r#"[{"skuId":5001,"qty":3}]"#);
         s.kafka
@@ -538,8 +551,8 @@ async fn cancel_payment_and_refund_events_do_their_job() {
 #[actix_web::test]
 async fn a_consumer_restarted_mid_stream_loses_nothing_and_reserves_nothing_twice() {
     let mut s = setup(&[]).await;
-    let key = SkuKey::new(1, 6001);
-    s.app.stock_in(6001, 1, 150).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(6001));
+    s.app.stock_in(SkuId(6001), WarehouseId(1), 150).await;
     for n in 0..300 {
         let order = format!("STREAM-{n}");
         let m = order_created(&mid(), &order, r#"[{"skuId":6001,"qty":1}]"#);

@@ -2,6 +2,7 @@
 //! `make services` / `.ci/run`; KAFKA_BROKERS names it): 1,000 ORDER_CREATED for a SKU with
 //! 300 units give exactly 300 STOCK_RESERVED and 700 STOCK_RESERVE_FAILED, and the DB agrees.
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -34,8 +35,8 @@ async fn a_thousand_orders_for_three_hundred_units_through_a_real_broker() {
         ("kafka.topic_partitions", 4.into()),
     ])
     .await;
-    let key = SkuKey::new(1, 8001);
-    app.stock_in(8001, 1, 300).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(8001));
+    app.stock_in(SkuId(8001), WarehouseId(1), 300).await;
     let kafka = KafkaClient::new(&brokers);
 
     let messages: Vec<(String, String)> = (0..1000)

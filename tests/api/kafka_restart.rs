@@ -2,6 +2,7 @@
 //! committed offsets survive) is killed with kill -9 mid-stream and restarted. Every
 //! ORDER_CREATED gets its outcome, no order is reserved twice, and the invariants hold.
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,8 +100,8 @@ async fn broker_killed_and_restarted_mid_stream_loses_no_event_and_reserves_noth
         ("kafka.topic_partitions", 4.into()),
     ])
     .await;
-    let key = SkuKey::new(1, 8101);
-    app.stock_in(8101, 1, 300).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(8101));
+    app.stock_in(SkuId(8101), WarehouseId(1), 300).await;
     let kafka = KafkaClient::with_message_timeout(&brokers, Duration::from_secs(60));
     let messages: Vec<(String, String)> = (0..600)
         .map(|n| {
@@ -295,9 +296,13 @@ async fn service_killed_mid_stream_gets_every_order_its_outcome_after_the_restar
         assert!(Instant::now() < deadline, "journal did not drain");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let audit = inventory::engine::audit::audit_position(&redis, &pool, SkuKey::new(1, 8201))
-        .await
-        .expect("audit");
+    let audit = inventory::engine::audit::audit_position(
+        &redis,
+        &pool,
+        SkuKey::new(WarehouseId(1), SkuId(8201)),
+    )
+    .await
+    .expect("audit");
     assert!(audit.is_clean(), "{audit:#?}");
     assert_eq!(audit.lines_reserved, 500);
     println!(

@@ -1,6 +1,7 @@
 //! The Redis layout (docs/redis-layout.md): what a batch costs in Redis commands, and the
 //! upgrade of a deployment that runs layout 1.
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -94,7 +95,7 @@ async fn a_batch_costs_the_same_redis_commands_for_1_order_and_for_200() {
     );
     let redis = RedisStore::connect(&settings.redis).await.expect("connect");
     redis.claim_layout().await.expect("layout");
-    let key = SkuKey::new(1, 4242);
+    let key = SkuKey::new(WarehouseId(1), SkuId(4242));
     let adjusted = redis
         .adjust(&AdjustCommand {
             key,
@@ -299,7 +300,7 @@ async fn a_layout_1_deployment_upgrades_with_its_holds_markers_tombstones_and_jo
     // Upgrade: the service starts on the same Redis prefix and DB.
     let settings = test_settings(&db_url, &prefix, &[]);
     let app = start(settings, db_name).await;
-    let key = SkuKey::new(1, 7001);
+    let key = SkuKey::new(WarehouseId(1), SkuId(7001));
 
     // No layout-1 key is left.
     let left: Vec<String> = app
@@ -383,7 +384,7 @@ async fn a_layout_1_deployment_upgrades_with_its_holds_markers_tombstones_and_jo
 #[actix_web::test]
 async fn the_sweep_forgets_settled_orders_once_their_markers_lived_out_and_never_a_held_one() {
     let app = crate::helpers::spawn_app().await;
-    app.stock_in(7101, 1, 10).await;
+    app.stock_in(SkuId(7101), WarehouseId(1), 10).await;
     for order in ["SW-HELD", "SW-DONE"] {
         let (status, body) = app
             .post_json(
@@ -437,7 +438,7 @@ async fn the_sweep_forgets_settled_orders_once_their_markers_lived_out_and_never
         .unwrap();
     assert!(found[0].is_some(), "a held order is never swept");
     assert!(found[1].is_none() && found[2].is_none(), "{found:?}");
-    let key = SkuKey::new(1, 7101);
+    let key = SkuKey::new(WarehouseId(1), SkuId(7101));
     let markers = app.redis.line_markers("SW-DONE", &[key]).await.unwrap();
     assert_eq!(markers, vec![None], "its record went with it");
     let markers = app.redis.line_markers("SW-HELD", &[key]).await.unwrap();

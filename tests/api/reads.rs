@@ -1,6 +1,7 @@
 //! Stock reads at flash-sale scale: Redis first, an in-process cache with bounded
 //! staleness, many positions per call.
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::time::{Duration, Instant};
 
 use inventory::domain::SkuKey;
@@ -54,7 +55,7 @@ async fn a_caller_reads_its_own_writes_on_the_instance_that_served_it() {
     // A TTL far longer than the test: what the reads see can only come from the script
     // replies of this instance's own changes, not from the entries running out.
     let app = spawn_app_with(&[("cache.stock_ttl_ms", 60_000.into())]).await;
-    app.stock_in(301, 1, 100).await;
+    app.stock_in(SkuId(301), WarehouseId(1), 100).await;
     assert_eq!(available(&app, 301).await, 100);
 
     let (status, body) = reserve(&app, "RYW-1", 301, 3).await;
@@ -81,11 +82,13 @@ async fn a_caller_reads_its_own_writes_on_the_instance_that_served_it() {
     assert_eq!(body["data"]["availableQty"], 90, "{body}");
     assert_eq!(body["data"]["reservedQty"], 0, "{body}");
 
-    app.stock_in(301, 1, 5).await;
+    app.stock_in(SkuId(301), WarehouseId(1), 5).await;
     assert_eq!(available(&app, 301).await, 95);
 
     // The cached figures are Redis' own, and the DB agrees once the journal drained.
-    let audits = app.assert_invariants(&[SkuKey::new(1, 301)]).await;
+    let audits = app
+        .assert_invariants(&[SkuKey::new(WarehouseId(1), SkuId(301))])
+        .await;
     assert_eq!(audits[0].redis.map(|l| l.available), Some(95));
     let (_, db) = app.get("/inventory/301?warehouseId=1&source=db").await;
     assert_eq!(db["data"]["availableQty"], 95, "{db}");
@@ -105,7 +108,7 @@ async fn another_instances_changes_show_within_the_ttl() {
     // Scheduling on a shared 2-core machine: what a read may lag beyond the TTL.
     const MARGIN_MS: u64 = 300;
     let writer = spawn_app_with(&[("cache.stock_ttl_ms", (TTL_MS as i64).into())]).await;
-    writer.stock_in(302, 1, 1_000).await;
+    writer.stock_in(SkuId(302), WarehouseId(1), 1_000).await;
     let reader = second_instance(&writer, TTL_MS).await;
 
     let mut stale_reads = 0;
@@ -143,7 +146,7 @@ async fn another_instances_changes_show_within_the_ttl() {
 #[actix_web::test]
 async fn a_stale_cache_never_lets_an_order_be_held_that_redis_refuses() {
     let seller = spawn_app_with(&[("cache.stock_ttl_ms", 60_000.into())]).await;
-    seller.stock_in(303, 1, 5).await;
+    seller.stock_in(SkuId(303), WarehouseId(1), 5).await;
     let other = second_instance(&seller, 60_000).await;
     // The other instance caches "5 left"...
     assert_eq!(available(&other, 303).await, 5);
@@ -157,7 +160,9 @@ async fn a_stale_cache_never_lets_an_order_be_held_that_redis_refuses() {
     assert_eq!(body["code"], "INSUFFICIENT_STOCK");
     // Its refusal's own reply refreshed its cache.
     assert_eq!(available(&other, 303).await, 0);
-    let audits = seller.assert_invariants(&[SkuKey::new(1, 303)]).await;
+    let audits = seller
+        .assert_invariants(&[SkuKey::new(WarehouseId(1), SkuId(303))])
+        .await;
     assert_eq!(audits[0].redis.map(|l| l.available), Some(0));
     assert_eq!(audits[0].db_reserved, Some(5));
 }
@@ -170,7 +175,7 @@ async fn the_cache_stays_within_its_capacity() {
     ])
     .await;
     for sku in 401..=460 {
-        app.stock_in(sku, 1, sku).await;
+        app.stock_in(SkuId(sku), WarehouseId(1), sku).await;
     }
     for _ in 0..2 {
         for sku in 401..=460 {
@@ -190,9 +195,9 @@ async fn the_cache_stays_within_its_capacity() {
 async fn many_positions_are_answered_in_one_call() {
     let app = spawn_app_with(&[("inventory.max_query_positions", 25.into())]).await;
     for sku in 501..=519 {
-        app.stock_in(sku, 1, sku).await;
+        app.stock_in(SkuId(sku), WarehouseId(1), sku).await;
     }
-    app.stock_in(501, 2, 7).await;
+    app.stock_in(SkuId(501), WarehouseId(2), 7).await;
     let (status, body) = reserve(&app, "CART-1", 502, 2).await;
     assert_eq!(status, 200, "{body}");
 
@@ -272,7 +277,7 @@ async fn many_positions_are_answered_in_one_call() {
 #[actix_web::test]
 async fn live_reads_run_ahead_of_the_db_and_source_db_shows_the_db() {
     let app = spawn_app_with(&[]).await;
-    app.stock_in(601, 1, 10).await;
+    app.stock_in(SkuId(601), WarehouseId(1), 10).await;
     app.drain_journal().await;
     app.state.persistence.send(StopPersistence).await.unwrap();
 

@@ -1,5 +1,6 @@
 //! TryReserve, Confirm, Release against the real stores, asserting the invariants.
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::collections::HashSet;
 
 use inventory::domain::SkuKey;
@@ -15,8 +16,8 @@ async fn reserve(app: &TestApp, body: Value) -> (u16, Value) {
 #[actix_web::test]
 async fn five_hundred_concurrent_orders_for_one_hundred_units_sell_exactly_one_hundred() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 1001);
-    app.stock_in(1001, 1, 100).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(1001));
+    app.stock_in(SkuId(1001), WarehouseId(1), 100).await;
 
     let mut tasks = Vec::new();
     for n in 0..500 {
@@ -71,8 +72,8 @@ async fn five_hundred_concurrent_orders_for_one_hundred_units_sell_exactly_one_h
 #[actix_web::test]
 async fn the_same_request_twice_reserves_once_and_another_qty_conflicts() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 1001);
-    app.stock_in(1001, 1, 100).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(1001));
+    app.stock_in(SkuId(1001), WarehouseId(1), 100).await;
     let body = json!({"orderNo": "ORD001", "skuId": 1001, "warehouseId": 1, "qty": 5});
     let (s1, first) = reserve(&app, body.clone()).await;
     let (s2, second) = reserve(&app, body).await;
@@ -97,7 +98,7 @@ async fn the_same_request_twice_reserves_once_and_another_qty_conflicts() {
     assert_eq!(status, 409, "{conflict}");
     assert_eq!(conflict["code"], "IDEMPOTENCY_CONFLICT");
     // Same order, none of its lines: a conflict as well, nothing held on the other SKU.
-    app.stock_in(1003, 1, 10).await;
+    app.stock_in(SkuId(1003), WarehouseId(1), 10).await;
     let (status, conflict) =
         reserve(&app, json!({"orderNo": "ORD001", "skuId": 1003, "qty": 1})).await;
     assert_eq!(status, 409, "{conflict}");
@@ -105,7 +106,9 @@ async fn the_same_request_twice_reserves_once_and_another_qty_conflicts() {
     let (_, other) = app.get("/inventory/1003").await;
     assert_eq!(other["data"]["availableQty"], 10, "{other}");
 
-    let audits = app.assert_invariants(&[key, SkuKey::new(1, 1003)]).await;
+    let audits = app
+        .assert_invariants(&[key, SkuKey::new(WarehouseId(1), SkuId(1003))])
+        .await;
     assert_eq!(audits[0].db_available, Some(95));
     assert_eq!(audits[0].lines_reserved, 5);
     assert_eq!(audits[0].ledger_rows, 2, "inbound + one reserve");
@@ -114,12 +117,12 @@ async fn the_same_request_twice_reserves_once_and_another_qty_conflicts() {
 #[actix_web::test]
 async fn multi_line_orders_are_all_or_nothing_and_duplicate_lines_are_summed() {
     let app = spawn_app().await;
-    let a = SkuKey::new(1, 11);
-    let b = SkuKey::new(1, 12);
-    let c = SkuKey::new(2, 11);
-    app.stock_in(11, 1, 10).await;
-    app.stock_in(12, 1, 3).await;
-    app.stock_in(11, 2, 5).await;
+    let a = SkuKey::new(WarehouseId(1), SkuId(11));
+    let b = SkuKey::new(WarehouseId(1), SkuId(12));
+    let c = SkuKey::new(WarehouseId(2), SkuId(11));
+    app.stock_in(SkuId(11), WarehouseId(1), 10).await;
+    app.stock_in(SkuId(12), WarehouseId(1), 3).await;
+    app.stock_in(SkuId(11), WarehouseId(2), 5).await;
 
     // Line b is short: nothing is held anywhere.
     let (status, body) = reserve(
@@ -169,8 +172,8 @@ async fn multi_line_orders_are_all_or_nothing_and_duplicate_lines_are_summed() {
 #[actix_web::test]
 async fn confirm_and_release_follow_the_line_states() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 21);
-    app.stock_in(21, 1, 10).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(21));
+    app.stock_in(SkuId(21), WarehouseId(1), 10).await;
     for order in ["C1", "R1", "C2"] {
         let (status, body) = reserve(&app, json!({"orderNo": order, "skuId": 21, "qty": 2})).await;
         assert_eq!(status, 200, "{body}");
@@ -240,8 +243,8 @@ async fn confirm_and_release_follow_the_line_states() {
 #[actix_web::test]
 async fn confirm_racing_release_has_exactly_one_winner() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 31);
-    app.stock_in(31, 1, 1000).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(31));
+    app.stock_in(SkuId(31), WarehouseId(1), 1000).await;
     let rounds = 60;
     let mut confirmed = 0;
     let mut released = 0;
@@ -276,8 +279,8 @@ async fn confirm_racing_release_has_exactly_one_winner() {
 #[actix_web::test]
 async fn a_release_before_the_reservation_leaves_a_tombstone() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 41);
-    app.stock_in(41, 1, 5).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(41));
+    app.stock_in(SkuId(41), WarehouseId(1), 5).await;
     let (status, body) = app
         .post("/inventory/reservations/release?orderNo=LATE-1&reason=cancelled")
         .await;
@@ -294,7 +297,7 @@ async fn a_release_before_the_reservation_leaves_a_tombstone() {
 #[actix_web::test]
 async fn reservations_are_answered_from_redis_before_the_journal_drains() {
     let app = spawn_app().await;
-    app.stock_in(51, 1, 5).await;
+    app.stock_in(SkuId(51), WarehouseId(1), 5).await;
     app.drain_journal().await;
     app.state.persistence.send(StopPersistence).await.unwrap();
 
@@ -321,8 +324,8 @@ async fn reservations_are_answered_from_redis_before_the_journal_drains() {
 #[actix_web::test]
 async fn bad_reservation_requests_change_nothing() {
     let app = spawn_app().await;
-    let key = SkuKey::new(1, 61);
-    app.stock_in(61, 1, 50).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(61));
+    app.stock_in(SkuId(61), WarehouseId(1), 50).await;
     app.drain_journal().await;
     let before = app.audit(key).await;
     let many: Vec<Value> = (1..=101).map(|s| json!({"skuId": s, "qty": 1})).collect();
@@ -450,8 +453,8 @@ async fn a_full_shard_queue_answers_503_and_sells_nothing_twice() {
         ("engine.max_batch", 1.into()),
     ])
     .await;
-    let key = SkuKey::new(1, 71);
-    app.stock_in(71, 1, 1000).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(71));
+    app.stock_in(SkuId(71), WarehouseId(1), 1000).await;
     let mut tasks = Vec::new();
     for n in 0..300 {
         let client = app.client.clone();

@@ -1,6 +1,7 @@
 //! The supervisor: expiry (with the order-status hook), reconciliation and repair, Redis
 //! data loss, and leader failover between instances.
 
+use inventory::domain::{SkuId, WarehouseId};
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -62,10 +63,10 @@ async fn expired_holds_are_released_once_by_the_scheduled_job() {
         ("supervisor.lease_ms", 1000.into()),
     ])
     .await;
-    let a = SkuKey::new(1, 101);
-    let b = SkuKey::new(1, 102);
-    app.stock_in(101, 1, 10).await;
-    app.stock_in(102, 1, 10).await;
+    let a = SkuKey::new(WarehouseId(1), SkuId(101));
+    let b = SkuKey::new(WarehouseId(1), SkuId(102));
+    app.stock_in(SkuId(101), WarehouseId(1), 10).await;
+    app.stock_in(SkuId(102), WarehouseId(1), 10).await;
     reserve(
         &app,
         "EXP-1",
@@ -117,8 +118,8 @@ async fn the_default_configuration_releases_an_unconfirmed_hold() {
         app.settings.reservation.timeout.enabled,
         "expiry is on by default"
     );
-    let key = SkuKey::new(1, 151);
-    app.stock_in(151, 1, 10).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(151));
+    app.stock_in(SkuId(151), WarehouseId(1), 10).await;
     reserve(&app, "DEFAULT-1", json!([{"skuId": 151, "qty": 4}])).await;
     reserve(&app, "DEFAULT-PAID", json!([{"skuId": 151, "qty": 1}])).await;
     let (status, body) = app
@@ -149,8 +150,8 @@ async fn due_holds_show_in_readiness_and_metrics() {
         ("reservation.timeout.enabled", false.into()),
     ])
     .await;
-    app.stock_in(161, 1, 10).await;
-    app.stock_in(162, 1, 10).await;
+    app.stock_in(SkuId(161), WarehouseId(1), 10).await;
+    app.stock_in(SkuId(162), WarehouseId(1), 10).await;
     reserve(&app, "LAG-1", json!([{"skuId": 161, "qty": 1}])).await;
     reserve(&app, "LAG-2", json!([{"skuId": 162, "qty": 1}])).await;
     let (_, ready) = app.get("/health/ready").await;
@@ -204,9 +205,11 @@ async fn one_run_drains_every_due_hold_and_a_racing_confirm_keeps_its_order() {
         ("reservation.timeout.batch_size", 50.into()),
     ])
     .await;
-    let keys: Vec<SkuKey> = (0..20).map(|n| SkuKey::new(1, 1700 + n)).collect();
+    let keys: Vec<SkuKey> = (0..20)
+        .map(|n| SkuKey::new(WarehouseId(1), SkuId(1700 + n)))
+        .collect();
     for key in &keys {
-        app.stock_in(key.sku_id, 1, 1000).await;
+        app.stock_in(SkuId(key.sku_id), WarehouseId(1), 1000).await;
     }
     let orders = 600usize;
     futures_util::future::join_all((0..orders).map(|n| {
@@ -299,8 +302,8 @@ async fn a_run_stops_at_its_budget_and_the_next_one_goes_on() {
         ("reservation.timeout.run_budget_ms", 1.into()),
     ])
     .await;
-    let key = SkuKey::new(1, 181);
-    app.stock_in(181, 1, 100).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(181));
+    app.stock_in(SkuId(181), WarehouseId(1), 100).await;
     for n in 0..40 {
         reserve(
             &app,
@@ -328,7 +331,7 @@ async fn a_run_stops_at_its_budget_and_the_next_one_goes_on() {
 #[actix_web::test]
 async fn an_expired_hold_reads_as_expired_before_any_scan() {
     let app = spawn_app_with(&[("reservation.expire_after_ms", 200.into())]).await;
-    app.stock_in(201, 1, 5).await;
+    app.stock_in(SkuId(201), WarehouseId(1), 5).await;
     reserve(&app, "LATE-PAY", json!([{"skuId": 201, "qty": 1}])).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, body) = app.get("/inventory/reservations?orderNo=LATE-PAY").await;
@@ -350,8 +353,8 @@ async fn two_expiry_jobs_at_once_release_each_hold_once() {
     ])
     .await;
     let second = start(first.settings.clone(), first.db_name.clone()).await;
-    let key = SkuKey::new(1, 301);
-    first.stock_in(301, 1, 100).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(301));
+    first.stock_in(SkuId(301), WarehouseId(1), 100).await;
     for n in 0..25 {
         reserve(
             &first,
@@ -419,8 +422,8 @@ async fn the_order_status_hook_confirms_paid_orders_instead_of_releasing_them() 
         ("reservation.timeout.enabled", false.into()),
     ])
     .await;
-    let key = SkuKey::new(1, 401);
-    app.stock_in(401, 1, 10).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(401));
+    app.stock_in(SkuId(401), WarehouseId(1), 10).await;
     reserve(&app, "PAID-1", json!([{"skuId": 401, "qty": 1}])).await;
     reserve(&app, "UNPAID-1", json!([{"skuId": 401, "qty": 2}])).await;
     reserve(&app, "DOWN-1", json!([{"skuId": 401, "qty": 3}])).await;
@@ -469,11 +472,11 @@ fn kinds(report: &Value) -> Vec<(i64, String)> {
 #[actix_web::test]
 async fn reconciliation_reports_each_difference_and_repair_restores_the_invariants() {
     let app = spawn_app_with(&[]).await;
-    let a = SkuKey::new(1, 501);
-    let b = SkuKey::new(1, 502);
-    let c = SkuKey::new(1, 503);
+    let a = SkuKey::new(WarehouseId(1), SkuId(501));
+    let b = SkuKey::new(WarehouseId(1), SkuId(502));
+    let c = SkuKey::new(WarehouseId(1), SkuId(503));
     for sku in [501, 502, 503] {
-        app.stock_in(sku, 1, 20).await;
+        app.stock_in(SkuId(sku), WarehouseId(1), 20).await;
     }
     reserve(&app, "R-A", json!([{"skuId": 501, "qty": 2}])).await;
     reserve(&app, "R-B", json!([{"skuId": 502, "qty": 3}])).await;
@@ -555,8 +558,8 @@ async fn a_redis_that_lost_everything_is_rebuilt_from_the_db() {
         ("supervisor.tick_ms", 300_000.into()),
     ])
     .await;
-    let key = SkuKey::new(2, 601);
-    app.stock_in(601, 2, 30).await;
+    let key = SkuKey::new(WarehouseId(2), SkuId(601));
+    app.stock_in(SkuId(601), WarehouseId(2), 30).await;
     reserve(
         &app,
         "LOST-1",
@@ -682,8 +685,8 @@ async fn a_cancel_while_redis_had_lost_the_order_does_not_strand_its_hold() {
         ("supervisor.tick_ms", 300_000.into()),
     ])
     .await;
-    let key = SkuKey::new(1, 611);
-    app.stock_in(611, 1, 10).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(611));
+    app.stock_in(SkuId(611), WarehouseId(1), 10).await;
     reserve(&app, "STRAND-1", json!([{"skuId": 611, "qty": 4}])).await;
     app.drain_journal().await;
 
@@ -735,8 +738,8 @@ async fn a_run_that_loses_the_lease_stops_between_steps() {
         ("reservation.timeout.batch_size", 5.into()),
     ])
     .await;
-    let key = SkuKey::new(1, 191);
-    app.stock_in(191, 1, 1_000).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(191));
+    app.stock_in(SkuId(191), WarehouseId(1), 1_000).await;
     for n in 0..400 {
         reserve(
             &app,
@@ -808,7 +811,7 @@ async fn the_lease_outlives_a_job_longer_than_it() {
         ("supervisor.tick_ms", 100.into()),
     ])
     .await;
-    app.stock_in(196, 1, 10).await;
+    app.stock_in(SkuId(196), WarehouseId(1), 10).await;
     eventually("leadership", Duration::from_secs(5), || async {
         token(&app).await.is_some()
     })
@@ -860,8 +863,8 @@ async fn a_stale_leaders_writes_are_refused_by_the_fence() {
         assert_eq!(fence, Some(own), "group {g}");
     }
 
-    let key = SkuKey::new(1, 197);
-    app.stock_in(197, 1, 50).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(197));
+    app.stock_in(SkuId(197), WarehouseId(1), 50).await;
     for n in 0..10 {
         reserve(
             &app,
