@@ -98,6 +98,19 @@ bench_cleanup() {
   exit "$rc"
 }
 
+# The verdict: the failures the script collected in its array `failures` (exit 1), or
+# "OK: <what held>".
+bench_verdict() {
+  if [ ${#failures[@]} -gt 0 ]; then
+    echo
+    echo "FAIL: ${#failures[@]} verification failure(s):"
+    printf '  %s\n' "${failures[@]}"
+    exit 1
+  fi
+  echo
+  echo "OK: $1"
+}
+
 bench_start() {
   log "database $DB, Redis prefix $PREFIX, port $PORT, run directory $RUN_DIR"
   sql -e "CREATE DATABASE \`$DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"

@@ -257,11 +257,4 @@ unanswered=$((TOTAL_SENT - TOTAL_ANSWERED))
   echo "200 responses seen: $seen_ok; RESERVED rows: $rows = $((rows - row_without_ok)) with a 200 seen + $row_without_ok whose request wrk abandoned when it stopped (of $unanswered unanswered); 200s without a row: $ok_without_row; refused orders holding stock: $refused_with_row"
 } | tee -a "$SUMMARY"
 
-if [ ${#failures[@]} -gt 0 ]; then
-  echo
-  echo "FAIL: ${#failures[@]} verification failure(s):"
-  printf '  %s\n' "${failures[@]}"
-  exit 1
-fi
-echo
-echo "OK: zero oversell; every 200 is a RESERVED row; Redis == DB (reconcile). Summary: $SUMMARY"
+bench_verdict "zero oversell; every 200 is a RESERVED row; Redis == DB (reconcile). Summary: $SUMMARY"

@@ -203,11 +203,4 @@ paced=$(value "$(tail -1 "$RUN_DIR/reserve_with_paced_reads.result")" rps)
   echo "verification: reconcile $differences difference(s) over $checked positions; hot SKU RESERVED units $units + available $available = $((units + available)) (stock $STOCK); 200s seen $seen_ok, each a RESERVED row; rows whose 200 wrk abandoned at its stop: $row_without_ok"
 } | tee "$RUN_DIR/summary.md"
 
-if [ ${#failures[@]} -gt 0 ]; then
-  echo
-  echo "FAIL: ${#failures[@]} verification failure(s):"
-  printf '  %s\n' "${failures[@]}"
-  exit 1
-fi
-echo
-echo "OK: every read answered; zero oversell; Redis == DB (reconcile). Summary: $RUN_DIR/summary.md"
+bench_verdict "every read answered; zero oversell; Redis == DB (reconcile). Summary: $RUN_DIR/summary.md"
