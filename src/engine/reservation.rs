@@ -506,27 +506,6 @@ impl ReservationEngine {
         result
     }
 
-    /// Release an expired hold (the expiry job): only lines whose hold has expired, with
-    /// ledger reason EXPIRED.
-    pub async fn release_expired(
-        &self,
-        order_no: &str,
-        trace_id: &str,
-    ) -> Result<TransitionOutcome, EngineError> {
-        let result = self
-            .release_inner(
-                order_no,
-                LedgerReason::Expired,
-                "hold expired",
-                trace_id,
-                true,
-                0,
-            )
-            .await;
-        self.count_transition("expire", &result);
-        result
-    }
-
     async fn confirm_inner(
         &self,
         order_no: &str,
@@ -667,7 +646,7 @@ impl ReservationEngine {
         check_order_no(order_no, self.settings.inventory.max_order_no_len)?;
         let (lines, markers) = match source {
             ReadSource::Live => {
-                let lines = self.lines_of(order_no).await?;
+                let lines = self.redis.order_lines(order_no).await?;
                 let markers = self.redis.line_markers(order_no, &lines).await?;
                 (lines, markers)
             }

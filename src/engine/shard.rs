@@ -163,15 +163,8 @@ impl ShardCore {
 impl ShardCore {
     fn remember(&self, levels: &[LevelsAfter], sent_at: Instant) {
         for l in levels {
-            self.cache.store_write(
-                l.key,
-                CachedLevels {
-                    available: l.available,
-                    reserved: l.reserved,
-                    seq: l.seq,
-                },
-                sent_at,
-            );
+            self.cache
+                .store_write(l.key, CachedLevels::from(l), sent_at);
         }
     }
 }

@@ -187,11 +187,9 @@ impl StockService {
                 self.live_views(&keys).await?
             }
             ReadSource::Db => {
-                let available = self.redis.stock_many(&keys).await?;
-                rows.iter()
-                    .zip(available)
-                    .map(|(row, levels)| Some(view(row, levels.map(|l| l.available))))
-                    .collect()
+                let redis = self.redis.stock_many(&keys).await?;
+                let rows = rows.into_iter().map(|row| (row.key(), row)).collect();
+                db_side_views(&keys, &rows, redis)
             }
         };
         Ok(views.into_iter().flatten().collect())
@@ -219,11 +217,7 @@ impl StockService {
                     continue;
                 }
                 *slot = read.next().flatten().map(|l| {
-                    let cached = CachedLevels {
-                        available: l.available,
-                        reserved: l.reserved,
-                        seq: l.seq,
-                    };
+                    let cached = CachedLevels::from(l);
                     self.cache.store_read(*key, cached, read_at);
                     cached
                 });
@@ -270,16 +264,7 @@ impl StockService {
             .iter()
             .zip(levels.into_iter().zip(rows))
             .map(|(key, (levels, row))| match levels {
-                Some(l) => Some(InventoryView {
-                    id: row.map(|r| r.id),
-                    sku_id: key.sku_id,
-                    warehouse_id: key.warehouse_id,
-                    available_qty: l.available,
-                    reserved_qty: l.reserved,
-                    total_qty: l.available + l.reserved,
-                    redis_available_qty: Some(l.available),
-                    updated_at: row.map(|r| r.updated_at),
-                }),
+                Some(l) => Some(redis_view(*key, l.available, l.reserved, row)),
                 None => db_rows.get(key).map(|row| view(row, None)),
             })
             .collect())
@@ -298,24 +283,7 @@ impl StockService {
                 .collect()
         };
         let redis = self.redis.stock_many(keys).await?;
-        Ok(keys
-            .iter()
-            .zip(redis)
-            .map(|(key, levels)| match (rows.get(key), levels) {
-                (Some(row), levels) => Some(view(row, levels.map(|l| l.available))),
-                (None, Some(levels)) => Some(InventoryView {
-                    id: None,
-                    sku_id: key.sku_id,
-                    warehouse_id: key.warehouse_id,
-                    available_qty: levels.available,
-                    reserved_qty: levels.reserved,
-                    total_qty: levels.available + levels.reserved,
-                    redis_available_qty: Some(levels.available),
-                    updated_at: None,
-                }),
-                (None, None) => None,
-            })
-            .collect())
+        Ok(db_side_views(keys, &rows, redis))
     }
 
     pub async fn adjust(&self, req: AdjustRequest) -> Result<AdjustResult, EngineError> {
@@ -434,15 +402,9 @@ impl StockService {
             AdjustOutcome::Applied { levels, .. }
             | AdjustOutcome::AlreadyApplied { levels }
             | AdjustOutcome::Insufficient { levels }
-            | AdjustOutcome::LimitExceeded { levels } => self.cache.store_write(
-                cmd.key,
-                CachedLevels {
-                    available: levels.available,
-                    reserved: levels.reserved,
-                    seq: levels.seq,
-                },
-                started,
-            ),
+            | AdjustOutcome::LimitExceeded { levels } => {
+                self.cache.store_write(cmd.key, (*levels).into(), started)
+            }
             AdjustOutcome::Conflict { .. }
             | AdjustOutcome::JournalFull
             | AdjustOutcome::Missing => {}
@@ -611,15 +573,7 @@ impl StockService {
             if outcome.status != SyncStatus::Pending {
                 // Redis holds the DB's levels now (or did already): what this instance
                 // reads next, even against a read that was in flight.
-                self.cache.store_write(
-                    key,
-                    CachedLevels {
-                        available: levels.available,
-                        reserved: levels.reserved,
-                        seq: levels.seq,
-                    },
-                    sent_at,
-                );
+                self.cache.store_write(key, levels.into(), sent_at);
             }
             let status = match outcome.status {
                 SyncStatus::Pending => {
@@ -719,6 +673,37 @@ impl StockService {
         }
         Ok(created)
     }
+}
+
+/// A view whose levels are Redis' (the DB row, when known, gives id and updatedAt).
+fn redis_view(key: SkuKey, available: i64, reserved: i64, row: Option<RowMeta>) -> InventoryView {
+    InventoryView {
+        id: row.map(|r| r.id),
+        sku_id: key.sku_id,
+        warehouse_id: key.warehouse_id,
+        available_qty: available,
+        reserved_qty: reserved,
+        total_qty: available + reserved,
+        redis_available_qty: Some(available),
+        updated_at: row.map(|r| r.updated_at),
+    }
+}
+
+/// The DB's view (`?source=db`): each DB row with Redis' available beside it; a position
+/// only Redis holds (its journal has not reached the DB) from Redis.
+fn db_side_views(
+    keys: &[SkuKey],
+    rows: &HashMap<SkuKey, Inventory>,
+    redis: Vec<Option<StockLevels>>,
+) -> Vec<Option<InventoryView>> {
+    keys.iter()
+        .zip(redis)
+        .map(|(key, levels)| match (rows.get(key), levels) {
+            (Some(row), levels) => Some(view(row, levels.map(|l| l.available))),
+            (None, Some(l)) => Some(redis_view(*key, l.available, l.reserved, None)),
+            (None, None) => None,
+        })
+        .collect()
 }
 
 fn row_meta(row: &Inventory) -> RowMeta {

@@ -32,6 +32,26 @@ pub struct CachedLevels {
     pub seq: i64,
 }
 
+impl From<crate::domain::StockLevels> for CachedLevels {
+    fn from(l: crate::domain::StockLevels) -> Self {
+        CachedLevels {
+            available: l.available,
+            reserved: l.reserved,
+            seq: l.seq,
+        }
+    }
+}
+
+impl From<&crate::store::wire::LevelsAfter> for CachedLevels {
+    fn from(l: &crate::store::wire::LevelsAfter) -> Self {
+        CachedLevels {
+            available: l.available,
+            reserved: l.reserved,
+            seq: l.seq,
+        }
+    }
+}
+
 /// The DB row fields Redis does not hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowMeta {
@@ -111,10 +131,6 @@ impl StockCache {
         }
     }
 
-    pub fn stock_ttl(&self) -> Duration {
-        self.stock_ttl
-    }
-
     /// Fresh levels and row of a position (one lookup); the levels count as a hit or a
     /// miss.
     pub fn lookup(&self, key: SkuKey) -> (Option<CachedLevels>, Option<RowMeta>) {
@@ -135,13 +151,14 @@ impl StockCache {
     }
 
     /// Fresh levels of a position, counted as a hit or a miss.
-    pub fn levels(&self, key: SkuKey) -> Option<CachedLevels> {
+    #[cfg(test)]
+    fn levels(&self, key: SkuKey) -> Option<CachedLevels> {
         self.lookup(key).0
     }
 
-    /// The DB row's fields Redis lacks. Absence is not cached: a position Redis holds
-    /// without a DB row is one whose journal has not reached the DB yet, for milliseconds.
-    pub fn row(&self, key: SkuKey) -> Option<RowMeta> {
+    /// The DB row's fields Redis lacks.
+    #[cfg(test)]
+    fn row(&self, key: SkuKey) -> Option<RowMeta> {
         let now = Instant::now();
         self.map
             .get(&key)
@@ -183,6 +200,8 @@ impl StockCache {
         });
     }
 
+    /// Absence is not cached: a position Redis holds without a DB row is one whose journal
+    /// has not reached the DB yet, for milliseconds.
     pub fn store_row(&self, key: SkuKey, row: RowMeta) {
         if self.row_ttl.is_zero() {
             return;

@@ -822,15 +822,8 @@ impl Reconciler {
                 }
                 if let RepairOutcome::Repaired { seq } = applied {
                     // This instance's reads show the repair at once.
-                    self.stock.cache().store_write(
-                        key,
-                        crate::engine::stock_cache::CachedLevels {
-                            available: expected.available,
-                            reserved: expected.reserved,
-                            seq,
-                        },
-                        sent_at,
-                    );
+                    let written = StockLevels { seq, ..expected };
+                    self.stock.cache().store_write(key, written.into(), sent_at);
                     self.stock.wait_persisted(key, seq, wait).await?;
                     for d in differences
                         .iter_mut()
@@ -1086,11 +1079,17 @@ impl SupervisorActor {
         let leadership = self.core.leadership.clone();
         ctx.spawn(
             async move {
-                // The timer renews too; this one makes a tick that finds no lease try to
-                // take it before deciding.
-                let known = leadership.last_token();
-                let (token, sent_at_ms) = renew_lease(redis, owner, lease_ms, known).await;
-                leadership.renewed(token, sent_at_ms, lease_ms);
+                // The timer keeps a lease; a tick that finds none tries to take it before
+                // deciding (at start-up, or after losing it).
+                let (token, sent_at_ms) = match leadership.current() {
+                    Some(token) => (Some(token), None),
+                    None => {
+                        let known = leadership.last_token();
+                        let (token, sent_at_ms) = renew_lease(redis, owner, lease_ms, known).await;
+                        leadership.renewed(token, sent_at_ms, lease_ms);
+                        (token, Some(sent_at_ms))
+                    }
+                };
                 let mut expiry_behind = false;
                 if let Some(token) = token {
                     let guard = LeaseGuard { leadership, token };
@@ -1147,7 +1146,9 @@ impl SupervisorActor {
                     act.core.next_expiry = None;
                     ctx.run_later(Duration::ZERO, |act, ctx| act.tick(ctx));
                 }
-                act.core.renewed(token, sent_at_ms);
+                if let Some(sent_at_ms) = sent_at_ms {
+                    act.core.renewed(token, sent_at_ms);
+                }
                 act.busy = false;
             }),
         );

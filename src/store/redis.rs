@@ -311,11 +311,6 @@ impl RedisStore {
             .collect())
     }
 
-    pub async fn available(&self, key: SkuKey) -> RedisResult<Option<i64>> {
-        let mut conn = self.conn.clone();
-        self.timed(conn.hget(self.keys.stock(key), "avail")).await
-    }
-
     /// Runs a script and reads its reply items.
     pub(super) async fn run_script(
         &self,
