@@ -728,19 +728,9 @@ struct KafkaTopics {
 fn start_echo(brokers: &str, settings: &inventory::config::KafkaSettings, from: &str, to: &str) {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Header, Message, OwnedHeaders};
-    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
+    let consumer: StreamConsumer = inventory::events::consumer::consumer_config(settings)
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("echo-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "session.timeout.ms",
-            settings.session_timeout_ms.to_string(),
-        )
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
         .create()
         .expect("echo consumer");
     consumer.subscribe(&[from]).expect("echo subscribe");

@@ -94,6 +94,28 @@ impl Drop for ClosingConsumer {
     }
 }
 
+/// The consumer settings of the service, without its group and client ids: offsets are
+/// stored by hand after the work is durable, committed by librdkafka. Shared with the
+/// benchmark's echo consumer, which measures the broker with the same settings.
+pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
+        .set("enable.partition.eof", "false")
+        // Brokers that hold a fetch for its whole wait (tansu does) would add this much
+        // latency to every message.
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string());
+    config
+}
+
 /// The running consumer: a receive loop feeding one worker per partition.
 pub struct KafkaConsumer {
     consumer: Arc<ClosingConsumer>,
@@ -106,23 +128,9 @@ pub struct KafkaConsumer {
 impl KafkaConsumer {
     pub fn new(handler: OrderEventHandler) -> Result<Self, KafkaError> {
         let settings = handler.settings.kafka.clone();
-        let consumer: StreamConsumer<ConsumerEvents> = ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
+        let consumer: StreamConsumer<ConsumerEvents> = consumer_config(&settings)
             .set("group.id", &settings.group_id)
             .set("client.id", &settings.client_id)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            // Offsets are stored by hand, after the work is durable and the outcome sent.
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set(
-                "session.timeout.ms",
-                settings.session_timeout_ms.to_string(),
-            )
-            .set("enable.partition.eof", "false")
-            // Brokers that hold a fetch for its whole wait (tansu does) would add this much
-            // latency to every message.
-            .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
             .create_with_context(ConsumerEvents::default())?;
         let mut topics: Vec<&str> = Vec::new();
         if settings.consume_order_created || settings.consume_order_canceled {
