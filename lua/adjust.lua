@@ -2,7 +2,8 @@
 -- atomically with its idempotency marker and its journal line. lua/lib.lua is prepended.
 --
 -- KEYS[1] stock hash {avail, reserved, confirmed, seq}, KEYS[2] the position's group
--- journal, KEYS[3] adjustment marker (only used when ARGV[7] ~= '')
+-- journal, KEYS[3] adjustment marker (only used when ARGV[7] ~= ''), KEYS[4] the group's
+-- position registry (a created position joins it)
 -- ARGV: 1 warehouseId, 2 skuId, 3 delta, 4 max available, 5 ledger reason, 6 trace id,
 --       7 request id ('' = none), 8 marker ttl seconds, 9 max journal entries,
 --       10 now (ms), 11 remark, 12 '1' = create the position when it does not exist
@@ -40,6 +41,7 @@ if redis.call('EXISTS', stock) == 0 then
     return out
   end
   redis.call('HSET', stock, 'avail', 0, 'reserved', 0, 'confirmed', 0, 'seq', 0)
+  redis.call('SADD', KEYS[4], ARGV[1] .. ':' .. ARGV[2])
 end
 
 if redis.call('XLEN', journal) >= tonumber(ARGV[9]) then

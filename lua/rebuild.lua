@@ -4,20 +4,21 @@
 -- journalled: the DB already has all of it. lua/lib.lua is prepended.
 --
 -- KEYS[1] stock hash, KEYS[2] the order directory, KEYS[3] the group's orders,
--- KEYS[4] the group's holds
+-- KEYS[4] the group's holds, KEYS[5] the group's position registry
 -- ARGV[1] available, ARGV[2] reserved, ARGV[3] confirmed, ARGV[4] version,
--- ARGV[5] number of orders, then per order: orderNo, directory entry, the record of its
--- lines in this group, expireAt (ms), '1' when a line of it in this group is RESERVED
+-- ARGV[5] number of orders, ARGV[6] the registry member ('w:s'), then per order: orderNo,
+-- directory entry, the record of its lines in this group, expireAt (ms), '1' when a line of it in this group is RESERVED
 -- Reply: one item, LOADED | KEPT (the stock hash), orders restored
 local out = {}
 local status = 'KEPT'
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1')
 if redis.call('EXISTS', KEYS[1]) == 0 or seq < tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[1], 'avail', ARGV[1], 'reserved', ARGV[2], 'confirmed', ARGV[3], 'seq', ARGV[4])
+  redis.call('SADD', KEYS[5], ARGV[6])
   status = 'LOADED'
 end
 local restored = 0
-local at = 6
+local at = 7
 for _ = 1, tonumber(ARGV[5]) do
   local order_no, listed, record, expire_at, held = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   at = at + 5

@@ -9,14 +9,15 @@
 --   same version, different available: Redis was changed behind our back; the DB's
 --     value wins, as the reference's sync does                                 -> OVERWRITTEN
 --
--- KEYS[1] stock hash
--- ARGV: 1 available, 2 reserved, 3 confirmed, 4 version
+-- KEYS[1] stock hash, KEYS[2] the group's position registry
+-- ARGV: 1 available, 2 reserved, 3 confirmed, 4 version, 5 the registry member ('w:s')
 -- Reply: one item, status, available before (-1 when missing), available after, seq
 local stock = KEYS[1]
 local version = tonumber(ARGV[4])
 local out = {}
 if redis.call('EXISTS', stock) == 0 then
   redis.call('HSET', stock, 'avail', ARGV[1], 'reserved', ARGV[2], 'confirmed', ARGV[3], 'seq', ARGV[4])
+  redis.call('SADD', KEYS[2], ARGV[5])
   reply(out, 'LOADED', -1, tonumber(ARGV[1]), version)
   return out
 end

@@ -158,6 +158,8 @@ pub struct ReconcileSettings {
     pub interval_ms: u64,
     pub repair: bool,
     pub drain_wait_ms: u64,
+    pub batch_positions: usize,
+    pub fold_margin_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -512,6 +514,18 @@ impl Settings {
             self.reconcile.drain_wait_ms as i64,
             0,
             60_000,
+        )?;
+        check_range(
+            "reconcile.batch_positions",
+            self.reconcile.batch_positions as i64,
+            1,
+            5_000,
+        )?;
+        check_range(
+            "reconcile.fold_margin_ms",
+            self.reconcile.fold_margin_ms as i64,
+            1_000,
+            86_400_000,
         )?;
         check_range(
             "supervisor.lease_ms",

@@ -47,6 +47,8 @@ pub struct MetricSet {
     pub reconcile_runs: IntCounterVec,
     pub reconcile_differences: IntCounterVec,
     pub reconcile_repairs: IntCounterVec,
+    pub reconcile_checkpoint_fixes: IntCounter,
+    pub reconcile_duration: Gauge,
     pub redis_rebuilds: IntCounterVec,
     pub orders_swept: IntCounter,
     pub leader: IntGauge,
@@ -219,6 +221,14 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let reconcile_checkpoint_fixes = IntCounter::new(
+            "reconcile_checkpoint_fixes_total",
+            "Positions whose reconciliation checkpoint disagreed with their whole history and was rewritten",
+        )?;
+        let reconcile_duration = Gauge::new(
+            "reconcile_last_duration_seconds",
+            "How long the last reconciliation run took",
+        )?;
         let redis_rebuilds = IntCounterVec::new(
             Opts::new(
                 "redis_rebuilds_total",
@@ -244,6 +254,8 @@ impl Metrics {
         registry.register(Box::new(reconcile_runs.clone()))?;
         registry.register(Box::new(reconcile_differences.clone()))?;
         registry.register(Box::new(reconcile_repairs.clone()))?;
+        registry.register(Box::new(reconcile_checkpoint_fixes.clone()))?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(redis_rebuilds.clone()))?;
         registry.register(Box::new(orders_swept.clone()))?;
         registry.register(Box::new(leader.clone()))?;
@@ -293,6 +305,8 @@ impl Metrics {
             reconcile_runs,
             reconcile_differences,
             reconcile_repairs,
+            reconcile_checkpoint_fixes,
+            reconcile_duration,
             redis_rebuilds,
             orders_swept,
             leader,

@@ -12,12 +12,11 @@ use crate::config::Settings;
 use crate::engine::persistence::{
     JournalPersister, PersistenceActor, StopPersistence, PERSIST_GROUP,
 };
+use crate::engine::reconcile::Reconciler;
 use crate::engine::reservation::ReservationEngine;
 use crate::engine::shard::{ShardActor, ShardCore};
 use crate::engine::stock::StockService;
-use crate::engine::supervisor::{
-    ExpiryJob, Reconciler, StopSupervisor, SupervisorActor, SupervisorCore,
-};
+use crate::engine::supervisor::{ExpiryJob, StopSupervisor, SupervisorActor, SupervisorCore};
 use crate::engine::EngineError;
 use crate::events::consumer::KafkaConsumer;
 use crate::events::handlers::OrderEventHandler;

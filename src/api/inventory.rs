@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::api::params::{check_identifier, check_len, optional_id, positive_id, trace_id};
 use crate::api::AppState;
 use crate::domain::{LedgerReason, SkuKey};
+use crate::engine::reconcile::ReconcileReport;
 use crate::engine::stock::{AdjustRequest, AdjustResult, InventoryView, ReadSource, SyncResult};
-use crate::engine::supervisor::ReconcileReport;
 use crate::error::{ok, ok_sized, ApiError};
 
 fn position(
@@ -268,12 +268,13 @@ pub async fn adjust_stock(
 }
 
 /// Admin: compares Redis with the DB and the ledger now; repairs when asked (default:
-/// `reconcile.repair`). `POST /inventory/reconcile[?skuId=S][&warehouseId=W][&repair=true|false]`
+/// `reconcile.repair`). `POST /inventory/reconcile[?skuId=S][&warehouseId=W][&repair=true|false][&full=true|false]`
 #[utoipa::path(post, path = "/inventory/reconcile", tag = "inventory",
     params(
         ("skuId" = Option<i64>, Query, minimum = 1, description = "Only this SKU"),
         ("warehouseId" = Option<i64>, Query, minimum = 1, description = "Only this warehouse"),
         ("repair" = Option<bool>, Query, description = "Fix what can be fixed (never OVERSOLD)"),
+        ("full" = Option<bool>, Query, description = "Compare against every ledger row and line ever written instead of the checkpoints (default false; slower, grows with history)"),
     ),
     security(("bearer" = [])),
     responses(
@@ -292,20 +293,20 @@ pub async fn reconcile(
         .get("warehouseId")
         .map(|raw| positive_id("warehouseId", raw))
         .transpose()?;
-    let repair = match query.get("repair").map(|s| s.as_str()) {
-        None => state.settings.reconcile.repair,
-        Some("true") => true,
-        Some("false") => false,
-        Some(other) => {
-            return Err(ApiError::invalid(format!(
-                "repair must be true or false, got {:?}",
-                other.chars().take(20).collect::<String>()
-            )))
-        }
+    let flag = |name: &str, default: bool| match query.get(name).map(|s| s.as_str()) {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(ApiError::invalid(format!(
+            "{name} must be true or false, got {:?}",
+            other.chars().take(20).collect::<String>()
+        ))),
     };
+    let repair = flag("repair", state.settings.reconcile.repair)?;
+    let full = flag("full", false)?;
     let report = state
         .reconciler
-        .run(sku_id, warehouse_id, repair, "request")
+        .run(sku_id, warehouse_id, repair, full, "request")
         .await?;
     Ok(ok(report))
 }

@@ -17,9 +17,10 @@ use futures_util::FutureExt;
 
 use crate::config::Settings;
 use crate::engine::persistence::PersistenceActor;
+use crate::engine::reconcile::Reconciler;
 use crate::engine::reservation::ReservationEngine;
 use crate::engine::stock::StockService;
-use crate::engine::supervisor::{ExpiryJob, Reconciler, SupervisorActor};
+use crate::engine::supervisor::{ExpiryJob, SupervisorActor};
 use crate::engine::EngineError;
 use crate::error::{ApiError, Code};
 use crate::metrics::Metrics;

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod leadership;
 pub mod persistence;
+pub mod reconcile;
 pub mod reservation;
 pub mod shard;
 pub mod stock;

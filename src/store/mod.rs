@@ -1,5 +1,6 @@
 //! Where state lives: Redis (the arbiter of stock) and MySQL (the durable record).
 
+pub mod checkpoint;
 pub mod db;
 pub mod journal;
 pub mod models;

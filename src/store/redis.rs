@@ -347,6 +347,7 @@ impl RedisStore {
         invocation
             .key(self.keys.journal(self.keys.group(cmd.key)))
             .key(marker)
+            .key(self.keys.positions(self.keys.group(cmd.key)))
             .arg(cmd.key.warehouse_id)
             .arg(cmd.key.sku_id)
             .arg(cmd.delta)
@@ -401,10 +402,12 @@ impl RedisStore {
                 self.scripts
                     .warmup
                     .key(self.keys.stock(*key))
+                    .key(self.keys.positions(self.keys.group(*key)))
                     .arg(levels.available)
                     .arg(levels.reserved)
                     .arg(levels.confirmed)
-                    .arg(levels.seq),
+                    .arg(levels.seq)
+                    .arg(Keys::position_member(*key)),
             );
         }
         let replies: Vec<Value> = self.timed(pipe.query_async(&mut conn)).await?;
@@ -422,10 +425,12 @@ impl RedisStore {
     pub async fn sync(&self, key: SkuKey, db: StockLevels) -> RedisResult<SyncOutcome> {
         let mut invocation = self.scripts.sync.key(self.keys.stock(key));
         invocation
+            .key(self.keys.positions(self.keys.group(key)))
             .arg(db.available)
             .arg(db.reserved)
             .arg(db.confirmed)
-            .arg(db.seq);
+            .arg(db.seq)
+            .arg(Keys::position_member(key));
         let item = self.run_script_one("sync", &invocation).await?;
         let status = match item.status.as_str() {
             "LOADED" => SyncStatus::Loaded,

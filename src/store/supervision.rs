@@ -5,7 +5,7 @@ use redis::Value;
 
 use crate::domain::{ReservationStatus, SkuKey, StockLevels};
 use crate::store::redis::{RedisResult, RedisStore, RedisStoreError};
-use crate::store::wire::{DirectoryEntry, OrderRecord, RecordLine};
+use crate::store::wire::{DirectoryEntry, Keys, OrderRecord, RecordLine};
 
 /// An order as the DB has it (every line), for rebuilding its directory entry and records.
 #[derive(Debug, Clone)]
@@ -233,13 +233,76 @@ impl RedisStore {
         .await
     }
 
-    /// Every position Redis holds a stock hash for.
-    pub async fn scan_positions(&self) -> RedisResult<Vec<SkuKey>> {
-        let keys = self.scan_keys(&self.keys.stock_pattern()).await?;
-        let mut out: Vec<SkuKey> = keys
-            .iter()
-            .filter_map(|k| self.keys.parse_stock_key(k))
-            .collect();
+    /// Every position Redis holds a stock hash for, from the groups' registries (no
+    /// keyspace SCAN). A Redis written by a version without registries is registered by
+    /// one SCAN, the first time; `inv:meta` field `registry` records that it was.
+    pub async fn registered_positions(&self) -> RedisResult<Vec<SkuKey>> {
+        let mut conn = self.conn.clone();
+        let registered: Option<String> = self
+            .timed(
+                redis::cmd("HGET")
+                    .arg(self.keys.meta())
+                    .arg("registry")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if registered.is_none() {
+            let scanned: Vec<SkuKey> = self
+                .scan_keys(&self.keys.stock_pattern())
+                .await?
+                .iter()
+                .filter_map(|k| self.keys.parse_stock_key(k))
+                .collect();
+            for chunk in scanned.chunks(1000) {
+                let mut pipe = redis::pipe();
+                for key in chunk {
+                    pipe.cmd("SADD")
+                        .arg(self.keys.positions(self.keys.group(*key)))
+                        .arg(Keys::position_member(*key))
+                        .ignore();
+                }
+                let () = self.timed(pipe.query_async(&mut conn)).await?;
+            }
+            let () = self
+                .timed(
+                    redis::cmd("HSET")
+                        .arg(self.keys.meta())
+                        .arg("registry")
+                        .arg(1)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            tracing::info!(
+                positions = scanned.len(),
+                "position registries filled from a keyspace scan (once)"
+            );
+        }
+        let mut out = Vec::new();
+        for group in 0..self.keys.groups() {
+            let registry = self.keys.positions(group);
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, members): (u64, Vec<String>) = self
+                    .timed(
+                        redis::cmd("SSCAN")
+                            .arg(&registry)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                out.extend(
+                    members
+                        .iter()
+                        .filter_map(|m| Keys::parse_position_member(m)),
+                );
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
         out.sort();
         out.dedup();
         Ok(out)
@@ -268,11 +331,13 @@ impl RedisStore {
                 .key(self.keys.directory())
                 .key(self.keys.orders(group))
                 .key(self.keys.holds(group))
+                .key(self.keys.positions(group))
                 .arg(levels.available)
                 .arg(levels.reserved)
                 .arg(levels.confirmed)
                 .arg(levels.seq)
-                .arg(chunk.len());
+                .arg(chunk.len())
+                .arg(Keys::position_member(key));
             for order in chunk {
                 let listed = DirectoryEntry::Order {
                     expire_at_ms: order.expire_at_ms,

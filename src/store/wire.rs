@@ -93,6 +93,26 @@ impl Keys {
         format!("{}:o", self.tag(group))
     }
 
+    /// Set of the positions (`w:s`) a group holds a stock hash for: every script that
+    /// creates one adds it, so reconciliation finds Redis-only positions without a SCAN.
+    pub fn positions(&self, group: u32) -> String {
+        format!("{}:p", self.tag(group))
+    }
+
+    /// A position's member in its group's registry.
+    pub fn position_member(key: SkuKey) -> String {
+        format!("{}:{}", key.warehouse_id, key.sku_id)
+    }
+
+    /// The position a registry member names.
+    pub fn parse_position_member(member: &str) -> Option<SkuKey> {
+        let (w, s) = member.split_once(':')?;
+        Some(SkuKey::new(
+            WarehouseId(w.parse().ok()?),
+            SkuId(s.parse().ok()?),
+        ))
+    }
+
     /// Sorted set of a group's orders with held lines, scored by expiry (ms).
     pub fn holds(&self, group: u32) -> String {
         format!("{}:h", self.tag(group))

@@ -549,6 +549,124 @@ async fn reconciliation_reports_each_difference_and_repair_restores_the_invarian
     assert_eq!(after["data"]["differences"], json!([]), "{after}");
 }
 
+#[derive(diesel::QueryableByName, Debug, PartialEq, Eq)]
+struct CheckpointRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    on_hand: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    reserved_qty: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    confirmed_qty: i64,
+}
+
+async fn checkpoint_of(app: &TestApp, sku: i64) -> Option<(i64, i64, i64)> {
+    let mut conn = app.db_conn().await;
+    let rows: Vec<CheckpointRow> = diesel::sql_query(format!(
+        "SELECT on_hand, reserved_qty, confirmed_qty FROM t_reconcile_checkpoint \
+         WHERE sku_id = {sku} AND warehouse_id = 1"
+    ))
+    .load(&mut conn)
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|r| (r.on_hand, r.reserved_qty, r.confirmed_qty))
+        .next()
+}
+
+#[actix_web::test]
+async fn reconciliation_reads_from_its_checkpoint_and_a_wrong_checkpoint_is_rewritten() {
+    let app = spawn_app_with(&[
+        ("reconcile.enabled", false.into()),
+        ("reconcile.fold_margin_ms", 1000.into()),
+    ])
+    .await;
+    let a = SkuKey::new(WarehouseId(1), SkuId(521));
+    let b = SkuKey::new(WarehouseId(1), SkuId(522));
+    app.stock_in(SkuId(521), WarehouseId(1), 20).await;
+    app.stock_in(SkuId(522), WarehouseId(1), 20).await;
+    reserve(&app, "CK-1", json!([{"skuId": 521, "qty": 2}])).await;
+    reserve(&app, "CK-2", json!([{"skuId": 522, "qty": 3}])).await;
+    let (status, _) = app
+        .post("/inventory/reservations/confirm?orderNo=CK-2")
+        .await;
+    assert_eq!(status, 200);
+    app.drain_journal().await;
+    // Past the fold margin: the next run folds all of it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, report) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["data"]["differences"], json!([]), "{report}");
+    assert_eq!(report["data"]["checkpointsFolded"], 2, "{report}");
+    assert_eq!(checkpoint_of(&app, 521).await, Some((20, 2, 0)));
+    assert_eq!(checkpoint_of(&app, 522).await, Some((20, 0, 3)));
+
+    // After the fold: a line the checkpoint holds as RESERVED is released, new holds and
+    // stock arrive. The run adds them to the checkpoint without a recheck.
+    let (status, _) = app
+        .post("/inventory/reservations/release?orderNo=CK-1")
+        .await;
+    assert_eq!(status, 200);
+    reserve(&app, "CK-3", json!([{"skuId": 521, "qty": 4}])).await;
+    app.stock_in(SkuId(521), WarehouseId(1), 5).await;
+    app.drain_journal().await;
+    let (_, report) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(report["data"]["differences"], json!([]), "{report}");
+    assert_eq!(report["data"]["rechecked"], 0, "{report}");
+
+    // A wrong checkpoint is no difference: the position is checked against its whole
+    // history, which agrees with Redis, and the checkpoint is rewritten.
+    let mut conn = app.db_conn().await;
+    diesel::sql_query(
+        "UPDATE t_reconcile_checkpoint SET on_hand = on_hand + 100 WHERE sku_id = 522",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (_, report) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(report["data"]["differences"], json!([]), "{report}");
+    assert_eq!(report["data"]["rechecked"], 1, "{report}");
+    assert_eq!(report["data"]["checkpointsFixed"], 1, "{report}");
+    let rewritten = checkpoint_of(&app, 522).await;
+    assert_eq!(rewritten, Some((20, 0, 3)));
+
+    // A real drift is found through the checkpoint, confirmed by the full check, repaired.
+    let _: i64 = app
+        .redis_cmd(
+            redis::cmd("HINCRBY")
+                .arg(app.redis.keys().stock(a))
+                .arg("avail")
+                .arg(5),
+        )
+        .await;
+    let (_, report) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(
+        kinds(&report),
+        vec![(521, "REDIS_STOCK".to_string())],
+        "{report}"
+    );
+    assert_eq!(report["data"]["checkpointsFixed"], 0, "{report}");
+    let (_, report) = app.post("/inventory/reconcile?repair=true").await;
+    assert_eq!(
+        report["data"]["differences"][0]["repaired"], true,
+        "{report}"
+    );
+    let audits = app.assert_invariants(&[a, b]).await;
+    assert_eq!(audits[0].db_available, Some(21));
+
+    // The next fold takes in the release, the new hold and the repair; a full check agrees.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, report) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(report["data"]["differences"], json!([]), "{report}");
+    assert_eq!(checkpoint_of(&app, 521).await, Some((25, 4, 0)));
+    let (_, report) = app
+        .post("/inventory/reconcile?repair=false&full=true")
+        .await;
+    assert_eq!(report["data"]["full"], true, "{report}");
+    assert_eq!(report["data"]["differences"], json!([]), "{report}");
+    let (status, body) = app.post("/inventory/reconcile?full=yes").await;
+    assert_eq!(status, 400, "{body}");
+}
+
 #[actix_web::test]
 async fn a_redis_that_lost_everything_is_rebuilt_from_the_db() {
     // The supervisor would notice the loss on its own; keep it out of the way so the
@@ -908,7 +1026,7 @@ async fn a_stale_leaders_writes_are_refused_by_the_fence() {
     let refused = app
         .state
         .reconciler
-        .run_guarded(Some(197), Some(1), true, "test", Some(&stale))
+        .run_guarded(Some(197), Some(1), true, true, "test", Some(&stale))
         .await
         .unwrap();
     assert!(refused.lease_lost, "{refused:?}");
@@ -927,7 +1045,7 @@ async fn a_stale_leaders_writes_are_refused_by_the_fence() {
     let repaired = app
         .state
         .reconciler
-        .run_guarded(Some(197), Some(1), true, "test", Some(&fresh))
+        .run_guarded(Some(197), Some(1), true, true, "test", Some(&fresh))
         .await
         .unwrap();
     assert!(!repaired.lease_lost, "{repaired:?}");
