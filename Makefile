@@ -4,7 +4,7 @@ export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
 export KAFKA_BROKERS ?= 127.0.0.1:9092
 
-.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads
+.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads bench-reconcile
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
@@ -64,6 +64,10 @@ bench-sustain: services
 ## Reads benchmark (wrk, release build): hot SKU, 10,000 SKUs, queries, reserves beside reads.
 bench-reads: services
 	bash scripts/bench-reads.sh
+
+## Reconciliation over 10,000 positions with 1,000,000 ledger rows (release build).
+bench-reconcile: services
+	bash scripts/bench-reconcile.sh
 
 ## Expiry benchmark: 100,000 holds expire at once (10,000 SKUs, then one hot SKU).
 bench-expiry: services

@@ -2,6 +2,7 @@
 # run. A script sets BENCH_NAME (its log tag and the stem of its names) and PORT, then calls
 #   bench_setup        tools, connections, release build, the run's names and cleanup trap
 #   bench_start        its own database, then the service on it (waits for /health)
+#   bench_stop_service / bench_start_service   restart it on the same database
 # and uses log, die, sql (mariadb client on $DB_* ), rcli (redis-cli), admin (curl with the
 # admin token), BASE, RUN_DIR, DB, PREFIX, TS, ADMIN_TOKEN, SERVICE_TOKEN, SERVICE_PID, BIN.
 # A script may define bench_cleanup_extra (called before the database is dropped).
@@ -79,8 +80,7 @@ bench_setup() {
 
 bench_token() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 
-bench_cleanup() {
-  local rc=$?
+bench_stop_service() {
   if [ -n "$SERVICE_PID" ] && kill -0 "$SERVICE_PID" 2>/dev/null; then
     log "stopping the service (pid $SERVICE_PID)"
     kill -TERM "$SERVICE_PID" 2>/dev/null || true
@@ -88,6 +88,12 @@ bench_cleanup() {
     kill -KILL "$SERVICE_PID" 2>/dev/null || true
     wait "$SERVICE_PID" 2>/dev/null || true
   fi
+  SERVICE_PID=""
+}
+
+bench_cleanup() {
+  local rc=$?
+  bench_stop_service
   if [ "${KEEP:-0}" = "1" ]; then
     log "kept: database $DB, Redis prefix $PREFIX, $RUN_DIR"
   else
@@ -114,6 +120,11 @@ bench_verdict() {
 bench_start() {
   log "database $DB, Redis prefix $PREFIX, port $PORT, run directory $RUN_DIR"
   sql -e "CREATE DATABASE \`$DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+  bench_start_service
+}
+
+# Starts the service on the run's database (which must exist); the service migrates it.
+bench_start_service() {
   INVENTORY__HTTP__BIND="127.0.0.1:$PORT" \
   INVENTORY__REDIS__URL="$REDIS_URL" \
   INVENTORY__REDIS__KEY_PREFIX="$PREFIX" \
@@ -122,7 +133,7 @@ bench_start() {
   INVENTORY__AUTH__SERVICE_TOKENS="$SERVICE_TOKEN" \
   INVENTORY__LOG__FORMAT=json \
   RUST_LOG="${RUST_LOG:-warn}" \
-    "$BIN" >"$RUN_DIR/service.log" 2>&1 &
+    "$BIN" >>"$RUN_DIR/service.log" 2>&1 &
   SERVICE_PID=$!
   for _ in $(seq 1 300); do
     curl -fsS "$BASE/health" >/dev/null 2>&1 && break
