@@ -18,7 +18,7 @@ run: services
 ## Everything CI checks: formatting, clippy with -D warnings, all tests against real stores
 ## (fault injection and schemathesis fuzzing included).
 test: services fuzz-tools lint clean-test-dbs
-	cargo test --all-targets -- --test-threads=4
+	cargo test --all-targets --features fault-injection -- --test-threads=4
 
 services:
 	@bash scripts/services.sh
@@ -33,6 +33,7 @@ fmt:
 
 clippy:
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features fault-injection -- -D warnings
 
 # Each test creates its own database (inventory_t_*); drop the ones earlier runs left behind.
 clean-test-dbs:

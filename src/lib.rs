@@ -11,6 +11,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fault;
 pub mod metrics;
 pub mod startup;
 pub mod store;

@@ -60,6 +60,8 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let metrics = Metrics::new()?;
+        // Reads INVENTORY_FAULTS now (a bad spec stops the start), not at the first pass.
+        let _ = crate::fault::fired();
         // Bound first: the port is part of this instance's name.
         let listener = TcpListener::bind(settings.bind_addr())?;
         let port = listener.local_addr()?.port();

@@ -174,7 +174,14 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     }
     let _ = tokio::time::timeout(CHECK_TIMEOUT, state.expiry.lag()).await;
     state.stock.cache().entries();
+    let mut body = state.metrics.render();
+    // Only builds with the fault-injection feature have armed points to report.
+    for (point, fired) in crate::fault::fired() {
+        body.push_str(&format!(
+            "inventory_fault_injected_total{{point=\"{point}\"}} {fired}\n"
+        ));
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+        .body(body)
 }

@@ -109,6 +109,8 @@ impl From<EngineError> for ApiError {
             }
             // Only leader-only jobs carry a fencing token; no request does.
             EngineError::Fenced => ApiError::system(message),
+            // An armed fault point stands for an outage.
+            EngineError::Fault(_) => ApiError::new(Code::StoreUnavailable, message),
         }
     }
 }

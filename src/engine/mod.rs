@@ -61,6 +61,9 @@ pub enum EngineError {
     Redis(#[from] RedisStoreError),
     #[error(transparent)]
     Db(#[from] DbError),
+    /// A fault point armed with `error` (builds with the `fault-injection` feature only).
+    #[error(transparent)]
+    Fault(#[from] crate::fault::Injected),
 }
 
 impl EngineError {
@@ -74,7 +77,8 @@ impl EngineError {
             EngineError::Overloaded
             | EngineError::Timeout
             | EngineError::JournalFull
-            | EngineError::JournalBehind(_) => true,
+            | EngineError::JournalBehind(_)
+            | EngineError::Fault(_) => true,
             EngineError::Redis(e) => e.is_retryable(),
             EngineError::Db(e) => e.is_retryable(),
             EngineError::Invalid(_)

@@ -25,6 +25,8 @@ pub enum PersistError {
     Redis(#[from] RedisStoreError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Fault(#[from] crate::fault::Injected),
 }
 
 /// The logic, without the actor: read, write, acknowledge.
@@ -97,6 +99,8 @@ impl JournalPersister {
                 )
                 .await?;
             if !claimed.is_empty() {
+                // Claimed (now this consumer's), not written: they wait here as pending.
+                crate::fault::point("persist.claim").await?;
                 tracing::warn!(
                     entries = claimed.len(),
                     "claimed journal entries a dead consumer left pending"
@@ -144,6 +148,8 @@ impl JournalPersister {
                 .await
                 .map_err(DbError::from)?;
         }
+        // Committed, not acknowledged: the entries are read again and must insert nothing.
+        crate::fault::point("persist.before_ack").await?;
         let ids: Vec<(u32, String)> = entries.iter().map(|e| (e.group, e.id.clone())).collect();
         self.redis.ack_journal(PERSIST_GROUP, &ids).await?;
         self.metrics

@@ -697,6 +697,8 @@ impl Reconciler {
                     "reconcile: redis was {}/{}/{}, db {}/{}",
                     r.available, r.reserved, r.confirmed, db_levels.0, db_levels.1
                 );
+                // Detected, not repaired: a later run must find and repair it once.
+                crate::fault::point("reconcile.before_repair").await?;
                 let sent_at = Instant::now();
                 let applied = redis
                     .reconcile_position(key, r.seq, expected, &remark, "reconcile", fence)

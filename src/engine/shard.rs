@@ -149,6 +149,11 @@ impl ShardCore {
                 .inc();
         }
         let replies = result?;
+        // Redis applied the batch; a fault here is a reply lost on its way to the callers
+        // (they hear "no answer in time" and may retry with the same orderNo).
+        if crate::fault::point("script.after_reply").await.is_err() {
+            return Err(ShardError::Timeout);
+        }
         if replies.len() != batch.len() {
             return Err(ShardError::Store(format!(
                 "{} replies for {} requests",

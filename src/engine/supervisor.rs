@@ -326,6 +326,9 @@ impl ExpiryJob {
                 }
             }
         }
+        // Read and decided, not released: the next run (or another leader) must release
+        // each hold once.
+        crate::fault::point("expiry.before_release").await?;
         let released = self
             .reservations
             .release_expired_many(&plan.release, trace, fence)
@@ -561,6 +564,10 @@ async fn renew_lease(
     lease_ms: u64,
     known: i64,
 ) -> (Option<i64>, i64) {
+    // A renewal delayed (sleep) or lost (error): the lease may lapse and a follower lead.
+    if crate::fault::point("lease.renew").await.is_err() {
+        return (None, now_ms());
+    }
     let sent_at_ms = now_ms();
     let token = match redis.lease(&owner, lease_ms, false).await {
         Ok(Some(token)) if token != known => match redis.raise_fences(token).await {

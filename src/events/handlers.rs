@@ -436,6 +436,10 @@ impl OrderEventHandler {
     }
 
     async fn publish(&self, outcome: &Outcome) -> Result<(), Retry> {
+        // Decided, not produced: a redelivery must publish the same outcome, reserve nothing.
+        crate::fault::point("kafka.before_produce")
+            .await
+            .map_err(|e| Retry::Transient(e.to_string()))?;
         match self.publisher.publish_outcome(outcome).await {
             Ok(()) => {
                 self.metrics

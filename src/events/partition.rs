@@ -159,6 +159,10 @@ pub async fn partition_worker(
                     continue;
                 }
                 if let Some(next) = offsets.complete(msg.offset()) {
+                    // Produced, offset not stored: the message comes again after a restart.
+                    if crate::fault::point("kafka.before_offset_store").await.is_err() {
+                        continue;
+                    }
                     if let Err(e) = consumer.store_offset(msg.topic(), msg.partition(), next) {
                         // A revoked partition: its new owner re-reads from the committed offset.
                         tracing::debug!(error = %e, "offset not stored");

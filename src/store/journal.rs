@@ -280,6 +280,10 @@ pub async fn persist_batch(
 ) -> diesel::QueryResult<()> {
     conn.transaction::<_, diesel::result::Error, _>(async |conn| {
         LedgerEntry::insert_new(conn, &writes.ledger).await?;
+        // Half a batch written: the transaction must leave none of it.
+        crate::fault::point("persist.mid_batch")
+            .await
+            .map_err(|e| diesel::result::Error::QueryBuilderError(Box::new(e)))?;
         Reservation::upsert(conn, &writes.reservations).await?;
         Inventory::upsert_levels(conn, &writes.levels).await?;
         Ok(())
