@@ -291,6 +291,9 @@ impl ReservationEngine {
             Ok(Err(_)) => Err(EngineError::Timeout),
             Ok(Ok(Err(ShardError::Overloaded))) => Err(EngineError::Overloaded),
             Ok(Ok(Err(ShardError::Timeout))) => Err(EngineError::Timeout),
+            Ok(Ok(Err(ShardError::Unavailable(e)))) => Err(EngineError::Redis(
+                crate::store::redis::RedisStoreError::Unavailable(e),
+            )),
             Ok(Ok(Err(ShardError::Store(e)))) => Err(EngineError::Redis(
                 crate::store::redis::RedisStoreError::BadReply {
                     script: "batch",

@@ -26,6 +26,9 @@ pub enum ShardError {
     Overloaded,
     #[error("redis call timed out")]
     Timeout,
+    /// An outage (connection refused, Redis loading its AOF, a failover): retry later.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
     #[error("redis: {0}")]
     Store(String),
 }
@@ -34,6 +37,7 @@ impl From<RedisStoreError> for ShardError {
     fn from(e: RedisStoreError) -> Self {
         match e {
             RedisStoreError::Timeout(_) => ShardError::Timeout,
+            other if other.is_retryable() => ShardError::Unavailable(other.to_string()),
             other => ShardError::Store(other.to_string()),
         }
     }

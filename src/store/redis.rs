@@ -26,6 +26,10 @@ pub enum RedisStoreError {
     /// Redis holds another layout or another number of groups than this instance's config.
     #[error("{0}")]
     Layout(String),
+    /// An outage seen by a shard batch, passed on to every caller of the batch as text
+    /// (the redis error itself cannot be cloned) and still retryable.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl RedisStoreError {
@@ -33,7 +37,7 @@ impl RedisStoreError {
     /// misconfiguration that would fail the same way every time.
     pub fn is_retryable(&self) -> bool {
         match self {
-            RedisStoreError::Timeout(_) => true,
+            RedisStoreError::Timeout(_) | RedisStoreError::Unavailable(_) => true,
             RedisStoreError::Redis(e) => !matches!(e.retry_method(), redis::RetryMethod::NoRetry),
             RedisStoreError::BadReply { .. } | RedisStoreError::Layout(_) => false,
         }

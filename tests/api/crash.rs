@@ -29,6 +29,21 @@ async fn start_service(db_url: &str, prefix: &str) -> Service {
     start_service_with(db_url, prefix, &[]).await
 }
 
+/// Where a started service's log goes: the file named by TEST_SERVICE_LOG (appended; for
+/// debugging a failed run), or nowhere.
+fn service_log() -> Stdio {
+    std::env::var("TEST_SERVICE_LOG")
+        .ok()
+        .and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        })
+        .map_or_else(Stdio::null, Stdio::from)
+}
+
 /// The real binary against the given database and key prefix.
 pub async fn start_service_with(db_url: &str, prefix: &str, env: &[(&str, &str)]) -> Service {
     let port = free_port();
@@ -45,8 +60,8 @@ pub async fn start_service_with(db_url: &str, prefix: &str, env: &[(&str, &str)]
         .env("RUST_LOG", "error")
         // The caller's settings win.
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(service_log())
+        .stderr(service_log())
         .spawn()
         .expect("service starts");
     let base = format!("http://127.0.0.1:{port}");
@@ -78,6 +93,11 @@ impl Service {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// True once the process has exited (killed, or aborted by a fault point).
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn kill9(&mut self) {

@@ -18,4 +18,5 @@ mod layout;
 mod openapi;
 mod reads;
 mod reservations;
+mod sim;
 mod supervisor;
