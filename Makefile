@@ -4,7 +4,7 @@ export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
 export KAFKA_BROKERS ?= 127.0.0.1:9092
 
-.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads bench-reconcile
+.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads bench-reconcile sim
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
@@ -65,6 +65,12 @@ bench-sustain: services
 ## Reads benchmark (wrk, release build): hot SKU, 10,000 SKUs, queries, reserves beside reads.
 bench-reads: services
 	bash scripts/bench-reads.sh
+
+## Seeded fault simulation against a model (docs/reliability.md): SEEDS seeds from
+## SIM_SEED_FROM (make test runs 3). Replay a failure: make sim SIM_SEED_FROM=<seed> SEEDS=1
+sim: services
+	SIM_SEEDS=$(or $(SEEDS),100) SIM_SEED_FROM=$(or $(SIM_SEED_FROM),1) \
+	  cargo test --features fault-injection --test api sim::seeded -- --nocapture
 
 ## Reconciliation over 10,000 positions with 1,000,000 ledger rows (release build).
 bench-reconcile: services
