@@ -4,7 +4,7 @@ export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
 export KAFKA_BROKERS ?= 127.0.0.1:9092
 
-.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads bench-reconcile sim
+.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads bench-reconcile sim bench-faults
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
@@ -71,6 +71,12 @@ bench-reads: services
 sim: services
 	SIM_SEEDS=$(or $(SEEDS),100) SIM_SEED_FROM=$(or $(SIM_SEED_FROM),1) \
 	  cargo test --features fault-injection --test api sim::seeded -- --nocapture
+
+## Fault drills at bench scale: kill -9 of the service 100 times under load, MariaDB stopped
+## for 60 s under load (make test runs them with 12 rounds and 20 s).
+bench-faults: services
+	FAULT_KILL_ROUNDS=100 FAULT_DB_OUTAGE_SECS=60 cargo test --features fault-injection --test api \
+	  -- --nocapture --test-threads=1 crash::kill_9 faults::mariadb_stopped
 
 ## Reconciliation over 10,000 positions with 1,000,000 ledger rows (release build).
 bench-reconcile: services

@@ -1,6 +1,8 @@
 -- Leadership among service instances: take or keep the lease.
--- A new holder gets a fencing token one higher than any before it, so work stamped with an
--- older token can be told apart. lua/lib.lua is prepended.
+-- A new holder gets a fencing token higher than any before it, so work stamped with an
+-- older token can be told apart: the counter's next value, or Redis' clock in ms if that is
+-- higher, so that tokens keep growing even after Redis lost the counter with its data.
+-- lua/lib.lua is prepended.
 --
 -- KEYS[1] lease key, KEYS[2] fencing counter
 -- ARGV[1] this instance's id, ARGV[2] lease ttl (ms), ARGV[3] 'release' to give it up
@@ -27,6 +29,12 @@ if ARGV[3] == 'release' then
   return out
 end
 local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', tonumber(ARGV[2]))
+local t = redis.call('TIME')
+local clock_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if clock_ms > token then
+  token = clock_ms
+  redis.call('SET', KEYS[2], string.format('%d', token))
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. string.format('%d', token), 'PX', tonumber(ARGV[2]))
 reply(out, 'LEADER', token)
 return out

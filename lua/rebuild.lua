@@ -6,10 +6,15 @@
 -- KEYS[1] stock hash, KEYS[2] the order directory, KEYS[3] the group's orders,
 -- KEYS[4] the group's holds, KEYS[5] the group's position registry
 -- ARGV[1] available, ARGV[2] reserved, ARGV[3] confirmed, ARGV[4] version,
--- ARGV[5] number of orders, ARGV[6] the registry member ('w:s'), then per order: orderNo,
--- directory entry, the record of its lines in this group, expireAt (ms), '1' when a line of it in this group is RESERVED
--- Reply: one item, LOADED | KEPT (the stock hash), orders restored
+-- ARGV[5] number of orders, ARGV[6] the registry member ('w:s'), ARGV[7] the supervisor
+-- lease token of a leader-only rebuild (0: none; lib.lua fence_refuses), then per order:
+-- orderNo, directory entry, the record of its lines in this group, expireAt (ms), '1' when a line of it in this group is RESERVED
+-- Reply: one item, LOADED | KEPT (the stock hash) | FENCED (nothing written), orders restored
 local out = {}
+if fence_refuses(KEYS[3], ARGV[7]) then
+  reply(out, 'FENCED', 0)
+  return out
+end
 local status = 'KEPT'
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1')
 if redis.call('EXISTS', KEYS[1]) == 0 or seq < tonumber(ARGV[4]) then
@@ -18,7 +23,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 or seq < tonumber(ARGV[4]) then
   status = 'LOADED'
 end
 local restored = 0
-local at = 7
+local at = 8
 for _ = 1, tonumber(ARGV[5]) do
   local order_no, listed, record, expire_at, held = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   at = at + 5

@@ -109,7 +109,7 @@ impl Application {
             let loaded = stock.warm_up().await?;
             tracing::info!(loaded, "redis warm-up done");
         } else {
-            let (loaded, markers) = stock.rebuild_all().await?;
+            let (loaded, markers) = stock.rebuild_all(0).await?;
             tracing::info!(loaded, markers, "redis loaded from the DB");
         }
         redis.mark_epoch().await?;

@@ -170,8 +170,8 @@ impl Reconciler {
     }
 
     /// Rebuilds Redis from the DB when it lost its data (its epoch key is gone).
-    /// Returns true when it did.
-    pub async fn rebuild_if_lost(&self) -> Result<bool, EngineError> {
+    /// Returns true when it did. `fence`: the leader's lease token (0: not a leader job).
+    pub async fn rebuild_if_lost(&self, fence: i64) -> Result<bool, EngineError> {
         let redis = self.stock.redis();
         if redis.has_epoch().await? {
             return Ok(false);
@@ -180,7 +180,7 @@ impl Reconciler {
             "redis lost its data (no epoch key): rebuilding stock and markers from the DB"
         );
         redis.claim_layout().await?;
-        let (loaded, restored) = self.stock.rebuild_all().await?;
+        let (loaded, restored) = self.stock.rebuild_all(fence).await?;
         redis.ensure_journal_group(PERSIST_GROUP).await?;
         redis.mark_epoch().await?;
         self.metrics
@@ -272,8 +272,9 @@ impl Reconciler {
             full,
             ..ReconcileReport::default()
         };
+        let fence = guard.map_or(0, |g| g.token);
         if repair {
-            report.redis_rebuilt = self.rebuild_if_lost().await?;
+            report.redis_rebuilt = self.rebuild_if_lost(fence).await?;
         } else if !self.stock.redis().has_epoch().await? {
             report.differences.push(Difference {
                 sku_id: 0,
@@ -299,7 +300,6 @@ impl Reconciler {
                     .map_err(DbError::from)?
             }
         };
-        let fence = guard.map_or(0, |g| g.token);
         let positions = self.positions(sku_id, warehouse_id).await?;
         for batch in positions.chunks(self.settings.reconcile.batch_positions.max(1)) {
             if guard.is_some_and(|g| !g.holds()) {
@@ -659,7 +659,7 @@ impl Reconciler {
             ));
         }
         if repair && (levels.is_none() || missing_markers > 0) {
-            if let Some((_, restored)) = self.stock.rebuild_position(key).await? {
+            if let Some((_, restored)) = self.stock.rebuild_position(key, fence).await? {
                 self.metrics
                     .redis_rebuilds
                     .with_label_values(&["position"])

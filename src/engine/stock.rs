@@ -422,15 +422,18 @@ impl StockService {
     /// Puts a DB position Redis lacks into Redis, with the markers of its lines (so that a
     /// repeated order is still recognised); false when the DB has none either.
     pub async fn load_position(&self, key: SkuKey) -> Result<bool, EngineError> {
-        Ok(self.rebuild_position(key).await?.is_some())
+        Ok(self.rebuild_position(key, 0).await?.is_some())
     }
 
     /// Rebuilds one position from the DB where Redis lacks it: the stock hash (if missing
     /// or behind) and the markers of lines still within their marker lifetime.
     /// Returns (stock loaded, markers restored), or None when the DB has no such position.
+    /// `fence`: the lease token of a leader-only job (0: none); EngineError::Fenced when a
+    /// newer leader raised the fence.
     pub async fn rebuild_position(
         &self,
         key: SkuKey,
+        fence: i64,
     ) -> Result<Option<(bool, usize)>, EngineError> {
         let Some(levels) = self.db_levels(key).await? else {
             return Ok(None);
@@ -478,14 +481,18 @@ impl StockService {
             });
         }
         let snapshots: Vec<OrderSnapshot> = orders.into_values().collect();
-        let result = self.redis.rebuild_position(key, levels, &snapshots).await?;
+        let result = self
+            .redis
+            .rebuild_position(key, levels, &snapshots, fence)
+            .await?
+            .ok_or(EngineError::Fenced)?;
         self.cache.forget(key);
         Ok(Some(result))
     }
 
     /// Rebuilds every DB position in Redis (Redis lost its data). Returns (positions
-    /// loaded, markers restored).
-    pub async fn rebuild_all(&self) -> Result<(usize, usize), EngineError> {
+    /// loaded, markers restored). `fence` as for `rebuild_position`.
+    pub async fn rebuild_all(&self, fence: i64) -> Result<(usize, usize), EngineError> {
         const PAGE: i64 = 500;
         let mut after_id = 0;
         let (mut loaded, mut restored) = (0, 0);
@@ -499,7 +506,7 @@ impl StockService {
             let Some(last) = rows.last() else { break };
             after_id = last.id;
             for row in &rows {
-                if let Some((l, r)) = self.rebuild_position(row.key()).await? {
+                if let Some((l, r)) = self.rebuild_position(row.key(), fence).await? {
                     loaded += usize::from(l);
                     restored += r;
                 }

@@ -347,6 +347,7 @@ impl ExpiryJob {
                 // A newer leader raised the fence: the hold is its to release now.
                 Err(EngineError::Fenced) => {
                     report.lease_lost = true;
+                    self.count("fenced");
                     left.push(order_no.clone());
                 }
                 // Confirmed, not found, or not (yet) expired: not ours to release.
@@ -676,7 +677,7 @@ impl SupervisorActor {
                 let mut expiry_behind = false;
                 if let Some(token) = token {
                     let guard = LeaseGuard { leadership, token };
-                    if let Err(e) = reconciler.rebuild_if_lost().await {
+                    if let Err(e) = reconciler.rebuild_if_lost(guard.token).await {
                         tracing::error!(error = %e, "redis rebuild failed");
                     }
                     if plan.run_expiry && guard.holds() {

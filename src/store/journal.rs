@@ -28,12 +28,35 @@ pub fn parse_entry(id: &str, payload: &str) -> Result<Vec<JournalLine>, BadEntry
     payload
         .split('\n')
         .map(|line| {
-            JournalLine::parse(line).ok_or_else(|| BadEntry {
-                id: id.to_string(),
-                reason: format!("line {line:?}"),
-            })
+            let parsed = JournalLine::parse(line).ok_or_else(|| format!("line {line:?}"));
+            parsed
+                .and_then(|l| fits_the_db(&l).map(|()| l))
+                .map_err(|reason| BadEntry {
+                    id: id.to_string(),
+                    reason,
+                })
         })
         .collect()
+}
+
+/// The ledger and line columns are INT: a value beyond them is a bug upstream (config bounds
+/// stock far below), named here rather than clamped into a wrong row.
+fn fits_the_db(line: &JournalLine) -> Result<(), String> {
+    for (name, value) in [
+        ("delta available", line.delta_available),
+        ("delta reserved", line.delta_reserved),
+        ("available", line.available),
+        ("reserved", line.reserved),
+        ("qty", line.qty),
+    ] {
+        if i32::try_from(value).is_err() {
+            return Err(format!(
+                "{name} {value} of {:?} does not fit the DB's INT column",
+                line.key
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The ledger id prefix of an entry: `g<group>-<entry id>`; a line's txn_id appends its
@@ -315,6 +338,16 @@ mod tests {
         assert!(parse_entry("1-0", "not a line").is_err());
         assert!(parse_entry("1-0", "").unwrap().is_empty());
         assert_eq!(txn_prefix(3, "1-0"), "g3-1-0");
+    }
+
+    #[test]
+    fn a_value_beyond_the_db_columns_is_named_not_clamped() {
+        let err = parse_entry(
+            "1-0",
+            "RES 1 7 -3000000000 3000000000 8 2 5 2 1000 0 RESERVE O1  ",
+        )
+        .unwrap_err();
+        assert!(err.reason.contains("does not fit"), "{}", err.reason);
     }
 
     #[test]

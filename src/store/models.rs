@@ -444,7 +444,13 @@ impl LedgerEntry {
     }
 }
 
+/// A journal value as the INT column it goes to. `journal::parse_entry` refused every
+/// entry with a value beyond i32, so the clamp cannot change anything.
 pub fn ledger_i32(v: i64) -> i32 {
+    debug_assert!(
+        i32::try_from(v).is_ok(),
+        "{v} passed the journal's range check"
+    );
     clamp_i32(v)
 }
 

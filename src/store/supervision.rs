@@ -309,13 +309,15 @@ impl RedisStore {
     }
 
     /// Loads a position and the orders with lines in it from the DB where Redis lacks
-    /// them. Returns (stock loaded, orders restored).
+    /// them. Returns (stock loaded, orders restored), or None when `fence` (a leader's lease
+    /// token; 0 for none) was refused: a newer leader raised the group's fence.
     pub async fn rebuild_position(
         &self,
         key: SkuKey,
         levels: StockLevels,
         orders: &[OrderSnapshot],
-    ) -> RedisResult<(bool, usize)> {
+        fence: i64,
+    ) -> RedisResult<Option<(bool, usize)>> {
         let mut loaded = false;
         let mut restored = 0;
         let group = self.keys.group(key);
@@ -337,7 +339,8 @@ impl RedisStore {
                 .arg(levels.confirmed)
                 .arg(levels.seq)
                 .arg(chunk.len())
-                .arg(Keys::position_member(key));
+                .arg(Keys::position_member(key))
+                .arg(fence);
             for order in chunk {
                 let listed = DirectoryEntry::Order {
                     expire_at_ms: order.expire_at_ms,
@@ -364,10 +367,20 @@ impl RedisStore {
                     .arg(if held { "1" } else { "0" });
             }
             let item = self.run_script_one("rebuild", &invocation).await?;
+            if item.status == "FENCED" {
+                return Ok(None);
+            }
             loaded |= item.status == "LOADED";
-            restored += usize::try_from(item.n[0]).unwrap_or(0);
+            restored += item
+                .n
+                .first()
+                .and_then(|n| usize::try_from(*n).ok())
+                .ok_or_else(|| RedisStoreError::BadReply {
+                    script: "rebuild",
+                    detail: format!("restored count {:?}", item.n.first()),
+                })?;
         }
-        Ok((loaded, restored))
+        Ok(Some((loaded, restored)))
     }
 
     /// Sets a position's counters as a journalled RECONCILE change, if its seq is still

@@ -46,6 +46,19 @@ fn service_log() -> Stdio {
 
 /// The real binary against the given database and key prefix.
 pub async fn start_service_with(db_url: &str, prefix: &str, env: &[(&str, &str)]) -> Service {
+    match try_start_service_with(db_url, prefix, env).await {
+        Ok(service) => service,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `start_service_with`, or why the service did not come up (it exited, or no /health in
+/// 30 s).
+pub async fn try_start_service_with(
+    db_url: &str,
+    prefix: &str,
+    env: &[(&str, &str)],
+) -> Result<Service, String> {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_inventory-service"))
         .env("INVENTORY__HTTP__BIND", format!("127.0.0.1:{port}"))
@@ -63,20 +76,27 @@ pub async fn start_service_with(db_url: &str, prefix: &str, env: &[(&str, &str)]
         .stdout(service_log())
         .stderr(service_log())
         .spawn()
-        .expect("service starts");
-    let base = format!("http://127.0.0.1:{port}");
+        .map_err(|e| format!("service does not start: {e}"))?;
+    let mut service = Service {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = client.get(format!("{base}/health")).send().await {
+        if let Ok(r) = client.get(format!("{}/health", service.base)).send().await {
             if r.status().is_success() {
-                break;
+                return Ok(service);
             }
         }
-        assert!(Instant::now() < deadline, "service did not come up");
+        if let Ok(Some(status)) = service.child.try_wait() {
+            return Err(format!("service exited at start-up: {status}"));
+        }
+        if Instant::now() > deadline {
+            return Err("service did not come up".into());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Service { child, base }
 }
 
 impl Service {
@@ -93,6 +113,13 @@ impl Service {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Sends a signal by name (STOP, CONT, ...).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status();
     }
 
     /// True once the process has exited (killed, or aborted by a fault point).
@@ -165,8 +192,14 @@ pub async fn stock_in(base: &str, sku: i64, qty: i64) {
     assert_eq!(r.status().as_u16(), 200);
 }
 
-/// kill -9 rounds at random moments under load (plus the one with the DB cut off).
-const ROUNDS: usize = 12;
+/// kill -9 rounds at random moments under load (plus the one with the DB cut off):
+/// FAULT_KILL_ROUNDS, 12 by default (`make bench-faults` runs 100).
+fn kill_rounds() -> usize {
+    std::env::var("FAULT_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12)
+}
 
 #[actix_web::test]
 async fn kill_9_never_loses_or_invents_a_reservation() {
@@ -196,7 +229,8 @@ async fn kill_9_never_loses_or_invents_a_reservation() {
     db_proxy.restore();
 
     // 2. kill -9 at random moments under load, several times.
-    for round in 0..ROUNDS {
+    let rounds = kill_rounds();
+    for round in 0..rounds {
         let mut service = start_service(&proxied, &prefix).await;
         let base = service.base.clone();
         let load = tokio::spawn({
@@ -257,7 +291,7 @@ async fn kill_9_never_loses_or_invents_a_reservation() {
     assert!(acknowledged.len() >= 200);
     println!(
         "FAULT service-kill-9: {} kills (1 with the DB cut off), acknowledged {}, in the DB {} (the rest held but unanswered at the kill; each has its Redis marker), lost 0, duplicated 0",
-        ROUNDS + 1,
+        rounds + 1,
         acknowledged.len(),
         rows.len()
     );
@@ -332,4 +366,164 @@ async fn sigterm_under_load_persists_every_acknowledged_reservation_before_exit(
         acknowledged.len(),
         in_db.len()
     );
+}
+
+/// The SIGSTOP drill (issue "reliability", part 3): the leader is frozen between deciding
+/// which holds to release and releasing them, past its lease; a second process takes over,
+/// raises the fences and releases them; the old leader resumes and its releases are refused.
+/// Every hold is released exactly once.
+#[actix_web::test]
+async fn a_leader_paused_past_its_lease_is_fenced_and_nothing_is_released_twice() {
+    let (db_name, db_url) = create_test_database().await;
+    let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
+    let settings = test_settings(&db_url, &prefix, &[]);
+    let redis = inventory::store::redis::RedisStore::connect(&settings.redis)
+        .await
+        .expect("redis");
+    let leader_key = redis.keys().leader();
+    let leader = || async {
+        let mut conn = redis.connection();
+        let owner: Option<String> = redis::cmd("GET")
+            .arg(&leader_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
+        owner.unwrap_or_default()
+    };
+    let common = [
+        ("INVENTORY__RESERVATION__EXPIRE_AFTER_MS", "1000"),
+        ("INVENTORY__RESERVATION__TIMEOUT__CRON", "* * * * * ?"),
+        ("INVENTORY__SUPERVISOR__LEASE_MS", "1000"),
+        ("INVENTORY__SUPERVISOR__TICK_MS", "100"),
+    ];
+    // A decides, then waits 1.5 s before releasing (once): the window the pause hits.
+    let mut env_a: Vec<(&str, &str)> = common.to_vec();
+    env_a.push(("INVENTORY_INSTANCE_ID", "leader-a"));
+    env_a.push(("INVENTORY_FAULTS", "expiry.before_release=sleep(1500)*1"));
+    let a = start_service_with(&db_url, &prefix, &env_a).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !leader().await.starts_with("leader-a") {
+        assert!(Instant::now() < deadline, "A never led");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut env_b: Vec<(&str, &str)> = common.to_vec();
+    env_b.push(("INVENTORY_INSTANCE_ID", "follower-b"));
+    let b = start_service_with(&db_url, &prefix, &env_b).await;
+
+    stock_in(&a.base, 791, 1000).await;
+    let client = crate::helpers::admin_client();
+    let orders: Vec<String> = (0..40).map(|n| format!("PAUSE-{n}")).collect();
+    for order in &orders {
+        let r = client
+            .post(format!("{}/inventory/reserve", a.base))
+            .json(&json!({"orderNo": order, "skuId": 791, "qty": 1}))
+            .send()
+            .await
+            .expect("reserve");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+
+    // A has read the due holds and decided: freeze it there.
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = client
+            .get(format!("{}/metrics", a.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if metric(
+            &text,
+            "inventory_fault_injected_total{point=\"expiry.before_release\"}",
+        ) == 1
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never reached its release");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.signal("STOP");
+    let paused = Instant::now();
+    // B takes over (the lease lapses after 1 s) and releases every hold.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let levels = redis
+            .stock(SkuKey::new(WarehouseId(1), SkuId(791)))
+            .await
+            .expect("stock")
+            .expect("position");
+        if leader().await.starts_with("follower-b") && levels.reserved == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B did not take over and release");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b_took_over_in = paused.elapsed();
+    a.signal("CONT");
+    // A's sleep is over at once; its releases carry the old token and are refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fenced = loop {
+        let text = client
+            .get(format!("{}/metrics", a.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let fenced = metric(&text, "inventory_holds_expired_total{outcome=\"fenced\"}");
+        if fenced > 0 {
+            break fenced;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A's stale releases were not refused: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Each hold released once: one EXPIRED ledger row per order, stock whole again.
+    let pool = inventory::store::db::build_pool(&settings.database).expect("pool");
+    let key = SkuKey::new(WarehouseId(1), SkuId(791));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lag = redis
+            .journal_lag(inventory::engine::persistence::PERSIST_GROUP)
+            .await;
+        if lag.is_ok_and(|l| l.not_persisted() == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "journal did not drain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut conn = inventory::store::db::connection(&pool).await.expect("conn");
+    let ledger = inventory::store::models::LedgerEntry::for_position(&mut conn, key)
+        .await
+        .expect("ledger");
+    for order in &orders {
+        let expired = ledger
+            .iter()
+            .filter(|e| e.order_no.as_deref() == Some(order.as_str()) && e.reason == "EXPIRED")
+            .count();
+        assert_eq!(expired, 1, "{order} released {expired} times");
+    }
+    let audit = inventory::engine::audit::audit_position(&redis, &pool, key)
+        .await
+        .expect("audit");
+    assert!(audit.is_clean(), "{audit:#?}");
+    assert_eq!(audit.redis.map(|l| l.available), Some(1000));
+    println!(
+        "FAULT sigstop-leader: leader frozen between its decision and its release; the follower led and released {} holds {:?} into the pause; the resumed leader's releases were refused {fenced} times (fenced); each hold released once",
+        orders.len(),
+        b_took_over_in
+    );
+    drop(b);
 }

@@ -321,7 +321,12 @@ pub async fn assert_drained_exactly(
 }
 
 #[actix_web::test]
-async fn mariadb_stopped_for_20_s_under_load_degrades_serves_and_catches_up() {
+async fn mariadb_stopped_under_load_degrades_serves_and_catches_up() {
+    // FAULT_DB_OUTAGE_SECS, 20 by default (`make bench-faults` stops it for 60).
+    let outage_secs: u64 = std::env::var("FAULT_DB_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let mut mariadb = tokio::task::spawn_blocking(PrivateMariadb::init)
         .await
         .expect("mariadb");
@@ -369,7 +374,7 @@ async fn mariadb_stopped_for_20_s_under_load_degrades_serves_and_catches_up() {
         .as_u64()
         .unwrap_or(0);
     assert!(waiting > 0, "nothing waits for the DB: {ready}");
-    tokio::time::sleep(Duration::from_secs(20).saturating_sub(outage.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(outage_secs).saturating_sub(outage.elapsed())).await;
 
     let mut mariadb = tokio::task::spawn_blocking(move || {
         mariadb.start();
@@ -406,7 +411,7 @@ async fn mariadb_stopped_for_20_s_under_load_degrades_serves_and_catches_up() {
         .expect("json");
     assert_eq!(ready["data"]["status"], "UP", "{ready}");
     println!(
-        "FAULT mariadb-stop: outage 20 s, acknowledged {} (failed 0), journal waiting at 3 s {waiting}, drained {:?} after restart, lost 0, duplicated 0",
+        "FAULT mariadb-stop: outage {outage_secs} s, acknowledged {} (failed 0), journal waiting at 3 s {waiting}, drained {:?} after restart, lost 0, duplicated 0",
         acknowledged.len(),
         drained_in
     );

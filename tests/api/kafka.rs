@@ -426,7 +426,7 @@ fn payment(message_id: &str, order_no: &str) -> String {
     envelope(message_id, "PaymentSucceededEvent", order_no, &payload)
 }
 
-fn refund(message_id: &str, as_no: &str, order_no: &str, sku: i64, qty: i64) -> String {
+pub fn refund(message_id: &str, as_no: &str, order_no: &str, sku: i64, qty: i64) -> String {
     let payload = format!(
         r#"{{"eventId":"r-{message_id}","asNo":"{as_no}","orderNo":"{order_no}","userId":10001,"refundAmount":5.00,"refundNo":"RF1","items":[{{"orderItemId":1,"skuId":{sku},"qty":{qty},"refundAmount":5.00}}],"refundedAt":"2024-01-16T09:00:00","eventTime":"2024-01-16T09:00:00.000","traceId":"t","version":"1.0"}}"#
     );

@@ -13,7 +13,7 @@ use crate::crash::free_port;
 use crate::helpers::spawn_app_with;
 use crate::kafka::{order_created, KafkaClient};
 
-fn tansu() -> std::path::PathBuf {
+pub(crate) fn tansu() -> std::path::PathBuf {
     let path = std::env::var_os("TANSU_BIN")
         .map(Into::into)
         .unwrap_or_else(|| {
@@ -28,14 +28,14 @@ fn tansu() -> std::path::PathBuf {
     path
 }
 
-struct Broker {
+pub(crate) struct Broker {
     dir: std::path::PathBuf,
     port: u16,
     child: Option<Child>,
 }
 
 impl Broker {
-    fn start(dir: std::path::PathBuf, port: u16) -> Broker {
+    pub(crate) fn start(dir: std::path::PathBuf, port: u16) -> Broker {
         let address = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu())
             .current_dir(&dir)
@@ -58,7 +58,7 @@ impl Broker {
         }
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -1034,6 +1034,26 @@ async fn a_stale_leaders_writes_are_refused_by_the_fence() {
         refused.differences.iter().all(|d| !d.repaired),
         "{refused:?}"
     );
+    // Its rebuild of a position is refused as well; a rebuild without a token (a request
+    // loading a position Redis lacks) and one with the newer token are not.
+    assert!(matches!(
+        app.state.stock.rebuild_position(key, own).await,
+        Err(inventory::engine::EngineError::Fenced)
+    ));
+    assert!(app
+        .state
+        .stock
+        .rebuild_position(key, 0)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(app
+        .state
+        .stock
+        .rebuild_position(key, newer)
+        .await
+        .unwrap()
+        .is_some());
 
     // The new leader's token goes through: the holds are released once, the repair made.
     let current = Leadership::default();
@@ -1063,4 +1083,20 @@ async fn a_stale_leaders_writes_are_refused_by_the_fence() {
     assert_eq!(status, 200, "{body}");
     let audits = app.assert_invariants(&[key]).await;
     assert_eq!(audits[0].db_available, Some(50));
+
+    // Redis losing the token counter with its data does not take tokens back: a new lease's
+    // token is at least Redis' clock in ms, so above every token handed out before.
+    let _: i64 = app
+        .redis_cmd(
+            redis::cmd("DEL")
+                .arg(keys.leader())
+                .arg(keys.leader_token()),
+        )
+        .await;
+    // (Whoever takes the lease now, this call or the instance's own supervisor.)
+    let _ = app.redis.lease("after-loss", 60_000, false).await.unwrap();
+    let after_loss: i64 = app
+        .redis_cmd(redis::cmd("GET").arg(keys.leader_token()))
+        .await;
+    assert!(after_loss > newer, "{after_loss} <= {newer}");
 }
