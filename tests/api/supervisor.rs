@@ -867,14 +867,21 @@ async fn a_run_that_loses_the_lease_stops_between_steps() {
         .await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Tokens above the one the instance's own supervisor raised the fences to (tokens
+    // start at Redis' clock in ms).
+    eventually("leadership", Duration::from_secs(5), || async {
+        token(&app).await.is_some()
+    })
+    .await;
+    let own = token(&app).await.unwrap();
 
     // A lease this instance holds for about 60 ms more (a 1 s lease renewed 940 ms ago,
     // less the tenth kept for drift... counted from now - 840 ms).
     let leadership = Leadership::default();
-    leadership.renewed(Some(41), inventory::engine::now_ms() - 840, 1_000);
+    leadership.renewed(Some(own + 41), inventory::engine::now_ms() - 840, 1_000);
     let guard = LeaseGuard {
         leadership: leadership.clone(),
-        token: 41,
+        token: own + 41,
     };
     assert!(guard.holds());
     let lost = app.state.expiry.run_as_leader(&guard).await.unwrap();
@@ -883,14 +890,14 @@ async fn a_run_that_loses_the_lease_stops_between_steps() {
     assert!(!guard.holds());
 
     // Another token is another lease: a guard of the old one does nothing at all.
-    leadership.renewed(Some(42), inventory::engine::now_ms(), 60_000);
+    leadership.renewed(Some(own + 42), inventory::engine::now_ms(), 60_000);
     let stale = app.state.expiry.run_as_leader(&guard).await.unwrap();
     assert!(stale.lease_lost && stale.steps == 0, "{stale:?}");
 
     // The new leader finishes the job.
     let next = LeaseGuard {
         leadership,
-        token: 42,
+        token: own + 42,
     };
     let mut released = lost.released;
     for _ in 0..50 {
