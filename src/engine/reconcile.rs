@@ -490,6 +490,7 @@ impl Reconciler {
             .collect();
         let mut pause = Duration::from_millis(5);
         let mut not_drained = Vec::new();
+        let mut with_row: HashSet<SkuKey> = HashSet::new();
         loop {
             if waiting.is_empty() {
                 break;
@@ -502,6 +503,7 @@ impl Reconciler {
                     .map_err(DbError::from)?
             };
             for row in rows {
+                with_row.insert(row.key());
                 if waiting
                     .get(&row.key())
                     .is_some_and(|seq| row.version >= *seq)
@@ -513,6 +515,19 @@ impl Reconciler {
                 break;
             }
             if Instant::now() + pause > deadline {
+                // A position the DB has no row for while nothing waits in the journal at
+                // all: the row is missing, not late (compared: DB_STOCK).
+                if waiting.keys().any(|k| !with_row.contains(k))
+                    && self
+                        .stock
+                        .redis()
+                        .journal_lag(PERSIST_GROUP)
+                        .await?
+                        .not_persisted()
+                        == 0
+                {
+                    waiting.retain(|k, _| with_row.contains(k));
+                }
                 not_drained.extend(waiting.iter().map(|(k, s)| (*k, *s)));
                 break;
             }

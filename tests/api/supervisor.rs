@@ -668,6 +668,56 @@ async fn reconciliation_reads_from_its_checkpoint_and_a_wrong_checkpoint_is_rewr
 }
 
 #[actix_web::test]
+async fn reconciliation_finds_positions_only_redis_holds_through_the_registry() {
+    let app = spawn_app_with(&[("reconcile.enabled", false.into())]).await;
+    app.stock_in(SkuId(531), WarehouseId(1), 10).await;
+    app.stock_in(SkuId(532), WarehouseId(2), 10).await;
+    app.drain_journal().await;
+    // The DB loses one row: only Redis' registry still names the position.
+    let mut conn = app.db_conn().await;
+    diesel::sql_query("DELETE FROM t_inventory WHERE sku_id = 532")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (_, report) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(
+        kinds(&report),
+        vec![(532, "DB_STOCK".to_string())],
+        "{report}"
+    );
+
+    // A Redis from before registries (no registry sets, no meta field) is registered by
+    // one SCAN, and the same position is found.
+    let keys = app.redis.keys().clone();
+    for g in 0..keys.groups() {
+        let _: i64 = app
+            .redis_cmd(redis::cmd("DEL").arg(keys.positions(g)))
+            .await;
+    }
+    let _: i64 = app
+        .redis_cmd(redis::cmd("HDEL").arg(keys.meta()).arg("registry"))
+        .await;
+    let (_, report) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(
+        kinds(&report),
+        vec![(532, "DB_STOCK".to_string())],
+        "{report}"
+    );
+    let registered: Option<String> = app
+        .redis_cmd(redis::cmd("HGET").arg(keys.meta()).arg("registry"))
+        .await;
+    assert_eq!(registered.as_deref(), Some("1"));
+    let member: i64 = app
+        .redis_cmd(
+            redis::cmd("SISMEMBER")
+                .arg(keys.positions(keys.group(SkuKey::new(WarehouseId(2), SkuId(532)))))
+                .arg("2:532"),
+        )
+        .await;
+    assert_eq!(member, 1);
+}
+
+#[actix_web::test]
 async fn a_redis_that_lost_everything_is_rebuilt_from_the_db() {
     // The supervisor would notice the loss on its own; keep it out of the way so the
     // endpoint's report is what is checked.
