@@ -211,10 +211,25 @@ impl OrderEventHandler {
             .unwrap_or_else(|| envelope.message_id.clone());
         // One line per event kind; each parses its own payload. Err(reason): the message
         // goes to the dead-letter topic.
+        // An order's outcome is published only once it is recorded: published first, a
+        // decision lost with its log row (DB down) could be decided again differently on
+        // redelivery (refused, then held once stock came back) and the order service would
+        // get both. Recorded first, a redelivery republishes the recorded outcome.
+        let mut to_publish: Option<Outcome> = None;
         let decided = match tag.as_str() {
             wire::TAG_ORDER_CREATED => {
-                self.order_created(&envelope.payload, &envelope.message_id, &trace_id)
+                match self
+                    .order_created(&envelope.payload, &envelope.message_id, &trace_id)
                     .await?
+                {
+                    Ok(outcome) => {
+                        let result = serde_json::to_string(&outcome).map_err(transient)?;
+                        let handled = Handled::Published(outcome.tag.clone());
+                        to_publish = Some(outcome);
+                        Ok((handled, result))
+                    }
+                    Err(reason) => Err(reason),
+                }
             }
             wire::TAG_ORDER_CANCELED => self.order_canceled(&envelope.payload, &trace_id).await?,
             wire::TAG_PAYMENT_SUCCEEDED => {
@@ -243,15 +258,23 @@ impl OrderEventHandler {
             cost_ms: Some(started.elapsed().as_millis().min(i32::MAX as u128) as i32),
         };
         self.log.record(row).await.map_err(Retry::Transient)?;
+        if let Some(outcome) = &to_publish {
+            self.publish(outcome).await?;
+        }
         self.count(&tag, "ok");
         Ok(handled)
     }
 
-    /// Reserves and publishes the outcome; Ok((what happened, the result to record)) or
-    /// Err(reason for the dead-letter topic).
+    /// Reserves and decides the outcome (published by `handle` once recorded); Ok(outcome)
+    /// or Err(reason for the dead-letter topic).
     /// The outcome's eventId and its envelope's messageId are derived from the incoming
     /// messageId (UUID v5), so a redelivery publishes the identical message.
-    async fn order_created(&self, payload: &str, message_id: &str, trace_id: &str) -> Decided {
+    async fn order_created(
+        &self,
+        payload: &str,
+        message_id: &str,
+        trace_id: &str,
+    ) -> Result<Result<Outcome, String>, Retry> {
         let event: OrderCreatedEvent = match parse("OrderCreatedEvent", payload) {
             Ok(e) => e,
             Err(reason) => return Ok(Err(reason)),
@@ -339,10 +362,7 @@ impl OrderEventHandler {
                 )
             }
         };
-        let outcome = outcome.map_err(transient)?;
-        self.publish(&outcome).await?;
-        let result = serde_json::to_string(&outcome).map_err(transient)?;
-        Ok(Ok((Handled::Published(outcome.tag), result)))
+        Ok(Ok(outcome.map_err(transient)?))
     }
 
     async fn order_canceled(&self, payload: &str, trace_id: &str) -> Decided {

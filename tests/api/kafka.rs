@@ -84,13 +84,28 @@ impl KafkaClient {
 
     /// Reads `topic` from the beginning until `count` messages arrived (or the time is up).
     pub async fn collect(&self, topic: &str, count: usize, limit: Duration) -> Vec<Received> {
-        self.collect_until(topic, limit, |out| out.len() >= count)
+        self.collect_until(topic, limit, Duration::ZERO, |out| out.len() >= count)
             .await
     }
 
     /// Reads until messages with `keys` distinct keys arrived (redeliveries may repeat one).
     pub async fn collect_keys(&self, topic: &str, keys: usize, limit: Duration) -> Vec<Received> {
-        self.collect_until(topic, limit, |out| {
+        self.collect_until(topic, limit, Duration::ZERO, |out| {
+            out.iter().map(|m| &m.key).collect::<HashSet<_>>().len() >= keys
+        })
+        .await
+    }
+
+    /// `collect_keys`, then on until no message came for `settle`: every message of those
+    /// keys, not only the first of each.
+    pub async fn collect_keys_settled(
+        &self,
+        topic: &str,
+        keys: usize,
+        limit: Duration,
+        settle: Duration,
+    ) -> Vec<Received> {
+        self.collect_until(topic, limit, settle, |out| {
             out.iter().map(|m| &m.key).collect::<HashSet<_>>().len() >= keys
         })
         .await
@@ -100,6 +115,7 @@ impl KafkaClient {
         &self,
         topic: &str,
         limit: Duration,
+        settle: Duration,
         enough: impl Fn(&[Received]) -> bool,
     ) -> Vec<Received> {
         let consumer: StreamConsumer<KafkaLogContext> = ClientConfig::new()
@@ -113,8 +129,16 @@ impl KafkaClient {
         consumer.subscribe(&[topic]).expect("subscribe");
         let deadline = Instant::now() + limit;
         let mut out = Vec::new();
-        while !enough(&out) && Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
+        while Instant::now() < deadline {
+            let enough_now = enough(&out);
+            if enough_now && settle.is_zero() {
+                break;
+            }
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if enough_now {
+                // Enough: read on until nothing more comes for `settle`.
+                left = left.min(settle);
+            }
             match tokio::time::timeout(left, consumer.recv()).await {
                 Ok(Ok(m)) => {
                     let headers = m

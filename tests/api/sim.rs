@@ -1354,8 +1354,14 @@ impl Sim {
                 })
                 .collect();
             if !sent.is_empty() {
+                // Every outcome of every order, not just the first of each.
                 let outcomes = kafka
-                    .collect_keys("INVENTORY_TOPIC", sent.len(), Duration::from_secs(30))
+                    .collect_keys_settled(
+                        "INVENTORY_TOPIC",
+                        sent.len(),
+                        Duration::from_secs(60),
+                        Duration::from_secs(2),
+                    )
                     .await;
                 for i in sent {
                     let order = &sched.orders[i];
