@@ -42,6 +42,18 @@ pub struct Difference {
     pub repaired: bool,
 }
 
+impl Difference {
+    fn new(key: SkuKey, kind: &'static str, detail: String) -> Self {
+        Difference {
+            sku_id: key.sku_id,
+            warehouse_id: key.warehouse_id,
+            kind,
+            detail,
+            repaired: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Skipped {
@@ -95,13 +107,7 @@ fn counter_differences(
     totals: PositionTotals,
 ) -> Vec<Difference> {
     let (available, reserved, confirmed) = expected_levels(totals);
-    let diff = |kind: &'static str, detail: String| Difference {
-        sku_id: key.sku_id,
-        warehouse_id: key.warehouse_id,
-        kind,
-        detail,
-        repaired: false,
-    };
+    let diff = |kind, detail| Difference::new(key, kind, detail);
     let mut out = Vec::new();
     if let Some(r) = redis {
         if (r.available, r.reserved, r.confirmed) != (available, reserved, confirmed) {
@@ -414,15 +420,13 @@ impl Reconciler {
         report.rechecked += 1;
         let (ready, not_drained) = self.wait_drained(&[key]).await?;
         if let Some((_, seq)) = not_drained.first() {
-            found.push(Difference {
-                sku_id: key.sku_id,
-                warehouse_id: key.warehouse_id,
-                kind: "UNVERIFIED",
-                detail: format!(
+            found.push(Difference::new(
+                key,
+                "UNVERIFIED",
+                format!(
                     "counters disagreed with the checkpoint; the journal did not drain for a full check (redis seq {seq})"
                 ),
-                repaired: false,
-            });
+            ));
             return Ok(found);
         }
         let rows = self.batch_rows(&ready, Watermark::zero()).await?;
@@ -434,15 +438,11 @@ impl Reconciler {
         let differences = match full {
             Checked::Compared(d) | Checked::Recheck(d) => d,
             Checked::Skipped(reason) => {
-                found.push(Difference {
-                    sku_id: key.sku_id,
-                    warehouse_id: key.warehouse_id,
-                    kind: "UNVERIFIED",
-                    detail: format!(
-                        "counters disagreed with the checkpoint; no full check: {reason}"
-                    ),
-                    repaired: false,
-                });
+                found.push(Difference::new(
+                    key,
+                    "UNVERIFIED",
+                    format!("counters disagreed with the checkpoint; no full check: {reason}"),
+                ));
                 return Ok(found);
             }
         };
@@ -586,13 +586,7 @@ impl Reconciler {
         fence: i64,
     ) -> Result<Checked, EngineError> {
         let redis = self.stock.redis();
-        let diff = |kind: &'static str, detail: String| Difference {
-            sku_id: key.sku_id,
-            warehouse_id: key.warehouse_id,
-            kind,
-            detail,
-            repaired: false,
-        };
+        let diff = |kind, detail| Difference::new(key, kind, detail);
         let Some(row) = rows.rows.get(&key) else {
             let mut differences = Vec::new();
             if levels.is_some() {

@@ -368,6 +368,19 @@ async fn sigterm_under_load_persists_every_acknowledged_reservation_before_exit(
     );
 }
 
+/// The sum of the samples of a service's metric whose lines start with `prefix` (0 when it
+/// does not answer).
+pub async fn scrape_metric(client: &reqwest::Client, base: &str, prefix: &str) -> u64 {
+    let Ok(r) = client.get(format!("{base}/metrics")).send().await else {
+        return 0;
+    };
+    let Ok(text) = r.text().await else { return 0 };
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The SIGSTOP drill (issue "reliability", part 3): the leader is frozen between deciding
 /// which holds to release and releasing them, past its lease; a second process takes over,
 /// raises the fences and releases them; the old leader resumes and its releases are refused.
@@ -424,29 +437,15 @@ async fn a_leader_paused_past_its_lease_is_fenced_and_nothing_is_released_twice(
     }
 
     // A has read the due holds and decided: freeze it there.
-    let metric = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = client
-            .get(format!("{}/metrics", a.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        if metric(
-            &text,
-            "inventory_fault_injected_total{point=\"expiry.before_release\"}",
-        ) == 1
-        {
-            break;
-        }
+    while scrape_metric(
+        &client,
+        &a.base,
+        "inventory_fault_injected_total{point=\"expiry.before_release\"}",
+    )
+    .await
+        != 1
+    {
         assert!(Instant::now() < deadline, "A never reached its release");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -471,21 +470,18 @@ async fn a_leader_paused_past_its_lease_is_fenced_and_nothing_is_released_twice(
     // A's sleep is over at once; its releases carry the old token and are refused.
     let deadline = Instant::now() + Duration::from_secs(10);
     let fenced = loop {
-        let text = client
-            .get(format!("{}/metrics", a.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        let fenced = metric(&text, "inventory_holds_expired_total{outcome=\"fenced\"}");
+        let fenced = scrape_metric(
+            &client,
+            &a.base,
+            "inventory_holds_expired_total{outcome=\"fenced\"}",
+        )
+        .await;
         if fenced > 0 {
             break fenced;
         }
         assert!(
             Instant::now() < deadline,
-            "A's stale releases were not refused: {text}"
+            "A's stale releases were not refused"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };

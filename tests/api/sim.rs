@@ -35,7 +35,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::crash::{free_port, try_start_service_with, Service};
+use crate::crash::{free_port, scrape_metric, try_start_service_with, Service};
 use crate::faults::start_redis;
 use crate::helpers::{create_test_database, test_settings, CuttableProxy, ADMIN_TOKEN};
 
@@ -591,21 +591,8 @@ impl Sim {
 
     /// Adds the fault points that fired in the running service to the count.
     async fn count_fired(&mut self) {
-        let Ok(r) = self
-            .client
-            .get(format!("{}/metrics", self.base()))
-            .send()
-            .await
-        else {
-            return;
-        };
-        let Ok(text) = r.text().await else { return };
-        let fired: u64 = text
-            .lines()
-            .filter(|l| l.starts_with("inventory_fault_injected_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
-        self.stats.fault_points_fired += fired;
+        self.stats.fault_points_fired +=
+            scrape_metric(&self.client, &self.base(), "inventory_fault_injected_total").await;
     }
 
     async fn send_once(
