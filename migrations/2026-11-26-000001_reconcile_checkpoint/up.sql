@@ -28,7 +28,9 @@ CREATE TABLE t_reconcile_watermark (
 
 INSERT INTO t_reconcile_watermark (id) VALUES (1);
 
--- The lines changed since a watermark: all of them (the fold), and per position (a run).
+-- The lines changed since a watermark: all of them (the fold), and per position (a run);
+-- the lines of a position whose Redis markers should still exist (a run's marker check).
 ALTER TABLE t_inventory_reservation
     ADD KEY idx_updated_at (updated_at),
-    ADD KEY idx_sku_warehouse_updated (sku_id, warehouse_id, updated_at);
+    ADD KEY idx_sku_warehouse_updated (sku_id, warehouse_id, updated_at),
+    ADD KEY idx_sku_warehouse_expire (sku_id, warehouse_id, expire_at);

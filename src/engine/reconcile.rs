@@ -157,6 +157,9 @@ struct BatchRows {
     checkpoints: HashMap<SkuKey, PositionTotals>,
     ledger_after: HashMap<SkuKey, i64>,
     changed: Vec<ChangedLine>,
+    /// Lines within their marker lifetime that are not in `changed` (incremental runs):
+    /// their markers are checked too, their states are already in the checkpoint.
+    live: Vec<ChangedLine>,
 }
 
 #[derive(Clone)]
@@ -390,10 +393,23 @@ impl Reconciler {
         for line in &rows.changed {
             changed.entry(line.key()).or_default().push(line);
         }
+        let mut live: HashMap<SkuKey, Vec<&ChangedLine>> = HashMap::new();
+        for line in &rows.live {
+            live.entry(line.key()).or_default().push(line);
+        }
         for (key, levels) in ready.iter().copied().zip(levels) {
             let lines = changed.remove(&key).unwrap_or_default();
+            let older = live.remove(&key).unwrap_or_default();
             let checked = self
-                .check_position(key, levels, &rows, &lines, watermark, repair, fence)
+                .check_position(
+                    key,
+                    levels,
+                    &rows,
+                    (&lines, &older),
+                    watermark,
+                    repair,
+                    fence,
+                )
                 .await?;
             let outcome = match checked {
                 Checked::Compared(differences) => Ok(differences),
@@ -433,7 +449,15 @@ impl Reconciler {
         let levels = self.stock.redis().stock(key).await?;
         let lines: Vec<&ChangedLine> = rows.changed.iter().collect();
         let full = self
-            .check_position(key, levels, &rows, &lines, Watermark::zero(), repair, fence)
+            .check_position(
+                key,
+                levels,
+                &rows,
+                (&lines, &[]),
+                Watermark::zero(),
+                repair,
+                fence,
+            )
             .await?;
         let differences = match full {
             Checked::Compared(d) | Checked::Recheck(d) => d,
@@ -564,23 +588,38 @@ impl Reconciler {
         let changed = checkpoint::lines_changed_after(&mut conn, keys, watermark.lines_until)
             .await
             .map_err(DbError::from)?;
+        // Against the zero watermark `changed` is every line already.
+        let live = if watermark.is_zero() {
+            Vec::new()
+        } else {
+            let expiring_after =
+                crate::domain::ms_to_local(now_ms() - self.settings.marker_ttl_ms());
+            checkpoint::live_lines(&mut conn, keys, expiring_after)
+                .await
+                .map_err(DbError::from)?
+                .into_iter()
+                .filter(|l| l.updated_at <= watermark.lines_until)
+                .collect()
+        };
         Ok(BatchRows {
             rows,
             checkpoints,
             ledger_after,
             changed,
+            live,
         })
     }
 
-    /// Compares one position: `levels` is Redis' (read after `rows`), `lines` its lines
-    /// changed after the watermark (all of them against the zero watermark).
+    /// Compares one position: `levels` is Redis' (read after `rows`); `lines.0` its lines
+    /// changed after the watermark (all of them against the zero watermark), `lines.1` its
+    /// older lines still within their marker lifetime (markers only).
     #[allow(clippy::too_many_arguments)]
     async fn check_position(
         &self,
         key: SkuKey,
         levels: Option<StockLevels>,
         rows: &BatchRows,
-        lines: &[&ChangedLine],
+        (lines, older): (&[&ChangedLine], &[&ChangedLine]),
         watermark: Watermark,
         repair: bool,
         fence: i64,
@@ -626,6 +665,7 @@ impl Reconciler {
         let marker_ttl = self.settings.marker_ttl_ms();
         let live: Vec<&ChangedLine> = lines
             .iter()
+            .chain(older)
             .copied()
             .filter(|l| local_to_ms(l.expire_at) + marker_ttl > now)
             .collect();

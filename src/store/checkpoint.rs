@@ -293,6 +293,27 @@ pub async fn lines_changed_after(
     diesel::sql_query(sql).load(conn).await
 }
 
+/// The lines of these positions whose hold ends after `expiring_after`: those whose Redis
+/// markers should still exist (bounded by the marker lifetime, not by history).
+pub async fn live_lines(
+    conn: &mut AsyncMysqlConnection,
+    keys: &[SkuKey],
+    expiring_after: NaiveDateTime,
+) -> QueryResult<Vec<ChangedLine>> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut sql = String::from(
+        "SELECT order_no, sku_id, warehouse_id, qty, status, expire_at, created_at, updated_at \
+         FROM t_inventory_reservation WHERE expire_at > ",
+    );
+    push_datetime(&mut sql, &expiring_after);
+    sql.push_str(" AND ");
+    push_keys(&mut sql, keys);
+    sql.push_str(" ORDER BY id");
+    diesel::sql_query(sql).load(conn).await
+}
+
 /// Moves the watermark to `margin_ms` before the DB's clock and adds what the rows in
 /// between say to the checkpoints, in one transaction. Concurrent folds serialise on the
 /// watermark row.

@@ -658,6 +658,29 @@ async fn reconciliation_reads_from_its_checkpoint_and_a_wrong_checkpoint_is_rewr
     let (_, report) = app.post("/inventory/reconcile?repair=false").await;
     assert_eq!(report["data"]["differences"], json!([]), "{report}");
     assert_eq!(checkpoint_of(&app, 521).await, Some((25, 4, 0)));
+
+    // A marker of a line older than the watermark (CK-1, released before the last fold) is
+    // still checked while it should live: its loss is found and repaired.
+    let keys = app.redis.keys().clone();
+    let _: i64 = app
+        .redis_cmd(
+            redis::cmd("HDEL")
+                .arg(keys.orders(keys.group(a)))
+                .arg("CK-1"),
+        )
+        .await;
+    let (_, report) = app.post("/inventory/reconcile?repair=false").await;
+    assert_eq!(
+        kinds(&report),
+        vec![(521, "MARKER_MISSING".to_string())],
+        "{report}"
+    );
+    let (_, report) = app.post("/inventory/reconcile?repair=true").await;
+    assert_eq!(
+        report["data"]["differences"][0]["repaired"], true,
+        "{report}"
+    );
+
     let (_, report) = app
         .post("/inventory/reconcile?repair=false&full=true")
         .await;
