@@ -296,3 +296,61 @@ local function store_order(o, groups, lines, x)
     g.removes[#g.removes + 1] = o.no
   end
 end
+
+-- Cluster mode (docs/redis-layout.md, "Orders across slots"). A directory shard's entry:
+--   '<head> <w>:<s>:<qty> ...' or '! <until>' (a tombstone), where head is
+--   '<x>'             held (committed), no confirm or release decided
+--   '?<deadline>/<x>' claimed: being reserved, outcome not yet settled
+--   'C<x>' 'R<x>' 'E<x>'  confirm / release / expiry decided, not yet applied everywhere
+--   'c<x>' 'r<x>' 'e<x>'  decided and applied
+local function parse_cluster_entry(raw)
+  if not raw then
+    return nil
+  end
+  local until_ms = string.match(raw, '^! (%d+)$')
+  if until_ms then
+    return {tomb = tonumber(until_ms)}
+  end
+  local head, rest = string.match(raw, '^(%S+) ?(.*)$')
+  local e = {head = head, rest = rest, lines = {}}
+  local d, x = string.match(head, '^%?(%d+)/(%d+)$')
+  if d then
+    e.deadline, e.x = tonumber(d), tonumber(x)
+  else
+    local k, x2 = string.match(head, '^([CREcre]?)(%d+)$')
+    e.decision, e.x = k, tonumber(x2)
+  end
+  for field in string.gmatch(rest, '%S+') do
+    local w, s, q = string.match(field, '^([^:]+):([^:]+):([^:]+)$')
+    e.lines[#e.lines + 1] = {w = w, s = s, q = tonumber(q)}
+  end
+  return e
+end
+
+-- Whether `lines` (the text 'w:s:q ...' of a request) are the entry's: nil when they are,
+-- else the CONFLICT line number (0: other positions).
+local function differs(entry, lines)
+  local asked = {}
+  for field in string.gmatch(lines, '%S+') do
+    local w, s, q = string.match(field, '^([^:]+):([^:]+):([^:]+)$')
+    asked[#asked + 1] = {w = w, s = s, q = tonumber(q)}
+  end
+  if #asked ~= #entry.lines then
+    return 0
+  end
+  for j, a in ipairs(asked) do
+    local found = nil
+    for _, l in ipairs(entry.lines) do
+      if l.w == a.w and l.s == a.s then
+        found = l
+      end
+    end
+    if not found then
+      return 0
+    end
+    if found.q ~= a.q then
+      return j
+    end
+  end
+  return nil
+end

@@ -3,7 +3,8 @@
 -- group's records, only those missing), with the holds of RESERVED lines. Nothing is
 -- journalled: the DB already has all of it. lua/lib.lua is prepended.
 --
--- KEYS[1] stock hash, KEYS[2] the order directory, KEYS[3] the group's orders,
+-- KEYS[1] stock hash, KEYS[2] the order directory (on a cluster: any key of the group, unused),
+-- KEYS[3] the group's orders,
 -- KEYS[4] the group's holds, KEYS[5] the group's position registry
 -- ARGV[1] available, ARGV[2] reserved, ARGV[3] confirmed, ARGV[4] version,
 -- ARGV[5] number of orders, ARGV[6] the registry member ('w:s'), ARGV[7] the supervisor
@@ -29,9 +30,12 @@ for _ = 1, tonumber(ARGV[5]) do
   at = at + 5
   -- The DB has this order, so a tombstone is wrong (a cancel that came while Redis had
   -- lost the order): the order replaces it.
-  local entry = parse_directory(redis.call('HGET', KEYS[2], order_no) or nil)
-  if not entry or entry.tomb then
-    redis.call('HSET', KEYS[2], order_no, listed)
+  -- On a cluster the entry ('' here) goes to its directory shard separately.
+  if listed ~= '' then
+    local entry = parse_directory(redis.call('HGET', KEYS[2], order_no) or nil)
+    if not entry or entry.tomb then
+      redis.call('HSET', KEYS[2], order_no, listed)
+    end
   end
   if redis.call('HSETNX', KEYS[3], order_no, record) == 1 then
     restored = restored + 1

@@ -96,6 +96,29 @@ pub struct RedisSettings {
     pub command_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub groups: u32,
+    /// Seed nodes of a Redis Cluster, comma-separated (`redis://host:port,...`); empty:
+    /// one Redis at `url`. Secret (may carry a password): never logged.
+    pub cluster_urls: Secret,
+    /// Replicas that must have a script's writes (WAIT) before its callers are answered;
+    /// 0: none (a failover may lose the last writes, reconciliation names them).
+    pub wait_replicas: u32,
+    pub wait_timeout_ms: u64,
+    /// Cluster mode: how long an order spanning slot groups may stay PENDING before the
+    /// supervisor resolves it (docs/redis-layout.md, "Orders across slots").
+    pub pending_deadline_ms: u64,
+}
+
+impl RedisSettings {
+    /// The cluster's seed nodes (none: single-Redis mode).
+    pub fn cluster_nodes(&self) -> Vec<String> {
+        self.cluster_urls
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -352,6 +375,27 @@ impl Settings {
             600_000,
         )?;
         check_range("redis.groups", i64::from(self.redis.groups), 1, 16384)?;
+        for url in self.redis.cluster_nodes() {
+            check_url("redis.cluster_urls", &url, &["redis", "rediss"])?;
+        }
+        check_range(
+            "redis.wait_replicas",
+            i64::from(self.redis.wait_replicas),
+            0,
+            16,
+        )?;
+        check_range(
+            "redis.wait_timeout_ms",
+            self.redis.wait_timeout_ms as i64,
+            1,
+            60_000,
+        )?;
+        check_range(
+            "redis.pending_deadline_ms",
+            self.redis.pending_deadline_ms as i64,
+            100,
+            600_000,
+        )?;
         if self.redis.key_prefix.contains(['{', '}', ' ']) {
             return Err(invalid(
                 "redis.key_prefix",

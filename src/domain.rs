@@ -118,6 +118,9 @@ pub enum LedgerReason {
     Outbound,
     RefundRestore,
     Reconcile,
+    /// Cluster mode: an order spanning slot groups that was not held everywhere; the lines
+    /// held in its first phase go back (docs/redis-layout.md, "Orders across slots").
+    Abort,
 }
 
 impl LedgerReason {
@@ -131,6 +134,7 @@ impl LedgerReason {
         LedgerReason::Outbound,
         LedgerReason::RefundRestore,
         LedgerReason::Reconcile,
+        LedgerReason::Abort,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -144,6 +148,7 @@ impl LedgerReason {
             LedgerReason::Outbound => "OUTBOUND",
             LedgerReason::RefundRestore => "REFUND_RESTORE",
             LedgerReason::Reconcile => "RECONCILE",
+            LedgerReason::Abort => "ABORT",
         }
     }
 

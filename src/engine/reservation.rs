@@ -19,7 +19,7 @@ use crate::engine::{ms_to_local_datetime, now_ms, EngineError};
 use crate::metrics::Metrics;
 use crate::store::db::{self, DbPool};
 use crate::store::models::Reservation;
-use crate::store::redis::RedisStore;
+use crate::store::redis::{RedisStore, RedisStoreError};
 use crate::store::reservations::{
     OrderLine, ReserveOrder, ReserveReply, TransitionOp, TransitionOrder, TransitionReply,
 };
@@ -400,6 +400,12 @@ impl ReservationEngine {
             }
             ReserveReply::Cancelled => Err(EngineError::OrderCancelled(req.order_no)),
             ReserveReply::JournalFull => Err(EngineError::Overloaded),
+            ReserveReply::InProgress => Err(EngineError::Redis(RedisStoreError::Unavailable(
+                format!(
+                    "order {} is being reserved by another request; retry shortly",
+                    req.order_no
+                ),
+            ))),
         };
         self.count(match &result {
             Ok(o) if o.existed => "exists",

@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use crate::config::Settings;
 use crate::engine::leadership::{Leadership, LeaseGuard};
 use crate::engine::reconcile::Reconciler;
+use crate::store::cluster::ResolveReport;
 use crate::engine::reservation::ReservationEngine;
 use crate::engine::stock::StockService;
 use crate::engine::{now_ms, EngineError};
@@ -429,6 +430,7 @@ pub struct SweepJob {
     settings: Settings,
     metrics: Metrics,
     cursor: std::sync::Arc<tokio::sync::Mutex<u64>>,
+    last_resolve: std::sync::Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
 
 impl SweepJob {
@@ -438,6 +440,7 @@ impl SweepJob {
             settings,
             metrics,
             cursor: Default::default(),
+            last_resolve: Default::default(),
         }
     }
 
@@ -469,6 +472,24 @@ impl SweepJob {
         }
         self.metrics.orders_swept.inc_by(removed);
         Ok(removed)
+    }
+
+    /// Cluster mode: resolves orders left PENDING past their deadline and completes
+    /// confirm / release decisions not applied everywhere (a crash between the steps of
+    /// an order spanning slot groups). At most once a second; nothing on a single Redis.
+    pub async fn resolve_once(&self) -> Result<ResolveReport, EngineError> {
+        let redis = self.stock.redis();
+        if !redis.is_cluster() {
+            return Ok(ResolveReport::default());
+        }
+        {
+            let mut last = self.last_resolve.lock().await;
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Ok(ResolveReport::default());
+            }
+            *last = Some(Instant::now());
+        }
+        Ok(redis.resolve_in_doubt(now_ms(), 1000).await?)
     }
 }
 
@@ -694,6 +715,15 @@ impl SupervisorActor {
                             }
                             Ok(_) => {}
                             Err(e) => tracing::warn!(error = %e, "expiry run failed"),
+                        }
+                    }
+                    if guard.holds() {
+                        match sweep.resolve_once().await {
+                            Ok(r) if r != ResolveReport::default() => {
+                                tracing::warn!(?r, "orders across slot groups resolved")
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "resolving orders failed"),
                         }
                     }
                     if plan.run_sweep && guard.holds() {

@@ -1,6 +1,8 @@
 //! Where state lives: Redis (the arbiter of stock) and MySQL (the durable record).
 
 pub mod checkpoint;
+pub mod cluster;
+pub mod conn;
 pub mod db;
 pub mod journal;
 pub mod models;

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script, Value};
+use redis::cluster::ClusterClient;
+use redis::{AsyncCommands, FromRedisValue, Script, Value};
 
 use crate::config::RedisSettings;
 use crate::domain::{SkuKey, StockLevels};
+use crate::store::conn::RedisConn;
 use crate::store::wire::{self, parse_reply, BadReply, Keys, ReplyItem};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,12 @@ pub(super) struct Scripts {
     pub(super) rebuild: Script,
     pub(super) reconcile: Script,
     pub(super) fence: Script,
+    pub(super) claim: Script,
+    pub(super) hold: Script,
+    pub(super) commit: Script,
+    pub(super) abort: Script,
+    pub(super) settle: Script,
+    pub(super) decide: Script,
 }
 
 impl Scripts {
@@ -92,6 +100,12 @@ impl Scripts {
             rebuild: script(include_str!("../../lua/rebuild.lua")),
             reconcile: script(include_str!("../../lua/reconcile.lua")),
             fence: script(include_str!("../../lua/fence.lua")),
+            claim: script(include_str!("../../lua/claim.lua")),
+            hold: script(include_str!("../../lua/hold.lua")),
+            commit: script(include_str!("../../lua/commit.lua")),
+            abort: script(include_str!("../../lua/abort.lua")),
+            settle: script(include_str!("../../lua/settle.lua")),
+            decide: script(include_str!("../../lua/decide.lua")),
         }
     }
 }
@@ -177,15 +191,37 @@ impl JournalLag {
     }
 }
 
+/// How to open another connection to the same deployment.
+#[derive(Clone)]
+enum Opener {
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    },
+    Cluster {
+        /// Without a response timeout: our own per-call timeout bounds the calls.
+        unbounded: ClusterClient,
+    },
+}
+
+/// WAIT after a script's writes (redis.wait_replicas).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WaitReplicas {
+    pub(super) replicas: u32,
+    pub(super) timeout: Duration,
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
-    manager_config: ConnectionManagerConfig,
+    opener: Opener,
     connect_timeout: Duration,
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: RedisConn,
     pub(super) keys: Keys,
     pub(super) scripts: Arc<Scripts>,
     pub(super) timeout: Duration,
+    pub(super) wait: Option<WaitReplicas>,
+    /// Cluster mode: how long a cross-group order may stay PENDING.
+    pub(super) pending_deadline_ms: i64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -198,22 +234,51 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     pub async fn connect(settings: &RedisSettings) -> RedisResult<Self> {
-        let client = redis::Client::open(settings.url.expose())?;
         let timeout = Duration::from_millis(settings.command_timeout_ms);
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2);
         let connect_timeout = Duration::from_millis(settings.connect_timeout_ms.saturating_mul(3));
-        let conn = open_manager(&client, &config, connect_timeout).await?;
+        let nodes = settings.cluster_nodes();
+        let (opener, conn) = if nodes.is_empty() {
+            let client = redis::Client::open(settings.url.expose())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2);
+            let conn = open_manager(&client, &config, connect_timeout).await?;
+            (
+                Opener::Single { client, config },
+                RedisConn::Single(conn),
+            )
+        } else {
+            let builder = || {
+                ClusterClient::builder(nodes.clone())
+                    .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
+                    // MOVED/ASK and a failover are retried by the client, within our own
+                    // per-call timeout (`timed`).
+                    .retries(6)
+                    .min_retry_wait(20)
+                    .max_retry_wait(500)
+            };
+            let client = builder().response_timeout(timeout).build()?;
+            let unbounded = builder().build()?;
+            let conn = open_cluster(&client, connect_timeout).await?;
+            (
+                Opener::Cluster { unbounded },
+                RedisConn::Cluster(conn),
+            )
+        };
+        let cluster = conn.is_cluster();
         Ok(RedisStore {
-            client,
-            manager_config: config,
+            opener,
             connect_timeout,
             conn,
-            keys: Keys::new(&settings.key_prefix, settings.groups),
+            keys: Keys::new(&settings.key_prefix, settings.groups).on_cluster(cluster),
             scripts: Arc::new(Scripts::load()),
             timeout,
+            wait: (settings.wait_replicas > 0).then(|| WaitReplicas {
+                replicas: settings.wait_replicas,
+                timeout: Duration::from_millis(settings.wait_timeout_ms),
+            }),
+            pending_deadline_ms: i64::try_from(settings.pending_deadline_ms).unwrap_or(10_000),
         })
     }
 
@@ -221,12 +286,85 @@ impl RedisStore {
     /// not stall the shared multiplexed connection that serves requests.
     pub async fn dedicated(&self) -> RedisResult<RedisStore> {
         // Our own timeout (block time + command timeout) bounds each call here.
-        let config = self.manager_config.clone().set_response_timeout(None);
-        let conn = open_manager(&self.client, &config, self.connect_timeout).await?;
+        let conn = match &self.opener {
+            Opener::Single { client, config } => {
+                let config = config.clone().set_response_timeout(None);
+                RedisConn::Single(open_manager(client, &config, self.connect_timeout).await?)
+            }
+            Opener::Cluster { unbounded, .. } => {
+                RedisConn::Cluster(open_cluster(unbounded, self.connect_timeout).await?)
+            }
+        };
         Ok(RedisStore {
             conn,
             ..self.clone()
         })
+    }
+
+    /// Whether this store talks to a Redis Cluster (scripts and pipelines stay in one slot).
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    /// Runs the commands of a pipeline: as one pipeline on a single Redis; on a cluster,
+    /// where a pipeline must stay in one slot, as concurrent commands (the cluster client
+    /// sends them over its per-node connections). Replies in command order either way.
+    pub(super) async fn query_pipe<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> RedisResult<T> {
+        match &self.conn {
+            RedisConn::Single(_) => {
+                let mut conn = self.conn.clone();
+                self.timed(pipe.query_async(&mut conn)).await
+            }
+            RedisConn::Cluster(_) => {
+                let calls = pipe.cmd_iter().map(|cmd| {
+                    let mut conn = self.conn.clone();
+                    async move { cmd.query_async::<Value>(&mut conn).await }
+                });
+                let replies = self
+                    .timed(async {
+                        futures_util::future::join_all(calls)
+                            .await
+                            .into_iter()
+                            .collect::<redis::RedisResult<Vec<Value>>>()
+                    })
+                    .await?;
+                // Callers of `ignore()`d pipelines ask for (), which takes any reply.
+                T::from_redis_value(Value::Array(replies)).map_err(|e| RedisStoreError::BadReply {
+                    script: "pipeline",
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// WAIT for `redis.wait_replicas` replicas of the node holding `key` to have every write
+    /// made so far (a no-op when 0). Fewer in time is an error: the change stays, the caller
+    /// gets 503 and its retry answers "exists".
+    pub(super) async fn wait_replicas(&self, key: &str) -> RedisResult<()> {
+        let Some(wait) = self.wait else {
+            return Ok(());
+        };
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let limit = self.timeout + wait.timeout;
+        let reply = tokio::time::timeout(limit, conn.query_on_key_node(key, &cmd))
+            .await
+            .map_err(|_| RedisStoreError::Timeout(limit))??;
+        let acked = match reply {
+            Value::Int(n) => n,
+            _ => 0,
+        };
+        if acked < i64::from(wait.replicas) {
+            return Err(RedisStoreError::Unavailable(format!(
+                "{acked} of {} replicas acknowledged within {:?}",
+                wait.replicas, wait.timeout
+            )));
+        }
+        Ok(())
     }
 
     pub fn keys(&self) -> &Keys {
@@ -234,7 +372,7 @@ impl RedisStore {
     }
 
     /// A connection handle (multiplexed; cheap to clone).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -300,8 +438,7 @@ impl RedisStore {
                 "seq",
             ]);
         }
-        let mut conn = self.conn.clone();
-        let rows: Vec<[Option<i64>; 4]> = self.timed(pipe.query_async(&mut conn)).await?;
+        let rows: Vec<[Option<i64>; 4]> = self.query_pipe(&pipe).await?;
         Ok(rows
             .into_iter()
             .map(|[avail, reserved, confirmed, seq]| {
@@ -414,7 +551,7 @@ impl RedisStore {
                     .arg(Keys::position_member(*key)),
             );
         }
-        let replies: Vec<Value> = self.timed(pipe.query_async(&mut conn)).await?;
+        let replies: Vec<Value> = self.query_pipe(&pipe).await?;
         let mut loaded = 0;
         for reply in &replies {
             for item in parse_reply("warmup", reply, Some(1))? {
@@ -583,6 +720,11 @@ impl RedisStore {
         count: usize,
         block: Option<Duration>,
     ) -> RedisResult<Vec<JournalEntry>> {
+        if self.is_cluster() {
+            return self
+                .read_journal_per_group(group, consumer, start, count, block)
+                .await;
+        }
         let mut conn = self.conn.clone();
         let journals = self.keys.journals();
         let mut cmd = redis::cmd("XREADGROUP");
@@ -609,6 +751,53 @@ impl RedisStore {
             Err(_) => return Err(RedisStoreError::Timeout(limit)),
         };
         parse_stream_read(&reply, &journals)
+    }
+
+    /// Cluster mode: a read may not span slots, so every group's stream is read by its own
+    /// XREADGROUP, all at once (the client sends each to the master that holds the group
+    /// now, so a slot move is followed). No BLOCK: several blocking reads would queue on
+    /// one node's connection; an empty round sleeps a little instead.
+    async fn read_journal_per_group(
+        &self,
+        group: &str,
+        consumer: &str,
+        start: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> RedisResult<Vec<JournalEntry>> {
+        let journals = self.keys.journals();
+        let reads = journals.iter().map(|journal| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(group)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(count)
+                .arg("STREAMS")
+                .arg(journal)
+                .arg(start);
+            async move { cmd.query_async::<Value>(&mut conn).await }
+        });
+        let limit = self.timeout * 5;
+        let replies = tokio::time::timeout(limit, futures_util::future::join_all(reads))
+            .await
+            .map_err(|_| RedisStoreError::Timeout(limit))?;
+        let mut out = Vec::new();
+        for (g, reply) in (0u32..).zip(replies) {
+            let journal = [self.keys.journal(g)];
+            let mut entries = parse_stream_read(&reply?, &journal)?;
+            for e in &mut entries {
+                e.group = g;
+            }
+            out.extend(entries);
+        }
+        if out.is_empty() {
+            if let Some(block) = block {
+                tokio::time::sleep(block.min(Duration::from_millis(10))).await;
+            }
+        }
+        Ok(out)
     }
 
     /// Claims entries another consumer left pending for longer than `min_idle`.
@@ -673,8 +862,7 @@ impl RedisStore {
                 .arg(ids)
                 .ignore();
         }
-        let mut conn = self.conn.clone();
-        let _: () = self.timed(pipe.query_async(&mut conn)).await?;
+        let _: () = self.query_pipe(&pipe).await?;
         Ok(())
     }
 
@@ -688,8 +876,7 @@ impl RedisStore {
             pipe.cmd("XINFO").arg("GROUPS").arg(journal);
             pipe.cmd("XLEN").arg(journal);
         }
-        let mut conn = self.conn.clone();
-        let replies: RedisResult<Vec<Value>> = self.timed(pipe.query_async(&mut conn)).await;
+        let replies: RedisResult<Vec<Value>> = self.query_pipe(&pipe).await;
         let replies = match replies {
             Ok(replies) => replies,
             Err(RedisStoreError::Redis(_)) => {
@@ -832,6 +1019,16 @@ async fn open_manager(
     .await
     .map_err(|_| RedisStoreError::Timeout(limit))?
     .map_err(RedisStoreError::from)
+}
+
+async fn open_cluster(
+    client: &ClusterClient,
+    limit: Duration,
+) -> RedisResult<redis::cluster_async::ClusterConnection> {
+    tokio::time::timeout(limit, client.get_async_connection())
+        .await
+        .map_err(|_| RedisStoreError::Timeout(limit))?
+        .map_err(RedisStoreError::from)
 }
 
 fn parse_stream_id(id: &str) -> Option<(u64, u64)> {

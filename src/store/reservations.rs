@@ -52,6 +52,8 @@ pub enum ReserveReply {
     },
     Cancelled,
     JournalFull,
+    /// Cluster mode: another request is reserving the same orderNo right now.
+    InProgress,
 }
 
 /// What a transition does to an order.
@@ -262,6 +264,9 @@ impl RedisStore {
         if orders.is_empty() {
             return Ok((vec![], vec![]));
         }
+        if self.is_cluster() {
+            return self.reserve_batch_cluster(orders, params).await;
+        }
         let keys = &self.keys;
         let mut layout = CallLayout::default();
         let line_positions: Vec<Vec<usize>> = orders
@@ -292,6 +297,7 @@ impl RedisStore {
             }
         }
         let items = self.run_script("reserve", &invocation, None).await?;
+        self.wait_replicas(&keys.directory()).await?;
         let (items, levels) =
             wire::split_levels("reserve", items, orders.len(), &layout.positions)?;
         let replies = items
@@ -309,6 +315,14 @@ impl RedisStore {
     ) -> RedisResult<Vec<Option<DirectoryEntry>>> {
         if order_nos.is_empty() {
             return Ok(vec![]);
+        }
+        if self.is_cluster() {
+            return Ok(self
+                .raw_directory_cluster(order_nos)
+                .await?
+                .iter()
+                .map(|r| r.as_deref().and_then(DirectoryEntry::parse))
+                .collect());
         }
         let mut conn = self.conn.clone();
         let mut out = Vec::with_capacity(order_nos.len());
@@ -353,8 +367,26 @@ impl RedisStore {
         ))
     }
 
-    /// Confirms or releases a batch of orders (all of one kind) in one script call.
+    /// Confirms or releases a batch of orders (all of one kind): in one script call on a
+    /// single Redis, decided per order and applied per group on a cluster.
     pub async fn transition_batch(
+        &self,
+        orders: &[TransitionOrder],
+        now_ms: i64,
+        max_journal_entries: u64,
+    ) -> RedisResult<(Vec<TransitionReply>, Vec<LevelsAfter>)> {
+        if self.is_cluster() && !orders.is_empty() {
+            return self
+                .transition_batch_cluster(orders, now_ms, max_journal_entries)
+                .await;
+        }
+        self.transition_batch_single(orders, now_ms, max_journal_entries)
+            .await
+    }
+
+    /// One confirm.lua / release.lua call (on a cluster: the orders' positions are in one
+    /// group).
+    pub(super) async fn transition_batch_single(
         &self,
         orders: &[TransitionOrder],
         now_ms: i64,
@@ -418,6 +450,9 @@ impl RedisStore {
             }
         }
         let items = self.run_script(name, &invocation, None).await?;
+        if let Some(g) = layout.groups.first() {
+            self.wait_replicas(&keys.orders(*g)).await?;
+        }
         let (items, levels) = wire::split_levels(name, items, orders.len(), &layout.positions)?;
         let replies = items
             .iter()
@@ -429,7 +464,7 @@ impl RedisStore {
     /// Leaves a tombstone for an order Redis has no record of (a release that came before
     /// its reservation). Tombstone, or Retry when the order was reserved meanwhile.
     pub async fn tombstone(&self, order_no: &str, until_ms: i64) -> RedisResult<TransitionReply> {
-        let mut invocation = self.scripts.tombstone.key(self.keys.directory());
+        let mut invocation = self.scripts.tombstone.key(self.keys.directory_of(order_no));
         invocation.arg(order_no).arg(until_ms);
         let item = self.run_script_one("tombstone", &invocation).await?;
         parse_transition("tombstone", &item)
@@ -451,8 +486,7 @@ impl RedisStore {
         for g in &groups {
             pipe.cmd("HGET").arg(self.keys.orders(*g)).arg(order_no);
         }
-        let mut conn = self.conn.clone();
-        let raw: Vec<Option<String>> = self.timed(pipe.query_async(&mut conn)).await?;
+        let raw: Vec<Option<String>> = self.query_pipe(&pipe).await?;
         let records: HashMap<u32, OrderRecord> = groups
             .iter()
             .zip(raw)

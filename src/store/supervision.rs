@@ -64,8 +64,7 @@ impl RedisStore {
                 .arg(0)
                 .arg(limit);
         }
-        let mut conn = self.conn.clone();
-        let per_group: Vec<Vec<(String, f64)>> = self.timed(pipe.query_async(&mut conn)).await?;
+        let per_group: Vec<Vec<(String, f64)>> = self.query_pipe(&pipe).await?;
         Ok(per_group
             .into_iter()
             .map(|entries| {
@@ -88,8 +87,7 @@ impl RedisStore {
                 pipe.cmd("ZREM").arg(self.keys.holds(g)).arg(chunk).ignore();
             }
         }
-        let mut conn = self.conn.clone();
-        let _: () = self.timed(pipe.query_async(&mut conn)).await?;
+        let _: () = self.query_pipe(&pipe).await?;
         Ok(())
     }
 
@@ -107,8 +105,7 @@ impl RedisStore {
                 .arg(0)
                 .arg("WITHSCORES");
         }
-        let mut conn = self.conn.clone();
-        let replies: Vec<Value> = self.timed(pipe.query_async(&mut conn)).await?;
+        let replies: Vec<Value> = self.query_pipe(&pipe).await?;
         let mut count = 0u64;
         let mut oldest: Option<i64> = None;
         for pair in replies.chunks(2) {
@@ -139,6 +136,11 @@ impl RedisStore {
         now_ms: i64,
         marker_ttl_ms: i64,
     ) -> RedisResult<(u64, u64)> {
+        if self.is_cluster() {
+            return self
+                .sweep_orders_cluster(cursor, count, now_ms, marker_ttl_ms)
+                .await;
+        }
         let mut conn = self.conn.clone();
         let (next, flat): (u64, Vec<String>) = self
             .timed(
@@ -207,6 +209,98 @@ impl RedisStore {
         Ok((next, u64::try_from(item.n[0]).unwrap_or(0)))
     }
 
+    /// Cluster mode of [`Self::sweep_orders`]: the directory shards are scanned one after
+    /// the other (`cursor`: the shard in its top 16 bits, the HSCAN cursor below); an
+    /// order goes once no line of it is held or pending in any group: first its records,
+    /// then its entry (only if unchanged), so a crash in between leaves an entry that the
+    /// next sweep removes.
+    async fn sweep_orders_cluster(
+        &self,
+        cursor: u64,
+        count: usize,
+        now_ms: i64,
+        marker_ttl_ms: i64,
+    ) -> RedisResult<(u64, u64)> {
+        const LOW: u64 = (1 << 48) - 1;
+        let shard = (cursor >> 48) as u32;
+        if shard >= self.keys.groups() {
+            return Ok((0, 0));
+        }
+        let key = self.keys.directory_shard_key(shard);
+        let mut conn = self.conn.clone();
+        let (next, flat): (u64, Vec<String>) = self
+            .timed(
+                redis::cmd("HSCAN")
+                    .arg(&key)
+                    .arg(cursor & LOW)
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut removed = 0;
+        for pair in flat.chunks(2) {
+            let [order_no, raw] = pair else { continue };
+            if let Some(DirectoryEntry::Tombstone { until_ms }) = DirectoryEntry::parse(raw) {
+                if until_ms <= now_ms {
+                    let _: i64 = self
+                        .timed(redis::cmd("HDEL").arg(&key).arg(order_no).query_async(&mut conn))
+                        .await?;
+                    removed += 1;
+                }
+                continue;
+            }
+            let Some(entry) = crate::store::cluster::ClusterEntry::parse(raw) else {
+                continue;
+            };
+            if entry.expire_at_ms + marker_ttl_ms > now_ms
+                || matches!(
+                    entry.state,
+                    crate::store::cluster::EntryState::Claimed { .. }
+                        | crate::store::cluster::EntryState::Decided { applied: false, .. }
+                )
+            {
+                continue;
+            }
+            let mut groups: Vec<u32> = entry.lines.iter().map(|(k, _)| self.keys.group(*k)).collect();
+            groups.sort_unstable();
+            groups.dedup();
+            let mut live = false;
+            for g in &groups {
+                let raw: Option<String> = self
+                    .timed(
+                        redis::cmd("HGET")
+                            .arg(self.keys.orders(*g))
+                            .arg(order_no)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                live |= raw.is_some_and(|r| r.contains(":RESERVED") || r.contains(":PENDING"));
+            }
+            if live {
+                continue;
+            }
+            for g in &groups {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HDEL").arg(self.keys.orders(*g)).arg(order_no).ignore();
+                pipe.cmd("ZREM").arg(self.keys.holds(*g)).arg(order_no).ignore();
+                let () = self.timed(pipe.query_async(&mut conn)).await?;
+            }
+            let mut settle = self.scripts.settle.key(&key);
+            settle.arg(1).arg(order_no).arg(&entry.head).arg("DROP");
+            self.run_script_one("settle", &settle).await?;
+            removed += 1;
+        }
+        let next = if next != 0 {
+            (u64::from(shard) << 48) | (next & LOW)
+        } else if shard + 1 < self.keys.groups() {
+            u64::from(shard + 1) << 48
+        } else {
+            0
+        };
+        Ok((next, removed))
+    }
+
     /// Marks Redis as loaded from the DB (at start-up and after a rebuild).
     pub async fn mark_epoch(&self) -> RedisResult<()> {
         let mut conn = self.conn.clone();
@@ -246,7 +340,18 @@ impl RedisStore {
                     .query_async(&mut conn),
             )
             .await?;
-        if registered.is_none() {
+        // A cluster was never written without registries (and SCAN reaches one node).
+        if registered.is_none() && self.is_cluster() {
+            let () = self
+                .timed(
+                    redis::cmd("HSET")
+                        .arg(self.keys.meta())
+                        .arg("registry")
+                        .arg(1)
+                        .query_async(&mut conn),
+                )
+                .await?;
+        } else if registered.is_none() {
             let scanned: Vec<SkuKey> = self
                 .scan_keys(&self.keys.stock_pattern())
                 .await?
@@ -261,7 +366,7 @@ impl RedisStore {
                         .arg(Keys::position_member(*key))
                         .ignore();
                 }
-                let () = self.timed(pipe.query_async(&mut conn)).await?;
+                let () = self.query_pipe(&pipe).await?;
             }
             let () = self
                 .timed(
@@ -328,9 +433,15 @@ impl RedisStore {
             orders.chunks(500).collect()
         };
         for chunk in chunks {
+            let cluster = self.is_cluster();
             let mut invocation = self.scripts.rebuild.key(self.keys.stock(key));
             invocation
-                .key(self.keys.directory())
+                // On a cluster the directory shards are in other slots: written below.
+                .key(if cluster {
+                    self.keys.orders(group)
+                } else {
+                    self.keys.directory()
+                })
                 .key(self.keys.orders(group))
                 .key(self.keys.holds(group))
                 .key(self.keys.positions(group))
@@ -361,7 +472,7 @@ impl RedisStore {
                     .any(|l| l.status == ReservationStatus::Reserved);
                 invocation
                     .arg(&order.order_no)
-                    .arg(listed.format())
+                    .arg(if cluster { String::new() } else { listed.format() })
                     .arg(record.format())
                     .arg(order.expire_at_ms)
                     .arg(if held { "1" } else { "0" });
@@ -369,6 +480,21 @@ impl RedisStore {
             let item = self.run_script_one("rebuild", &invocation).await?;
             if item.status == "FENCED" {
                 return Ok(None);
+            }
+            if cluster && !chunk.is_empty() {
+                let mut pipe = redis::pipe();
+                for order in chunk {
+                    let listed = DirectoryEntry::Order {
+                        expire_at_ms: order.expire_at_ms,
+                        lines: order.lines.iter().map(|l| (l.key, l.qty)).collect(),
+                    };
+                    pipe.cmd("HSETNX")
+                        .arg(self.keys.directory_of(&order.order_no))
+                        .arg(&order.order_no)
+                        .arg(listed.format())
+                        .ignore();
+                }
+                let () = self.query_pipe(&pipe).await?;
             }
             loaded |= item.status == "LOADED";
             restored += item

@@ -254,7 +254,8 @@ impl RedisStore {
         now_ms: i64,
     ) -> Result<UpgradeReport, UpgradeError> {
         let mut report = UpgradeReport::default();
-        if self.layout_meta().await?.is_some() {
+        // Layout 1 never ran on a cluster.
+        if self.is_cluster() || self.layout_meta().await?.is_some() {
             return Ok(report);
         }
         // Layout 1 always kept its epoch key (and a journal and holds once used); without

@@ -33,6 +33,7 @@ pub fn group_of(key: SkuKey, groups: u32) -> u32 {
 pub struct Keys {
     prefix: String,
     groups: u32,
+    cluster: bool,
 }
 
 impl Keys {
@@ -40,7 +41,19 @@ impl Keys {
         Keys {
             prefix: prefix.to_string(),
             groups: groups.max(1),
+            cluster: false,
         }
+    }
+
+    /// On a Redis Cluster the directory is sharded by orderNo and the lease keys share a
+    /// hash tag (a script may only touch one slot).
+    pub fn on_cluster(mut self, cluster: bool) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     pub fn prefix(&self) -> &str {
@@ -129,6 +142,31 @@ impl Keys {
         format!("{}inv:{{dir}}:o", self.prefix)
     }
 
+    /// Cluster mode: the directory shard of an order (one of `groups` shards, each its own
+    /// slot `{d<N>}`), chosen by FNV-1a of the orderNo.
+    pub fn directory_shard(&self, order_no: &str) -> u32 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in order_no.as_bytes() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        (hash % u64::from(self.groups)) as u32
+    }
+
+    /// The directory hash that holds an order's entry: the one directory on a single Redis,
+    /// its shard on a cluster.
+    pub fn directory_of(&self, order_no: &str) -> String {
+        if self.cluster {
+            self.directory_shard_key(self.directory_shard(order_no))
+        } else {
+            self.directory()
+        }
+    }
+
+    pub fn directory_shard_key(&self, shard: u32) -> String {
+        format!("{}inv:{{d{shard}}}:o", self.prefix)
+    }
+
     /// Hash `{layout, groups}`: what this deployment's Redis holds.
     pub fn meta(&self) -> String {
         format!("{}inv:meta", self.prefix)
@@ -136,11 +174,19 @@ impl Keys {
 
     /// The supervisor's lease and its fencing counter.
     pub fn leader(&self) -> String {
-        format!("{}inv:leader", self.prefix)
+        if self.cluster {
+            format!("{}inv:{{leader}}", self.prefix)
+        } else {
+            format!("{}inv:leader", self.prefix)
+        }
     }
 
     pub fn leader_token(&self) -> String {
-        format!("{}inv:leader:token", self.prefix)
+        if self.cluster {
+            format!("{}inv:{{leader}}:token", self.prefix)
+        } else {
+            format!("{}inv:leader:token", self.prefix)
+        }
     }
 
     /// Set when Redis was loaded from the DB; its absence means Redis lost its data.
@@ -261,6 +307,13 @@ impl DirectoryEntry {
                 until_ms: fields.next()?.parse().ok()?,
             });
         }
+        // A cluster entry's head (lua/lib.lua, parse_cluster_entry): a claim
+        // `?<deadline>/<x>` or a decision letter before `<x>`; the lines are the same.
+        let first = first.trim_start_matches(['C', 'R', 'E', 'c', 'r', 'e']);
+        let first = match first.strip_prefix('?') {
+            Some(claim) => claim.split_once('/')?.1,
+            None => first,
+        };
         let expire_at_ms = first.parse().ok()?;
         let mut lines = Vec::new();
         for field in fields {

@@ -1,0 +1,41 @@
+-- Cluster mode, reserve step 1: claim each order's entry in its directory shard, so that
+-- one request at a time reserves an orderNo and a repeat with other lines is a conflict even
+-- when its lines are in other slot groups. lua/lib.lua is prepended.
+--
+-- KEYS[1] the directory shard. ARGV[1] now (ms), ARGV[2] deadline (ms) of the claim,
+-- ARGV[3] expireAt (ms) of the holds, ARGV[4] number of orders, then per order: orderNo,
+-- its lines as 'w:s:q w:s:q ...'.
+--
+-- Reply items, one per order:
+--   CLAIMED                 the entry is ours ('?<deadline>/<x> lines'): hold the lines
+--   KNOWN x                 reserved before with the same lines (its state is in the groups)
+--   CONFLICT line# (0: other lines)
+--   CANCELLED               released before it was reserved (a tombstone)
+--   BUSY deadline           another request is reserving it now
+--   IN_DOUBT deadline       a claim whose deadline passed: resolve it first
+local now, deadline, x = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local out = {}
+local at = 5
+for _ = 1, tonumber(ARGV[4]) do
+  local order_no, lines = ARGV[at], ARGV[at + 1]
+  at = at + 2
+  local entry = parse_cluster_entry(redis.call('HGET', KEYS[1], order_no) or nil)
+  if not entry then
+    redis.call('HSET', KEYS[1], order_no, '?' .. deadline .. '/' .. x .. ' ' .. lines)
+    reply(out, 'CLAIMED')
+  elseif entry.tomb then
+    reply(out, 'CANCELLED')
+  else
+    local conflict = differs(entry, lines)
+    if conflict then
+      reply(out, 'CONFLICT', conflict)
+    elseif entry.deadline and entry.deadline >= now then
+      reply(out, 'BUSY', entry.deadline)
+    elseif entry.deadline then
+      reply(out, 'IN_DOUBT', entry.deadline)
+    else
+      reply(out, 'KNOWN', entry.x)
+    end
+  end
+end
+return out

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# A local Redis Cluster for development and tests: 6 redis-server processes in cluster mode
+# on 127.0.0.1:7000-7005 (3 masters, 3 replicas), AOF fsync every second, data under
+# .data/cluster/<port>. Idempotent: a cluster that already answers "cluster_state:ok" is left
+# alone. `scripts/redis-cluster.sh stop` stops it (data kept), `reset` also wipes it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA="${INVENTORY_DATA_DIR:-$ROOT/.data}/cluster"
+FIRST_PORT="${CLUSTER_FIRST_PORT:-7000}"
+PORTS=()
+for i in 0 1 2 3 4 5; do PORTS+=($((FIRST_PORT + i))); done
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+
+stop() {
+  for p in "${PORTS[@]}"; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
+}
+
+case "${1:-start}" in
+  stop) stop; exit 0 ;;
+  reset) stop; sleep 0.5; rm -rf "$DATA"; log "stopped and wiped"; exit 0 ;;
+  start) ;;
+  *) echo "usage: $0 [start|stop|reset]" >&2; exit 2 ;;
+esac
+
+command -v redis-server >/dev/null 2>&1 || bash "$ROOT/scripts/services.sh"
+
+if redis-cli -p "$FIRST_PORT" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
+  log "cluster already answering on :$FIRST_PORT"
+  exit 0
+fi
+
+for p in "${PORTS[@]}"; do
+  mkdir -p "$DATA/$p"
+  if redis-cli -p "$p" ping >/dev/null 2>&1; then continue; fi
+  redis-server --port "$p" --bind 127.0.0.1 --dir "$DATA/$p" \
+    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+    --appendonly yes --appendfsync everysec --save "" \
+    --daemonize yes --pidfile "$DATA/$p/redis.pid" --logfile "$DATA/$p/redis.log"
+done
+for p in "${PORTS[@]}"; do
+  for _ in $(seq 1 100); do
+    redis-cli -p "$p" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+done
+
+# Nodes restarted from their nodes.conf find each other again; a fresh set is joined here.
+if ! redis-cli -p "$FIRST_PORT" cluster info | grep -q 'cluster_known_nodes:6'; then
+  log "creating the cluster (3 masters, 3 replicas)"
+  hosts=()
+  for p in "${PORTS[@]}"; do hosts+=("127.0.0.1:$p"); done
+  redis-cli --cluster create "${hosts[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+fi
+for _ in $(seq 1 200); do
+  ok=1
+  for p in "${PORTS[@]}"; do
+    redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' || ok=0
+  done
+  [ "$ok" = 1 ] && break
+  sleep 0.1
+done
+[ "$ok" = 1 ] || { log "cluster did not reach state ok"; exit 1; }
+log "ready: redis://127.0.0.1:$FIRST_PORT .. :${PORTS[5]}"

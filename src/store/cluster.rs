@@ -1,0 +1,1152 @@
+//! Cluster mode of the reservation path (docs/redis-layout.md, "Orders across slots").
+//!
+//! On a Redis Cluster a script may only touch keys of one slot, so the one-call reserve,
+//! confirm and release of a single Redis become steps, each batched per slot:
+//!
+//! - reserve: claim the orderNo in its directory shard (`claim.lua`), hold the lines in
+//!   each group (`hold.lua`: RESERVED at once for an order in one group, PENDING for one
+//!   spanning groups), commit the PENDING lines when every group held them
+//!   (`commit.lua`) or abort them when one refused (`abort.lua`), then settle the claim
+//!   (`settle.lua`). Presumed abort: a claim past its deadline is resolved by
+//!   [`RedisStore::resolve_in_doubt`]: committed if any line of the order is past PENDING,
+//!   aborted otherwise.
+//! - confirm / release: decide in the directory shard (`decide.lua`: one winner), apply in
+//!   every group (`confirm.lua` / `release.lua`), mark applied (`settle.lua`). A decision
+//!   not applied everywhere is completed by a repeat or by the resolver.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use crate::domain::{LedgerReason, ReservationStatus, SkuKey};
+use crate::store::redis::{RedisResult, RedisStore, RedisStoreError};
+use crate::store::reservations::{
+    OrderLine, ReserveOrder, ReserveParams, ReserveReply, TransitionOp, TransitionOrder,
+    TransitionReply,
+};
+use crate::store::wire::{self, LevelsAfter, ReplyItem};
+
+/// How often and how long a request waits for another request's claim on the same order.
+const BUSY_ROUNDS: usize = 25;
+const BUSY_WAIT: Duration = Duration::from_millis(20);
+/// The resolver leaves a claim alone until this long after its deadline: the nodes' clocks
+/// may differ this much (the deadline is checked on each group's node).
+pub const RESOLVE_MARGIN_MS: i64 = 1_000;
+
+fn bad(script: &'static str, detail: impl Into<String>) -> RedisStoreError {
+    RedisStoreError::BadReply {
+        script,
+        detail: detail.into(),
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The state of a cluster directory entry (see lua/lib.lua, `parse_cluster_entry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryState {
+    Claimed { deadline_ms: i64 },
+    Held,
+    /// `kind`: 'C' confirm, 'R' release, 'E' expiry.
+    Decided { kind: char, applied: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterEntry {
+    /// The first field as stored (settle compares it).
+    pub head: String,
+    pub state: EntryState,
+    pub expire_at_ms: i64,
+    pub lines: Vec<(SkuKey, i64)>,
+}
+
+impl ClusterEntry {
+    /// None for a tombstone or a malformed entry.
+    pub fn parse(raw: &str) -> Option<ClusterEntry> {
+        let (head, rest) = raw.split_once(' ')?;
+        if head == "!" {
+            return None;
+        }
+        let (state, x) = if let Some(claim) = head.strip_prefix('?') {
+            let (d, x) = claim.split_once('/')?;
+            (
+                EntryState::Claimed {
+                    deadline_ms: d.parse().ok()?,
+                },
+                x,
+            )
+        } else if let Some(kind) = head.chars().next().filter(|c| "CREcre".contains(*c)) {
+            (
+                EntryState::Decided {
+                    kind: kind.to_ascii_uppercase(),
+                    applied: kind.is_ascii_lowercase(),
+                },
+                &head[1..],
+            )
+        } else {
+            (EntryState::Held, head)
+        };
+        let crate::store::wire::DirectoryEntry::Order { lines, .. } =
+            crate::store::wire::DirectoryEntry::parse(&format!("0 {rest}"))?
+        else {
+            return None;
+        };
+        Some(ClusterEntry {
+            head: head.to_string(),
+            state,
+            expire_at_ms: x.parse().ok()?,
+            lines,
+        })
+    }
+
+    fn groups(&self, store: &RedisStore) -> Vec<u32> {
+        let mut groups: Vec<u32> = self.lines.iter().map(|(k, _)| store.keys.group(*k)).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        groups
+    }
+}
+
+/// Line states of a raw group record (`<x> w:s:q:STATE ...`), PENDING included.
+fn record_states(raw: &str) -> Vec<&str> {
+    raw.split(' ')
+        .skip(1)
+        .filter_map(|f| f.rsplit(':').next())
+        .collect()
+}
+
+fn lines_text(lines: &[OrderLine]) -> String {
+    let mut out = String::new();
+    for (i, l) in lines.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(&format!(
+            "{}:{}:{}",
+            l.key.warehouse_id, l.key.sku_id, l.qty
+        ));
+    }
+    out
+}
+
+/// What a hold of one order's lines in one group answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Yes,
+    /// Refused: the reply for the whole order (line numbers already the order's).
+    No,
+    /// The call failed: the group may or may not hold the lines.
+    Unknown,
+}
+
+/// What the resolver did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResolveReport {
+    pub committed: u64,
+    pub aborted: u64,
+    /// Decisions (confirm, release, expiry) completed in every group.
+    pub applied: u64,
+}
+
+impl RedisStore {
+    // ----- shared steps -----
+
+    /// Runs a directory-shard script for orders spread over shards: one call per shard,
+    /// all at once; `args` writes one order's arguments. Items come back in order.
+    async fn per_shard(
+        &self,
+        name: &'static str,
+        order_nos: &[&str],
+        head_args: &[i64],
+        mut args: impl FnMut(usize, &mut redis::ScriptInvocation<'_>),
+    ) -> RedisResult<Vec<ReplyItem>> {
+        let script = match name {
+            "claim" => &self.scripts.claim,
+            "decide" => &self.scripts.decide,
+            "settle" => &self.scripts.settle,
+            _ => return Err(bad(name, "not a directory script")),
+        };
+        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, no) in order_nos.iter().enumerate() {
+            by_shard
+                .entry(self.keys.directory_shard(no))
+                .or_default()
+                .push(i);
+        }
+        let calls = by_shard.iter().map(|(shard, idx)| {
+            let mut inv = script.key(self.keys.directory_shard_key(*shard));
+            for a in head_args {
+                inv.arg(*a);
+            }
+            inv.arg(idx.len());
+            for i in idx {
+                args(*i, &mut inv);
+            }
+            async move {
+                let items = self.run_script(name, &inv, Some(idx.len())).await?;
+                Ok::<_, RedisStoreError>((idx, items))
+            }
+        });
+        let mut out: Vec<Option<ReplyItem>> = vec![None; order_nos.len()];
+        for result in join_all(calls).await {
+            let (idx, items) = result?;
+            for (i, item) in idx.iter().zip(items) {
+                out[*i] = Some(item);
+            }
+        }
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| bad(name, "an order without a reply")))
+            .collect()
+    }
+
+    /// settle.lua for (orderNo, head seen, action) triples.
+    async fn settle(&self, entries: &[(String, String, &'static str)]) -> RedisResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let nos: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        self.per_shard("settle", &nos, &[], |i, inv| {
+            inv.arg(&entries[i].0).arg(&entries[i].1).arg(entries[i].2);
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The raw records of orders in groups: one HMGET per group, all at once.
+    async fn records_in(
+        &self,
+        wanted: &BTreeMap<u32, Vec<String>>,
+    ) -> RedisResult<HashMap<(u32, String), String>> {
+        let reads = wanted.iter().map(|(g, nos)| {
+            let mut conn = self.conn.clone();
+            let key = self.keys.orders(*g);
+            async move {
+                let raw: Vec<Option<String>> = redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(nos)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok::<_, redis::RedisError>((*g, nos, raw))
+            }
+        });
+        let results = self.timed(async { Ok(join_all(reads).await) }).await?;
+        let mut out = HashMap::new();
+        for r in results {
+            let (g, nos, raw) = r?;
+            for (no, raw) in nos.iter().zip(raw) {
+                if let Some(raw) = raw {
+                    out.insert((g, no.clone()), raw);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- reserve -----
+
+    pub(super) async fn reserve_batch_cluster(
+        &self,
+        orders: &[ReserveOrder],
+        params: ReserveParams,
+    ) -> RedisResult<(Vec<ReserveReply>, Vec<LevelsAfter>)> {
+        let expire_at = params.now_ms + params.hold_ms;
+        let mut replies: Vec<Option<ReserveReply>> = vec![None; orders.len()];
+        let mut levels = Vec::new();
+        let texts: Vec<String> = orders.iter().map(|o| lines_text(&o.lines)).collect();
+
+        // 1. Claim, waiting (bounded) for a concurrent request's claim to settle.
+        let mut todo: Vec<usize> = (0..orders.len()).collect();
+        let mut claimed: Vec<usize> = Vec::new();
+        let mut known: Vec<usize> = Vec::new();
+        let mut deadline = 0;
+        for round in 0..BUSY_ROUNDS {
+            let now = if round == 0 { params.now_ms } else { wall_ms() };
+            deadline = now + self.pending_deadline_ms;
+            let nos: Vec<&str> = todo.iter().map(|i| orders[*i].order_no.as_str()).collect();
+            let items = self
+                .per_shard("claim", &nos, &[now, deadline, expire_at], |k, inv| {
+                    let i = todo[k];
+                    inv.arg(&orders[i].order_no).arg(&texts[i]);
+                })
+                .await?;
+            let mut again = Vec::new();
+            for (i, item) in todo.iter().copied().zip(items) {
+                let lines = orders[i].lines.len();
+                match item.status.as_str() {
+                    "CLAIMED" => claimed.push(i),
+                    "KNOWN" => known.push(i),
+                    "CANCELLED" => replies[i] = Some(ReserveReply::Cancelled),
+                    "CONFLICT" => {
+                        let n = item.n[0];
+                        let line = usize::try_from(n)
+                            .ok()
+                            .filter(|n| (1..=lines).contains(n))
+                            .map(|n| n - 1);
+                        replies[i] = Some(ReserveReply::Conflict { line });
+                    }
+                    "BUSY" => again.push(i),
+                    "IN_DOUBT" => {
+                        self.resolve_order(&orders[i].order_no, wall_ms()).await?;
+                        again.push(i);
+                    }
+                    other => return Err(bad("claim", format!("status {other}"))),
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            todo = again;
+            if round + 1 == BUSY_ROUNDS {
+                for i in &todo {
+                    replies[*i] = Some(ReserveReply::InProgress);
+                }
+            } else {
+                tokio::time::sleep(BUSY_WAIT).await;
+            }
+        }
+
+        // Repeats: their state from the groups.
+        if !known.is_empty() {
+            let mut wanted: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+            for i in &known {
+                for l in &orders[*i].lines {
+                    let nos = wanted.entry(self.keys.group(l.key)).or_default();
+                    if !nos.contains(&orders[*i].order_no) {
+                        nos.push(orders[*i].order_no.clone());
+                    }
+                }
+            }
+            let records = self.records_in(&wanted).await?;
+            for i in known {
+                let order = &orders[i];
+                let mut state: Option<ReservationStatus> = None;
+                let mut x = 0;
+                for l in &order.lines {
+                    let g = self.keys.group(l.key);
+                    let Some(raw) = records.get(&(g, order.order_no.clone())) else {
+                        continue;
+                    };
+                    x = raw
+                        .split(' ')
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    for st in record_states(raw) {
+                        // PENDING only while the order is being decided: it reads as held.
+                        let s = ReservationStatus::parse(st).unwrap_or(ReservationStatus::Reserved);
+                        if state.is_none_or(|cur| s.rank() > cur.rank()) {
+                            state = Some(s);
+                        }
+                    }
+                }
+                replies[i] = Some(ReserveReply::Exists {
+                    lines: vec![(state.unwrap_or(ReservationStatus::Reserved), x)],
+                });
+            }
+        }
+
+        if claimed.is_empty() {
+            return finish(replies, levels);
+        }
+
+        // 2. Hold in every group of the claimed orders.
+        let spans: HashMap<usize, Vec<u32>> = claimed
+            .iter()
+            .map(|i| {
+                let mut gs: Vec<u32> = orders[*i]
+                    .lines
+                    .iter()
+                    .map(|l| self.keys.group(l.key))
+                    .collect();
+                gs.sort_unstable();
+                gs.dedup();
+                (*i, gs)
+            })
+            .collect();
+        let mut per_group: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for i in &claimed {
+            for g in &spans[i] {
+                per_group.entry(*g).or_default().push(*i);
+            }
+        }
+        let now = wall_ms().max(params.now_ms);
+        let calls = per_group.iter().map(|(g, idx)| {
+            self.hold_in_group(*g, idx, orders, &spans, now, expire_at, deadline, params)
+        });
+        // held[(order, group)]
+        let mut held: HashMap<(usize, u32), Held> = HashMap::new();
+        let mut refusal: HashMap<usize, ReserveReply> = HashMap::new();
+        let mut failure: Option<RedisStoreError> = None;
+        for ((g, idx), result) in per_group.iter().zip(join_all(calls).await) {
+            match result {
+                Ok((outcomes, lv)) => {
+                    levels.extend(lv);
+                    for (i, (h, reply)) in idx.iter().zip(outcomes) {
+                        held.insert((*i, *g), h);
+                        if let Some(reply) = reply {
+                            refusal.entry(*i).or_insert(reply);
+                        }
+                    }
+                }
+                Err(e) => {
+                    for i in idx {
+                        held.insert((*i, *g), Held::Unknown);
+                    }
+                    failure = Some(e);
+                }
+            }
+        }
+
+        // 3. Decide each claimed order.
+        let mut settles: Vec<(String, String, &'static str)> = Vec::new();
+        let mut to_commit: Vec<usize> = Vec::new();
+        let mut to_abort: Vec<usize> = Vec::new();
+        let head = format!("?{deadline}/{expire_at}");
+        for i in &claimed {
+            let gs = &spans[i];
+            let states: Vec<Held> = gs.iter().map(|g| held[&(*i, *g)]).collect();
+            let no = orders[*i].order_no.clone();
+            if states.iter().all(|h| *h == Held::Yes) {
+                if gs.len() == 1 {
+                    settles.push((no, head.clone(), "COMMIT"));
+                    replies[*i] = Some(ReserveReply::Reserved {
+                        expire_at_ms: expire_at,
+                    });
+                } else {
+                    to_commit.push(*i);
+                }
+            } else if states.contains(&Held::Unknown) {
+                // In doubt: the resolver decides after the deadline.
+            } else {
+                replies[*i] = refusal.remove(i);
+                if states.contains(&Held::Yes) {
+                    to_abort.push(*i);
+                } else {
+                    settles.push((no, head.clone(), "DROP"));
+                }
+            }
+        }
+
+        // 3a. Commit: PENDING -> RESERVED in every group; decided once one group took it.
+        if !to_commit.is_empty() {
+            let mut per_group: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+            for i in &to_commit {
+                for g in &spans[i] {
+                    per_group.entry(*g).or_default().push(*i);
+                }
+            }
+            let calls = per_group.iter().map(|(g, idx)| {
+                let nos: Vec<&str> = idx.iter().map(|i| orders[*i].order_no.as_str()).collect();
+                self.commit_in_group(*g, nos, deadline, false)
+            });
+            let mut took: HashMap<usize, (usize, usize)> = HashMap::new();
+            for ((_, idx), result) in per_group.iter().zip(join_all(calls).await) {
+                match result {
+                    Ok(items) => {
+                        for (i, item) in idx.iter().zip(items) {
+                            let e = took.entry(*i).or_default();
+                            if item.status == "OK" {
+                                e.0 += 1;
+                            } else {
+                                e.1 += 1;
+                            }
+                        }
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            for i in to_commit {
+                let (ok, _) = took.get(&i).copied().unwrap_or_default();
+                if ok == spans[&i].len() {
+                    settles.push((orders[i].order_no.clone(), head.clone(), "COMMIT"));
+                }
+                if ok > 0 {
+                    // Decided: a line is RESERVED; the resolver completes any group left.
+                    replies[i] = Some(ReserveReply::Reserved {
+                        expire_at_ms: expire_at,
+                    });
+                }
+            }
+        }
+
+        // 3b. Abort: the PENDING lines give their units back.
+        if !to_abort.is_empty() {
+            match self.abort_orders(&to_abort, orders, &spans, now).await {
+                Ok(lv) => {
+                    levels.extend(lv);
+                    for i in to_abort {
+                        settles.push((orders[i].order_no.clone(), head.clone(), "DROP"));
+                    }
+                }
+                Err(e) => {
+                    for i in to_abort {
+                        replies[i] = None;
+                    }
+                    failure = Some(e);
+                }
+            }
+        }
+
+        // 4. Settle the claims whose outcome is known.
+        self.settle(&settles).await?;
+        if let Some(e) = failure {
+            if replies.iter().any(Option::is_none) {
+                return Err(e);
+            }
+        }
+        if replies.iter().any(Option::is_none) {
+            return Err(RedisStoreError::Unavailable(
+                "an order spanning slot groups could not be decided in time; the supervisor \
+                 resolves it, and a retry with the same orderNo answers its outcome"
+                    .into(),
+            ));
+        }
+        finish(replies, levels)
+    }
+
+    /// hold.lua for some claimed orders in one group: per order, whether the group holds
+    /// its lines now, and the order's reply if it refused.
+    #[allow(clippy::too_many_arguments)]
+    async fn hold_in_group(
+        &self,
+        group: u32,
+        idx: &[usize],
+        orders: &[ReserveOrder],
+        spans: &HashMap<usize, Vec<u32>>,
+        now: i64,
+        expire_at: i64,
+        deadline: i64,
+        params: ReserveParams,
+    ) -> RedisResult<(Vec<(Held, Option<ReserveReply>)>, Vec<LevelsAfter>)> {
+        let mut positions: Vec<SkuKey> = Vec::new();
+        let mut position_of: HashMap<SkuKey, usize> = HashMap::new();
+        // Per order: its lines in this group, as (line index in the order, line).
+        let local: Vec<Vec<(usize, OrderLine)>> = idx
+            .iter()
+            .map(|i| {
+                orders[*i]
+                    .lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| self.keys.group(l.key) == group)
+                    .map(|(j, l)| (j, *l))
+                    .collect()
+            })
+            .collect();
+        for lines in &local {
+            for (_, l) in lines {
+                position_of.entry(l.key).or_insert_with(|| {
+                    positions.push(l.key);
+                    positions.len()
+                });
+            }
+        }
+        let mut inv = self.scripts.hold.prepare_invoke();
+        inv.key(self.keys.orders(group))
+            .key(self.keys.holds(group))
+            .key(self.keys.journal(group));
+        for k in &positions {
+            inv.key(self.keys.stock(*k));
+        }
+        inv.arg(now)
+            .arg(expire_at)
+            .arg(params.max_journal_entries)
+            .arg(deadline)
+            .arg(positions.len());
+        for k in &positions {
+            inv.arg(1).arg(k.warehouse_id).arg(k.sku_id);
+        }
+        inv.arg(idx.len());
+        for (i, lines) in idx.iter().zip(&local) {
+            let order = &orders[*i];
+            let state = if spans[i].len() == 1 {
+                "RESERVED"
+            } else {
+                "PENDING"
+            };
+            inv.arg(&order.order_no)
+                .arg(wire::word(&order.trace_id, 64))
+                .arg(state)
+                .arg(lines.len());
+            for (_, l) in lines {
+                inv.arg(position_of[&l.key]).arg(l.qty);
+            }
+        }
+        let items = self.run_script("hold", &inv, None).await?;
+        self.wait_replicas(&self.keys.orders(group)).await?;
+        let (items, levels) = wire::split_levels("hold", items, idx.len(), &positions)?;
+        let out = items
+            .iter()
+            .zip(&local)
+            .map(|(item, lines)| {
+                let line = |n: i64| {
+                    usize::try_from(n)
+                        .ok()
+                        .and_then(|n| n.checked_sub(1))
+                        .and_then(|n| lines.get(n))
+                        .map(|(j, _)| *j)
+                        .ok_or_else(|| bad("hold", format!("{} names line {n}", item.status)))
+                };
+                Ok(match item.status.as_str() {
+                    "HELD" => (Held::Yes, None),
+                    "INSUFFICIENT" => (
+                        Held::No,
+                        Some(ReserveReply::Insufficient {
+                            line: line(item.n[0])?,
+                            available: item.n[1],
+                        }),
+                    ),
+                    "NOT_FOUND" => (
+                        Held::No,
+                        Some(ReserveReply::NotFound {
+                            line: line(item.n[0])?,
+                        }),
+                    ),
+                    "JOURNAL_FULL" => (Held::No, Some(ReserveReply::JournalFull)),
+                    "LATE" => (Held::No, Some(ReserveReply::InProgress)),
+                    other => return Err(bad("hold", format!("status {other}"))),
+                })
+            })
+            .collect::<RedisResult<Vec<_>>>()?;
+        Ok((out, levels))
+    }
+
+    async fn commit_in_group(
+        &self,
+        group: u32,
+        order_nos: Vec<&str>,
+        deadline: i64,
+        forced: bool,
+    ) -> RedisResult<Vec<ReplyItem>> {
+        let mut inv = self.scripts.commit.key(self.keys.orders(group));
+        inv.arg(wall_ms())
+            .arg(if forced { "1" } else { "0" })
+            .arg(order_nos.len());
+        for no in &order_nos {
+            inv.arg(*no).arg(deadline);
+        }
+        let items = self
+            .run_script("commit", &inv, Some(order_nos.len()))
+            .await?;
+        self.wait_replicas(&self.keys.orders(group)).await?;
+        Ok(items)
+    }
+
+    /// abort.lua in every group of the orders (lines from `orders`).
+    async fn abort_orders(
+        &self,
+        idx: &[usize],
+        orders: &[ReserveOrder],
+        spans: &HashMap<usize, Vec<u32>>,
+        now: i64,
+    ) -> RedisResult<Vec<LevelsAfter>> {
+        let mut per_group: BTreeMap<u32, Vec<(String, String, Vec<SkuKey>)>> = BTreeMap::new();
+        for i in idx {
+            for g in &spans[i] {
+                let keys = orders[*i]
+                    .lines
+                    .iter()
+                    .map(|l| l.key)
+                    .filter(|k| self.keys.group(*k) == *g)
+                    .collect();
+                per_group.entry(*g).or_default().push((
+                    orders[*i].order_no.clone(),
+                    orders[*i].trace_id.clone(),
+                    keys,
+                ));
+            }
+        }
+        self.abort_in_groups(per_group, now).await
+    }
+
+    async fn abort_in_groups(
+        &self,
+        per_group: BTreeMap<u32, Vec<(String, String, Vec<SkuKey>)>>,
+        now: i64,
+    ) -> RedisResult<Vec<LevelsAfter>> {
+        let calls = per_group.iter().map(|(g, list)| async move {
+            let mut positions: Vec<SkuKey> = list.iter().flat_map(|o| o.2.clone()).collect();
+            positions.sort();
+            positions.dedup();
+            let mut inv = self.scripts.abort.prepare_invoke();
+            inv.key(self.keys.orders(*g))
+                .key(self.keys.holds(*g))
+                .key(self.keys.journal(*g));
+            for k in &positions {
+                inv.key(self.keys.stock(*k));
+            }
+            inv.arg(now).arg(positions.len());
+            for k in &positions {
+                inv.arg(1).arg(k.warehouse_id).arg(k.sku_id);
+            }
+            inv.arg(list.len());
+            for (no, trace, _) in list {
+                inv.arg(no).arg(wire::word(trace, 64));
+            }
+            let items = self.run_script("abort", &inv, None).await?;
+            self.wait_replicas(&self.keys.orders(*g)).await?;
+            let (items, levels) = wire::split_levels("abort", items, list.len(), &positions)?;
+            for item in &items {
+                if !matches!(item.status.as_str(), "ABORTED" | "NONE") {
+                    return Err(RedisStoreError::Unavailable(format!(
+                        "abort of an order spanning groups answered {}",
+                        item.status
+                    )));
+                }
+            }
+            Ok::<_, RedisStoreError>(levels)
+        });
+        let mut levels = Vec::new();
+        for r in join_all(calls).await {
+            levels.extend(r?);
+        }
+        Ok(levels)
+    }
+
+    // ----- confirm, release, expiry -----
+
+    pub(super) async fn transition_batch_cluster(
+        &self,
+        orders: &[TransitionOrder],
+        now_ms: i64,
+        max_journal_entries: u64,
+    ) -> RedisResult<(Vec<TransitionReply>, Vec<LevelsAfter>)> {
+        let mut replies: Vec<Option<TransitionReply>> = vec![None; orders.len()];
+        let mut levels = Vec::new();
+        let kind = |op: &TransitionOp| match op {
+            TransitionOp::Confirm { .. } => "C",
+            TransitionOp::Release {
+                only_if_expired: true,
+                ..
+            } => "E",
+            TransitionOp::Release { .. } => "R",
+        };
+        let paid = |op: &TransitionOp| {
+            matches!(
+                op,
+                TransitionOp::Confirm {
+                    even_if_expired: true
+                }
+            )
+        };
+        // 1. Decide (waiting, bounded, for an order still being reserved).
+        let mut todo: Vec<usize> = (0..orders.len()).collect();
+        let mut apply: Vec<(usize, bool)> = Vec::new(); // (order, decided by this call)
+        for round in 0..BUSY_ROUNDS {
+            let now = if round == 0 { now_ms } else { wall_ms() };
+            let nos: Vec<&str> = todo.iter().map(|i| orders[*i].order_no.as_str()).collect();
+            let items = self
+                .per_shard("decide", &nos, &[now], |k, inv| {
+                    let o = &orders[todo[k]];
+                    inv.arg(&o.order_no)
+                        .arg(kind(&o.op))
+                        .arg(if paid(&o.op) { "1" } else { "0" });
+                })
+                .await?;
+            let mut again = Vec::new();
+            for (i, item) in todo.iter().copied().zip(items) {
+                let first = orders[i].positions.first().copied();
+                let key = |r: fn(SkuKey) -> TransitionReply| first.map(r);
+                replies[i] = match item.status.as_str() {
+                    "DECIDED" => {
+                        apply.push((i, true));
+                        None
+                    }
+                    "SAME" if item.n[1] == 1 => Some(TransitionReply::Exists),
+                    "SAME" => {
+                        apply.push((i, false));
+                        None
+                    }
+                    "OTHER" if orders[i].op.is_confirm() => {
+                        key(|key| TransitionReply::Released { key })
+                    }
+                    "OTHER" => key(|key| TransitionReply::Confirmed { key }),
+                    "EXPIRED" => key(|key| TransitionReply::Expired { key }),
+                    "NOT_EXPIRED" => Some(TransitionReply::NotExpired),
+                    "NOT_FOUND" => Some(TransitionReply::NotFound),
+                    "PENDING" => {
+                        again.push(i);
+                        None
+                    }
+                    other => return Err(bad("decide", format!("status {other}"))),
+                };
+            }
+            if again.is_empty() {
+                break;
+            }
+            todo = again;
+            if round + 1 == BUSY_ROUNDS {
+                for i in &todo {
+                    replies[*i] = Some(TransitionReply::Retry);
+                }
+            } else {
+                tokio::time::sleep(BUSY_WAIT).await;
+            }
+        }
+
+        // 2. Apply in every group, 3. mark applied.
+        if !apply.is_empty() {
+            let idx: Vec<usize> = apply.iter().map(|(i, _)| *i).collect();
+            let (outcomes, lv) = self
+                .apply_decisions(&idx, orders, now_ms, max_journal_entries)
+                .await?;
+            levels.extend(lv);
+            let mut settles = Vec::new();
+            for ((i, decided_here), outcome) in apply.iter().zip(outcomes) {
+                match outcome {
+                    None => {
+                        let o = &orders[*i];
+                        settles.push((o.order_no.clone(), String::new(), "APPLIED"));
+                        replies[*i] = Some(if *decided_here {
+                            TransitionReply::Done
+                        } else {
+                            TransitionReply::Exists
+                        });
+                    }
+                    Some(reply) => replies[*i] = Some(reply),
+                }
+            }
+            self.mark_applied(settles).await?;
+        }
+        finish_transitions(replies, levels)
+    }
+
+    /// Marks decisions applied: the head is read back first (settle compares it).
+    async fn mark_applied(&self, entries: Vec<(String, String, &'static str)>) -> RedisResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let nos: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
+        let current = self.cluster_entries(&nos).await?;
+        let settles: Vec<(String, String, &'static str)> = nos
+            .into_iter()
+            .zip(current)
+            .filter_map(|(no, e)| {
+                let e = e?;
+                matches!(e.state, EntryState::Decided { applied: false, .. })
+                    .then_some((no, e.head, "APPLIED"))
+            })
+            .collect();
+        self.settle(&settles).await
+    }
+
+    /// The raw directory values of orders, from their shards.
+    pub(super) async fn raw_directory_cluster(
+        &self,
+        order_nos: &[String],
+    ) -> RedisResult<Vec<Option<String>>> {
+        let reads = order_nos.iter().map(|no| {
+            let mut conn = self.conn.clone();
+            let key = self.keys.directory_of(no);
+            async move {
+                redis::cmd("HGET")
+                    .arg(key)
+                    .arg(no)
+                    .query_async::<Option<String>>(&mut conn)
+                    .await
+            }
+        });
+        let results = self.timed(async { Ok(join_all(reads).await) }).await?;
+        results
+            .into_iter()
+            .map(|r| r.map_err(RedisStoreError::from))
+            .collect()
+    }
+
+    /// The cluster directory entries of orders (None: absent or a tombstone).
+    pub async fn cluster_entries(&self, order_nos: &[String]) -> RedisResult<Vec<Option<ClusterEntry>>> {
+        Ok(self
+            .raw_directory_cluster(order_nos)
+            .await?
+            .iter()
+            .map(|r| r.as_deref().and_then(ClusterEntry::parse))
+            .collect())
+    }
+
+    /// Applies decided confirms / releases in every group of the orders with the
+    /// single-group scripts (confirm even if expired: the decision was taken in time).
+    /// Per order: None when every group applied it, else the reply that stopped it.
+    async fn apply_decisions(
+        &self,
+        idx: &[usize],
+        orders: &[TransitionOrder],
+        now_ms: i64,
+        max_journal_entries: u64,
+    ) -> RedisResult<(Vec<Option<TransitionReply>>, Vec<LevelsAfter>)> {
+        let mut per_group: BTreeMap<(u32, bool), Vec<(usize, TransitionOrder)>> = BTreeMap::new();
+        for (k, i) in idx.iter().enumerate() {
+            let o = &orders[*i];
+            let op = match &o.op {
+                TransitionOp::Confirm { .. } => TransitionOp::Confirm {
+                    even_if_expired: true,
+                },
+                TransitionOp::Release {
+                    reason,
+                    remark,
+                    fence,
+                    ..
+                } => TransitionOp::Release {
+                    reason: *reason,
+                    remark: remark.clone(),
+                    only_if_expired: false,
+                    fence: *fence,
+                },
+            };
+            let mut by_group: BTreeMap<u32, Vec<SkuKey>> = BTreeMap::new();
+            for key in &o.positions {
+                by_group.entry(self.keys.group(*key)).or_default().push(*key);
+            }
+            for (g, positions) in by_group {
+                per_group.entry((g, op.is_confirm())).or_default().push((
+                    k,
+                    TransitionOrder {
+                        order_no: o.order_no.clone(),
+                        trace_id: o.trace_id.clone(),
+                        positions,
+                        op: op.clone(),
+                    },
+                ));
+            }
+        }
+        let calls = per_group.values().map(|list| {
+            let batch: Vec<TransitionOrder> = list.iter().map(|(_, o)| o.clone()).collect();
+            async move {
+                self.transition_batch_single(&batch, now_ms, max_journal_entries)
+                    .await
+            }
+        });
+        let mut out: Vec<Option<TransitionReply>> = vec![None; idx.len()];
+        let mut levels = Vec::new();
+        for (list, result) in per_group.values().zip(join_all(calls).await) {
+            let (replies, lv) = result?;
+            levels.extend(lv);
+            for ((k, _), reply) in list.iter().zip(replies) {
+                match reply {
+                    // Swept records count as applied: nothing is held there any more.
+                    TransitionReply::Done | TransitionReply::Exists | TransitionReply::NotFound => {}
+                    other => {
+                        out[*k].get_or_insert(other);
+                    }
+                }
+            }
+        }
+        Ok((out, levels))
+    }
+
+    // ----- the resolver -----
+
+    /// Resolves one order's claim past its deadline (plus the clock margin): committed
+    /// when a line of it in any group is past PENDING (the decision was commit), aborted
+    /// otherwise; and completes a decided confirm or release not yet applied everywhere.
+    pub async fn resolve_order(&self, order_no: &str, now_ms: i64) -> RedisResult<ResolveReport> {
+        let mut report = ResolveReport::default();
+        let Some(entry) = self
+            .cluster_entries(&[order_no.to_string()])
+            .await?
+            .pop()
+            .flatten()
+        else {
+            return Ok(report);
+        };
+        match entry.state {
+            EntryState::Claimed { deadline_ms } => {
+                if deadline_ms + RESOLVE_MARGIN_MS > now_ms {
+                    return Ok(report);
+                }
+                let groups = entry.groups(self);
+                let wanted: BTreeMap<u32, Vec<String>> = groups
+                    .iter()
+                    .map(|g| (*g, vec![order_no.to_string()]))
+                    .collect();
+                let records = self.records_in(&wanted).await?;
+                let decided = records
+                    .values()
+                    .any(|raw| record_states(raw).iter().any(|s| *s != "PENDING"));
+                if decided {
+                    let calls = groups
+                        .iter()
+                        .filter(|g| records.contains_key(&(**g, order_no.to_string())))
+                        .map(|g| self.commit_in_group(*g, vec![order_no], deadline_ms, true));
+                    for r in join_all(calls).await {
+                        r?;
+                    }
+                    self.settle(&[(order_no.to_string(), entry.head.clone(), "COMMIT")])
+                        .await?;
+                    report.committed += 1;
+                } else {
+                    let mut per_group: BTreeMap<u32, Vec<(String, String, Vec<SkuKey>)>> =
+                        BTreeMap::new();
+                    for g in &groups {
+                        let keys = entry
+                            .lines
+                            .iter()
+                            .map(|(k, _)| *k)
+                            .filter(|k| self.keys.group(*k) == *g)
+                            .collect();
+                        per_group.entry(*g).or_default().push((
+                            order_no.to_string(),
+                            String::new(),
+                            keys,
+                        ));
+                    }
+                    self.abort_in_groups(per_group, now_ms).await?;
+                    self.settle(&[(order_no.to_string(), entry.head.clone(), "DROP")])
+                        .await?;
+                    report.aborted += 1;
+                }
+            }
+            EntryState::Decided {
+                kind,
+                applied: false,
+            } => {
+                let op = match kind {
+                    'C' => TransitionOp::Confirm {
+                        even_if_expired: true,
+                    },
+                    'E' => TransitionOp::Release {
+                        reason: LedgerReason::Expired,
+                        remark: "hold expired".into(),
+                        only_if_expired: false,
+                        fence: 0,
+                    },
+                    _ => TransitionOp::Release {
+                        reason: LedgerReason::Release,
+                        remark: "completed by the supervisor".into(),
+                        only_if_expired: false,
+                        fence: 0,
+                    },
+                };
+                let order = TransitionOrder {
+                    order_no: order_no.to_string(),
+                    trace_id: String::new(),
+                    positions: entry.lines.iter().map(|(k, _)| *k).collect(),
+                    op,
+                };
+                let (outcomes, _) = self
+                    .apply_decisions(&[0], &[order], now_ms, u64::MAX)
+                    .await?;
+                if outcomes.first().is_some_and(Option::is_none) {
+                    self.settle(&[(order_no.to_string(), entry.head.clone(), "APPLIED")])
+                        .await?;
+                    report.applied += 1;
+                }
+            }
+            _ => {}
+        }
+        Ok(report)
+    }
+
+    /// The supervisor's pass over every directory shard: resolves claims past their
+    /// deadline and completes decisions not applied everywhere. Bounded per call by
+    /// `max_orders`.
+    pub async fn resolve_in_doubt(&self, now_ms: i64, max_orders: usize) -> RedisResult<ResolveReport> {
+        let mut report = ResolveReport::default();
+        let mut seen = 0usize;
+        for shard in 0..self.keys.groups() {
+            let key = self.keys.directory_shard_key(shard);
+            let mut cursor: u64 = 0;
+            loop {
+                let mut conn = self.conn.clone();
+                let (next, flat): (u64, Vec<String>) = self
+                    .timed(
+                        redis::cmd("HSCAN")
+                            .arg(&key)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(500)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                for pair in flat.chunks(2) {
+                    let [no, raw] = pair else { continue };
+                    let due = match ClusterEntry::parse(raw).map(|e| e.state) {
+                        Some(EntryState::Claimed { deadline_ms }) => {
+                            deadline_ms + RESOLVE_MARGIN_MS <= now_ms
+                        }
+                        Some(EntryState::Decided { applied, .. }) => !applied,
+                        _ => false,
+                    };
+                    if due {
+                        let r = self.resolve_order(no, now_ms).await?;
+                        report.committed += r.committed;
+                        report.aborted += r.aborted;
+                        report.applied += r.applied;
+                        seen += 1;
+                        if seen >= max_orders {
+                            return Ok(report);
+                        }
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn finish(
+    replies: Vec<Option<ReserveReply>>,
+    levels: Vec<LevelsAfter>,
+) -> RedisResult<(Vec<ReserveReply>, Vec<LevelsAfter>)> {
+    let replies = replies
+        .into_iter()
+        .map(|r| r.ok_or_else(|| bad("reserve", "an order without an outcome")))
+        .collect::<RedisResult<Vec<_>>>()?;
+    Ok((replies, levels))
+}
+
+fn finish_transitions(
+    replies: Vec<Option<TransitionReply>>,
+    levels: Vec<LevelsAfter>,
+) -> RedisResult<(Vec<TransitionReply>, Vec<LevelsAfter>)> {
+    let replies = replies
+        .into_iter()
+        .map(|r| r.ok_or_else(|| bad("transition", "an order without an outcome")))
+        .collect::<RedisResult<Vec<_>>>()?;
+    Ok((replies, levels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{SkuId, WarehouseId};
+
+    #[test]
+    fn cluster_entries_parse_every_head() {
+        let k = SkuKey::new(WarehouseId(1), SkuId(7));
+        let e = ClusterEntry::parse("?500/900 1:7:2").unwrap();
+        assert_eq!(e.state, EntryState::Claimed { deadline_ms: 500 });
+        assert_eq!(e.expire_at_ms, 900);
+        assert_eq!(e.lines, vec![(k, 2)]);
+        assert_eq!(
+            ClusterEntry::parse("900 1:7:2").unwrap().state,
+            EntryState::Held
+        );
+        assert_eq!(
+            ClusterEntry::parse("C900 1:7:2").unwrap().state,
+            EntryState::Decided {
+                kind: 'C',
+                applied: false
+            }
+        );
+        assert_eq!(
+            ClusterEntry::parse("e900 1:7:2").unwrap().state,
+            EntryState::Decided {
+                kind: 'E',
+                applied: true
+            }
+        );
+        assert!(ClusterEntry::parse("! 900").is_none());
+        assert!(ClusterEntry::parse("X900 1:7:2").is_none());
+        assert_eq!(record_states("900 1:7:2:PENDING 1:8:1:RESERVED"), vec!["PENDING", "RESERVED"]);
+    }
+}
