@@ -4,7 +4,7 @@ export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
 export KAFKA_BROKERS ?= 127.0.0.1:9092
 
-.PHONY: run test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads bench-reconcile sim bench-faults
+.PHONY: run run-cluster cluster test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads bench-reconcile sim bench-faults
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
@@ -17,11 +17,19 @@ run: services
 
 ## Everything CI checks: formatting, clippy with -D warnings, all tests against real stores
 ## (fault injection and schemathesis fuzzing included).
-test: services fuzz-tools lint clean-test-dbs
+test: services cluster fuzz-tools lint clean-test-dbs
 	cargo test --all-targets --features fault-injection -- --test-threads=4
 
 services:
 	@bash scripts/services.sh
+
+## The local Redis Cluster (6 nodes on 127.0.0.1:7000-7005, data under .data/cluster).
+cluster: services
+	@bash scripts/redis-cluster.sh
+
+## `make run` against the local Redis Cluster instead of the single Redis.
+run-cluster: cluster
+	INVENTORY__REDIS__CLUSTER_URLS=redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002 $(MAKE) run
 
 fuzz-tools:
 	@bash scripts/fuzz-tools.sh
@@ -42,6 +50,7 @@ clean-test-dbs:
 	  | while read -r db; do mariadb --protocol=tcp -h 127.0.0.1 -P 3306 -u inventory -pinventory -e "DROP DATABASE \`$$db\`"; done
 
 stop-services:
+	-bash scripts/redis-cluster.sh stop
 	-redis-cli -p 6379 shutdown nosave
 	-[ -f .data/mariadb.pid ] && kill $$(cat .data/mariadb.pid)
 	-[ -f .data/tansu.pid ] && kill $$(cat .data/tansu.pid)

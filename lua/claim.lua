@@ -13,6 +13,7 @@
 --   CANCELLED               released before it was reserved (a tombstone)
 --   BUSY deadline           another request is reserving it now
 --   IN_DOUBT deadline       a claim whose deadline passed: resolve it first
+--   ABORTED:<kind> line# available   refused before after a partial hold (the same answer)
 local now, deadline, x = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local out = {}
 local at = 5
@@ -33,6 +34,8 @@ for _ = 1, tonumber(ARGV[4]) do
       reply(out, 'BUSY', entry.deadline)
     elseif entry.deadline then
       reply(out, 'IN_DOUBT', entry.deadline)
+    elseif entry.aborted then
+      reply(out, 'ABORTED:' .. entry.aborted.kind, entry.aborted.line, entry.aborted.available)
     else
       reply(out, 'KNOWN', entry.x)
     end

@@ -23,7 +23,7 @@ for _ = 1, tonumber(ARGV[2]) do
   local order_no, kind, paid = ARGV[at], ARGV[at + 1], ARGV[at + 2] == '1'
   at = at + 3
   local entry = parse_cluster_entry(redis.call('HGET', KEYS[1], order_no) or nil)
-  if not entry or entry.tomb then
+  if not entry or entry.tomb or entry.aborted then
     reply(out, 'NOT_FOUND')
   elseif entry.deadline then
     reply(out, 'PENDING', entry.deadline)

@@ -303,6 +303,8 @@ end
 --   '?<deadline>/<x>' claimed: being reserved, outcome not yet settled
 --   'C<x>' 'R<x>' 'E<x>'  confirm / release / expiry decided, not yet applied everywhere
 --   'c<x>' 'r<x>' 'e<x>'  decided and applied
+--   'A<x>:<kind>:<line>:<available>'  refused after a partial hold and aborted; a repeat
+--                     gets the same refusal (kind I insufficient, N not found, X other)
 local function parse_cluster_entry(raw)
   if not raw then
     return nil
@@ -314,8 +316,11 @@ local function parse_cluster_entry(raw)
   local head, rest = string.match(raw, '^(%S+) ?(.*)$')
   local e = {head = head, rest = rest, lines = {}}
   local d, x = string.match(head, '^%?(%d+)/(%d+)$')
+  local ax, ak, al, aa = string.match(head, '^A(%d+):(%a):(%d+):(%-?%d+)$')
   if d then
     e.deadline, e.x = tonumber(d), tonumber(x)
+  elseif ax then
+    e.x, e.aborted = tonumber(ax), {kind = ak, line = tonumber(al), available = tonumber(aa)}
   else
     local k, x2 = string.match(head, '^([CREcre]?)(%d+)$')
     e.decision, e.x = k, tonumber(x2)

@@ -3,7 +3,8 @@
 --
 -- KEYS[1] the directory shard. ARGV[1] number of orders, then per order: orderNo, the head
 -- the caller saw, and what to do: COMMIT ('?<d>/<x>' -> '<x>'), DROP (remove the entry),
--- APPLIED ('C<x>' -> 'c<x>', likewise R and E).
+-- APPLIED ('C<x>' -> 'c<x>', likewise R and E), ABORT:<kind>:<line>:<available>
+-- ('?<d>/<x>' -> 'A<x>:...': a repeat gets the same refusal; the ledger keeps the abort).
 -- Reply items: OK | STALE (the head changed meanwhile; nothing done).
 local out = {}
 local at = 2
@@ -14,8 +15,11 @@ for _ = 1, tonumber(ARGV[1]) do
   if not entry or entry.tomb or entry.head ~= head then
     reply(out, 'STALE')
   else
+    local abort_as = string.match(action, '^ABORT:(.+)$')
     if action == 'DROP' then
       redis.call('HDEL', KEYS[1], order_no)
+    elseif abort_as then
+      redis.call('HSET', KEYS[1], order_no, 'A' .. int(entry.x) .. ':' .. abort_as .. ' ' .. entry.rest)
     elseif action == 'COMMIT' then
       redis.call('HSET', KEYS[1], order_no, int(entry.x) .. ' ' .. entry.rest)
     else

@@ -58,6 +58,8 @@ for _ in $(seq 1 200); do
   for p in "${PORTS[@]}"; do
     redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' || ok=0
   done
+  # Every replica attached (the failover test needs one per master).
+  [ "$(redis-cli -p "$FIRST_PORT" cluster nodes | grep -c slave)" = 3 ] || ok=0
   [ "$ok" = 1 ] && break
   sleep 0.1
 done

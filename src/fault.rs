@@ -55,6 +55,14 @@ pub const POINTS: &[(&str, &str)] = &[
         "reconciliation found a difference; the repair not yet written",
     ),
     (
+        "cluster.after_hold",
+        "cluster mode: an order's groups answered its holds; commit or abort not yet sent",
+    ),
+    (
+        "cluster.after_commit",
+        "cluster mode: the groups committed an order spanning them; its claim not yet settled",
+    ),
+    (
         "lease.renew",
         "the supervisor lease renewal about to be sent (sleep: a renewal delayed past expiry)",
     ),

@@ -400,12 +400,17 @@ impl ReservationEngine {
             }
             ReserveReply::Cancelled => Err(EngineError::OrderCancelled(req.order_no)),
             ReserveReply::JournalFull => Err(EngineError::Overloaded),
-            ReserveReply::InProgress => Err(EngineError::Redis(RedisStoreError::Unavailable(
-                format!(
+            ReserveReply::Aborted => Err(EngineError::IdempotencyConflict(format!(
+                "order {} was refused before (it could not be held in every slot group); \
+                 reserve under a new orderNo",
+                req.order_no
+            ))),
+            ReserveReply::InProgress => {
+                Err(EngineError::Redis(RedisStoreError::Unavailable(format!(
                     "order {} is being reserved by another request; retry shortly",
                     req.order_no
-                ),
-            ))),
+                ))))
+            }
         };
         self.count(match &result {
             Ok(o) if o.existed => "exists",

@@ -16,11 +16,11 @@ use tokio::sync::Mutex;
 use crate::config::Settings;
 use crate::engine::leadership::{Leadership, LeaseGuard};
 use crate::engine::reconcile::Reconciler;
-use crate::store::cluster::ResolveReport;
 use crate::engine::reservation::ReservationEngine;
 use crate::engine::stock::StockService;
 use crate::engine::{now_ms, EngineError};
 use crate::metrics::Metrics;
+use crate::store::cluster::ResolveReport;
 use crate::store::redis::RedisStore;
 
 // ---------------------------------------------------------------- expiry

@@ -51,10 +51,18 @@ fn wall_ms() -> i64 {
 /// The state of a cluster directory entry (see lua/lib.lua, `parse_cluster_entry`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
-    Claimed { deadline_ms: i64 },
+    Claimed {
+        deadline_ms: i64,
+    },
     Held,
     /// `kind`: 'C' confirm, 'R' release, 'E' expiry.
-    Decided { kind: char, applied: bool },
+    Decided {
+        kind: char,
+        applied: bool,
+    },
+    /// Refused after a partial hold and aborted: final for this orderNo (the ledger has
+    /// its RES and REL ABORT lines, the DB its RELEASED rows).
+    Aborted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +89,8 @@ impl ClusterEntry {
                 },
                 x,
             )
+        } else if let Some(marker) = head.strip_prefix('A') {
+            (EntryState::Aborted, marker.split(':').next()?)
         } else if let Some(kind) = head.chars().next().filter(|c| "CREcre".contains(*c)) {
             (
                 EntryState::Decided {
@@ -106,7 +116,11 @@ impl ClusterEntry {
     }
 
     fn groups(&self, store: &RedisStore) -> Vec<u32> {
-        let mut groups: Vec<u32> = self.lines.iter().map(|(k, _)| store.keys.group(*k)).collect();
+        let mut groups: Vec<u32> = self
+            .lines
+            .iter()
+            .map(|(k, _)| store.keys.group(*k))
+            .collect();
         groups.sort_unstable();
         groups.dedup();
         groups
@@ -206,13 +220,13 @@ impl RedisStore {
     }
 
     /// settle.lua for (orderNo, head seen, action) triples.
-    async fn settle(&self, entries: &[(String, String, &'static str)]) -> RedisResult<()> {
+    async fn settle(&self, entries: &[(String, String, String)]) -> RedisResult<()> {
         if entries.is_empty() {
             return Ok(());
         }
         let nos: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
         self.per_shard("settle", &nos, &[], |i, inv| {
-            inv.arg(&entries[i].0).arg(&entries[i].1).arg(entries[i].2);
+            inv.arg(&entries[i].0).arg(&entries[i].1).arg(&entries[i].2);
         })
         .await?;
         Ok(())
@@ -289,6 +303,20 @@ impl RedisStore {
                             .filter(|n| (1..=lines).contains(n))
                             .map(|n| n - 1);
                         replies[i] = Some(ReserveReply::Conflict { line });
+                    }
+                    aborted if aborted.starts_with("ABORTED:") => {
+                        let line = usize::try_from(item.n[0])
+                            .ok()
+                            .filter(|n| (1..=lines).contains(n))
+                            .map(|n| n - 1);
+                        replies[i] = Some(match (&aborted["ABORTED:".len()..], line) {
+                            ("I", Some(line)) => ReserveReply::Insufficient {
+                                line,
+                                available: item.n[1],
+                            },
+                            ("N", Some(line)) => ReserveReply::NotFound { line },
+                            _ => ReserveReply::Aborted,
+                        });
                     }
                     "BUSY" => again.push(i),
                     "IN_DOUBT" => {
@@ -403,8 +431,15 @@ impl RedisStore {
             }
         }
 
+        // A crash here leaves PENDING lines and an unsettled claim: the resolver's case.
+        if crate::fault::point("cluster.after_hold").await.is_err() {
+            return Err(RedisStoreError::Unavailable(
+                "fault injected after the holds".into(),
+            ));
+        }
+
         // 3. Decide each claimed order.
-        let mut settles: Vec<(String, String, &'static str)> = Vec::new();
+        let mut settles: Vec<(String, String, String)> = Vec::new();
         let mut to_commit: Vec<usize> = Vec::new();
         let mut to_abort: Vec<usize> = Vec::new();
         let head = format!("?{deadline}/{expire_at}");
@@ -414,7 +449,7 @@ impl RedisStore {
             let no = orders[*i].order_no.clone();
             if states.iter().all(|h| *h == Held::Yes) {
                 if gs.len() == 1 {
-                    settles.push((no, head.clone(), "COMMIT"));
+                    settles.push((no, head.clone(), "COMMIT".into()));
                     replies[*i] = Some(ReserveReply::Reserved {
                         expire_at_ms: expire_at,
                     });
@@ -428,7 +463,7 @@ impl RedisStore {
                 if states.contains(&Held::Yes) {
                     to_abort.push(*i);
                 } else {
-                    settles.push((no, head.clone(), "DROP"));
+                    settles.push((no, head.clone(), "DROP".into()));
                 }
             }
         }
@@ -464,7 +499,7 @@ impl RedisStore {
             for i in to_commit {
                 let (ok, _) = took.get(&i).copied().unwrap_or_default();
                 if ok == spans[&i].len() {
-                    settles.push((orders[i].order_no.clone(), head.clone(), "COMMIT"));
+                    settles.push((orders[i].order_no.clone(), head.clone(), "COMMIT".into()));
                 }
                 if ok > 0 {
                     // Decided: a line is RESERVED; the resolver completes any group left.
@@ -475,13 +510,30 @@ impl RedisStore {
             }
         }
 
-        // 3b. Abort: the PENDING lines give their units back.
+        if crate::fault::point("cluster.after_commit").await.is_err() {
+            return Err(RedisStoreError::Unavailable(
+                "fault injected after the commits".into(),
+            ));
+        }
+
+        // 3b. Abort: the PENDING lines give their units back. The claim becomes an abort
+        // marker with the refusal, so a repeat gets the same answer (and the orderNo's
+        // RELEASED rows in the DB are never contradicted by a second hold).
         if !to_abort.is_empty() {
             match self.abort_orders(&to_abort, orders, &spans, now).await {
                 Ok(lv) => {
                     levels.extend(lv);
                     for i in to_abort {
-                        settles.push((orders[i].order_no.clone(), head.clone(), "DROP"));
+                        let marker = match &replies[i] {
+                            Some(ReserveReply::Insufficient { line, available }) => {
+                                format!("ABORT:I:{}:{available}", line + 1)
+                            }
+                            Some(ReserveReply::NotFound { line }) => {
+                                format!("ABORT:N:{}:0", line + 1)
+                            }
+                            _ => "ABORT:X:0:0".to_string(),
+                        };
+                        settles.push((orders[i].order_no.clone(), head.clone(), marker));
                     }
                 }
                 Err(e) => {
@@ -802,7 +854,7 @@ impl RedisStore {
                 match outcome {
                     None => {
                         let o = &orders[*i];
-                        settles.push((o.order_no.clone(), String::new(), "APPLIED"));
+                        settles.push(o.order_no.clone());
                         replies[*i] = Some(if *decided_here {
                             TransitionReply::Done
                         } else {
@@ -818,19 +870,21 @@ impl RedisStore {
     }
 
     /// Marks decisions applied: the head is read back first (settle compares it).
-    async fn mark_applied(&self, entries: Vec<(String, String, &'static str)>) -> RedisResult<()> {
-        if entries.is_empty() {
+    async fn mark_applied(&self, nos: Vec<String>) -> RedisResult<()> {
+        if nos.is_empty() {
             return Ok(());
         }
-        let nos: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
         let current = self.cluster_entries(&nos).await?;
-        let settles: Vec<(String, String, &'static str)> = nos
+        let settles: Vec<(String, String, String)> = nos
             .into_iter()
             .zip(current)
             .filter_map(|(no, e)| {
                 let e = e?;
-                matches!(e.state, EntryState::Decided { applied: false, .. })
-                    .then_some((no, e.head, "APPLIED"))
+                matches!(e.state, EntryState::Decided { applied: false, .. }).then_some((
+                    no,
+                    e.head,
+                    "APPLIED".to_string(),
+                ))
             })
             .collect();
         self.settle(&settles).await
@@ -860,7 +914,10 @@ impl RedisStore {
     }
 
     /// The cluster directory entries of orders (None: absent or a tombstone).
-    pub async fn cluster_entries(&self, order_nos: &[String]) -> RedisResult<Vec<Option<ClusterEntry>>> {
+    pub async fn cluster_entries(
+        &self,
+        order_nos: &[String],
+    ) -> RedisResult<Vec<Option<ClusterEntry>>> {
         Ok(self
             .raw_directory_cluster(order_nos)
             .await?
@@ -900,7 +957,10 @@ impl RedisStore {
             };
             let mut by_group: BTreeMap<u32, Vec<SkuKey>> = BTreeMap::new();
             for key in &o.positions {
-                by_group.entry(self.keys.group(*key)).or_default().push(*key);
+                by_group
+                    .entry(self.keys.group(*key))
+                    .or_default()
+                    .push(*key);
             }
             for (g, positions) in by_group {
                 per_group.entry((g, op.is_confirm())).or_default().push((
@@ -929,7 +989,8 @@ impl RedisStore {
             for ((k, _), reply) in list.iter().zip(replies) {
                 match reply {
                     // Swept records count as applied: nothing is held there any more.
-                    TransitionReply::Done | TransitionReply::Exists | TransitionReply::NotFound => {}
+                    TransitionReply::Done | TransitionReply::Exists | TransitionReply::NotFound => {
+                    }
                     other => {
                         out[*k].get_or_insert(other);
                     }
@@ -976,7 +1037,7 @@ impl RedisStore {
                     for r in join_all(calls).await {
                         r?;
                     }
-                    self.settle(&[(order_no.to_string(), entry.head.clone(), "COMMIT")])
+                    self.settle(&[(order_no.to_string(), entry.head.clone(), "COMMIT".into())])
                         .await?;
                     report.committed += 1;
                 } else {
@@ -996,7 +1057,14 @@ impl RedisStore {
                         ));
                     }
                     self.abort_in_groups(per_group, now_ms).await?;
-                    self.settle(&[(order_no.to_string(), entry.head.clone(), "DROP")])
+                    // Lines given back are in the ledger and the DB as RELEASED: the orderNo
+                    // is final then; with nothing held it is free again.
+                    let action = if records.is_empty() {
+                        "DROP"
+                    } else {
+                        "ABORT:X:0:0"
+                    };
+                    self.settle(&[(order_no.to_string(), entry.head.clone(), action.into())])
                         .await?;
                     report.aborted += 1;
                 }
@@ -1032,7 +1100,7 @@ impl RedisStore {
                     .apply_decisions(&[0], &[order], now_ms, u64::MAX)
                     .await?;
                 if outcomes.first().is_some_and(Option::is_none) {
-                    self.settle(&[(order_no.to_string(), entry.head.clone(), "APPLIED")])
+                    self.settle(&[(order_no.to_string(), entry.head.clone(), "APPLIED".into())])
                         .await?;
                     report.applied += 1;
                 }
@@ -1045,7 +1113,11 @@ impl RedisStore {
     /// The supervisor's pass over every directory shard: resolves claims past their
     /// deadline and completes decisions not applied everywhere. Bounded per call by
     /// `max_orders`.
-    pub async fn resolve_in_doubt(&self, now_ms: i64, max_orders: usize) -> RedisResult<ResolveReport> {
+    pub async fn resolve_in_doubt(
+        &self,
+        now_ms: i64,
+        max_orders: usize,
+    ) -> RedisResult<ResolveReport> {
         let mut report = ResolveReport::default();
         let mut seen = 0usize;
         for shard in 0..self.keys.groups() {
@@ -1147,6 +1219,9 @@ mod tests {
         );
         assert!(ClusterEntry::parse("! 900").is_none());
         assert!(ClusterEntry::parse("X900 1:7:2").is_none());
-        assert_eq!(record_states("900 1:7:2:PENDING 1:8:1:RESERVED"), vec!["PENDING", "RESERVED"]);
+        assert_eq!(
+            record_states("900 1:7:2:PENDING 1:8:1:RESERVED"),
+            vec!["PENDING", "RESERVED"]
+        );
     }
 }

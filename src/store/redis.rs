@@ -244,10 +244,7 @@ impl RedisStore {
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(2);
             let conn = open_manager(&client, &config, connect_timeout).await?;
-            (
-                Opener::Single { client, config },
-                RedisConn::Single(conn),
-            )
+            (Opener::Single { client, config }, RedisConn::Single(conn))
         } else {
             let builder = || {
                 ClusterClient::builder(nodes.clone())
@@ -261,10 +258,7 @@ impl RedisStore {
             let client = builder().response_timeout(timeout).build()?;
             let unbounded = builder().build()?;
             let conn = open_cluster(&client, connect_timeout).await?;
-            (
-                Opener::Cluster { unbounded },
-                RedisConn::Cluster(conn),
-            )
+            (Opener::Cluster { unbounded }, RedisConn::Cluster(conn))
         };
         let cluster = conn.is_cluster();
         Ok(RedisStore {

@@ -54,6 +54,8 @@ pub enum ReserveReply {
     JournalFull,
     /// Cluster mode: another request is reserving the same orderNo right now.
     InProgress,
+    /// Cluster mode: this orderNo was refused after a partial hold and aborted (final).
+    Aborted,
 }
 
 /// What a transition does to an order.

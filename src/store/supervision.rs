@@ -244,7 +244,12 @@ impl RedisStore {
             if let Some(DirectoryEntry::Tombstone { until_ms }) = DirectoryEntry::parse(raw) {
                 if until_ms <= now_ms {
                     let _: i64 = self
-                        .timed(redis::cmd("HDEL").arg(&key).arg(order_no).query_async(&mut conn))
+                        .timed(
+                            redis::cmd("HDEL")
+                                .arg(&key)
+                                .arg(order_no)
+                                .query_async(&mut conn),
+                        )
                         .await?;
                     removed += 1;
                 }
@@ -262,7 +267,11 @@ impl RedisStore {
             {
                 continue;
             }
-            let mut groups: Vec<u32> = entry.lines.iter().map(|(k, _)| self.keys.group(*k)).collect();
+            let mut groups: Vec<u32> = entry
+                .lines
+                .iter()
+                .map(|(k, _)| self.keys.group(*k))
+                .collect();
             groups.sort_unstable();
             groups.dedup();
             let mut live = false;
@@ -282,8 +291,14 @@ impl RedisStore {
             }
             for g in &groups {
                 let mut pipe = redis::pipe();
-                pipe.cmd("HDEL").arg(self.keys.orders(*g)).arg(order_no).ignore();
-                pipe.cmd("ZREM").arg(self.keys.holds(*g)).arg(order_no).ignore();
+                pipe.cmd("HDEL")
+                    .arg(self.keys.orders(*g))
+                    .arg(order_no)
+                    .ignore();
+                pipe.cmd("ZREM")
+                    .arg(self.keys.holds(*g))
+                    .arg(order_no)
+                    .ignore();
                 let () = self.timed(pipe.query_async(&mut conn)).await?;
             }
             let mut settle = self.scripts.settle.key(&key);
@@ -472,7 +487,11 @@ impl RedisStore {
                     .any(|l| l.status == ReservationStatus::Reserved);
                 invocation
                     .arg(&order.order_no)
-                    .arg(if cluster { String::new() } else { listed.format() })
+                    .arg(if cluster {
+                        String::new()
+                    } else {
+                        listed.format()
+                    })
                     .arg(record.format())
                     .arg(order.expire_at_ms)
                     .arg(if held { "1" } else { "0" });

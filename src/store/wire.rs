@@ -309,6 +309,10 @@ impl DirectoryEntry {
         }
         // A cluster entry's head (lua/lib.lua, parse_cluster_entry): a claim
         // `?<deadline>/<x>` or a decision letter before `<x>`; the lines are the same.
+        if first.starts_with('A') {
+            // An aborted order (cluster): nothing of it is held; it reads as absent.
+            return None;
+        }
         let first = first.trim_start_matches(['C', 'R', 'E', 'c', 'r', 'e']);
         let first = match first.strip_prefix('?') {
             Some(claim) => claim.split_once('/')?.1,

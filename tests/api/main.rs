@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod cluster;
 mod config_cli;
 mod crash;
 mod faults;

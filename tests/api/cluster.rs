@@ -1,0 +1,471 @@
+//! The service on the local Redis Cluster (scripts/redis-cluster.sh: 3 masters, 3 replicas
+//! on 127.0.0.1:7000-7005): oversell, orders across masters (all-or-nothing, also across a
+//! kill -9 between the phases), two instances racing confirm against release, resharding
+//! under load, and a master failover (docs/reliability.md).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use inventory::domain::{SkuId, SkuKey, WarehouseId};
+use inventory::store::wire::Keys;
+use serde_json::{json, Value};
+
+use crate::crash::try_start_service_with;
+use crate::helpers::{create_test_database, spawn_app_with, start, test_settings, TestApp};
+
+pub fn cluster_urls() -> String {
+    std::env::var("REDIS_CLUSTER_URLS").unwrap_or_else(|_| {
+        "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002".to_string()
+    })
+}
+
+fn first_node() -> String {
+    cluster_urls()
+        .split(',')
+        .next()
+        .unwrap_or("redis://127.0.0.1:7000")
+        .to_string()
+}
+
+async fn spawn_cluster_app(extra: &[(&str, toml::Value)]) -> TestApp {
+    let mut overrides: Vec<(&str, toml::Value)> = vec![
+        ("redis.cluster_urls", cluster_urls().into()),
+        ("redis.pending_deadline_ms", 1500.into()),
+        ("supervisor.tick_ms", 100.into()),
+    ];
+    overrides.extend(extra.iter().cloned());
+    spawn_app_with(&overrides).await
+}
+
+/// The master (its "host:port") that serves each slot range now.
+async fn slot_owners() -> Vec<(i64, i64, String)> {
+    let client = redis::Client::open(first_node()).expect("node url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("cluster node answers (run scripts/redis-cluster.sh)");
+    let reply: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut conn)
+        .await
+        .expect("CLUSTER SLOTS");
+    let mut out = Vec::new();
+    if let redis::Value::Array(ranges) = reply {
+        for range in ranges {
+            let redis::Value::Array(parts) = range else {
+                continue;
+            };
+            let (Some(redis::Value::Int(from)), Some(redis::Value::Int(to))) =
+                (parts.first(), parts.get(1))
+            else {
+                continue;
+            };
+            if let Some(redis::Value::Array(master)) = parts.get(2) {
+                let port = match master.get(1) {
+                    Some(redis::Value::Int(p)) => *p,
+                    _ => 0,
+                };
+                out.push((*from, *to, format!("127.0.0.1:{port}")));
+            }
+        }
+    }
+    out
+}
+
+async fn key_slot(key: &str) -> i64 {
+    let client = redis::Client::open(first_node()).expect("node url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("node");
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("KEYSLOT")
+}
+
+/// The master that holds a position's group now.
+async fn master_of(keys: &Keys, key: SkuKey) -> String {
+    let slot = key_slot(&keys.orders(keys.group(key))).await;
+    slot_owners()
+        .await
+        .into_iter()
+        .find(|(from, to, _)| (*from..=*to).contains(&slot))
+        .map(|(_, _, m)| m)
+        .expect("slot served")
+}
+
+/// One SKU (warehouse 1) per master, from `from` upwards.
+async fn skus_on_every_master(keys: &Keys, from: i64) -> Vec<SkuKey> {
+    let masters: HashSet<String> = slot_owners().await.into_iter().map(|r| r.2).collect();
+    let mut chosen: BTreeMap<String, SkuKey> = BTreeMap::new();
+    let mut sku = from;
+    while chosen.len() < masters.len() {
+        let key = SkuKey::new(WarehouseId(1), SkuId(sku));
+        chosen.entry(master_of(keys, key).await).or_insert(key);
+        sku += 1;
+        assert!(sku < from + 1000, "no SKU found for every master");
+    }
+    chosen.into_values().collect()
+}
+
+fn order_body(order_no: &str, keys: &[SkuKey]) -> Value {
+    json!({
+        "orderNo": order_no,
+        "items": keys.iter().map(|k| json!({"skuId": k.sku_id, "warehouseId": k.warehouse_id, "qty": 1})).collect::<Vec<_>>()
+    })
+}
+
+/// Every order is wholly held or wholly absent in Redis and the DB: its records hold no
+/// PENDING line and either all its lines or none.
+async fn assert_all_or_nothing(app: &TestApp, order_nos: &[String], keys: &[SkuKey]) -> usize {
+    let mut held = 0;
+    for no in order_nos {
+        let markers = app
+            .redis
+            .line_markers(no, keys)
+            .await
+            .expect("line markers");
+        let present = markers.iter().filter(|m| m.is_some()).count();
+        assert!(
+            present == 0 || present == keys.len(),
+            "order {no} is held in {present} of {} groups: {markers:?}",
+            keys.len()
+        );
+        if present == keys.len() {
+            held += 1;
+        }
+    }
+    held
+}
+
+#[actix_web::test]
+async fn cluster_hot_sku_500_orders_for_100_units_hold_exactly_100() {
+    let app = spawn_cluster_app(&[]).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(1001));
+    app.stock_in(SkuId(1001), WarehouseId(1), 100).await;
+    let mut tasks = Vec::new();
+    for n in 0..500 {
+        let client = app.client.clone();
+        let url = app.url("/inventory/reserve");
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .json(&json!({"orderNo": format!("CH-{n}"), "skuId": 1001, "warehouseId": 1, "qty": 1}))
+                .send()
+                .await
+                .expect("sent");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }));
+    }
+    let mut held = 0;
+    for t in tasks {
+        let (status, body) = t.await.expect("task");
+        match status {
+            200 => held += 1,
+            409 => assert_eq!(body["code"], "INSUFFICIENT_STOCK", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(held, 100);
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].db_available, Some(0));
+    assert_eq!(audits[0].db_reserved, Some(100));
+    assert_eq!(audits[0].lines_reserved, 100);
+    // A repeat is a repeat, on a cluster too.
+    let (status, body) = app
+        .post_json(
+            "/inventory/reserve",
+            &json!({"orderNo": "CH-0", "skuId": 1001, "warehouseId": 1, "qty": 1}),
+        )
+        .await;
+    assert!(status == 200 || status == 409, "{status} {body}");
+}
+
+#[actix_web::test]
+async fn cluster_orders_across_three_masters_are_all_or_nothing() {
+    let app = spawn_cluster_app(&[]).await;
+    let keys = skus_on_every_master(app.redis.keys(), 2000).await;
+    assert_eq!(keys.len(), 3);
+    // Short stock, unequal: orders race, some are held in one group and refused in another
+    // (then aborted).
+    for (k, stock) in keys.iter().zip([40, 25, 30]) {
+        app.stock_in(SkuId(k.sku_id), WarehouseId(k.warehouse_id), stock)
+            .await;
+    }
+    let order_nos: Vec<String> = (0..80).map(|n| format!("X3-{n}")).collect();
+    let mut tasks = Vec::new();
+    for no in &order_nos {
+        let client = app.client.clone();
+        let url = app.url("/inventory/reserve");
+        let body = order_body(no, &keys);
+        tasks.push(tokio::spawn(async move {
+            let r = client.post(url).json(&body).send().await.expect("sent");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }));
+    }
+    let mut answered_held = HashSet::new();
+    for (no, t) in order_nos.iter().zip(tasks) {
+        let (status, body) = t.await.expect("task");
+        match status {
+            200 => {
+                answered_held.insert(no.clone());
+            }
+            409 => assert_eq!(body["code"], "INSUFFICIENT_STOCK", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(answered_held.len() <= 25, "{}", answered_held.len());
+    assert!(!answered_held.is_empty());
+    let held = assert_all_or_nothing(&app, &order_nos, &keys).await;
+    assert_eq!(held, answered_held.len());
+    let audits = app.assert_invariants(&keys).await;
+    for (audit, stock) in audits.iter().zip([40, 25, 30]) {
+        assert_eq!(audit.db_reserved, Some(held as i64));
+        assert_eq!(audit.db_available, Some(stock - held as i64));
+    }
+}
+
+#[actix_web::test]
+async fn cluster_an_order_refused_in_one_group_gives_back_what_another_held_and_the_ledger_shows_it(
+) {
+    let app = spawn_cluster_app(&[]).await;
+    let keys = skus_on_every_master(app.redis.keys(), 2500).await;
+    app.stock_in(SkuId(keys[0].sku_id), WarehouseId(1), 5).await;
+    app.stock_in(SkuId(keys[1].sku_id), WarehouseId(1), 1).await;
+    let (status, body) = app
+        .post_json(
+            "/inventory/reserve",
+            &json!({"orderNo": "AB-1", "items": [
+                {"skuId": keys[0].sku_id, "warehouseId": 1, "qty": 2},
+                {"skuId": keys[1].sku_id, "warehouseId": 1, "qty": 3}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "INSUFFICIENT_STOCK", "{body}");
+    let audits = app.assert_invariants(&keys[..2]).await;
+    assert_eq!(audits[0].db_available, Some(5));
+    assert_eq!(audits[0].db_reserved, Some(0));
+    // The first group held its line (PENDING) and gave it back: RES then REL ABORT.
+    let mut conn = app.db_conn().await;
+    let ledger = inventory::store::models::LedgerEntry::for_position(&mut conn, keys[0])
+        .await
+        .expect("ledger");
+    let reasons: Vec<&str> = ledger.iter().map(|l| l.reason.as_str()).collect();
+    assert_eq!(reasons, vec!["INBOUND", "RESERVE", "ABORT"], "{ledger:#?}");
+    // The refusal is final for this orderNo (its lines are RELEASED in the DB): a repeat,
+    // even after stock came in, gets the same answer and holds nothing.
+    app.stock_in(SkuId(keys[1].sku_id), WarehouseId(1), 5).await;
+    let (status, body) = app
+        .post_json(
+            "/inventory/reserve",
+            &json!({"orderNo": "AB-1", "items": [
+                {"skuId": keys[0].sku_id, "warehouseId": 1, "qty": 2},
+                {"skuId": keys[1].sku_id, "warehouseId": 1, "qty": 3}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "INSUFFICIENT_STOCK", "{body}");
+    let audits = app.assert_invariants(&keys[..2]).await;
+    assert_eq!(audits[0].db_reserved, Some(0));
+    assert_eq!(audits[1].db_available, Some(6));
+}
+
+#[actix_web::test]
+async fn cluster_two_instances_racing_confirm_against_release_have_one_winner_each() {
+    let (db_name, db_url) = create_test_database().await;
+    let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
+    let overrides: Vec<(&str, toml::Value)> = vec![
+        ("redis.cluster_urls", cluster_urls().into()),
+        ("redis.pending_deadline_ms", 1500.into()),
+    ];
+    let a = start(test_settings(&db_url, &prefix, &overrides), db_name.clone()).await;
+    let b = start(test_settings(&db_url, &prefix, &overrides), db_name).await;
+    let keys = skus_on_every_master(a.redis.keys(), 3000).await;
+    for k in &keys {
+        a.stock_in(SkuId(k.sku_id), WarehouseId(k.warehouse_id), 100)
+            .await;
+    }
+    let order_nos: Vec<String> = (0..40).map(|n| format!("R2-{n}")).collect();
+    for (n, no) in order_nos.iter().enumerate() {
+        // Load spread over both instances; half the orders in one group only.
+        let lines = if n % 2 == 0 { &keys[..] } else { &keys[..1] };
+        let app = if n % 2 == 0 { &a } else { &b };
+        let (status, body) = app
+            .post_json("/inventory/reserve", &order_body(no, lines))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut tasks = Vec::new();
+    for no in &order_nos {
+        for (app, op) in [(&a, "confirm"), (&b, "release")] {
+            let client = app.client.clone();
+            let url = app.url(&format!("/inventory/reservations/{op}?orderNo={no}"));
+            let op = op.to_string();
+            let no = no.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = client.post(url).send().await.expect("sent");
+                (no, op, r.status().as_u16())
+            }));
+        }
+    }
+    let mut winners: HashMap<String, Vec<String>> = HashMap::new();
+    for t in tasks {
+        let (no, op, status) = t.await.expect("task");
+        assert!(status == 200 || status == 409, "{no} {op}: {status}");
+        if status == 200 {
+            winners.entry(no).or_default().push(op);
+        }
+    }
+    let mut confirmed = 0;
+    for no in &order_nos {
+        let won = winners.get(no).cloned().unwrap_or_default();
+        assert_eq!(won.len(), 1, "order {no}: winners {won:?}");
+        let markers = a.redis.line_markers(no, &keys).await.expect("markers");
+        let states: HashSet<String> = markers
+            .iter()
+            .flatten()
+            .map(|m| m.status.as_str().to_string())
+            .collect();
+        let expected = if won[0] == "confirm" {
+            confirmed += 1;
+            "CONFIRMED"
+        } else {
+            "RELEASED"
+        };
+        assert_eq!(states, HashSet::from([expected.to_string()]), "order {no}");
+    }
+    let audits = a.assert_invariants(&keys).await;
+    assert_eq!(audits[0].lines_confirmed, confirmed);
+}
+
+/// kill -9 of the real binary between the phases of orders spanning three masters (the
+/// fault point `cluster.after_hold` aborts the process there), then a restart: the PENDING
+/// lines are resolved by the supervisor, every order ends wholly held or wholly free.
+#[actix_web::test]
+async fn cluster_kill_9_between_the_phases_leaves_no_pending_line() {
+    let (db_name, db_url) = create_test_database().await;
+    let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
+    let settings = test_settings(
+        &db_url,
+        &prefix,
+        &[
+            ("redis.cluster_urls", cluster_urls().into()),
+            ("redis.pending_deadline_ms", 800.into()),
+        ],
+    );
+    let app = start(settings, db_name).await;
+    let keys = skus_on_every_master(app.redis.keys(), 4000).await;
+    for k in &keys {
+        app.stock_in(SkuId(k.sku_id), WarehouseId(k.warehouse_id), 30)
+            .await;
+    }
+    app.drain_journal().await;
+    let cluster = cluster_urls();
+    let env_common: Vec<(&str, &str)> = vec![
+        ("INVENTORY__REDIS__CLUSTER_URLS", cluster.as_str()),
+        ("INVENTORY__REDIS__PENDING_DEADLINE_MS", "800"),
+        ("INVENTORY__SUPERVISOR__TICK_MS", "100"),
+    ];
+    let client = reqwest::Client::new();
+    let mut order_nos = Vec::new();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut aborted_by_fault = 0;
+    for round in 0..4 {
+        // Each round: a service that dies at the k-th pass of the point, k random.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let fault_seed = (seed % 1000).to_string();
+        let mut env = env_common.clone();
+        env.push(("INVENTORY_FAULTS", "cluster.after_hold=abort@0.3"));
+        env.push(("INVENTORY_FAULT_SEED", fault_seed.as_str()));
+        let service = try_start_service_with(&db_url, &prefix, &env)
+            .await
+            .expect("service starts");
+        let mut service = service;
+        let mut tasks = Vec::new();
+        for n in 0..12 {
+            let no = format!("K9-{round}-{n}");
+            order_nos.push(no.clone());
+            let client = client.clone();
+            let url = format!("{}/inventory/reserve", service.base);
+            let body = order_body(&no, &keys);
+            tasks.push(tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }));
+        }
+        for t in tasks {
+            if let Ok(Ok(status)) = t.await {
+                *statuses.entry(status).or_insert(0) += 1;
+            }
+        }
+        aborted_by_fault += usize::from(service.exited());
+        service.kill9();
+    }
+    // The point fired (the process died between the phases) in some round.
+    assert!(
+        aborted_by_fault > 0,
+        "no round died at the point: {statuses:?}"
+    );
+    // A clean instance (this test's in-process app leads or a new one does): the resolver
+    // settles every claim past its deadline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resolver = try_start_service_with(&db_url, &prefix, &env_common)
+        .await
+        .expect("service starts");
+    let pending_after_kills = count_pending(&app, &order_nos, &keys).await;
+    assert!(
+        pending_after_kills > 0,
+        "no claim was left in doubt: {statuses:?}"
+    );
+    loop {
+        // The supervisor (of the restarted service or of this test's instance, whichever
+        // leads) resolves them; nothing here does.
+        let pending = count_pending(&app, &order_nos, &keys).await;
+        if pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending} orders still PENDING");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(resolver);
+    eprintln!(
+        "kill-9 rounds: {statuses:?}, died at the point {aborted_by_fault} of 4, \
+         {pending_after_kills} claims in doubt"
+    );
+    let held = assert_all_or_nothing(&app, &order_nos, &keys).await;
+    let audits = app.assert_invariants(&keys).await;
+    for audit in &audits {
+        assert_eq!(audit.db_reserved, Some(held as i64), "{audit:#?}");
+        assert_eq!(audit.db_available, Some(30 - held as i64), "{audit:#?}");
+    }
+}
+
+async fn count_pending(app: &TestApp, order_nos: &[String], keys: &[SkuKey]) -> usize {
+    let mut pending = 0;
+    let entries = app.redis.cluster_entries(order_nos).await.expect("entries");
+    for e in entries.iter().flatten() {
+        if matches!(
+            e.state,
+            inventory::store::cluster::EntryState::Claimed { .. }
+        ) {
+            pending += 1;
+        }
+    }
+    let _ = keys;
+    pending
+}
