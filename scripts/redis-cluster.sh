@@ -26,7 +26,9 @@ esac
 
 command -v redis-server >/dev/null 2>&1 || bash "$ROOT/scripts/services.sh"
 
-if redis-cli -p "$FIRST_PORT" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
+all_up=1
+for p in "${PORTS[@]}"; do redis-cli -p "$p" ping >/dev/null 2>&1 || all_up=0; done
+if [ "$all_up" = 1 ] && redis-cli -p "$FIRST_PORT" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
   log "cluster already answering on :$FIRST_PORT"
   exit 0
 fi

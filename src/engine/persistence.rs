@@ -208,6 +208,9 @@ impl JournalPersister {
                     Ok(entries) => batch = entries,
                     Err(e) => {
                         self.failure("read", &e);
+                        // A read whose reply was lost (a dropped connection, a failover) may
+                        // have delivered entries to us: read our own pending ones first.
+                        self.pending_first = true;
                         // Redis lost the stream and its group (data loss): make them again.
                         if e.to_string().contains("NOGROUP") {
                             let _ = self.prepare().await;

@@ -19,15 +19,27 @@ pub fn cluster_urls() -> String {
     })
 }
 
-fn first_node() -> String {
-    cluster_urls()
-        .split(',')
-        .next()
-        .unwrap_or("redis://127.0.0.1:7000")
-        .to_string()
+/// A connection to any node that answers (a failover test may have one down).
+async fn any_node() -> redis::aio::MultiplexedConnection {
+    for port in 7000..7006 {
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+            continue;
+        };
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            if redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .is_ok()
+            {
+                return conn;
+            }
+        }
+    }
+    panic!("no cluster node answers (run scripts/redis-cluster.sh)");
 }
 
 async fn spawn_cluster_app(extra: &[(&str, toml::Value)]) -> TestApp {
+    wait_for_cluster().await;
     let mut overrides: Vec<(&str, toml::Value)> = vec![
         ("redis.cluster_urls", cluster_urls().into()),
         ("redis.pending_deadline_ms", 1500.into()),
@@ -37,13 +49,25 @@ async fn spawn_cluster_app(extra: &[(&str, toml::Value)]) -> TestApp {
     spawn_app_with(&overrides).await
 }
 
+/// Waits (bounded) until every slot is served: a failover test may have just run.
+async fn wait_for_cluster() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let served: i64 = slot_owners().await.iter().map(|(a, b, _)| b - a + 1).sum();
+        if served == 16384 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster does not serve every slot"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The master (its "host:port") that serves each slot range now.
 async fn slot_owners() -> Vec<(i64, i64, String)> {
-    let client = redis::Client::open(first_node()).expect("node url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("cluster node answers (run scripts/redis-cluster.sh)");
+    let mut conn = any_node().await;
     let reply: redis::Value = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(&mut conn)
@@ -73,11 +97,7 @@ async fn slot_owners() -> Vec<(i64, i64, String)> {
 }
 
 async fn key_slot(key: &str) -> i64 {
-    let client = redis::Client::open(first_node()).expect("node url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("node");
+    let mut conn = any_node().await;
     redis::cmd("CLUSTER")
         .arg("KEYSLOT")
         .arg(key)
@@ -143,6 +163,7 @@ async fn assert_all_or_nothing(app: &TestApp, order_nos: &[String], keys: &[SkuK
 
 #[actix_web::test]
 async fn cluster_hot_sku_500_orders_for_100_units_hold_exactly_100() {
+    let _shared = CLUSTER_TOPOLOGY.read().await;
     let app = spawn_cluster_app(&[]).await;
     let key = SkuKey::new(WarehouseId(1), SkuId(1001));
     app.stock_in(SkuId(1001), WarehouseId(1), 100).await;
@@ -187,6 +208,7 @@ async fn cluster_hot_sku_500_orders_for_100_units_hold_exactly_100() {
 
 #[actix_web::test]
 async fn cluster_orders_across_three_masters_are_all_or_nothing() {
+    let _shared = CLUSTER_TOPOLOGY.read().await;
     let app = spawn_cluster_app(&[]).await;
     let keys = skus_on_every_master(app.redis.keys(), 2000).await;
     assert_eq!(keys.len(), 3);
@@ -233,6 +255,7 @@ async fn cluster_orders_across_three_masters_are_all_or_nothing() {
 #[actix_web::test]
 async fn cluster_an_order_refused_in_one_group_gives_back_what_another_held_and_the_ledger_shows_it(
 ) {
+    let _shared = CLUSTER_TOPOLOGY.read().await;
     let app = spawn_cluster_app(&[]).await;
     let keys = skus_on_every_master(app.redis.keys(), 2500).await;
     app.stock_in(SkuId(keys[0].sku_id), WarehouseId(1), 5).await;
@@ -279,6 +302,7 @@ async fn cluster_an_order_refused_in_one_group_gives_back_what_another_held_and_
 
 #[actix_web::test]
 async fn cluster_two_instances_racing_confirm_against_release_have_one_winner_each() {
+    let _shared = CLUSTER_TOPOLOGY.read().await;
     let (db_name, db_url) = create_test_database().await;
     let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
     let overrides: Vec<(&str, toml::Value)> = vec![
@@ -350,6 +374,7 @@ async fn cluster_two_instances_racing_confirm_against_release_have_one_winner_ea
 /// lines are resolved by the supervisor, every order ends wholly held or wholly free.
 #[actix_web::test]
 async fn cluster_kill_9_between_the_phases_leaves_no_pending_line() {
+    let _shared = CLUSTER_TOPOLOGY.read().await;
     let (db_name, db_url) = create_test_database().await;
     let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
     let settings = test_settings(
@@ -468,4 +493,135 @@ async fn count_pending(app: &TestApp, order_nos: &[String], keys: &[SkuKey]) -> 
     }
     let _ = keys;
     pending
+}
+
+/// Tests that change the cluster itself (failover, resharding) run alone; the others share.
+pub static CLUSTER_TOPOLOGY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn node_pid(addr: &str) -> Option<u32> {
+    let client = redis::Client::open(format!("redis://{addr}")).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+/// kill -9 of the master that holds a hot SKU while orders stream in; its replica takes
+/// over. Returns (orders acknowledged, of those missing from Redis after the failover).
+async fn failover_under_load(wait_replicas: u32, sku: i64) -> (usize, usize, TestApp) {
+    let app = spawn_cluster_app(&[
+        ("redis.wait_replicas", wait_replicas.into()),
+        ("redis.wait_timeout_ms", 500.into()),
+        ("redis.command_timeout_ms", 1000.into()),
+    ])
+    .await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(sku));
+    app.stock_in(SkuId(sku), WarehouseId(1), 100_000).await;
+    let master = master_of(app.redis.keys(), key).await;
+    let pid = node_pid(&master).await.expect("master pid");
+    let mut tasks = Vec::new();
+    for n in 0..600 {
+        let client = app.client.clone();
+        let url = app.url("/inventory/reserve");
+        tasks.push(tokio::spawn(async move {
+            // Spread over ~3 s: the kill lands in the middle.
+            tokio::time::sleep(Duration::from_millis(n * 5)).await;
+            let no = format!("FO-{n}");
+            let status = client
+                .post(url)
+                .json(&json!({"orderNo": no, "skuId": sku, "warehouseId": 1, "qty": 1}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            (no, status)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    let mut acked = Vec::new();
+    for t in tasks {
+        let (no, status) = t.await.expect("task");
+        assert!(
+            matches!(status, 200 | 503 | 504),
+            "order {no}: unexpected {status}"
+        );
+        if status == 200 {
+            acked.push(no);
+        }
+    }
+    // The replica took over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while master_of(app.redis.keys(), key).await == master {
+        assert!(Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut lost = 0;
+    for no in &acked {
+        let markers = app
+            .redis
+            .line_markers(no, &[key])
+            .await
+            .expect("markers after failover");
+        if markers[0].is_none() {
+            lost += 1;
+        }
+    }
+    // The killed node comes back (as a replica of the new master).
+    let status = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/redis-cluster.sh"))
+        .status()
+        .expect("cluster script");
+    assert!(status.success());
+    (acked.len(), lost, app)
+}
+
+#[actix_web::test]
+async fn cluster_master_failover_loses_nothing_acknowledged_with_wait_replicas_1() {
+    let _alone = CLUSTER_TOPOLOGY.write().await;
+    let (acked, lost, app) = failover_under_load(1, 5001).await;
+    eprintln!("failover, wait_replicas=1: {acked} acknowledged, {lost} lost");
+    assert!(acked > 0);
+    assert_eq!(lost, 0, "acknowledged orders lost with wait_replicas = 1");
+    let key = SkuKey::new(WarehouseId(1), SkuId(5001));
+    let audits = app.assert_invariants(&[key]).await;
+    assert!(audits[0].db_reserved >= Some(acked as i64));
+}
+
+#[actix_web::test]
+async fn cluster_master_failover_without_wait_is_named_and_repaired_by_reconciliation() {
+    let _alone = CLUSTER_TOPOLOGY.write().await;
+    let (acked, lost, app) = failover_under_load(0, 5002).await;
+    eprintln!("failover, wait_replicas=0: {acked} acknowledged, {lost} lost");
+    let key = SkuKey::new(WarehouseId(1), SkuId(5002));
+    app.drain_journal().await;
+    // Whatever Redis lost is named by reconciliation and repaired from the DB.
+    let (status, body) = app
+        .post(&format!(
+            "/inventory/reconcile?skuId=5002&warehouseId=1&repair=true&full=true"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    if lost > 0 {
+        assert!(
+            !body["data"]["differences"]
+                .as_array()
+                .map_or(true, Vec::is_empty),
+            "{lost} acknowledged orders lost but reconciliation found nothing: {body}"
+        );
+    }
+    let audits = app.assert_invariants(&[key]).await;
+    // Zero oversell: never more reserved than came in.
+    assert!(audits[0].db_reserved.unwrap_or(0) <= 100_000);
 }
