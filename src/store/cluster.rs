@@ -211,7 +211,9 @@ impl RedisStore {
         for result in join_all(calls).await {
             let (idx, items) = result?;
             for (i, item) in idx.iter().zip(items) {
-                out[*i] = Some(item);
+                if let Some(slot) = out.get_mut(*i) {
+                    *slot = Some(item);
+                }
             }
         }
         out.into_iter()
@@ -226,7 +228,9 @@ impl RedisStore {
         }
         let nos: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
         self.per_shard("settle", &nos, &[], |i, inv| {
-            inv.arg(&entries[i].0).arg(&entries[i].1).arg(&entries[i].2);
+            if let Some((no, head, action)) = entries.get(i) {
+                inv.arg(no).arg(head).arg(action);
+            }
         })
         .await?;
         Ok(())
@@ -282,45 +286,57 @@ impl RedisStore {
         for round in 0..BUSY_ROUNDS {
             let now = if round == 0 { params.now_ms } else { wall_ms() };
             deadline = now + self.pending_deadline_ms;
-            let nos: Vec<&str> = todo.iter().map(|i| orders[*i].order_no.as_str()).collect();
+            let nos: Vec<&str> = todo
+                .iter()
+                .filter_map(|i| orders.get(*i))
+                .map(|o| o.order_no.as_str())
+                .collect();
             let items = self
                 .per_shard("claim", &nos, &[now, deadline, expire_at], |k, inv| {
-                    let i = todo[k];
-                    inv.arg(&orders[i].order_no).arg(&texts[i]);
+                    let i = todo.get(k).copied().unwrap_or(usize::MAX);
+                    if let (Some(o), Some(text)) = (orders.get(i), texts.get(i)) {
+                        inv.arg(&o.order_no).arg(text);
+                    }
                 })
                 .await?;
             let mut again = Vec::new();
             for (i, item) in todo.iter().copied().zip(items) {
-                let lines = orders[i].lines.len();
+                let order = at(orders, i)?;
+                let lines = order.lines.len();
                 match item.status.as_str() {
                     "CLAIMED" => claimed.push(i),
                     "KNOWN" => known.push(i),
-                    "CANCELLED" => replies[i] = Some(ReserveReply::Cancelled),
+                    "CANCELLED" => set(&mut replies, i, ReserveReply::Cancelled),
                     "CONFLICT" => {
                         let n = item.n[0];
                         let line = usize::try_from(n)
                             .ok()
                             .filter(|n| (1..=lines).contains(n))
                             .map(|n| n - 1);
-                        replies[i] = Some(ReserveReply::Conflict { line });
+                        set(&mut replies, i, ReserveReply::Conflict { line });
                     }
                     aborted if aborted.starts_with("ABORTED:") => {
                         let line = usize::try_from(item.n[0])
                             .ok()
                             .filter(|n| (1..=lines).contains(n))
                             .map(|n| n - 1);
-                        replies[i] = Some(match (&aborted["ABORTED:".len()..], line) {
-                            ("I", Some(line)) => ReserveReply::Insufficient {
-                                line,
-                                available: item.n[1],
+                        let kind = aborted.strip_prefix("ABORTED:").unwrap_or("");
+                        set(
+                            &mut replies,
+                            i,
+                            match (kind, line) {
+                                ("I", Some(line)) => ReserveReply::Insufficient {
+                                    line,
+                                    available: item.n[1],
+                                },
+                                ("N", Some(line)) => ReserveReply::NotFound { line },
+                                _ => ReserveReply::Aborted,
                             },
-                            ("N", Some(line)) => ReserveReply::NotFound { line },
-                            _ => ReserveReply::Aborted,
-                        });
+                        );
                     }
                     "BUSY" => again.push(i),
                     "IN_DOUBT" => {
-                        self.resolve_order(&orders[i].order_no, wall_ms()).await?;
+                        self.resolve_order(&order.order_no, wall_ms()).await?;
                         again.push(i);
                     }
                     other => return Err(bad("claim", format!("status {other}"))),
@@ -332,7 +348,7 @@ impl RedisStore {
             todo = again;
             if round + 1 == BUSY_ROUNDS {
                 for i in &todo {
-                    replies[*i] = Some(ReserveReply::InProgress);
+                    set(&mut replies, *i, ReserveReply::InProgress);
                 }
             } else {
                 tokio::time::sleep(BUSY_WAIT).await;
@@ -343,16 +359,17 @@ impl RedisStore {
         if !known.is_empty() {
             let mut wanted: BTreeMap<u32, Vec<String>> = BTreeMap::new();
             for i in &known {
-                for l in &orders[*i].lines {
+                let order = at(orders, *i)?;
+                for l in &order.lines {
                     let nos = wanted.entry(self.keys.group(l.key)).or_default();
-                    if !nos.contains(&orders[*i].order_no) {
-                        nos.push(orders[*i].order_no.clone());
+                    if !nos.contains(&order.order_no) {
+                        nos.push(order.order_no.clone());
                     }
                 }
             }
             let records = self.records_in(&wanted).await?;
             for i in known {
-                let order = &orders[i];
+                let order = at(orders, i)?;
                 let mut state: Option<ReservationStatus> = None;
                 let mut x = 0;
                 for l in &order.lines {
@@ -373,9 +390,13 @@ impl RedisStore {
                         }
                     }
                 }
-                replies[i] = Some(ReserveReply::Exists {
-                    lines: vec![(state.unwrap_or(ReservationStatus::Reserved), x)],
-                });
+                set(
+                    &mut replies,
+                    i,
+                    ReserveReply::Exists {
+                        lines: vec![(state.unwrap_or(ReservationStatus::Reserved), x)],
+                    },
+                );
             }
         }
 
@@ -386,12 +407,9 @@ impl RedisStore {
         // 2. Hold in every group of the claimed orders.
         let spans: HashMap<usize, Vec<u32>> = claimed
             .iter()
-            .map(|i| {
-                let mut gs: Vec<u32> = orders[*i]
-                    .lines
-                    .iter()
-                    .map(|l| self.keys.group(l.key))
-                    .collect();
+            .filter_map(|i| Some((i, orders.get(*i)?)))
+            .map(|(i, order)| {
+                let mut gs: Vec<u32> = order.lines.iter().map(|l| self.keys.group(l.key)).collect();
                 gs.sort_unstable();
                 gs.dedup();
                 (*i, gs)
@@ -399,7 +417,7 @@ impl RedisStore {
             .collect();
         let mut per_group: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for i in &claimed {
-            for g in &spans[i] {
+            for g in span(&spans, *i) {
                 per_group.entry(*g).or_default().push(*i);
             }
         }
@@ -444,22 +462,31 @@ impl RedisStore {
         let mut to_abort: Vec<usize> = Vec::new();
         let head = format!("?{deadline}/{expire_at}");
         for i in &claimed {
-            let gs = &spans[i];
-            let states: Vec<Held> = gs.iter().map(|g| held[&(*i, *g)]).collect();
-            let no = orders[*i].order_no.clone();
+            let gs = span(&spans, *i);
+            let states: Vec<Held> = gs
+                .iter()
+                .map(|g| held.get(&(*i, *g)).copied().unwrap_or(Held::Unknown))
+                .collect();
+            let no = at(orders, *i)?.order_no.clone();
             if states.iter().all(|h| *h == Held::Yes) {
                 if gs.len() == 1 {
                     settles.push((no, head.clone(), "COMMIT".into()));
-                    replies[*i] = Some(ReserveReply::Reserved {
-                        expire_at_ms: expire_at,
-                    });
+                    set(
+                        &mut replies,
+                        *i,
+                        ReserveReply::Reserved {
+                            expire_at_ms: expire_at,
+                        },
+                    );
                 } else {
                     to_commit.push(*i);
                 }
             } else if states.contains(&Held::Unknown) {
                 // In doubt: the resolver decides after the deadline.
             } else {
-                replies[*i] = refusal.remove(i);
+                if let Some(slot) = replies.get_mut(*i) {
+                    *slot = refusal.remove(i);
+                }
                 if states.contains(&Held::Yes) {
                     to_abort.push(*i);
                 } else {
@@ -472,12 +499,16 @@ impl RedisStore {
         if !to_commit.is_empty() {
             let mut per_group: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
             for i in &to_commit {
-                for g in &spans[i] {
+                for g in span(&spans, *i) {
                     per_group.entry(*g).or_default().push(*i);
                 }
             }
             let calls = per_group.iter().map(|(g, idx)| {
-                let nos: Vec<&str> = idx.iter().map(|i| orders[*i].order_no.as_str()).collect();
+                let nos: Vec<&str> = idx
+                    .iter()
+                    .filter_map(|i| orders.get(*i))
+                    .map(|o| o.order_no.as_str())
+                    .collect();
                 self.commit_in_group(*g, nos, deadline, false)
             });
             let mut took: HashMap<usize, (usize, usize)> = HashMap::new();
@@ -498,14 +529,22 @@ impl RedisStore {
             }
             for i in to_commit {
                 let (ok, _) = took.get(&i).copied().unwrap_or_default();
-                if ok == spans[&i].len() {
-                    settles.push((orders[i].order_no.clone(), head.clone(), "COMMIT".into()));
+                if ok == span(&spans, i).len() {
+                    settles.push((
+                        at(orders, i)?.order_no.clone(),
+                        head.clone(),
+                        "COMMIT".into(),
+                    ));
                 }
                 if ok > 0 {
                     // Decided: a line is RESERVED; the resolver completes any group left.
-                    replies[i] = Some(ReserveReply::Reserved {
-                        expire_at_ms: expire_at,
-                    });
+                    set(
+                        &mut replies,
+                        i,
+                        ReserveReply::Reserved {
+                            expire_at_ms: expire_at,
+                        },
+                    );
                 }
             }
         }
@@ -524,7 +563,7 @@ impl RedisStore {
                 Ok(lv) => {
                     levels.extend(lv);
                     for i in to_abort {
-                        let marker = match &replies[i] {
+                        let marker = match replies.get(i).and_then(Option::as_ref) {
                             Some(ReserveReply::Insufficient { line, available }) => {
                                 format!("ABORT:I:{}:{available}", line + 1)
                             }
@@ -533,12 +572,14 @@ impl RedisStore {
                             }
                             _ => "ABORT:X:0:0".to_string(),
                         };
-                        settles.push((orders[i].order_no.clone(), head.clone(), marker));
+                        settles.push((at(orders, i)?.order_no.clone(), head.clone(), marker));
                     }
                 }
                 Err(e) => {
                     for i in to_abort {
-                        replies[i] = None;
+                        if let Some(slot) = replies.get_mut(i) {
+                            *slot = None;
+                        }
                     }
                     failure = Some(e);
                 }
@@ -582,8 +623,10 @@ impl RedisStore {
         let local: Vec<Vec<(usize, OrderLine)>> = idx
             .iter()
             .map(|i| {
-                orders[*i]
-                    .lines
+                orders
+                    .get(*i)
+                    .map(|o| o.lines.as_slice())
+                    .unwrap_or_default()
                     .iter()
                     .enumerate()
                     .filter(|(_, l)| self.keys.group(l.key) == group)
@@ -616,8 +659,8 @@ impl RedisStore {
         }
         inv.arg(idx.len());
         for (i, lines) in idx.iter().zip(&local) {
-            let order = &orders[*i];
-            let state = if spans[i].len() == 1 {
+            let order = at(orders, *i)?;
+            let state = if span(spans, *i).len() == 1 {
                 "RESERVED"
             } else {
                 "PENDING"
@@ -627,7 +670,8 @@ impl RedisStore {
                 .arg(state)
                 .arg(lines.len());
             for (_, l) in lines {
-                inv.arg(position_of[&l.key]).arg(l.qty);
+                inv.arg(position_of.get(&l.key).copied().unwrap_or(0))
+                    .arg(l.qty);
             }
         }
         let items = self.run_script("hold", &inv, None).await?;
@@ -700,16 +744,17 @@ impl RedisStore {
     ) -> RedisResult<Vec<LevelsAfter>> {
         let mut per_group: BTreeMap<u32, Vec<(String, String, Vec<SkuKey>)>> = BTreeMap::new();
         for i in idx {
-            for g in &spans[i] {
-                let keys = orders[*i]
+            let order = at(orders, *i)?;
+            for g in span(spans, *i) {
+                let keys = order
                     .lines
                     .iter()
                     .map(|l| l.key)
                     .filter(|k| self.keys.group(*k) == *g)
                     .collect();
                 per_group.entry(*g).or_default().push((
-                    orders[*i].order_no.clone(),
-                    orders[*i].trace_id.clone(),
+                    order.order_no.clone(),
+                    order.trace_id.clone(),
                     keys,
                 ));
             }
@@ -792,20 +837,28 @@ impl RedisStore {
         let mut apply: Vec<(usize, bool)> = Vec::new(); // (order, decided by this call)
         for round in 0..BUSY_ROUNDS {
             let now = if round == 0 { now_ms } else { wall_ms() };
-            let nos: Vec<&str> = todo.iter().map(|i| orders[*i].order_no.as_str()).collect();
+            let nos: Vec<&str> = todo
+                .iter()
+                .filter_map(|i| orders.get(*i))
+                .map(|o| o.order_no.as_str())
+                .collect();
             let items = self
                 .per_shard("decide", &nos, &[now], |k, inv| {
-                    let o = &orders[todo[k]];
-                    inv.arg(&o.order_no)
-                        .arg(kind(&o.op))
-                        .arg(if paid(&o.op) { "1" } else { "0" });
+                    if let Some(o) = todo.get(k).and_then(|i| orders.get(*i)) {
+                        inv.arg(&o.order_no).arg(kind(&o.op)).arg(if paid(&o.op) {
+                            "1"
+                        } else {
+                            "0"
+                        });
+                    }
                 })
                 .await?;
             let mut again = Vec::new();
             for (i, item) in todo.iter().copied().zip(items) {
-                let first = orders[i].positions.first().copied();
+                let order = at(orders, i)?;
+                let first = order.positions.first().copied();
                 let key = |r: fn(SkuKey) -> TransitionReply| first.map(r);
-                replies[i] = match item.status.as_str() {
+                let reply = match item.status.as_str() {
                     "DECIDED" => {
                         apply.push((i, true));
                         None
@@ -815,7 +868,7 @@ impl RedisStore {
                         apply.push((i, false));
                         None
                     }
-                    "OTHER" if orders[i].op.is_confirm() => {
+                    "OTHER" if order.op.is_confirm() => {
                         key(|key| TransitionReply::Released { key })
                     }
                     "OTHER" => key(|key| TransitionReply::Confirmed { key }),
@@ -828,6 +881,9 @@ impl RedisStore {
                     }
                     other => return Err(bad("decide", format!("status {other}"))),
                 };
+                if let Some(slot) = replies.get_mut(i) {
+                    *slot = reply;
+                }
             }
             if again.is_empty() {
                 break;
@@ -835,7 +891,7 @@ impl RedisStore {
             todo = again;
             if round + 1 == BUSY_ROUNDS {
                 for i in &todo {
-                    replies[*i] = Some(TransitionReply::Retry);
+                    set(&mut replies, *i, TransitionReply::Retry);
                 }
             } else {
                 tokio::time::sleep(BUSY_WAIT).await;
@@ -853,15 +909,18 @@ impl RedisStore {
             for ((i, decided_here), outcome) in apply.iter().zip(outcomes) {
                 match outcome {
                     None => {
-                        let o = &orders[*i];
-                        settles.push(o.order_no.clone());
-                        replies[*i] = Some(if *decided_here {
-                            TransitionReply::Done
-                        } else {
-                            TransitionReply::Exists
-                        });
+                        settles.push(at(orders, *i)?.order_no.clone());
+                        set(
+                            &mut replies,
+                            *i,
+                            if *decided_here {
+                                TransitionReply::Done
+                            } else {
+                                TransitionReply::Exists
+                            },
+                        );
                     }
-                    Some(reply) => replies[*i] = Some(reply),
+                    Some(reply) => set(&mut replies, *i, reply),
                 }
             }
             self.mark_applied(settles).await?;
@@ -938,7 +997,7 @@ impl RedisStore {
     ) -> RedisResult<(Vec<Option<TransitionReply>>, Vec<LevelsAfter>)> {
         let mut per_group: BTreeMap<(u32, bool), Vec<(usize, TransitionOrder)>> = BTreeMap::new();
         for (k, i) in idx.iter().enumerate() {
-            let o = &orders[*i];
+            let o = at(orders, *i)?;
             let op = match &o.op {
                 TransitionOp::Confirm { .. } => TransitionOp::Confirm {
                     even_if_expired: true,
@@ -992,7 +1051,9 @@ impl RedisStore {
                     TransitionReply::Done | TransitionReply::Exists | TransitionReply::NotFound => {
                     }
                     other => {
-                        out[*k].get_or_insert(other);
+                        if let Some(slot) = out.get_mut(*k) {
+                            slot.get_or_insert(other);
+                        }
                     }
                 }
             }
@@ -1163,6 +1224,22 @@ impl RedisStore {
         }
         Ok(report)
     }
+}
+
+fn at<T>(items: &[T], i: usize) -> RedisResult<&T> {
+    items
+        .get(i)
+        .ok_or_else(|| bad("cluster", format!("no item {i} of {}", items.len())))
+}
+
+fn set<T>(replies: &mut [Option<T>], i: usize, value: T) {
+    if let Some(slot) = replies.get_mut(i) {
+        *slot = Some(value);
+    }
+}
+
+fn span(spans: &HashMap<usize, Vec<u32>>, i: usize) -> &[u32] {
+    spans.get(&i).map(Vec::as_slice).unwrap_or_default()
 }
 
 fn finish(
