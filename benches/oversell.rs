@@ -6,8 +6,10 @@
 //!     [--stock N] [--requests N] [--concurrency N] [--qty N] [--lines N]
 //!     [--duplicates F] [--confirm F] [--release F] [--duration SECS] [--compare]
 //!     [--json FILE] [--corrupt] [--flash-sale] [--rate N] [--sustain-secs SECS]
-//!     [--lag-slack N]
+//!     [--lag-slack N] [--redis-cluster]
 //!
+//! --redis-cluster      the service on the local Redis Cluster (scripts/redis-cluster.sh;
+//!                      seed nodes from $REDIS_CLUSTER_URLS) instead of the single Redis.
 //! --flash-sale         preset: 1 SKU x 10,000 units, 500,000 orders (98% are refused);
 //!                      flags after it override. Refusals are checked against the service's
 //!                      own counters and against the stock left (a SKU that refused an order
@@ -184,6 +186,17 @@ fn parse_options() -> Options {
                 }
             }
             "--flash-sale" => {
+                i += 1;
+                continue;
+            }
+            // The local Redis Cluster (scripts/redis-cluster.sh), or REDIS_CLUSTER_URLS.
+            "--redis-cluster" => {
+                let urls = std::env::var("REDIS_CLUSTER_URLS").unwrap_or_else(|_| {
+                    "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002"
+                        .to_string()
+                });
+                o.settings
+                    .push(("redis.cluster_urls".to_string(), toml::Value::String(urls)));
                 i += 1;
                 continue;
             }
