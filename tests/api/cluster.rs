@@ -623,3 +623,177 @@ async fn cluster_master_failover_without_wait_is_named_and_repaired_by_reconcili
     // Zero oversell: never more reserved than came in.
     assert!(audits[0].db_reserved.unwrap_or(0) <= 100_000);
 }
+
+/// (node id, "host:port", slots) of every master.
+async fn masters() -> Vec<(String, String, Vec<i64>)> {
+    let mut conn = any_node().await;
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await
+        .expect("CLUSTER NODES");
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 8 || !f[2].contains("master") || f[2].contains("fail") {
+            continue;
+        }
+        let addr = f[1].split('@').next().unwrap_or_default().to_string();
+        let mut slots = Vec::new();
+        for range in &f[8..] {
+            if range.starts_with('[') {
+                continue;
+            }
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            if let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>()) {
+                slots.extend(a..=b);
+            }
+        }
+        out.push((f[0].to_string(), addr, slots));
+    }
+    out
+}
+
+/// `redis-cli --cluster reshard` of `count` slots from one master to another (the source's
+/// lowest slots first).
+fn reshard(from: &str, to: &str, count: usize) -> bool {
+    std::process::Command::new("redis-cli")
+        .args([
+            "--cluster",
+            "reshard",
+            "127.0.0.1:7000",
+            "--cluster-from",
+            from,
+            "--cluster-to",
+            to,
+            "--cluster-slots",
+            &count.to_string(),
+            "--cluster-yes",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[actix_web::test]
+async fn cluster_resharding_a_live_group_under_load_loses_nothing_and_holds_nothing_twice() {
+    let _alone = CLUSTER_TOPOLOGY.write().await;
+    let app = spawn_cluster_app(&[]).await;
+    let keys = app.redis.keys().clone();
+    // The group that sits lowest in its master's slots: the fewest slots to move with it.
+    let owners = masters().await;
+    let mut best: Option<(usize, u32, String, String)> = None;
+    for g in 0..keys.groups() {
+        let slot = key_slot(&keys.orders(g)).await;
+        for (id, _, slots) in &owners {
+            if let Some(pos) = slots.iter().position(|s| *s == slot) {
+                if best.as_ref().is_none_or(|b| pos + 1 < b.0) {
+                    let to = owners
+                        .iter()
+                        .find(|o| o.0 != *id)
+                        .map(|o| o.0.clone())
+                        .expect("another master");
+                    best = Some((pos + 1, g, id.clone(), to));
+                }
+            }
+        }
+    }
+    let (count, group, from, to) = best.expect("a group's slot is served");
+    let hot = (1..10_000)
+        .map(|s| SkuKey::new(WarehouseId(1), SkuId(6000 + s)))
+        .find(|k| keys.group(*k) == group)
+        .expect("a SKU of the group");
+    let other = (1..10_000)
+        .map(|s| SkuKey::new(WarehouseId(1), SkuId(7000 + s)))
+        .find(|k| keys.group(*k) != group)
+        .expect("a SKU of another group");
+    app.stock_in(SkuId(hot.sku_id), WarehouseId(1), 300).await;
+    app.stock_in(SkuId(other.sku_id), WarehouseId(1), 1_000)
+        .await;
+
+    // 500 orders over ~2.5 s, a third of them spanning the moving group and another.
+    let send = |n: u64| {
+        let client = app.client.clone();
+        let url = app.url("/inventory/reserve");
+        let no = format!("RS-{n}");
+        let body = if n % 3 == 0 {
+            order_body(&no, &[hot, other])
+        } else {
+            order_body(&no, &[hot])
+        };
+        async move {
+            let r = client.post(url).json(&body).send().await.expect("sent");
+            (no, r.status().as_u16())
+        }
+    };
+    let mut tasks = Vec::new();
+    for n in 0..500u64 {
+        let f = send(n);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(n * 5)).await;
+            f.await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let moved = {
+        let (from, to) = (from.clone(), to.clone());
+        tokio::task::spawn_blocking(move || reshard(&from, &to, count))
+            .await
+            .expect("reshard thread")
+    };
+    assert!(moved, "redis-cli --cluster reshard failed");
+    let mut outcome: BTreeMap<String, u16> = BTreeMap::new();
+    for t in tasks {
+        let (no, status) = t.await.expect("task");
+        outcome.insert(no, status);
+    }
+    assert_ne!(
+        master_of(&keys, hot).await,
+        owners
+            .iter()
+            .find(|o| o.0 == from)
+            .map(|o| o.1.clone())
+            .unwrap_or_default(),
+        "the group did not move"
+    );
+    // A request that got no answer in time is retried with its orderNo (safe: a repeat).
+    let mut retried = 0;
+    for (no, status) in outcome.iter_mut() {
+        if *status != 200 && *status != 409 {
+            retried += 1;
+            let n: u64 = no.trim_start_matches("RS-").parse().expect("n");
+            *status = send(n).await.1;
+        }
+        assert!(matches!(*status, 200 | 409), "order {no}: {status}");
+    }
+    let held: Vec<&String> = outcome
+        .iter()
+        .filter(|(_, s)| **s == 200)
+        .map(|(no, _)| no)
+        .collect();
+    let audits = app.assert_invariants(&[hot, other]).await;
+    assert_eq!(audits[0].db_reserved, Some(held.len() as i64));
+    assert_eq!(audits[0].db_available, Some(300 - held.len() as i64));
+    // Held once each: one RESERVED row per held order, none for a refused one.
+    let mut conn = app.db_conn().await;
+    let rows = inventory::store::models::Reservation::for_position(&mut conn, hot)
+        .await
+        .expect("rows");
+    let in_db: HashSet<&String> = rows
+        .iter()
+        .filter(|r| r.status == "RESERVED")
+        .map(|r| &r.order_no)
+        .collect();
+    assert_eq!(in_db.len(), held.len());
+    assert!(held.iter().all(|no| in_db.contains(no)));
+    eprintln!(
+        "reshard: {count} slots moved under load, {} held of 500, {retried} retried",
+        held.len()
+    );
+    // Put the slots back (the source's order is kept for the next run).
+    let back = tokio::task::spawn_blocking(move || reshard(&to, &from, count))
+        .await
+        .expect("reshard thread");
+    assert!(back, "moving the slots back failed");
+}
