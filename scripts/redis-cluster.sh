@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local Redis Cluster for development and tests: 6 redis-server processes in cluster mode
 # on 127.0.0.1:7000-7005 (3 masters, 3 replicas), AOF fsync every second, data under
-# .data/cluster/<port>. Idempotent: a cluster that already answers "cluster_state:ok" is left
+# .data/cluster/<port>. A replica may take over however long it was cut off
+# (cluster-replica-validity-factor 0): the tests cut links on purpose. Idempotent: a cluster that already answers "cluster_state:ok" is left
 # alone. `scripts/redis-cluster.sh stop` stops it (data kept), `reset` also wipes it.
 set -euo pipefail
 
@@ -38,6 +39,7 @@ for p in "${PORTS[@]}"; do
   if redis-cli -p "$p" ping >/dev/null 2>&1; then continue; fi
   redis-server --port "$p" --bind 127.0.0.1 --dir "$DATA/$p" \
     --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+    --cluster-replica-validity-factor 0 \
     --appendonly yes --appendfsync everysec --save "" \
     --daemonize yes --pidfile "$DATA/$p/redis.pid" --logfile "$DATA/$p/redis.log"
 done
@@ -55,13 +57,20 @@ if ! redis-cli -p "$FIRST_PORT" cluster info | grep -q 'cluster_known_nodes:6'; 
   for p in "${PORTS[@]}"; do hosts+=("127.0.0.1:$p"); done
   redis-cli --cluster create "${hosts[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
 fi
-for _ in $(seq 1 200); do
+# A node restarted after a failover rejoins as a replica: allow a minute.
+for _ in $(seq 1 600); do
   ok=1
   for p in "${PORTS[@]}"; do
     redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' || ok=0
   done
-  # Every replica attached (the failover test needs one per master).
+  # Every replica attached and in sync (the failover test needs one per master).
   [ "$(redis-cli -p "$FIRST_PORT" cluster nodes | grep -c slave)" = 3 ] || ok=0
+  for p in "${PORTS[@]}"; do
+    info=$(redis-cli -p "$p" info replication)
+    if grep -q 'role:slave' <<<"$info"; then
+      grep -q 'master_link_status:up' <<<"$info" || ok=0
+    fi
+  done
   [ "$ok" = 1 ] && break
   sleep 0.1
 done

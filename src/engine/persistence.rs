@@ -89,6 +89,9 @@ impl JournalPersister {
         let claim_every = Duration::from_millis(self.settings.claim_idle_ms / 2);
         if self.last_claim.elapsed() >= claim_every {
             self.last_claim = Instant::now();
+            // Our own pending entries too: after a failover the new master may hold entries
+            // we persisted and acknowledged on the old one (the XACK did not replicate).
+            self.pending_first = true;
             let claimed = self
                 .redis
                 .claim_stale(

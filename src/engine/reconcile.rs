@@ -27,7 +27,7 @@ use crate::engine::{now_ms, EngineError};
 use crate::metrics::Metrics;
 use crate::store::checkpoint::{self, ChangedLine, PositionTotals, Watermark};
 use crate::store::db::{self, DbError};
-use crate::store::models::Inventory;
+use crate::store::models::{Inventory, Reservation};
 use crate::store::supervision::RepairOutcome;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -35,7 +35,8 @@ use crate::store::supervision::RepairOutcome;
 pub struct Difference {
     pub sku_id: i64,
     pub warehouse_id: i64,
-    /// REDIS_MISSING, MARKER_MISSING, MARKER_STATE, REDIS_STOCK, DB_STOCK, OVERSOLD
+    /// REDIS_MISSING, MARKER_MISSING, MARKER_STATE, REDIS_STOCK, DB_STOCK, OVERSOLD,
+    /// ORDER_LOST (cluster mode)
     #[schema(value_type = String, example = "REDIS_STOCK")]
     pub kind: &'static str,
     pub detail: String,
@@ -342,11 +343,69 @@ impl Reconciler {
                 }
             }
         }
+        if self.stock.redis().is_cluster() && !report.lease_lost {
+            self.lost_orders(sku_id, warehouse_id, repair, &mut report)
+                .await?;
+        }
         report.duration_ms = started.elapsed().as_millis() as u64;
         self.metrics
             .reconcile_duration
             .set(started.elapsed().as_secs_f64());
         Ok(report)
+    }
+
+    /// Cluster mode: orders acknowledged as held that neither Redis nor the DB knows any
+    /// more (a master failed over before its replica and the persister had them; only
+    /// with `redis.wait_replicas = 0`). Named as ORDER_LOST; the repair removes their
+    /// directory entry, so that Redis agrees with the DB (the order does not exist: a
+    /// confirm answers 404, a repeat reserves anew). Orders the DB has are restored by the
+    /// position checks above (MARKER_MISSING).
+    async fn lost_orders(
+        &self,
+        sku_id: Option<i64>,
+        warehouse_id: Option<i64>,
+        repair: bool,
+        report: &mut ReconcileReport,
+    ) -> Result<(), EngineError> {
+        let redis = self.stock.redis();
+        let orphans = redis
+            .orphaned_entries(now_ms(), self.settings.marker_ttl_ms(), 10_000)
+            .await?;
+        let mut conn = db::connection(self.stock.pool()).await?;
+        for (order_no, entry) in orphans {
+            let Some((key, _)) = entry
+                .lines
+                .iter()
+                .find(|(k, _)| {
+                    sku_id.is_none_or(|s| k.sku_id == s)
+                        && warehouse_id.is_none_or(|w| k.warehouse_id == w)
+                })
+                .copied()
+            else {
+                continue;
+            };
+            let rows = Reservation::by_order(&mut conn, &order_no)
+                .await
+                .map_err(DbError::from)?;
+            if !rows.is_empty() {
+                continue;
+            }
+            let mut d = Difference::new(
+                key,
+                "ORDER_LOST",
+                format!(
+                    "order {order_no}: acknowledged as held, held in neither redis nor the DB \
+                     (lost in a redis failover)"
+                ),
+            );
+            if repair {
+                redis.drop_entry(&order_no, &entry.head).await?;
+                d.repaired = true;
+            }
+            self.count(&d);
+            report.differences.push(d);
+        }
+        Ok(())
     }
 
     fn count(&self, d: &Difference) {

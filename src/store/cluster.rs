@@ -675,7 +675,6 @@ impl RedisStore {
             }
         }
         let items = self.run_script("hold", &inv, None).await?;
-        self.wait_replicas(&self.keys.orders(group)).await?;
         let (items, levels) = wire::split_levels("hold", items, idx.len(), &positions)?;
         let out = items
             .iter()
@@ -730,7 +729,6 @@ impl RedisStore {
         let items = self
             .run_script("commit", &inv, Some(order_nos.len()))
             .await?;
-        self.wait_replicas(&self.keys.orders(group)).await?;
         Ok(items)
     }
 
@@ -787,7 +785,6 @@ impl RedisStore {
                 inv.arg(no).arg(wire::word(trace, 64));
             }
             let items = self.run_script("abort", &inv, None).await?;
-            self.wait_replicas(&self.keys.orders(*g)).await?;
             let (items, levels) = wire::split_levels("abort", items, list.len(), &positions)?;
             for item in &items {
                 if !matches!(item.status.as_str(), "ABORTED" | "NONE") {
@@ -1042,14 +1039,17 @@ impl RedisStore {
         });
         let mut out: Vec<Option<TransitionReply>> = vec![None; idx.len()];
         let mut levels = Vec::new();
-        for (list, result) in per_group.values().zip(join_all(calls).await) {
+        for (((_, op_is_confirm), list), result) in per_group.iter().zip(join_all(calls).await) {
+            let op_is_confirm = *op_is_confirm;
             let (replies, lv) = result?;
             levels.extend(lv);
             for ((k, _), reply) in list.iter().zip(replies) {
                 match reply {
-                    // Swept records count as applied: nothing is held there any more.
-                    TransitionReply::Done | TransitionReply::Exists | TransitionReply::NotFound => {
-                    }
+                    TransitionReply::Done | TransitionReply::Exists => {}
+                    // A release finds nothing to give back where the records were swept; a
+                    // confirm of an order whose records are gone (lost in a failover,
+                    // reconciliation names it) must not report a sale.
+                    TransitionReply::NotFound if !op_is_confirm => {}
                     other => {
                         if let Some(slot) = out.get_mut(*k) {
                             slot.get_or_insert(other);
@@ -1169,6 +1169,75 @@ impl RedisStore {
             _ => {}
         }
         Ok(report)
+    }
+
+    /// Cluster mode: orders the directory lists as held or decided (not claimed, not
+    /// aborted, hold not lived out) of which no group holds a record: acknowledged, then
+    /// lost with a master that failed over before its replica had them. At most `max`.
+    pub async fn orphaned_entries(
+        &self,
+        now_ms: i64,
+        marker_ttl_ms: i64,
+        max: usize,
+    ) -> RedisResult<Vec<(String, ClusterEntry)>> {
+        let mut out = Vec::new();
+        for shard in 0..self.keys.groups() {
+            let key = self.keys.directory_shard_key(shard);
+            let mut cursor: u64 = 0;
+            loop {
+                let mut conn = self.conn.clone();
+                let (next, flat): (u64, Vec<String>) = self
+                    .timed(
+                        redis::cmd("HSCAN")
+                            .arg(&key)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(500)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                let mut candidates = Vec::new();
+                let mut wanted: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+                for pair in flat.chunks(2) {
+                    let [no, raw] = pair else { continue };
+                    let Some(entry) = ClusterEntry::parse(raw) else {
+                        continue;
+                    };
+                    let live = matches!(entry.state, EntryState::Held | EntryState::Decided { .. })
+                        && entry.expire_at_ms + marker_ttl_ms > now_ms;
+                    if live {
+                        for g in entry.groups(self) {
+                            wanted.entry(g).or_default().push(no.clone());
+                        }
+                        candidates.push((no.clone(), entry));
+                    }
+                }
+                let records = self.records_in(&wanted).await?;
+                for (no, entry) in candidates {
+                    let held_somewhere = entry
+                        .groups(self)
+                        .iter()
+                        .any(|g| records.contains_key(&(*g, no.clone())));
+                    if !held_somewhere {
+                        out.push((no, entry));
+                        if out.len() >= max {
+                            return Ok(out);
+                        }
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a directory entry if its head is still `head` (a lost order, once named).
+    pub async fn drop_entry(&self, order_no: &str, head: &str) -> RedisResult<()> {
+        self.settle(&[(order_no.to_string(), head.to_string(), "DROP".into())])
+            .await
     }
 
     /// The supervisor's pass over every directory shard: resolves claims past their

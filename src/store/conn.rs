@@ -7,7 +7,6 @@
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 #[derive(Clone)]
@@ -19,22 +18,6 @@ pub enum RedisConn {
 impl RedisConn {
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisConn::Cluster(_))
-    }
-
-    /// Sends `cmd` to the master that serves `key`'s slot (a key-less command such as WAIT
-    /// must reach the node the preceding write went to).
-    pub async fn query_on_key_node(&mut self, key: &str, cmd: &Cmd) -> redis::RedisResult<Value> {
-        match self {
-            RedisConn::Single(c) => cmd.query_async(c).await,
-            RedisConn::Cluster(c) => {
-                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
-                c.route_command(
-                    cmd.clone(),
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                )
-                .await
-            }
-        }
     }
 }
 

@@ -334,31 +334,72 @@ impl RedisStore {
         }
     }
 
-    /// WAIT for `redis.wait_replicas` replicas of the node holding `key` to have every write
-    /// made so far (a no-op when 0). Fewer in time is an error: the change stays, the caller
-    /// gets 503 and its retry answers "exists".
-    pub(super) async fn wait_replicas(&self, key: &str) -> RedisResult<()> {
-        let Some(wait) = self.wait else {
-            return Ok(());
-        };
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
-        let mut conn = self.conn.clone();
+    /// A script and then `WAIT n` in one pipeline: WAIT counts the writes of the
+    /// connection it arrives on, so it must follow the script on the same one (on a
+    /// cluster the pipeline goes to the node of the script's first key). Fewer replicas in
+    /// `redis.wait_timeout_ms` is an error: the change stays, the caller gets 503 and its
+    /// retry answers "exists". A Redis that lost its script cache is given the script once.
+    async fn invoke_and_wait(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        wait: WaitReplicas,
+    ) -> RedisResult<Value> {
         let limit = self.timeout + wait.timeout;
-        let reply = tokio::time::timeout(limit, conn.query_on_key_node(key, &cmd))
-            .await
-            .map_err(|_| RedisStoreError::Timeout(limit))??;
-        let acked = match reply {
-            Value::Int(n) => n,
-            _ => 0,
-        };
-        if acked < i64::from(wait.replicas) {
-            return Err(RedisStoreError::Unavailable(format!(
-                "{acked} of {} replicas acknowledged within {:?}",
-                wait.replicas, wait.timeout
-            )));
+        let mut conn = self.conn.clone();
+        for attempt in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(invocation);
+            pipe.cmd("WAIT")
+                .arg(wait.replicas)
+                .arg(wait.timeout.as_millis() as u64);
+            let reply: redis::RedisResult<Vec<Value>> =
+                tokio::time::timeout(limit, pipe.query_async(&mut conn))
+                    .await
+                    .map_err(|_| RedisStoreError::Timeout(limit))?;
+            let no_script = |e: &redis::RedisError| {
+                matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                )
+            };
+            let replies = match reply {
+                Err(e) if attempt == 0 && no_script(&e) => {
+                    let _: String = self.timed(invocation.load_async(&mut conn)).await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(replies) => replies,
+            };
+            let mut replies = replies.into_iter();
+            let (Some(value), Some(acked)) = (replies.next(), replies.next()) else {
+                return Err(RedisStoreError::BadReply {
+                    script: "WAIT",
+                    detail: "a script and WAIT answered fewer than 2 replies".into(),
+                });
+            };
+            if let Value::ServerError(e) = &value {
+                let e: redis::RedisError = e.clone().into();
+                if attempt == 0 && no_script(&e) {
+                    let _: String = self.timed(invocation.load_async(&mut conn)).await?;
+                    continue;
+                }
+                return Err(e.into());
+            }
+            let acked = match acked {
+                Value::Int(n) => n,
+                _ => 0,
+            };
+            if acked < i64::from(wait.replicas) {
+                return Err(RedisStoreError::Unavailable(format!(
+                    "{acked} of {} replicas acknowledged within {:?}",
+                    wait.replicas, wait.timeout
+                )));
+            }
+            return Ok(value);
         }
-        Ok(())
+        Err(RedisStoreError::Unavailable(
+            "the script could not be loaded".into(),
+        ))
     }
 
     pub fn keys(&self) -> &Keys {
@@ -453,8 +494,13 @@ impl RedisStore {
         invocation: &redis::ScriptInvocation<'_>,
         items: Option<usize>,
     ) -> RedisResult<Vec<ReplyItem>> {
-        let mut conn = self.conn.clone();
-        let reply: Value = self.timed(invocation.invoke_async(&mut conn)).await?;
+        let reply: Value = match self.wait {
+            None => {
+                let mut conn = self.conn.clone();
+                self.timed(invocation.invoke_async(&mut conn)).await?
+            }
+            Some(wait) => self.invoke_and_wait(invocation, wait).await?,
+        };
         Ok(parse_reply(name, &reply, items)?)
     }
 

@@ -299,7 +299,6 @@ impl RedisStore {
             }
         }
         let items = self.run_script("reserve", &invocation, None).await?;
-        self.wait_replicas(&keys.directory()).await?;
         let (items, levels) =
             wire::split_levels("reserve", items, orders.len(), &layout.positions)?;
         let replies = items
@@ -452,9 +451,6 @@ impl RedisStore {
             }
         }
         let items = self.run_script(name, &invocation, None).await?;
-        if let Some(g) = layout.groups.first() {
-            self.wait_replicas(&keys.orders(*g)).await?;
-        }
         let (items, levels) = wire::split_levels(name, items, orders.len(), &layout.positions)?;
         let replies = items
             .iter()

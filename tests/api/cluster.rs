@@ -44,6 +44,8 @@ async fn spawn_cluster_app(extra: &[(&str, toml::Value)]) -> TestApp {
         ("redis.cluster_urls", cluster_urls().into()),
         ("redis.pending_deadline_ms", 1500.into()),
         ("supervisor.tick_ms", 100.into()),
+        // A failover may leave entries delivered but not acknowledged on the new master.
+        ("journal.claim_idle_ms", 2000.into()),
     ];
     overrides.extend(extra.iter().cloned());
     spawn_app_with(&overrides).await
@@ -515,9 +517,37 @@ async fn node_pid(addr: &str) -> Option<u32> {
         .and_then(|p| p.trim().parse().ok())
 }
 
+fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status();
+}
+
+/// The pid of a replica of the master at `addr`.
+async fn replica_pid_of(addr: &str) -> Option<u32> {
+    let mut conn = any_node().await;
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    let master_id = text
+        .lines()
+        .find(|l| l.split(' ').nth(1).is_some_and(|a| a.starts_with(addr)))?
+        .split(' ')
+        .next()?
+        .to_string();
+    let replica = text.lines().find(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 3 && f[2].contains("slave") && f[3] == master_id
+    })?;
+    let replica_addr = replica.split(' ').nth(1)?.split('@').next()?.to_string();
+    node_pid(&replica_addr).await
+}
+
 /// kill -9 of the master that holds a hot SKU while orders stream in; its replica takes
 /// over. Returns (orders acknowledged, of those missing from Redis after the failover).
-async fn failover_under_load(wait_replicas: u32, sku: i64) -> (usize, usize, TestApp) {
+async fn failover_under_load(wait_replicas: u32, sku: i64) -> (usize, usize, TestApp, Vec<String>) {
     let app = spawn_cluster_app(&[
         ("redis.wait_replicas", wait_replicas.into()),
         ("redis.wait_timeout_ms", 500.into()),
@@ -546,10 +576,25 @@ async fn failover_under_load(wait_replicas: u32, sku: i64) -> (usize, usize, Tes
             (no, status)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
+    // The replica falls behind (stopped for 800 ms: a slow network, a busy host), then the
+    // master dies before it caught up: what the master acknowledged meanwhile exists only
+    // there, unless the service waited for the replica (WAIT).
+    let replica_pid = replica_pid_of(&master)
+        .await
+        .expect("a replica of the master");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    signal(replica_pid, "STOP");
+    // Its link dropped too (what the master wrote into the socket before would still reach
+    // it): everything from here on exists only on the master.
+    let _ = std::process::Command::new("redis-cli")
+        .args(["-p", master.rsplit(':').next().unwrap_or("0")])
+        .args(["CLIENT", "KILL", "TYPE", "replica"])
+        .stdout(std::process::Stdio::null())
         .status();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    signal(pid, "KILL");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(replica_pid, "CONT");
     let mut acked = Vec::new();
     for t in tasks {
         let (no, status) = t.await.expect("task");
@@ -567,6 +612,10 @@ async fn failover_under_load(wait_replicas: u32, sku: i64) -> (usize, usize, Tes
         assert!(Instant::now() < deadline, "no failover");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    eprintln!(
+        "failover of {master} (replica pid {replica_pid}): now {}",
+        master_of(app.redis.keys(), key).await
+    );
     let mut lost = 0;
     for no in &acked {
         let markers = app
@@ -576,6 +625,19 @@ async fn failover_under_load(wait_replicas: u32, sku: i64) -> (usize, usize, Tes
             .expect("markers after failover");
         if markers[0].is_none() {
             lost += 1;
+            let entry = app
+                .redis
+                .cluster_entries(std::slice::from_ref(no))
+                .await
+                .ok();
+            let raw: Option<String> = app
+                .redis_cmd(
+                    redis::cmd("HGET")
+                        .arg(app.redis.keys().orders(app.redis.keys().group(key)))
+                        .arg(no),
+                )
+                .await;
+            eprintln!("lost after the failover: {no}: entry {entry:?}, record {raw:?}");
         }
     }
     // The killed node comes back (as a replica of the new master).
@@ -584,17 +646,25 @@ async fn failover_under_load(wait_replicas: u32, sku: i64) -> (usize, usize, Tes
         .status()
         .expect("cluster script");
     assert!(status.success());
-    (acked.len(), lost, app)
+    (acked.len(), lost, app, acked)
 }
 
 #[actix_web::test]
 async fn cluster_master_failover_loses_nothing_acknowledged_with_wait_replicas_1() {
     let _alone = CLUSTER_TOPOLOGY.write().await;
-    let (acked, lost, app) = failover_under_load(1, 5001).await;
+    let (acked, lost, app, _) = failover_under_load(1, 5001).await;
     eprintln!("failover, wait_replicas=1: {acked} acknowledged, {lost} lost");
     assert!(acked > 0);
     assert_eq!(lost, 0, "acknowledged orders lost with wait_replicas = 1");
     let key = SkuKey::new(WarehouseId(1), SkuId(5001));
+    // Changes the master made but could not get to the replica in time were answered 503
+    // (not acknowledged) and may be gone from Redis while the DB has them: reconciliation
+    // restores agreement.
+    app.drain_journal().await;
+    let (status, body) = app
+        .post("/inventory/reconcile?skuId=5001&warehouseId=1&repair=true&full=true")
+        .await;
+    assert_eq!(status, 200, "{body}");
     let audits = app.assert_invariants(&[key]).await;
     assert!(audits[0].db_reserved >= Some(acked as i64));
 }
@@ -602,8 +672,13 @@ async fn cluster_master_failover_loses_nothing_acknowledged_with_wait_replicas_1
 #[actix_web::test]
 async fn cluster_master_failover_without_wait_is_named_and_repaired_by_reconciliation() {
     let _alone = CLUSTER_TOPOLOGY.write().await;
-    let (acked, lost, app) = failover_under_load(0, 5002).await;
+    let (acked, lost, app, acked_orders) = failover_under_load(0, 5002).await;
     eprintln!("failover, wait_replicas=0: {acked} acknowledged, {lost} lost");
+    // Without WAIT the orders acknowledged while the replica was behind are gone from Redis.
+    assert!(
+        lost > 0,
+        "the replica was behind, yet nothing acknowledged was lost"
+    );
     let key = SkuKey::new(WarehouseId(1), SkuId(5002));
     app.drain_journal().await;
     // Whatever Redis lost is named by reconciliation and repaired from the DB.
@@ -620,6 +695,51 @@ async fn cluster_master_failover_without_wait_is_named_and_repaired_by_reconcili
         );
     }
     let audits = app.assert_invariants(&[key]).await;
+    // Every acknowledged order is held again (the repair rebuilt its hold from the DB,
+    // which the persister had reached) or named lost (neither store had it any more).
+    let named: Vec<String> = body["data"]["differences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["kind"] == "ORDER_LOST")
+        .map(|d| d["detail"].as_str().unwrap_or_default().to_string())
+        .collect();
+    // What no store remembers (its directory shard died with the same master, and the
+    // persister had not reached it) cannot be named: counted, and bounded by the orders
+    // acknowledged while the replica was behind.
+    let (mut restored, mut untraced) = (0, 0);
+    let mut conn = app.db_conn().await;
+    for no in &acked_orders {
+        let markers = app.redis.line_markers(no, &[key]).await.expect("markers");
+        if markers[0].is_some() {
+            restored += 1;
+            continue;
+        }
+        if named.iter().any(|d| d.starts_with(&format!("order {no}:"))) {
+            continue;
+        }
+        let entry = app
+            .redis
+            .cluster_entries(std::slice::from_ref(no))
+            .await
+            .expect("entry");
+        let rows = inventory::store::models::Reservation::by_order(&mut conn, no)
+            .await
+            .expect("rows");
+        assert!(
+            entry[0].is_none() && rows.is_empty(),
+            "order {no} is known ({:?}, {} DB rows) but neither held nor named lost",
+            entry[0],
+            rows.len()
+        );
+        untraced += 1;
+    }
+    eprintln!(
+        "after repair: {restored} of {acked} acknowledged held, {} named ORDER_LOST, \
+         {untraced} without a trace",
+        named.len()
+    );
+    assert!(untraced <= lost);
     // Zero oversell: never more reserved than came in.
     assert!(audits[0].db_reserved.unwrap_or(0) <= 100_000);
 }
@@ -796,4 +916,63 @@ async fn cluster_resharding_a_live_group_under_load_loses_nothing_and_holds_noth
         .await
         .expect("reshard thread");
     assert!(back, "moving the slots back failed");
+}
+
+/// An order the directory lists as held but that neither a group nor the DB knows (what a
+/// failover without WAIT can leave when the persister had not reached it either): made here
+/// by hand. Reconciliation names it ORDER_LOST, a confirm refuses it (no sale without
+/// stock), and the repair removes the entry so that Redis agrees with the DB.
+#[actix_web::test]
+async fn cluster_an_order_lost_by_both_stores_is_named_and_never_confirmed() {
+    let _shared = CLUSTER_TOPOLOGY.read().await;
+    let app = spawn_cluster_app(&[]).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(8001));
+    app.stock_in(SkuId(8001), WarehouseId(1), 10).await;
+    let (status, body) = app
+        .post_json("/inventory/reserve", &order_body("LOST-1", &[key]))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.drain_journal().await;
+    // Lose it in both stores, keep the directory entry (another shard survived).
+    let group = app.redis.keys().group(key);
+    let _: i64 = app
+        .redis_cmd(
+            redis::cmd("HDEL")
+                .arg(app.redis.keys().orders(group))
+                .arg("LOST-1"),
+        )
+        .await;
+    {
+        use diesel_async::RunQueryDsl;
+        let mut conn = app.db_conn().await;
+        diesel::sql_query("DELETE FROM t_inventory_reservation WHERE order_no = 'LOST-1'")
+            .execute(&mut conn)
+            .await
+            .expect("delete rows");
+    }
+    let (status, body) = app
+        .post("/inventory/reservations/confirm?orderNo=LOST-1")
+        .await;
+    assert_eq!(status, 404, "a lost order was confirmed: {body}");
+    let (status, body) = app
+        .post("/inventory/reconcile?skuId=8001&warehouseId=1&repair=true")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let lost: Vec<&Value> = body["data"]["differences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["kind"] == "ORDER_LOST")
+        .collect();
+    assert_eq!(lost.len(), 1, "{body}");
+    assert!(lost[0]["detail"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("order LOST-1:")));
+    assert_eq!(lost[0]["repaired"], true);
+    let entry = app
+        .redis
+        .cluster_entries(&["LOST-1".to_string()])
+        .await
+        .expect("entry");
+    assert!(entry[0].is_none(), "{entry:?}");
 }
