@@ -203,7 +203,9 @@ impl RedisStore {
                 args(*i, &mut inv);
             }
             async move {
-                let items = self.run_script(name, &inv, Some(idx.len())).await?;
+                let items = self
+                    .run_script_retrying(name, &inv, Some(idx.len()))
+                    .await?;
                 Ok::<_, RedisStoreError>((idx, items))
             }
         });
@@ -219,6 +221,26 @@ impl RedisStore {
         out.into_iter()
             .map(|o| o.ok_or_else(|| bad(name, "an order without a reply")))
             .collect()
+    }
+
+    /// A script call, tried once more after a failure that may pass (a timeout, a failover,
+    /// a slot on the move): every cluster script is idempotent (a claim with the same
+    /// deadline is ours again, a hold already there is HELD, a commit, abort or settle done
+    /// is done), so the retry answers as if the first call had been the only one.
+    async fn run_script_retrying(
+        &self,
+        name: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+        items: Option<usize>,
+    ) -> RedisResult<Vec<ReplyItem>> {
+        match self.run_script(name, invocation, items).await {
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(error = %e, script = name, "retrying a cluster script");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.run_script(name, invocation, items).await
+            }
+            other => other,
+        }
     }
 
     /// settle.lua for (orderNo, head seen, action) triples.
@@ -674,7 +696,7 @@ impl RedisStore {
                     .arg(l.qty);
             }
         }
-        let items = self.run_script("hold", &inv, None).await?;
+        let items = self.run_script_retrying("hold", &inv, None).await?;
         let (items, levels) = wire::split_levels("hold", items, idx.len(), &positions)?;
         let out = items
             .iter()
@@ -727,7 +749,7 @@ impl RedisStore {
             inv.arg(*no).arg(deadline);
         }
         let items = self
-            .run_script("commit", &inv, Some(order_nos.len()))
+            .run_script_retrying("commit", &inv, Some(order_nos.len()))
             .await?;
         Ok(items)
     }
@@ -784,7 +806,7 @@ impl RedisStore {
             for (no, trace, _) in list {
                 inv.arg(no).arg(wire::word(trace, 64));
             }
-            let items = self.run_script("abort", &inv, None).await?;
+            let items = self.run_script_retrying("abort", &inv, None).await?;
             let (items, levels) = wire::split_levels("abort", items, list.len(), &positions)?;
             for item in &items {
                 if !matches!(item.status.as_str(), "ABORTED" | "NONE") {
