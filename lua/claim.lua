@@ -2,19 +2,20 @@
 -- one request at a time reserves an orderNo and a repeat with other lines is a conflict even
 -- when its lines are in other slot groups. lua/lib.lua is prepended.
 --
--- KEYS[1] the directory shard. ARGV[1] now (ms), ARGV[2] deadline (ms) of the claim,
--- ARGV[3] expireAt (ms) of the holds, ARGV[4] number of orders, then per order: orderNo,
--- its lines as 'w:s:q w:s:q ...'.
+-- KEYS[1] the directory shard. ARGV[1] unused (the caller's clock; Redis' own is used),
+-- ARGV[2] the claim's token '<deadline ms>.<nonce>', ARGV[3] expireAt (ms) of the holds,
+-- ARGV[4] number of orders, then per order: orderNo, its lines as 'w:s:q w:s:q ...'.
 --
 -- Reply items, one per order:
---   CLAIMED                 the entry is ours ('?<deadline>/<x> lines'): hold the lines
+--   CLAIMED                 the entry is ours ('?<token>/<x> lines'): hold the lines (also
+--                           when it already was: the retry of a call whose answer was lost)
 --   KNOWN x                 reserved before with the same lines (its state is in the groups)
 --   CONFLICT line# (0: other lines)
 --   CANCELLED               released before it was reserved (a tombstone)
 --   BUSY deadline           another request is reserving it now
 --   IN_DOUBT deadline       a claim whose deadline passed: resolve it first
 --   ABORTED:<kind> line# available   refused before after a partial hold (the same answer)
-local now, deadline, x = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local now, token, x = redis_now(), ARGV[2], ARGV[3]
 local out = {}
 local at = 5
 for _ = 1, tonumber(ARGV[4]) do
@@ -22,7 +23,7 @@ for _ = 1, tonumber(ARGV[4]) do
   at = at + 2
   local entry = parse_cluster_entry(redis.call('HGET', KEYS[1], order_no) or nil)
   if not entry then
-    redis.call('HSET', KEYS[1], order_no, '?' .. deadline .. '/' .. x .. ' ' .. lines)
+    redis.call('HSET', KEYS[1], order_no, '?' .. token .. '/' .. x .. ' ' .. lines)
     reply(out, 'CLAIMED')
   elseif entry.tomb then
     reply(out, 'CANCELLED')
@@ -30,7 +31,7 @@ for _ = 1, tonumber(ARGV[4]) do
     local conflict = differs(entry, lines)
     if conflict then
       reply(out, 'CONFLICT', conflict)
-    elseif entry.deadline and int(entry.deadline) == deadline then
+    elseif entry.token == token then
       -- Our own claim, written by a call whose answer was lost: the retry of that call.
       reply(out, 'CLAIMED')
     elseif entry.deadline and entry.deadline >= now then

@@ -5,14 +5,17 @@
 -- never holds twice). lua/lib.lua is prepended.
 --
 -- KEYS: the group's orders, holds, journal; then the stock hash of each position.
--- ARGV[1] now (ms), ARGV[2] expireAt (ms), ARGV[3] max entries per journal stream,
--- ARGV[4] deadline (ms): nothing is held after it, ARGV[5] positions in the call, then per
--- position: 1, warehouseId, skuId; then the number of orders, then per order: orderNo,
--- traceId, RESERVED | PENDING, number of lines, then per line: position#, qty.
+-- ARGV[1] now (ms, the ledger's time), ARGV[2] expireAt (ms), ARGV[3] max entries per
+-- journal stream, ARGV[4] unused, ARGV[5] positions in the call, then per position: 1,
+-- warehouseId, skuId; then the number of orders, then per order: orderNo, traceId, the
+-- claim's token, RESERVED | PENDING, number of lines, then per line: position#, qty.
+-- Nothing is held after the claim's deadline (Redis' clock): the resolver may act then.
+-- The record is '<x>@<token> lines', so a commit or abort of another claim cannot touch it.
 --
 -- Reply items, one per order: HELD | INSUFFICIENT line# available | NOT_FOUND line# |
--- JOURNAL_FULL | LATE (the claim's deadline passed). Then LEVELS items (lib.lua).
-local now, max_journal, deadline = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
+-- JOURNAL_FULL | LATE (the claim's deadline passed) | STALE (a record of another claim).
+-- Then LEVELS items (lib.lua).
+local now, max_journal, clock = tonumber(ARGV[1]), tonumber(ARGV[3]), redis_now()
 local xs = ARGV[2]
 local groups = call_groups(0, 1)
 local g = groups[1]
@@ -26,13 +29,13 @@ for i = 1, norders do
     g.asked[ARGV[at]] = true
     g.reads[#g.reads + 1] = ARGV[at]
   end
-  at = at + 4 + 2 * tonumber(ARGV[at + 3])
+  at = at + 5 + 2 * tonumber(ARGV[at + 4])
 end
 
 local out = {}
-if now > deadline or journal_full(g, max_journal) then
+if journal_full(g, max_journal) then
   for _ = 1, norders do
-    reply(out, now > deadline and 'LATE' or 'JOURNAL_FULL')
+    reply(out, 'JOURNAL_FULL')
   end
   return out
 end
@@ -41,13 +44,19 @@ read_records(groups)
 local tail = ' ' .. xs .. ' ' .. int(now) .. ' RESERVE '
 for i = 1, norders do
   local a = starts[i]
-  local order_no, trace, state, nlines = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  if g.records[order_no] then
+  local order_no, trace, token, state, nlines = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    tonumber(ARGV[a + 4])
+  local existing = parse_record(g.records[order_no])
+  if existing and existing.token == token then
     reply(out, 'HELD')
+  elseif existing then
+    reply(out, 'STALE')
+  elseif clock > token_deadline(token) then
+    reply(out, 'LATE')
   else
     local short, short_at, short_available = nil, 0, 0
     for j = 1, nlines do
-      local b = a + 2 + 2 * j
+      local b = a + 3 + 2 * j
       local p = load_position(positions[tonumber(ARGV[b])])
       if not p.loaded then
         short, short_at = 'NOT_FOUND', j
@@ -61,9 +70,9 @@ for i = 1, norders do
     if short then
       reply(out, short, short_at, short_available)
     else
-      local record = xs
+      local record = xs .. '@' .. token
       for j = 1, nlines do
-        local b = a + 2 + 2 * j
+        local b = a + 3 + 2 * j
         local p = positions[tonumber(ARGV[b])]
         local qs = ARGV[b + 1]
         local q = tonumber(qs)

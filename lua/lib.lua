@@ -31,9 +31,13 @@ local function parse_record(raw)
     return nil
   end
   local rec = {lines = {}}
+  local first = true
   for field in string.gmatch(raw, '%S+') do
-    if not rec.x then
-      rec.x = tonumber(field)
+    if first then
+      first = false
+      -- Cluster mode: '<x>@<claim token>' while the order's claim is open (hold.lua).
+      local x, token = string.match(field, '^(%d+)@(.+)$')
+      rec.x, rec.token = tonumber(x or field), token
     else
       local w, s, q, st = string.match(field, '^([^:]+):([^:]+):([^:]+):([^:]+)$')
       rec.lines[#rec.lines + 1] = {w = w, s = s, q = tonumber(q), st = st}
@@ -300,7 +304,8 @@ end
 -- Cluster mode (docs/redis-layout.md, "Orders across slots"). A directory shard's entry:
 --   '<head> <w>:<s>:<qty> ...' or '! <until>' (a tombstone), where head is
 --   '<x>'             held (committed), no confirm or release decided
---   '?<deadline>/<x>' claimed: being reserved, outcome not yet settled
+--   '?<deadline>.<nonce>/<x>'  claimed: being reserved, outcome not yet settled; the
+--                     claim's token '<deadline>.<nonce>' is in the records it holds
 --   'C<x>' 'R<x>' 'E<x>'  confirm / release / expiry decided, not yet applied everywhere
 --   'c<x>' 'r<x>' 'e<x>'  decided and applied
 --   'A<x>:<kind>:<line>:<available>'  refused after a partial hold and aborted; a repeat
@@ -315,10 +320,10 @@ local function parse_cluster_entry(raw)
   end
   local head, rest = string.match(raw, '^(%S+) ?(.*)$')
   local e = {head = head, rest = rest, lines = {}}
-  local d, x = string.match(head, '^%?(%d+)/(%d+)$')
+  local d, nonce, x = string.match(head, '^%?(%d+)%.(%d+)/(%d+)$')
   local ax, ak, al, aa = string.match(head, '^A(%d+):(%a):(%d+):(%-?%d+)$')
   if d then
-    e.deadline, e.x = tonumber(d), tonumber(x)
+    e.deadline, e.token, e.x = tonumber(d), d .. '.' .. nonce, tonumber(x)
   elseif ax then
     e.x, e.aborted = tonumber(ax), {kind = ak, line = tonumber(al), available = tonumber(aa)}
   else
@@ -358,4 +363,15 @@ local function differs(entry, lines)
     end
   end
   return nil
+end
+
+-- Redis' clock in ms: deadlines are checked against it, not against the caller's.
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The deadline (ms) in a claim token '<deadline>.<nonce>'.
+local function token_deadline(token)
+  return tonumber(string.match(token, '^(%d+)%.') or '0')
 end

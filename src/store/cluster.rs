@@ -69,6 +69,8 @@ pub enum EntryState {
 pub struct ClusterEntry {
     /// The first field as stored (settle compares it).
     pub head: String,
+    /// A claim's token '<deadline>.<nonce>' (the records it held carry it).
+    pub token: Option<String>,
     pub state: EntryState,
     pub expire_at_ms: i64,
     pub lines: Vec<(SkuKey, i64)>,
@@ -81,8 +83,11 @@ impl ClusterEntry {
         if head == "!" {
             return None;
         }
+        let mut token = None;
         let (state, x) = if let Some(claim) = head.strip_prefix('?') {
-            let (d, x) = claim.split_once('/')?;
+            let (t, x) = claim.split_once('/')?;
+            let (d, _nonce) = t.split_once('.')?;
+            token = Some(t.to_string());
             (
                 EntryState::Claimed {
                     deadline_ms: d.parse().ok()?,
@@ -109,6 +114,7 @@ impl ClusterEntry {
         };
         Some(ClusterEntry {
             head: head.to_string(),
+            token,
             state,
             expire_at_ms: x.parse().ok()?,
             lines,
@@ -127,12 +133,18 @@ impl ClusterEntry {
     }
 }
 
-/// Line states of a raw group record (`<x> w:s:q:STATE ...`), PENDING included.
+/// Line states of a raw group record (`<x>[@<token>] w:s:q:STATE ...`), PENDING and
+/// ABORTED included.
 fn record_states(raw: &str) -> Vec<&str> {
     raw.split(' ')
         .skip(1)
         .filter_map(|f| f.rsplit(':').next())
         .collect()
+}
+
+/// The claim token a raw record carries (`<x>@<token>`), if any.
+fn record_token(raw: &str) -> Option<&str> {
+    raw.split(' ').next()?.split_once('@').map(|(_, t)| t)
 }
 
 fn lines_text(lines: &[OrderLine]) -> String {
@@ -159,6 +171,14 @@ enum Held {
     Unknown,
 }
 
+/// One order's claim to abort in one group: its lines there and the claim's token.
+struct AbortClaim {
+    order_no: String,
+    trace_id: String,
+    token: String,
+    keys: Vec<SkuKey>,
+}
+
 /// What the resolver did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResolveReport {
@@ -166,6 +186,8 @@ pub struct ResolveReport {
     pub aborted: u64,
     /// Decisions (confirm, release, expiry) completed in every group.
     pub applied: u64,
+    /// Orders that could not be resolved in this pass (tried again in the next).
+    pub failed: u64,
 }
 
 impl RedisStore {
@@ -177,7 +199,7 @@ impl RedisStore {
         &self,
         name: &'static str,
         order_nos: &[&str],
-        head_args: &[i64],
+        head_args: &[String],
         mut args: impl FnMut(usize, &mut redis::ScriptInvocation<'_>),
     ) -> RedisResult<Vec<ReplyItem>> {
         let script = match name {
@@ -196,7 +218,7 @@ impl RedisStore {
         let calls = by_shard.iter().map(|(shard, idx)| {
             let mut inv = script.key(self.keys.directory_shard_key(*shard));
             for a in head_args {
-                inv.arg(*a);
+                inv.arg(a);
             }
             inv.arg(idx.len());
             for i in idx {
@@ -304,29 +326,43 @@ impl RedisStore {
         let mut todo: Vec<usize> = (0..orders.len()).collect();
         let mut claimed: Vec<usize> = Vec::new();
         let mut known: Vec<usize> = Vec::new();
-        let mut deadline = 0;
+        // Each claimed order's claim token ('<deadline>.<nonce>'): its holds carry it, so a
+        // commit or abort of another claim of the same orderNo cannot touch them.
+        let mut tokens: HashMap<usize, String> = HashMap::new();
         for round in 0..BUSY_ROUNDS {
             let now = if round == 0 { params.now_ms } else { wall_ms() };
-            deadline = now + self.pending_deadline_ms;
+            let token = format!(
+                "{}.{}",
+                now + self.pending_deadline_ms,
+                uuid::Uuid::new_v4().as_u128() as u32
+            );
             let nos: Vec<&str> = todo
                 .iter()
                 .filter_map(|i| orders.get(*i))
                 .map(|o| o.order_no.as_str())
                 .collect();
             let items = self
-                .per_shard("claim", &nos, &[now, deadline, expire_at], |k, inv| {
-                    let i = todo.get(k).copied().unwrap_or(usize::MAX);
-                    if let (Some(o), Some(text)) = (orders.get(i), texts.get(i)) {
-                        inv.arg(&o.order_no).arg(text);
-                    }
-                })
+                .per_shard(
+                    "claim",
+                    &nos,
+                    &[now.to_string(), token.clone(), expire_at.to_string()],
+                    |k, inv| {
+                        let i = todo.get(k).copied().unwrap_or(usize::MAX);
+                        if let (Some(o), Some(text)) = (orders.get(i), texts.get(i)) {
+                            inv.arg(&o.order_no).arg(text);
+                        }
+                    },
+                )
                 .await?;
             let mut again = Vec::new();
             for (i, item) in todo.iter().copied().zip(items) {
                 let order = at(orders, i)?;
                 let lines = order.lines.len();
                 match item.status.as_str() {
-                    "CLAIMED" => claimed.push(i),
+                    "CLAIMED" => {
+                        claimed.push(i);
+                        tokens.insert(i, token.clone());
+                    }
                     "KNOWN" => known.push(i),
                     "CANCELLED" => set(&mut replies, i, ReserveReply::Cancelled),
                     "CONFLICT" => {
@@ -358,7 +394,8 @@ impl RedisStore {
                     }
                     "BUSY" => again.push(i),
                     "IN_DOUBT" => {
-                        self.resolve_order(&order.order_no, wall_ms()).await?;
+                        let now = self.redis_time_ms().await?;
+                        self.resolve_order(&order.order_no, now).await?;
                         again.push(i);
                     }
                     other => return Err(bad("claim", format!("status {other}"))),
@@ -445,7 +482,7 @@ impl RedisStore {
         }
         let now = wall_ms().max(params.now_ms);
         let calls = per_group.iter().map(|(g, idx)| {
-            self.hold_in_group(*g, idx, orders, &spans, now, expire_at, deadline, params)
+            self.hold_in_group(*g, idx, orders, &spans, &tokens, now, expire_at, params)
         });
         // held[(order, group)]
         let mut held: HashMap<(usize, u32), Held> = HashMap::new();
@@ -482,8 +519,14 @@ impl RedisStore {
         let mut settles: Vec<(String, String, String)> = Vec::new();
         let mut to_commit: Vec<usize> = Vec::new();
         let mut to_abort: Vec<usize> = Vec::new();
-        let head = format!("?{deadline}/{expire_at}");
+        let head_of = |i: usize| {
+            format!(
+                "?{}/{expire_at}",
+                tokens.get(&i).map(String::as_str).unwrap_or("0.0")
+            )
+        };
         for i in &claimed {
+            let head = head_of(*i);
             let gs = span(&spans, *i);
             let states: Vec<Held> = gs
                 .iter()
@@ -526,23 +569,22 @@ impl RedisStore {
                 }
             }
             let calls = per_group.iter().map(|(g, idx)| {
-                let nos: Vec<&str> = idx
+                let claims: Vec<(&str, &str)> = idx
                     .iter()
-                    .filter_map(|i| orders.get(*i))
-                    .map(|o| o.order_no.as_str())
+                    .filter_map(|i| {
+                        Some((orders.get(*i)?.order_no.as_str(), tokens.get(i)?.as_str()))
+                    })
                     .collect();
-                self.commit_in_group(*g, nos, deadline, false)
+                self.commit_in_group(*g, claims, false)
             });
-            let mut took: HashMap<usize, (usize, usize)> = HashMap::new();
-            for ((_, idx), result) in per_group.iter().zip(join_all(calls).await) {
+            // took[order]: the groups that committed it.
+            let mut took: HashMap<usize, Vec<u32>> = HashMap::new();
+            for ((g, idx), result) in per_group.iter().zip(join_all(calls).await) {
                 match result {
                     Ok(items) => {
                         for (i, item) in idx.iter().zip(items) {
-                            let e = took.entry(*i).or_default();
                             if item.status == "OK" {
-                                e.0 += 1;
-                            } else {
-                                e.1 += 1;
+                                took.entry(*i).or_default().push(*g);
                             }
                         }
                     }
@@ -550,13 +592,23 @@ impl RedisStore {
                 }
             }
             for i in to_commit {
-                let (ok, _) = took.get(&i).copied().unwrap_or_default();
+                let committed = took.get(&i).cloned().unwrap_or_default();
+                let mut ok = committed.len();
+                if ok > 0 && ok < span(&spans, i).len() {
+                    // Decided (a line is RESERVED): complete the groups left (one was late
+                    // or failed) now, rather than leave the order claimed until the resolver.
+                    let claim = (
+                        at(orders, i)?.order_no.as_str(),
+                        tokens.get(&i).map(String::as_str).unwrap_or_default(),
+                    );
+                    for g in span(&spans, i).iter().filter(|g| !committed.contains(g)) {
+                        if let Ok(items) = self.commit_in_group(*g, vec![claim], true).await {
+                            ok += usize::from(items.first().is_some_and(|it| it.status == "OK"));
+                        }
+                    }
+                }
                 if ok == span(&spans, i).len() {
-                    settles.push((
-                        at(orders, i)?.order_no.clone(),
-                        head.clone(),
-                        "COMMIT".into(),
-                    ));
+                    settles.push((at(orders, i)?.order_no.clone(), head_of(i), "COMMIT".into()));
                 }
                 if ok > 0 {
                     // Decided: a line is RESERVED; the resolver completes any group left.
@@ -581,7 +633,10 @@ impl RedisStore {
         // marker with the refusal, so a repeat gets the same answer (and the orderNo's
         // RELEASED rows in the DB are never contradicted by a second hold).
         if !to_abort.is_empty() {
-            match self.abort_orders(&to_abort, orders, &spans, now).await {
+            match self
+                .abort_orders(&to_abort, orders, &spans, &tokens, now)
+                .await
+            {
                 Ok(lv) => {
                     levels.extend(lv);
                     for i in to_abort {
@@ -594,7 +649,7 @@ impl RedisStore {
                             }
                             _ => "ABORT:X:0:0".to_string(),
                         };
-                        settles.push((at(orders, i)?.order_no.clone(), head.clone(), marker));
+                        settles.push((at(orders, i)?.order_no.clone(), head_of(i), marker));
                     }
                 }
                 Err(e) => {
@@ -634,9 +689,9 @@ impl RedisStore {
         idx: &[usize],
         orders: &[ReserveOrder],
         spans: &HashMap<usize, Vec<u32>>,
+        tokens: &HashMap<usize, String>,
         now: i64,
         expire_at: i64,
-        deadline: i64,
         params: ReserveParams,
     ) -> RedisResult<(Vec<(Held, Option<ReserveReply>)>, Vec<LevelsAfter>)> {
         let mut positions: Vec<SkuKey> = Vec::new();
@@ -674,7 +729,7 @@ impl RedisStore {
         inv.arg(now)
             .arg(expire_at)
             .arg(params.max_journal_entries)
-            .arg(deadline)
+            .arg(0)
             .arg(positions.len());
         for k in &positions {
             inv.arg(1).arg(k.warehouse_id).arg(k.sku_id);
@@ -689,6 +744,7 @@ impl RedisStore {
             };
             inv.arg(&order.order_no)
                 .arg(wire::word(&order.trace_id, 64))
+                .arg(tokens.get(i).map(String::as_str).unwrap_or("0.0"))
                 .arg(state)
                 .arg(lines.len());
             for (_, l) in lines {
@@ -726,6 +782,8 @@ impl RedisStore {
                         }),
                     ),
                     "JOURNAL_FULL" => (Held::No, Some(ReserveReply::JournalFull)),
+                    // A record of another claim of this orderNo: not ours to decide.
+                    "STALE" => (Held::Unknown, None),
                     "LATE" => (Held::No, Some(ReserveReply::InProgress)),
                     other => return Err(bad("hold", format!("status {other}"))),
                 })
@@ -737,19 +795,18 @@ impl RedisStore {
     async fn commit_in_group(
         &self,
         group: u32,
-        order_nos: Vec<&str>,
-        deadline: i64,
+        claims: Vec<(&str, &str)>,
         forced: bool,
     ) -> RedisResult<Vec<ReplyItem>> {
         let mut inv = self.scripts.commit.key(self.keys.orders(group));
-        inv.arg(wall_ms())
+        inv.arg(0)
             .arg(if forced { "1" } else { "0" })
-            .arg(order_nos.len());
-        for no in &order_nos {
-            inv.arg(*no).arg(deadline);
+            .arg(claims.len());
+        for (no, token) in &claims {
+            inv.arg(*no).arg(*token);
         }
         let items = self
-            .run_script_retrying("commit", &inv, Some(order_nos.len()))
+            .run_script_retrying("commit", &inv, Some(claims.len()))
             .await?;
         Ok(items)
     }
@@ -760,9 +817,10 @@ impl RedisStore {
         idx: &[usize],
         orders: &[ReserveOrder],
         spans: &HashMap<usize, Vec<u32>>,
+        tokens: &HashMap<usize, String>,
         now: i64,
     ) -> RedisResult<Vec<LevelsAfter>> {
-        let mut per_group: BTreeMap<u32, Vec<(String, String, Vec<SkuKey>)>> = BTreeMap::new();
+        let mut per_group: BTreeMap<u32, Vec<AbortClaim>> = BTreeMap::new();
         for i in idx {
             let order = at(orders, *i)?;
             for g in span(spans, *i) {
@@ -772,11 +830,12 @@ impl RedisStore {
                     .map(|l| l.key)
                     .filter(|k| self.keys.group(*k) == *g)
                     .collect();
-                per_group.entry(*g).or_default().push((
-                    order.order_no.clone(),
-                    order.trace_id.clone(),
+                per_group.entry(*g).or_default().push(AbortClaim {
+                    order_no: order.order_no.clone(),
+                    trace_id: order.trace_id.clone(),
+                    token: tokens.get(i).cloned().unwrap_or_default(),
                     keys,
-                ));
+                });
             }
         }
         self.abort_in_groups(per_group, now).await
@@ -784,11 +843,12 @@ impl RedisStore {
 
     async fn abort_in_groups(
         &self,
-        per_group: BTreeMap<u32, Vec<(String, String, Vec<SkuKey>)>>,
+        per_group: BTreeMap<u32, Vec<AbortClaim>>,
         now: i64,
     ) -> RedisResult<Vec<LevelsAfter>> {
         let calls = per_group.iter().map(|(g, list)| async move {
-            let mut positions: Vec<SkuKey> = list.iter().flat_map(|o| o.2.clone()).collect();
+            let mut positions: Vec<SkuKey> =
+                list.iter().flat_map(|o| o.keys.iter().copied()).collect();
             positions.sort();
             positions.dedup();
             let mut inv = self.scripts.abort.prepare_invoke();
@@ -803,8 +863,10 @@ impl RedisStore {
                 inv.arg(1).arg(k.warehouse_id).arg(k.sku_id);
             }
             inv.arg(list.len());
-            for (no, trace, _) in list {
-                inv.arg(no).arg(wire::word(trace, 64));
+            for claim in list {
+                inv.arg(&claim.order_no)
+                    .arg(wire::word(&claim.trace_id, 64))
+                    .arg(&claim.token);
             }
             let items = self.run_script_retrying("abort", &inv, None).await?;
             let (items, levels) = wire::split_levels("abort", items, list.len(), &positions)?;
@@ -862,7 +924,7 @@ impl RedisStore {
                 .map(|o| o.order_no.as_str())
                 .collect();
             let items = self
-                .per_shard("decide", &nos, &[now], |k, inv| {
+                .per_shard("decide", &nos, &[now.to_string()], |k, inv| {
                     if let Some(o) = todo.get(k).and_then(|i| orders.get(*i)) {
                         inv.arg(&o.order_no).arg(kind(&o.op)).arg(if paid(&o.op) {
                             "1"
@@ -1103,20 +1165,47 @@ impl RedisStore {
                 if deadline_ms + RESOLVE_MARGIN_MS > now_ms {
                     return Ok(report);
                 }
+                let token = entry.token.clone().unwrap_or_default();
                 let groups = entry.groups(self);
                 let wanted: BTreeMap<u32, Vec<String>> = groups
                     .iter()
                     .map(|g| (*g, vec![order_no.to_string()]))
                     .collect();
-                let records = self.records_in(&wanted).await?;
-                let decided = records
-                    .values()
-                    .any(|raw| record_states(raw).iter().any(|s| *s != "PENDING"));
-                if decided {
+                // Only this claim's records count (another claim's, of an earlier attempt
+                // of the orderNo, are not this claim's to decide).
+                let records: HashMap<u32, String> = self
+                    .records_in(&wanted)
+                    .await?
+                    .into_iter()
+                    .filter(|(_, raw)| record_token(raw) == Some(token.as_str()))
+                    .map(|((g, _), raw)| (g, raw))
+                    .collect();
+                let states: Vec<&str> = records.values().flat_map(|r| record_states(r)).collect();
+                let committed = states
+                    .iter()
+                    .any(|s| matches!(*s, "RESERVED" | "CONFIRMED" | "RELEASED"));
+                let aborted = states.contains(&"ABORTED");
+                if committed && aborted {
+                    tracing::error!(
+                        order_no,
+                        ?records,
+                        "an order both committed and aborted in its groups: left for an operator"
+                    );
+                    return Ok(report);
+                }
+                if committed {
+                    if records.len() < groups.len() {
+                        tracing::warn!(
+                            order_no,
+                            held = records.len(),
+                            groups = groups.len(),
+                            "committing an order some of whose groups hold no record of it"
+                        );
+                    }
                     let calls = groups
                         .iter()
-                        .filter(|g| records.contains_key(&(**g, order_no.to_string())))
-                        .map(|g| self.commit_in_group(*g, vec![order_no], deadline_ms, true));
+                        .filter(|g| records.contains_key(g))
+                        .map(|g| self.commit_in_group(*g, vec![(order_no, token.as_str())], true));
                     for r in join_all(calls).await {
                         r?;
                     }
@@ -1124,8 +1213,7 @@ impl RedisStore {
                         .await?;
                     report.committed += 1;
                 } else {
-                    let mut per_group: BTreeMap<u32, Vec<(String, String, Vec<SkuKey>)>> =
-                        BTreeMap::new();
+                    let mut per_group: BTreeMap<u32, Vec<AbortClaim>> = BTreeMap::new();
                     for g in &groups {
                         let keys = entry
                             .lines
@@ -1133,15 +1221,17 @@ impl RedisStore {
                             .map(|(k, _)| *k)
                             .filter(|k| self.keys.group(*k) == *g)
                             .collect();
-                        per_group.entry(*g).or_default().push((
-                            order_no.to_string(),
-                            String::new(),
+                        per_group.entry(*g).or_default().push(AbortClaim {
+                            order_no: order_no.to_string(),
+                            trace_id: String::new(),
+                            token: token.clone(),
                             keys,
-                        ));
+                        });
                     }
                     self.abort_in_groups(per_group, now_ms).await?;
-                    // Lines given back are in the ledger and the DB as RELEASED: the orderNo
-                    // is final then; with nothing held it is free again.
+                    // Lines given back (now or by an abort before) are in the ledger and the
+                    // DB as RELEASED: the orderNo is final then; with nothing held anywhere
+                    // it is free again.
                     let action = if records.is_empty() {
                         "DROP"
                     } else {
@@ -1262,14 +1352,25 @@ impl RedisStore {
             .await
     }
 
+    /// Redis' clock (ms), which the scripts check deadlines against.
+    pub async fn redis_time_ms(&self) -> RedisResult<i64> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (i64, i64) = self
+            .timed(redis::cmd("TIME").query_async(&mut conn))
+            .await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
     /// The supervisor's pass over every directory shard: resolves claims past their
-    /// deadline and completes decisions not applied everywhere. Bounded per call by
-    /// `max_orders`.
+    /// deadline (by Redis' clock when it answers, else `now_ms`) and completes decisions
+    /// not applied everywhere. Bounded per call by `max_orders`; an order that cannot be
+    /// resolved now is logged and left for the next pass.
     pub async fn resolve_in_doubt(
         &self,
         now_ms: i64,
         max_orders: usize,
     ) -> RedisResult<ResolveReport> {
+        let now_ms = self.redis_time_ms().await.unwrap_or(now_ms);
         let mut report = ResolveReport::default();
         let mut seen = 0usize;
         for shard in 0..self.keys.groups() {
@@ -1297,7 +1398,16 @@ impl RedisStore {
                         _ => false,
                     };
                     if due {
-                        let r = self.resolve_order(no, now_ms).await?;
+                        // One order that cannot be resolved now (a group away, a decision
+                        // its groups refuse) must not keep the others waiting.
+                        let r = match self.resolve_order(no, now_ms).await {
+                            Ok(r) => r,
+                            Err(e) => {
+                                tracing::warn!(order_no = %no, error = %e, "order not resolved");
+                                report.failed += 1;
+                                ResolveReport::default()
+                            }
+                        };
                         report.committed += r.committed;
                         report.aborted += r.aborted;
                         report.applied += r.applied;
@@ -1363,8 +1473,11 @@ mod tests {
     #[test]
     fn cluster_entries_parse_every_head() {
         let k = SkuKey::new(WarehouseId(1), SkuId(7));
-        let e = ClusterEntry::parse("?500/900 1:7:2").unwrap();
+        let e = ClusterEntry::parse("?500.7/900 1:7:2").unwrap();
         assert_eq!(e.state, EntryState::Claimed { deadline_ms: 500 });
+        assert_eq!(e.token.as_deref(), Some("500.7"));
+        assert_eq!(record_token("900@500.7 1:7:2:PENDING"), Some("500.7"));
+        assert_eq!(record_token("900 1:7:2:RESERVED"), None);
         assert_eq!(e.expire_at_ms, 900);
         assert_eq!(e.lines, vec![(k, 2)]);
         assert_eq!(

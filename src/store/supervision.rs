@@ -209,6 +209,62 @@ impl RedisStore {
         Ok((next, u64::try_from(item.n[0]).unwrap_or(0)))
     }
 
+    /// Cluster mode: the directory entries of orders rebuilt from the DB, in their shards,
+    /// with the state the DB's lines say (held; or confirmed / released, decided and
+    /// applied), where the shard has none or a tombstone (the DB has the order, so a
+    /// tombstone is wrong, as on a single Redis).
+    async fn rebuild_directory_cluster(&self, orders: &[OrderSnapshot]) -> RedisResult<()> {
+        let entries: Vec<(String, String, String)> = orders
+            .iter()
+            .map(|order| {
+                let listed = DirectoryEntry::Order {
+                    expire_at_ms: order.expire_at_ms,
+                    lines: order.lines.iter().map(|l| (l.key, l.qty)).collect(),
+                }
+                .format();
+                let all = |s: ReservationStatus| order.lines.iter().all(|l| l.status == s);
+                let value = if all(ReservationStatus::Confirmed) {
+                    format!("c{listed}")
+                } else if all(ReservationStatus::Released) {
+                    format!("r{listed}")
+                } else {
+                    listed
+                };
+                (
+                    self.keys.directory_of(&order.order_no),
+                    order.order_no.clone(),
+                    value,
+                )
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        for (key, no, value) in &entries {
+            pipe.cmd("HSETNX").arg(key).arg(no).arg(value);
+        }
+        let written: Vec<i64> = self.query_pipe(&pipe).await?;
+        let mut conn = self.conn.clone();
+        for ((key, no, value), written) in entries.iter().zip(written) {
+            if written == 1 {
+                continue;
+            }
+            let current: Option<String> = self
+                .timed(redis::cmd("HGET").arg(key).arg(no).query_async(&mut conn))
+                .await?;
+            if current.is_some_and(|c| c.starts_with("! ")) {
+                let _: i64 = self
+                    .timed(
+                        redis::cmd("HSET")
+                            .arg(key)
+                            .arg(no)
+                            .arg(value)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Cluster mode of [`Self::sweep_orders`]: the directory shards are scanned one after
     /// the other (`cursor`: the shard in its top 16 bits, the HSCAN cursor below); an
     /// order goes once no line of it is held or pending in any group: first its records,
@@ -501,19 +557,7 @@ impl RedisStore {
                 return Ok(None);
             }
             if cluster && !chunk.is_empty() {
-                let mut pipe = redis::pipe();
-                for order in chunk {
-                    let listed = DirectoryEntry::Order {
-                        expire_at_ms: order.expire_at_ms,
-                        lines: order.lines.iter().map(|l| (l.key, l.qty)).collect(),
-                    };
-                    pipe.cmd("HSETNX")
-                        .arg(self.keys.directory_of(&order.order_no))
-                        .arg(&order.order_no)
-                        .arg(listed.format())
-                        .ignore();
-                }
-                let () = self.query_pipe(&pipe).await?;
+                self.rebuild_directory_cluster(chunk).await?;
             }
             loaded |= item.status == "LOADED";
             restored += item

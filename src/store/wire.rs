@@ -250,11 +250,15 @@ fn parse_line_head<'a>(parts: &mut impl Iterator<Item = &'a str>) -> Option<(Sku
 impl OrderRecord {
     pub fn parse(raw: &str) -> Option<OrderRecord> {
         let mut fields = raw.split(' ');
-        let expire_at_ms = fields.next()?.parse().ok()?;
+        // Cluster mode: '<x>@<claim token>' (lua/hold.lua).
+        let first = fields.next()?;
+        let expire_at_ms = first.split('@').next()?.parse().ok()?;
         let mut lines = Vec::new();
         for field in fields {
             let mut parts = field.split(':');
             let (key, qty) = parse_line_head(&mut parts)?;
+            // PENDING and ABORTED (cluster mode, an order being decided or aborted) are not
+            // line states a reader reports: such a record reads as absent here.
             let status = ReservationStatus::parse(parts.next()?)?;
             if parts.next().is_some() {
                 return None;
