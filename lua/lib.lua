@@ -310,6 +310,16 @@ end
 --   'c<x>' 'r<x>' 'e<x>'  decided and applied
 --   'A<x>:<kind>:<line>:<available>'  refused after a partial hold and aborted; a repeat
 --                     gets the same refusal (kind I insufficient, N not found, X other)
+-- Lines as the directory writes them, 'w:s:q w:s:q ...'.
+local function directory_lines(text)
+  local lines = {}
+  for field in string.gmatch(text, '%S+') do
+    local w, s, q = string.match(field, '^([^:]+):([^:]+):([^:]+)$')
+    lines[#lines + 1] = {w = w, s = s, q = tonumber(q)}
+  end
+  return lines
+end
+
 local function parse_cluster_entry(raw)
   if not raw then
     return nil
@@ -330,21 +340,14 @@ local function parse_cluster_entry(raw)
     local k, x2 = string.match(head, '^([CREcre]?)(%d+)$')
     e.decision, e.x = k, tonumber(x2)
   end
-  for field in string.gmatch(rest, '%S+') do
-    local w, s, q = string.match(field, '^([^:]+):([^:]+):([^:]+)$')
-    e.lines[#e.lines + 1] = {w = w, s = s, q = tonumber(q)}
-  end
+  e.lines = directory_lines(rest)
   return e
 end
 
 -- Whether `lines` (the text 'w:s:q ...' of a request) are the entry's: nil when they are,
 -- else the CONFLICT line number (0: other positions).
 local function differs(entry, lines)
-  local asked = {}
-  for field in string.gmatch(lines, '%S+') do
-    local w, s, q = string.match(field, '^([^:]+):([^:]+):([^:]+)$')
-    asked[#asked + 1] = {w = w, s = s, q = tonumber(q)}
-  end
+  local asked = directory_lines(lines)
   if #asked ~= #entry.lines then
     return 0
   end
@@ -374,4 +377,21 @@ end
 -- The deadline (ms) in a claim token '<deadline>.<nonce>'.
 local function token_deadline(token)
   return tonumber(string.match(token, '^(%d+)%.') or '0')
+end
+
+-- All or nothing: the first of `n` lines (their (position#, qty) pairs from ARGV[at]) that
+-- Redis lacks ('NOT_FOUND', line#) or cannot cover ('INSUFFICIENT', line#, available); nil
+-- when every line can be held.
+local function first_short(at, n, positions)
+  for j = 1, n do
+    local b = at + 2 * (j - 1)
+    local p = load_position(positions[tonumber(ARGV[b])])
+    if not p.loaded then
+      return 'NOT_FOUND', j, 0
+    end
+    if p.a < tonumber(ARGV[b + 1]) then
+      return 'INSUFFICIENT', j, p.a
+    end
+  end
+  return nil, 0, 0
 end

@@ -149,19 +149,7 @@ for i = 1, norders do
     end
   else
     -- Check every line first: all or nothing.
-    local short, short_at, short_available = nil, 0, 0
-    for j = 1, nlines do
-      local b = a + 1 + 2 * j
-      local p = load_position(positions[tonumber(ARGV[b])])
-      if not p.loaded then
-        short, short_at = 'NOT_FOUND', j
-      elseif p.a < tonumber(ARGV[b + 1]) then
-        short, short_at, short_available = 'INSUFFICIENT', j, p.a
-      end
-      if short then
-        break
-      end
-    end
+    local short, short_at, short_available = first_short(a + 3, nlines, positions)
     if short then
       reply(out, short, short_at, short_available)
     else

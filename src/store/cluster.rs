@@ -401,16 +401,16 @@ impl RedisStore {
                     other => return Err(bad("claim", format!("status {other}"))),
                 }
             }
-            if again.is_empty() {
+            if !another_round(
+                again,
+                &mut todo,
+                round,
+                &mut replies,
+                ReserveReply::InProgress,
+            )
+            .await
+            {
                 break;
-            }
-            todo = again;
-            if round + 1 == BUSY_ROUNDS {
-                for i in &todo {
-                    set(&mut replies, *i, ReserveReply::InProgress);
-                }
-            } else {
-                tokio::time::sleep(BUSY_WAIT).await;
             }
         }
 
@@ -966,16 +966,16 @@ impl RedisStore {
                     *slot = reply;
                 }
             }
-            if again.is_empty() {
+            if !another_round(
+                again,
+                &mut todo,
+                round,
+                &mut replies,
+                TransitionReply::Retry,
+            )
+            .await
+            {
                 break;
-            }
-            todo = again;
-            if round + 1 == BUSY_ROUNDS {
-                for i in &todo {
-                    set(&mut replies, *i, TransitionReply::Retry);
-                }
-            } else {
-                tokio::time::sleep(BUSY_WAIT).await;
             }
         }
 
@@ -1437,6 +1437,30 @@ fn set<T>(replies: &mut [Option<T>], i: usize, value: T) {
     if let Some(slot) = replies.get_mut(i) {
         *slot = Some(value);
     }
+}
+
+/// After a round of claims or decisions: the orders still waiting for another request's
+/// claim (`again`) get another round after a pause (true), or, after the last round,
+/// `give_up` (false, as when none waits).
+async fn another_round<T: Clone>(
+    again: Vec<usize>,
+    todo: &mut Vec<usize>,
+    round: usize,
+    replies: &mut [Option<T>],
+    give_up: T,
+) -> bool {
+    if again.is_empty() {
+        return false;
+    }
+    *todo = again;
+    if round + 1 == BUSY_ROUNDS {
+        for i in todo.iter() {
+            set(replies, *i, give_up.clone());
+        }
+        return false;
+    }
+    tokio::time::sleep(BUSY_WAIT).await;
+    true
 }
 
 fn span(spans: &HashMap<usize, Vec<u32>>, i: usize) -> &[u32] {
