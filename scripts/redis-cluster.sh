@@ -27,6 +27,16 @@ esac
 
 command -v redis-server >/dev/null 2>&1 || bash "$ROOT/scripts/services.sh"
 
+# A node restarted after a kill must find its own nodes.conf: when some nodes of a cluster
+# already run (perhaps started from another checkout), use their data directory.
+for p in "${PORTS[@]}"; do
+  running_dir=$(redis-cli -p "$p" config get dir 2>/dev/null | sed -n 2p || true)
+  if [ -n "$running_dir" ]; then
+    DATA=$(dirname "$running_dir")
+    break
+  fi
+done
+
 all_up=1
 for p in "${PORTS[@]}"; do redis-cli -p "$p" ping >/dev/null 2>&1 || all_up=0; done
 if [ "$all_up" = 1 ] && redis-cli -p "$FIRST_PORT" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
