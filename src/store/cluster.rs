@@ -474,6 +474,16 @@ impl RedisStore {
                 (*i, gs)
             })
             .collect();
+        self.refuse_before_holding(
+            &mut claimed,
+            orders,
+            &spans,
+            &tokens,
+            expire_at,
+            params,
+            &mut replies,
+        )
+        .await?;
         let mut per_group: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for i in &claimed {
             for g in span(&spans, *i) {
@@ -678,6 +688,94 @@ impl RedisStore {
             ));
         }
         finish(replies, levels)
+    }
+
+    /// Orders spanning groups: refuses now, before anything is held, what would make a
+    /// group refuse for a reason that passes (a position Redis lacks: the engine loads it
+    /// and tries again; a full journal: 503). Refused after a partial hold, the order would
+    /// be aborted, and an aborted orderNo is final. Their claims are dropped. A check, not a
+    /// guarantee: the state may change before the holds (then the abort path decides).
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse_before_holding(
+        &self,
+        claimed: &mut Vec<usize>,
+        orders: &[ReserveOrder],
+        spans: &HashMap<usize, Vec<u32>>,
+        tokens: &HashMap<usize, String>,
+        expire_at: i64,
+        params: ReserveParams,
+        replies: &mut [Option<ReserveReply>],
+    ) -> RedisResult<()> {
+        let spanning: Vec<&ReserveOrder> = claimed
+            .iter()
+            .filter(|i| span(spans, **i).len() > 1)
+            .filter_map(|i| orders.get(*i))
+            .collect();
+        if spanning.is_empty() {
+            return Ok(());
+        }
+        let mut keys: Vec<SkuKey> = spanning
+            .iter()
+            .flat_map(|o| o.lines.iter().map(|l| l.key))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let mut groups: Vec<u32> = keys.iter().map(|k| self.keys.group(*k)).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("EXISTS").arg(self.keys.stock(*k));
+        }
+        for g in &groups {
+            pipe.cmd("XLEN").arg(self.keys.journal(*g));
+        }
+        let answers: Vec<i64> = self.query_pipe(&pipe).await?;
+        let (present, lengths) = answers.split_at(keys.len().min(answers.len()));
+        let missing: Vec<SkuKey> = keys
+            .iter()
+            .zip(present)
+            .filter(|(_, n)| **n == 0)
+            .map(|(k, _)| *k)
+            .collect();
+        let full: Vec<u32> = groups
+            .iter()
+            .zip(lengths)
+            .filter(|(_, n)| u64::try_from(**n).unwrap_or(0) >= params.max_journal_entries)
+            .map(|(g, _)| *g)
+            .collect();
+        if missing.is_empty() && full.is_empty() {
+            return Ok(());
+        }
+        let mut drops = Vec::new();
+        claimed.retain(|i| {
+            let Some(order) = orders.get(*i) else {
+                return true;
+            };
+            let groups = span(spans, *i);
+            if groups.len() < 2 {
+                return true;
+            }
+            let reply =
+                if let Some(line) = order.lines.iter().position(|l| missing.contains(&l.key)) {
+                    ReserveReply::NotFound { line }
+                } else if groups.iter().any(|g| full.contains(g)) {
+                    ReserveReply::JournalFull
+                } else {
+                    return true;
+                };
+            set(replies, *i, reply);
+            drops.push((
+                order.order_no.clone(),
+                format!(
+                    "?{}/{expire_at}",
+                    tokens.get(i).map(String::as_str).unwrap_or("0.0")
+                ),
+                "DROP".to_string(),
+            ));
+            false
+        });
+        self.settle(&drops).await
     }
 
     /// hold.lua for some claimed orders in one group: per order, whether the group holds

@@ -976,3 +976,31 @@ async fn cluster_an_order_lost_by_both_stores_is_named_and_never_confirmed() {
         .expect("entry");
     assert!(entry[0].is_none(), "{entry:?}");
 }
+
+/// An order spanning groups that names a position Redis does not have is refused before
+/// anything is held (no abort, so the orderNo stays free): once the position exists, the
+/// same orderNo is held.
+#[actix_web::test]
+async fn cluster_an_unknown_position_refuses_an_order_across_groups_before_any_hold() {
+    let _shared = CLUSTER_TOPOLOGY.read().await;
+    let app = spawn_cluster_app(&[]).await;
+    let keys = skus_on_every_master(app.redis.keys(), 8500).await;
+    app.stock_in(SkuId(keys[0].sku_id), WarehouseId(1), 5).await;
+    let body = json!({"orderNo": "NF-1", "items": [
+        {"skuId": keys[0].sku_id, "warehouseId": 1, "qty": 1},
+        {"skuId": keys[1].sku_id, "warehouseId": 1, "qty": 1}
+    ]});
+    let (status, reply) = app.post_json("/inventory/reserve", &body).await;
+    assert_eq!(status, 404, "{reply}");
+    app.drain_journal().await;
+    let mut conn = app.db_conn().await;
+    let ledger = inventory::store::models::LedgerEntry::for_position(&mut conn, keys[0])
+        .await
+        .expect("ledger");
+    let reasons: Vec<&str> = ledger.iter().map(|l| l.reason.as_str()).collect();
+    assert_eq!(reasons, vec!["INBOUND"], "nothing held, nothing aborted");
+    app.stock_in(SkuId(keys[1].sku_id), WarehouseId(1), 5).await;
+    let (status, reply) = app.post_json("/inventory/reserve", &body).await;
+    assert_eq!(status, 200, "{reply}");
+    app.assert_invariants(&keys[..2]).await;
+}
