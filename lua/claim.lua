@@ -2,9 +2,9 @@
 -- one request at a time reserves an orderNo and a repeat with other lines is a conflict even
 -- when its lines are in other slot groups. lua/lib.lua is prepended.
 --
--- KEYS[1] the directory shard. ARGV[1] unused (the caller's clock; Redis' own is used),
--- ARGV[2] the claim's token '<deadline ms>.<nonce>', ARGV[3] expireAt (ms) of the holds,
--- ARGV[4] number of orders, then per order: orderNo, its lines as 'w:s:q w:s:q ...'.
+-- KEYS[1] the directory shard. ARGV[1] the claim's token '<deadline ms>.<nonce>' (the
+-- deadline is checked against Redis' own clock), ARGV[2] expireAt (ms) of the holds,
+-- ARGV[3] number of orders, then per order: orderNo, its lines as 'w:s:q w:s:q ...'.
 --
 -- Reply items, one per order:
 --   CLAIMED                 the entry is ours ('?<token>/<x> lines'): hold the lines (also
@@ -15,10 +15,10 @@
 --   BUSY deadline           another request is reserving it now
 --   IN_DOUBT deadline       a claim whose deadline passed: resolve it first
 --   ABORTED:<kind> line# available   refused before after a partial hold (the same answer)
-local now, token, x = redis_now(), ARGV[2], ARGV[3]
+local now, token, x = redis_now(), ARGV[1], ARGV[2]
 local out = {}
-local at = 5
-for _ = 1, tonumber(ARGV[4]) do
+local at = 4
+for _ = 1, tonumber(ARGV[3]) do
   local order_no, lines = ARGV[at], ARGV[at + 1]
   at = at + 2
   local entry = parse_cluster_entry(redis.call('HGET', KEYS[1], order_no) or nil)

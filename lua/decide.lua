@@ -9,7 +9,8 @@
 --
 -- Reply items, one per order (n1: the hold's expireAt):
 --   DECIDED x           this call decided; apply it
---   SAME x applied      the same kind (confirm; release or expiry) was decided before
+--   SAME x applied letter  the same kind (confirm; release or expiry) was decided before;
+--                       letter as below (a release finishing an expiry applies it as one)
 --   OTHER x letter      the other kind was decided before (letter: 1 C, 2 R, 3 E)
 --   EXPIRED x           confirm refused: the hold expired (nothing decided)
 --   NOT_EXPIRED x       expiry refused: the hold has not expired
@@ -31,7 +32,7 @@ for _ = 1, tonumber(ARGV[2]) do
     local d = string.upper(entry.decision)
     local applied = (d ~= entry.decision) and 1 or 0
     if (d == 'C') == (kind == 'C') then
-      reply(out, 'SAME', entry.x, applied)
+      reply(out, 'SAME', entry.x, applied, LETTER[d])
     else
       reply(out, 'OTHER', entry.x, LETTER[d])
     end

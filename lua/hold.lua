@@ -6,7 +6,7 @@
 --
 -- KEYS: the group's orders, holds, journal; then the stock hash of each position.
 -- ARGV[1] now (ms, the ledger's time), ARGV[2] expireAt (ms), ARGV[3] max entries per
--- journal stream, ARGV[4] unused, ARGV[5] positions in the call, then per position: 1,
+-- journal stream, ARGV[4] positions in the call, then per position: 1,
 -- warehouseId, skuId; then the number of orders, then per order: orderNo, traceId, the
 -- claim's token, RESERVED | PENDING, number of lines, then per line: position#, qty.
 -- Nothing is held after the claim's deadline (Redis' clock): the resolver may act then.
@@ -19,7 +19,7 @@ local now, max_journal, clock = tonumber(ARGV[1]), tonumber(ARGV[3]), redis_now(
 local xs = ARGV[2]
 local groups = call_groups(0, 1)
 local g = groups[1]
-local positions, _, at = call_positions(6, tonumber(ARGV[5]), 3)
+local positions, _, at = call_positions(5, tonumber(ARGV[4]), 3)
 local norders = tonumber(ARGV[at])
 at = at + 1
 local starts = {}

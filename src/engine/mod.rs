@@ -140,9 +140,7 @@ pub fn ms_to_local_datetime(ms: i64) -> NaiveDateTime {
     crate::domain::ms_to_local(ms)
 }
 
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use crate::domain::now_ms;
 
 pub fn serialize_local_datetime<S: Serializer>(t: &NaiveDateTime, s: S) -> Result<S::Ok, S::Error> {
     let mut buf = [0u8; 19];

@@ -41,13 +41,6 @@ fn bad(script: &'static str, detail: impl Into<String>) -> RedisStoreError {
     }
 }
 
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// The state of a cluster directory entry (see lua/lib.lua, `parse_cluster_entry`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
@@ -267,17 +260,27 @@ impl RedisStore {
 
     /// settle.lua for (orderNo, head seen, action) triples.
     async fn settle(&self, entries: &[(String, String, String)]) -> RedisResult<()> {
+        self.settle_counting(entries).await.map(|_| ())
+    }
+
+    /// settle.lua for (orderNo, head seen, action) triples: how many took effect (the others
+    /// had changed since they were read).
+    pub(super) async fn settle_counting(
+        &self,
+        entries: &[(String, String, String)],
+    ) -> RedisResult<u64> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let nos: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-        self.per_shard("settle", &nos, &[], |i, inv| {
-            if let Some((no, head, action)) = entries.get(i) {
-                inv.arg(no).arg(head).arg(action);
-            }
-        })
-        .await?;
-        Ok(())
+        let items = self
+            .per_shard("settle", &nos, &[], |i, inv| {
+                if let Some((no, head, action)) = entries.get(i) {
+                    inv.arg(no).arg(head).arg(action);
+                }
+            })
+            .await?;
+        Ok(items.iter().filter(|item| item.status == "OK").count() as u64)
     }
 
     /// The raw records of orders in groups: one HMGET per group, all at once.
@@ -330,7 +333,11 @@ impl RedisStore {
         // commit or abort of another claim of the same orderNo cannot touch them.
         let mut tokens: HashMap<usize, String> = HashMap::new();
         for round in 0..BUSY_ROUNDS {
-            let now = if round == 0 { params.now_ms } else { wall_ms() };
+            let now = if round == 0 {
+                params.now_ms
+            } else {
+                crate::domain::now_ms()
+            };
             let token = format!(
                 "{}.{}",
                 now + self.pending_deadline_ms,
@@ -345,7 +352,7 @@ impl RedisStore {
                 .per_shard(
                     "claim",
                     &nos,
-                    &[now.to_string(), token.clone(), expire_at.to_string()],
+                    &[token.clone(), expire_at.to_string()],
                     |k, inv| {
                         let i = todo.get(k).copied().unwrap_or(usize::MAX);
                         if let (Some(o), Some(text)) = (orders.get(i), texts.get(i)) {
@@ -490,7 +497,7 @@ impl RedisStore {
                 per_group.entry(*g).or_default().push(*i);
             }
         }
-        let now = wall_ms().max(params.now_ms);
+        let now = crate::domain::now_ms().max(params.now_ms);
         let calls = per_group.iter().map(|(g, idx)| {
             self.hold_in_group(*g, idx, orders, &spans, &tokens, now, expire_at, params)
         });
@@ -827,7 +834,6 @@ impl RedisStore {
         inv.arg(now)
             .arg(expire_at)
             .arg(params.max_journal_entries)
-            .arg(0)
             .arg(positions.len());
         for k in &positions {
             inv.arg(1).arg(k.warehouse_id).arg(k.sku_id);
@@ -1013,9 +1019,15 @@ impl RedisStore {
         };
         // 1. Decide (waiting, bounded, for an order still being reserved).
         let mut todo: Vec<usize> = (0..orders.len()).collect();
-        let mut apply: Vec<(usize, bool)> = Vec::new(); // (order, decided by this call)
+        // (order, decided by this call, the decided kind when it is not the request's own:
+        // a release meeting an expiry's decision applies the expiry, and the reverse).
+        let mut apply: Vec<(usize, bool, Option<char>)> = Vec::new();
         for round in 0..BUSY_ROUNDS {
-            let now = if round == 0 { now_ms } else { wall_ms() };
+            let now = if round == 0 {
+                now_ms
+            } else {
+                crate::domain::now_ms()
+            };
             let nos: Vec<&str> = todo
                 .iter()
                 .filter_map(|i| orders.get(*i))
@@ -1039,12 +1051,18 @@ impl RedisStore {
                 let key = |r: fn(SkuKey) -> TransitionReply| first.map(r);
                 let reply = match item.status.as_str() {
                     "DECIDED" => {
-                        apply.push((i, true));
+                        apply.push((i, true, None));
                         None
                     }
                     "SAME" if item.n[1] == 1 => Some(TransitionReply::Exists),
                     "SAME" => {
-                        apply.push((i, false));
+                        let decided = match item.n[2] {
+                            2 => 'R',
+                            3 => 'E',
+                            _ => 'C',
+                        };
+                        let own = kind(&order.op).starts_with(decided);
+                        apply.push((i, false, (!own).then_some(decided)));
                         None
                     }
                     "OTHER" if order.op.is_confirm() => {
@@ -1079,13 +1097,21 @@ impl RedisStore {
 
         // 2. Apply in every group, 3. mark applied.
         if !apply.is_empty() {
-            let idx: Vec<usize> = apply.iter().map(|(i, _)| *i).collect();
+            let mut to_apply = Vec::with_capacity(apply.len());
+            for (i, _, decided) in &apply {
+                let mut order = at(orders, *i)?.clone();
+                if let Some(kind) = decided {
+                    order.op = decided_op(*kind);
+                }
+                to_apply.push(order);
+            }
+            let idx: Vec<usize> = (0..to_apply.len()).collect();
             let (outcomes, lv) = self
-                .apply_decisions(&idx, orders, now_ms, max_journal_entries)
+                .apply_decisions(&idx, &to_apply, now_ms, max_journal_entries)
                 .await?;
             levels.extend(lv);
             let mut settles = Vec::new();
-            for ((i, decided_here), outcome) in apply.iter().zip(outcomes) {
+            for ((i, decided_here, _), outcome) in apply.iter().zip(outcomes) {
                 match outcome {
                     None => {
                         settles.push(at(orders, *i)?.order_no.clone());
@@ -1128,27 +1154,35 @@ impl RedisStore {
         self.settle(&settles).await
     }
 
-    /// The raw directory values of orders, from their shards.
+    /// The raw directory values of orders: one HMGET per directory shard, all at once.
     pub(super) async fn raw_directory_cluster(
         &self,
         order_nos: &[String],
     ) -> RedisResult<Vec<Option<String>>> {
-        let reads = order_nos.iter().map(|no| {
+        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, no) in order_nos.iter().enumerate() {
+            by_shard
+                .entry(self.keys.directory_shard(no))
+                .or_default()
+                .push(i);
+        }
+        let reads = by_shard.iter().map(|(shard, idx)| {
             let mut conn = self.conn.clone();
-            let key = self.keys.directory_of(no);
-            async move {
-                redis::cmd("HGET")
-                    .arg(key)
-                    .arg(no)
-                    .query_async::<Option<String>>(&mut conn)
-                    .await
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(self.keys.directory_shard_key(*shard));
+            for i in idx {
+                cmd.arg(order_nos.get(*i).map_or("", String::as_str));
             }
+            async move { cmd.query_async::<Vec<Option<String>>>(&mut conn).await }
         });
         let results = self.timed(async { Ok(join_all(reads).await) }).await?;
-        results
-            .into_iter()
-            .map(|r| r.map_err(RedisStoreError::from))
-            .collect()
+        let mut out = vec![None; order_nos.len()];
+        for (idx, result) in by_shard.values().zip(results) {
+            for (i, raw) in idx.iter().zip(result.map_err(RedisStoreError::from)?) {
+                set(&mut out, *i, raw);
+            }
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
     }
 
     /// The cluster directory entries of orders (None: absent or a tombstone).
@@ -1344,23 +1378,7 @@ impl RedisStore {
                 kind,
                 applied: false,
             } => {
-                let op = match kind {
-                    'C' => TransitionOp::Confirm {
-                        even_if_expired: true,
-                    },
-                    'E' => TransitionOp::Release {
-                        reason: LedgerReason::Expired,
-                        remark: "hold expired".into(),
-                        only_if_expired: false,
-                        fence: 0,
-                    },
-                    _ => TransitionOp::Release {
-                        reason: LedgerReason::Release,
-                        remark: "completed by the supervisor".into(),
-                        only_if_expired: false,
-                        fence: 0,
-                    },
-                };
+                let op = decided_op(kind);
                 let order = TransitionOrder {
                     order_no: order_no.to_string(),
                     trace_id: String::new(),
@@ -1522,6 +1540,28 @@ impl RedisStore {
             }
         }
         Ok(report)
+    }
+}
+
+/// The transition that applies a decision someone else took (`kind` as stored: C, R, E),
+/// with that decision's ledger reason.
+fn decided_op(kind: char) -> TransitionOp {
+    match kind {
+        'C' => TransitionOp::Confirm {
+            even_if_expired: true,
+        },
+        'E' => TransitionOp::Release {
+            reason: LedgerReason::Expired,
+            remark: "hold expired".into(),
+            only_if_expired: false,
+            fence: 0,
+        },
+        _ => TransitionOp::Release {
+            reason: LedgerReason::Release,
+            remark: "release completed for an earlier request".into(),
+            only_if_expired: false,
+            fence: 0,
+        },
     }
 }
 

@@ -295,19 +295,14 @@ impl RedisStore {
             )
             .await?;
         let mut removed = 0;
+        // Lived-out tombstones go in one call, each only if no release renewed it since the
+        // scan read it.
+        let mut tombstones = Vec::new();
         for pair in flat.chunks(2) {
             let [order_no, raw] = pair else { continue };
             if let Some(DirectoryEntry::Tombstone { until_ms }) = DirectoryEntry::parse(raw) {
                 if until_ms <= now_ms {
-                    let _: i64 = self
-                        .timed(
-                            redis::cmd("HDEL")
-                                .arg(&key)
-                                .arg(order_no)
-                                .query_async(&mut conn),
-                        )
-                        .await?;
-                    removed += 1;
+                    tombstones.push((order_no.clone(), raw.clone()));
                 }
                 continue;
             }
@@ -362,6 +357,11 @@ impl RedisStore {
             self.run_script_one("settle", &settle).await?;
             removed += 1;
         }
+        let drops: Vec<(String, String, String)> = tombstones
+            .into_iter()
+            .map(|(no, raw)| (no, raw, "DROP_TOMBSTONE".to_string()))
+            .collect();
+        removed += self.settle_counting(&drops).await?;
         let next = if next != 0 {
             (u64::from(shard) << 48) | (next & LOW)
         } else if shard + 1 < self.keys.groups() {

@@ -1018,3 +1018,91 @@ async fn cluster_an_unknown_position_refuses_an_order_across_groups_before_any_h
     assert_eq!(status, 200, "{reply}");
     app.assert_invariants(&keys[..2]).await;
 }
+
+/// A decision taken and not applied everywhere (here: an expiry decided, then a crash) is
+/// completed by the next request with the decision's own ledger reason, not the request's:
+/// a release finishing an expiry writes EXPIRED. And the sweep removes a lived-out
+/// tombstone on a cluster (compared with what it read, so a renewed one would stay).
+#[actix_web::test]
+async fn cluster_a_decision_completed_by_a_later_request_keeps_its_reason() {
+    let _shared = CLUSTER_TOPOLOGY.read().await;
+    let app = spawn_cluster_app(&[]).await;
+    let keys = skus_on_every_master(app.redis.keys(), 8100).await;
+    for key in &keys[..2] {
+        app.stock_in(SkuId(key.sku_id), WarehouseId(1), 10).await;
+    }
+    let (status, body) = app
+        .post_json("/inventory/reserve", &order_body("DEC-1", &keys[..2]))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Expiry decided in the directory, applied nowhere yet.
+    let directory = app.redis.keys().directory_of("DEC-1");
+    let raw: String = app
+        .redis_cmd(redis::cmd("HGET").arg(&directory).arg("DEC-1"))
+        .await;
+    assert!(raw.starts_with(|c: char| c.is_ascii_digit()), "{raw}");
+    let _: i64 = app
+        .redis_cmd(
+            redis::cmd("HSET")
+                .arg(&directory)
+                .arg("DEC-1")
+                .arg(format!("E{raw}")),
+        )
+        .await;
+    let (status, body) = app
+        .post("/inventory/reservations/release?orderNo=DEC-1")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let audits = app.assert_invariants(&keys[..2]).await;
+    let mut conn = app.db_conn().await;
+    for (key, audit) in keys[..2].iter().zip(&audits) {
+        assert_eq!(audit.db_available, Some(10), "{audit:?}");
+        assert_eq!(audit.db_reserved, Some(0), "{audit:?}");
+        let ledger = inventory::store::models::LedgerEntry::for_position(&mut conn, *key)
+            .await
+            .expect("ledger");
+        let reasons: Vec<&str> = ledger.iter().map(|l| l.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            vec!["INBOUND", "RESERVE", "EXPIRED"],
+            "{ledger:#?}"
+        );
+    }
+    let entry = app
+        .redis
+        .cluster_entries(&["DEC-1".to_string()])
+        .await
+        .expect("entry");
+    assert!(
+        matches!(
+            entry[0].as_ref().map(|e| e.state),
+            Some(inventory::store::cluster::EntryState::Decided {
+                kind: 'E',
+                applied: true
+            })
+        ),
+        "{entry:?}"
+    );
+
+    // A tombstone lives out and the sweep takes it (and nothing else).
+    let (status, body) = app
+        .post("/inventory/reservations/release?orderNo=DEC-EARLY")
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(app.redis.has_tombstone("DEC-EARLY").await.expect("lookup"));
+    let later =
+        inventory::engine::now_ms() + app.settings.hold_ms() + app.settings.marker_ttl_ms() + 1_000;
+    let mut cursor = 0;
+    loop {
+        let (next, _) = app
+            .redis
+            .sweep_orders(cursor, 1000, later, app.settings.marker_ttl_ms())
+            .await
+            .expect("sweep");
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert!(!app.redis.has_tombstone("DEC-EARLY").await.expect("lookup"));
+}
