@@ -1106,3 +1106,89 @@ async fn cluster_a_decision_completed_by_a_later_request_keeps_its_reason() {
     }
     assert!(!app.redis.has_tombstone("DEC-EARLY").await.expect("lookup"));
 }
+
+/// The Kafka order path on a cluster: an ORDER_CREATED spanning all three masters is held
+/// and answered STOCK_RESERVED, one short in one group is answered STOCK_RESERVE_FAILED
+/// (and gives back what the other groups held), redeliveries answer the same, and a
+/// payment confirms the held order in every group.
+#[actix_web::test]
+async fn cluster_kafka_orders_across_masters_are_held_refused_and_confirmed() {
+    use crate::kafka::{mid, order_created, setup, WAIT};
+    let _shared = CLUSTER_TOPOLOGY.read().await;
+    wait_for_cluster().await;
+    let s = setup(&[
+        ("redis.cluster_urls", cluster_urls().into()),
+        ("redis.pending_deadline_ms", 1500.into()),
+        ("supervisor.tick_ms", 100.into()),
+    ])
+    .await;
+    let keys = skus_on_every_master(s.app.redis.keys(), 8200).await;
+    for key in &keys[..3] {
+        s.app.stock_in(SkuId(key.sku_id), WarehouseId(1), 5).await;
+    }
+    let items = |qtys: [i64; 3]| {
+        let lines: Vec<Value> = keys[..3]
+            .iter()
+            .zip(qtys)
+            .map(|(k, q)| json!({"skuId": k.sku_id, "warehouseId": 1, "qty": q}))
+            .collect();
+        Value::Array(lines).to_string()
+    };
+    let held_id = mid();
+    let held = order_created(&held_id, "KC-HELD", &items([2, 3, 4]));
+    let short_id = mid();
+    let short = order_created(&short_id, "KC-SHORT", &items([1, 1, 9]));
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "KC-HELD", &held)
+        .await;
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "KC-SHORT", &short)
+        .await;
+    // Redeliveries of both, same message ids.
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "KC-HELD", &held)
+        .await;
+    s.kafka
+        .send("ORDER_TOPIC", "ORDER_CREATED", "KC-SHORT", &short)
+        .await;
+    let out = s.kafka.collect("INVENTORY_TOPIC", 4, WAIT).await;
+    assert_eq!(out.len(), 4);
+    for m in &out {
+        let expected = if m.key == "KC-HELD" {
+            "STOCK_RESERVED"
+        } else {
+            "STOCK_RESERVE_FAILED"
+        };
+        assert_eq!(m.headers["tag"], expected, "{}", m.body);
+    }
+    let audits = s.app.assert_invariants(&keys[..3]).await;
+    let held_now: Vec<i64> = audits.iter().map(|a| a.lines_reserved).collect();
+    assert_eq!(held_now, vec![2, 3, 4], "{audits:?}");
+
+    let pay = crate::kafka::payment(&mid(), "KC-HELD");
+    s.kafka
+        .send("PAYMENT_TOPIC", "PAYMENT_SUCCEEDED", "KC-HELD", &pay)
+        .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = s.app.get("/inventory/reservations?orderNo=KC-HELD").await;
+        assert_eq!(status, 200, "{body}");
+        let states: Vec<&str> = body["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["status"].as_str())
+            .collect();
+        if states.len() == 3 && states.iter().all(|s| *s == "CONFIRMED") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not confirmed: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audits = s.app.assert_invariants(&keys[..3]).await;
+    for (audit, sold) in audits.iter().zip([2, 3, 4]) {
+        assert_eq!(audit.lines_reserved, 0, "{audit:?}");
+        assert_eq!(audit.lines_confirmed, sold, "{audit:?}");
+        assert_eq!(audit.db_available, Some(5 - sold), "{audit:?}");
+    }
+}

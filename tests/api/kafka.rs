@@ -192,14 +192,14 @@ pub fn mid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-struct Setup {
-    app: TestApp,
-    kafka: KafkaClient,
+pub(crate) struct Setup {
+    pub app: TestApp,
+    pub kafka: KafkaClient,
     // Dropped last: the broker.
     _cluster: MockCluster<'static, DefaultProducerContext>,
 }
 
-async fn setup(overrides: &[(&str, toml::Value)]) -> Setup {
+pub(crate) async fn setup(overrides: &[(&str, toml::Value)]) -> Setup {
     let cluster = MockCluster::new(1).expect("mock cluster");
     for topic in TOPICS {
         cluster.create_topic(topic, 2, 1).expect("topic");
@@ -222,7 +222,7 @@ async fn setup(overrides: &[(&str, toml::Value)]) -> Setup {
     }
 }
 
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 fn sorted_keys(v: &Value) -> Vec<String> {
     let mut keys: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
@@ -443,7 +443,7 @@ fn cancel(message_id: &str, order_no: &str) -> String {
     envelope(message_id, "OrderCanceledEvent", order_no, &payload)
 }
 
-fn payment(message_id: &str, order_no: &str) -> String {
+pub(crate) fn payment(message_id: &str, order_no: &str) -> String {
     let payload = format!(
         r#"{{"eventId":"p-{message_id}","payNo":"PAY-{order_no}","orderNo":"{order_no}","amount":10.00,"channel":"ALIPAY","channelTradeNo":"T1","paidAt":"2024-01-15T10:32:00","eventTime":"2024-01-15T10:32:00.000","traceId":"t","version":"1.0"}}"#
     );
