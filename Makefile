@@ -4,7 +4,7 @@ export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
 export KAFKA_BROKERS ?= 127.0.0.1:9092
 
-.PHONY: run run-cluster cluster test services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads bench-reconcile sim bench-faults
+.PHONY: run run-cluster cluster test alert-rules services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads bench-reconcile sim bench-faults
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
@@ -17,8 +17,16 @@ run: services
 
 ## Everything CI checks: formatting, clippy with -D warnings, all tests against real stores
 ## (fault injection and schemathesis fuzzing included).
-test: services cluster fuzz-tools lint clean-test-dbs
+# Prometheus is installed for the tests too (promtool and the alerting test).
+test: export PROMETHEUS := 1
+test: services cluster fuzz-tools lint clean-test-dbs alert-rules
 	cargo test --all-targets --features fault-injection -- --test-threads=4
+
+## The alert rules' unit tests (promtool; deploy/prometheus/alerts_test.yml).
+alert-rules: export PROMETHEUS := 1
+alert-rules: services
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 
 services:
 	@bash scripts/services.sh

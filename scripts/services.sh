@@ -19,6 +19,10 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+# Prometheus (alert rule tests and the alerting test) only when asked: `make test` asks.
+if [ "${PROMETHEUS:-0}" = 1 ]; then
+  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"

@@ -3,8 +3,33 @@
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// `reservations_total{outcome}` values (engine::reservation counts each request once).
+pub const RESERVE_OUTCOMES: [&str; 8] = [
+    "reserved",
+    "exists",
+    "insufficient",
+    "conflict",
+    "cancelled",
+    "not_found",
+    "overloaded",
+    "error",
+];
+
+/// `reconcile_differences_total{kind}` values (engine::reconcile).
+pub const DIFFERENCE_KINDS: [&str; 9] = [
+    "REDIS_STOCK",
+    "DB_STOCK",
+    "OVERSOLD",
+    "REDIS_MISSING",
+    "MARKER_MISSING",
+    "MARKER_STATE",
+    "ORDER_LOST",
+    "REDIS_LOST_DATA",
+    "UNVERIFIED",
+];
 
 /// Cheap to clone (one reference count): request paths clone it.
 #[derive(Clone)]
@@ -52,6 +77,9 @@ pub struct MetricSet {
     pub redis_rebuilds: IntCounterVec,
     pub orders_swept: IntCounter,
     pub leader: IntGauge,
+    pub store_up: IntGaugeVec,
+    pub readiness: IntGauge,
+    pub journal_oldest_age: Gauge,
 }
 
 impl Metrics {
@@ -244,6 +272,55 @@ impl Metrics {
             "supervisor_leader",
             "1 while this instance holds the supervisor lease",
         )?;
+        let store_up = IntGaugeVec::new(
+            Opts::new(
+                "store_up",
+                "1 when the store answered the last check (at every scrape and readiness call)",
+            ),
+            &["store"],
+        )?;
+        let readiness = IntGauge::new(
+            "readiness",
+            "Readiness as of the last check: 2 UP, 1 DEGRADED (DB down), 0 DOWN (Redis down)",
+        )?;
+        let journal_oldest_age = Gauge::new(
+            "journal_oldest_age_seconds",
+            "Age of the oldest journal entry not yet in the DB (0 when none waits)",
+        )?;
+        // Series an alert takes `rate()` or `increase()` of exist from the start at 0, so
+        // the first failure is an increase and not a series appearing at 1.
+        for outcome in RESERVE_OUTCOMES {
+            reservations.with_label_values(&[outcome]);
+        }
+        for outcome in ["released", "confirmed_paid", "kept", "fenced"] {
+            holds_expired.with_label_values(&[outcome]);
+        }
+        for kind in DIFFERENCE_KINDS {
+            reconcile_differences.with_label_values(&[kind]);
+            reconcile_repairs.with_label_values(&[kind]);
+        }
+        for kind in ["read", "write"] {
+            journal_write_failures.with_label_values(&[kind]);
+        }
+        for op in ["confirm", "release", "expire"] {
+            for outcome in ["done", "exists", "not_found", "invalid_status", "error"] {
+                transitions.with_label_values(&[op, outcome]);
+            }
+        }
+        for tag in [
+            "ORDER_CREATED",
+            "ORDER_CANCELED",
+            "PAYMENT_SUCCEEDED",
+            "AFTERSALE_REFUNDED",
+        ] {
+            kafka_dead_lettered.with_label_values(&[tag]);
+        }
+        for store in ["redis", "database"] {
+            store_up.with_label_values(&[store]);
+        }
+        registry.register(Box::new(store_up.clone()))?;
+        registry.register(Box::new(readiness.clone()))?;
+        registry.register(Box::new(journal_oldest_age.clone()))?;
         registry.register(Box::new(holds_expired.clone()))?;
         registry.register(Box::new(internal_errors.clone()))?;
         registry.register(Box::new(stock_cache_lookups.clone()))?;
@@ -310,6 +387,9 @@ impl Metrics {
             redis_rebuilds,
             orders_swept,
             leader,
+            store_up,
+            readiness,
+            journal_oldest_age,
         })))
     }
 

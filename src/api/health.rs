@@ -14,7 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::api::AppState;
-use crate::engine::persistence::GetLag;
+use crate::engine::persistence::{GetLag, PERSIST_GROUP};
 use crate::error::{ok, Code, Envelope};
 use crate::store::db;
 
@@ -106,6 +106,38 @@ fn store_health(result: Result<(), String>) -> StoreHealth {
     }
 }
 
+/// Pings both stores at once (bounded by CHECK_TIMEOUT) and records the outcome in the
+/// `store_up` and `readiness` gauges.
+async fn check_stores(state: &AppState) -> (Result<(), String>, Result<(), String>) {
+    let redis = async {
+        match tokio::time::timeout(CHECK_TIMEOUT, state.stock.redis().ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_string()),
+        }
+    };
+    let database = async {
+        match tokio::time::timeout(CHECK_TIMEOUT, check_db(state)).await {
+            Ok(result) => result,
+            Err(_) => Err("timed out".to_string()),
+        }
+    };
+    let (redis, database) = futures_util::join!(redis, database);
+    let m = &state.metrics;
+    m.store_up
+        .with_label_values(&["redis"])
+        .set(i64::from(redis.is_ok()));
+    m.store_up
+        .with_label_values(&["database"])
+        .set(i64::from(database.is_ok()));
+    m.readiness.set(match (&redis, &database) {
+        (Ok(()), Ok(())) => 2,
+        (Ok(()), Err(_)) => 1,
+        (Err(_), _) => 0,
+    });
+    (redis, database)
+}
+
 /// Readiness: UP, DEGRADED or DOWN, with the journal lag.
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
@@ -113,15 +145,7 @@ fn store_health(result: Result<(), String>) -> StoreHealth {
         (status = 503, description = "DOWN: Redis does not answer (code STORE_UNAVAILABLE, data as for 200)", body = crate::api::openapi::ErrorEnvelope),
     ))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let redis = match tokio::time::timeout(CHECK_TIMEOUT, state.stock.redis().ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".to_string()),
-    };
-    let database = match tokio::time::timeout(CHECK_TIMEOUT, check_db(&state)).await {
-        Ok(result) => result,
-        Err(_) => Err("timed out".to_string()),
-    };
+    let (redis, database) = check_stores(&state).await;
     let journal = match state.persistence.send(GetLag).await {
         Ok(Ok(lag)) => Some(JournalHealth {
             not_persisted: lag.not_persisted(),
@@ -173,6 +197,21 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         state.metrics.journal_lag.set(lag.not_persisted() as i64);
     }
     let _ = tokio::time::timeout(CHECK_TIMEOUT, state.expiry.lag()).await;
+    let (redis, _) = check_stores(&state).await;
+    if redis.is_ok() {
+        let oldest = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            state
+                .stock
+                .redis()
+                .journal_oldest_unpersisted_ms(PERSIST_GROUP),
+        )
+        .await;
+        if let Ok(Ok(oldest)) = oldest {
+            let age_ms = oldest.map_or(0, |at| (crate::domain::now_ms() - at).max(0));
+            state.metrics.journal_oldest_age.set(age_ms as f64 / 1000.0);
+        }
+    }
     state.stock.cache().entries();
     let mut body = state.metrics.render();
     // Only builds with the fault-injection feature have armed points to report.
