@@ -198,6 +198,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap_fn(api::metrics_middleware(app_state.metrics.clone()))
+                .wrap(api::request_span::logger())
                 .app_data(app_state.clone())
                 .app_data(web::PayloadConfig::new(max_body))
                 .configure(|cfg| api::configure(cfg, max_body))

@@ -4,6 +4,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// The target of the request and Kafka message spans. It is enabled at info whatever
+/// RUST_LOG says, so that every log line written inside one (a warning, an error) carries its
+/// trace_id and order_no.
+pub const SPAN_TARGET: &str = "inventory::span";
+
 pub fn init(format: LogFormat) {
     init_with_default(format, "info");
 }
@@ -12,6 +17,10 @@ pub fn init(format: LogFormat) {
 pub fn init_with_default(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = match format!("{SPAN_TARGET}=info").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     // Colours only on a terminal, never into log files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -19,7 +28,11 @@ pub fn init_with_default(format: LogFormat, default_level: &str) {
         .with_env_filter(filter)
         .with_ansi(ansi);
     let result = match format {
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
     // A second init (tests) keeps the first subscriber.

@@ -5,6 +5,7 @@ pub mod health;
 pub mod inventory;
 pub mod openapi;
 pub mod params;
+pub mod request_span;
 pub mod reservations;
 
 use actix::Addr;

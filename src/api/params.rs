@@ -76,19 +76,14 @@ pub fn check_identifier(name: &str, value: &str, max_len: usize) -> Result<(), A
     Ok(())
 }
 
-/// The caller's trace id (`X-Trace-Id`, when well-formed) or a new one.
+/// The request's trace id: the one its span carries (chosen when the request started, from
+/// `X-Trace-Id` when well-formed, else new).
 pub fn trace_id(req: &HttpRequest) -> String {
-    req.headers()
-        .get("x-trace-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+    use actix_web::HttpMessage;
+    match req.extensions().get::<crate::api::request_span::TraceId>() {
+        Some(id) => id.0.clone(),
+        None => crate::api::request_span::trace_id_from(req.headers()),
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -84,6 +84,7 @@ pub async fn reserve(
     body: web::Json<ReserveBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    crate::api::request_span::record_order_no(&body.order_no);
     let lines = lines_of(&body, state.settings.inventory.default_warehouse_id)?;
     let order_no = body.order_no.clone();
     let result = state

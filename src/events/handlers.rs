@@ -8,6 +8,8 @@
 use crate::domain::{SkuId, WarehouseId};
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use serde::de::DeserializeOwned;
 
@@ -148,6 +150,34 @@ impl OrderEventHandler {
 
     /// Handles one message completely, or says why it must be tried again.
     pub async fn handle(&self, msg: &OwnedMessage) -> Result<Handled, Retry> {
+        // One span per message: its log lines carry the envelope's traceId and the orderNo
+        // (the same trace id the ledger keeps), so a ledger row leads to them.
+        let span = tracing::info_span!(
+            target: crate::telemetry::SPAN_TARGET,
+            "kafka_message",
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            tag = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            order_no = tracing::field::Empty,
+        );
+        let result = self
+            .handle_in_span(msg, &span)
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| match &result {
+            Ok(handled) => tracing::debug!(?handled, "message handled"),
+            Err(retry) => tracing::debug!(?retry, "message to be retried"),
+        });
+        result
+    }
+
+    async fn handle_in_span(
+        &self,
+        msg: &OwnedMessage,
+        span: &tracing::Span,
+    ) -> Result<Handled, Retry> {
         let started = Instant::now();
         let text = match msg.payload().map(std::str::from_utf8) {
             Some(Ok(text)) => text,
@@ -162,6 +192,10 @@ impl OrderEventHandler {
             }
         };
         let tag = Self::tag_of(msg, Some(&envelope));
+        span.record("tag", tag.as_str());
+        if let Some(order_no) = envelope.business_key.as_deref() {
+            span.record("order_no", order_no);
+        }
         let k = self.kafka();
         let enabled = match tag.as_str() {
             wire::TAG_ORDER_CREATED => k.consume_order_created,
@@ -209,6 +243,7 @@ impl OrderEventHandler {
             .clone()
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| envelope.message_id.clone());
+        span.record("trace_id", trace_id.as_str());
         // One line per event kind; each parses its own payload. Err(reason): the message
         // goes to the dead-letter topic.
         // An order's outcome is published only once it is recorded: published first, a

@@ -44,6 +44,10 @@ fn service_log() -> Stdio {
         .map_or_else(Stdio::null, Stdio::from)
 }
 
+/// Set in the environment given to `try_start_service_with`: the service's output goes to
+/// this file.
+pub const LOG_FILE_ENV: &str = "INVENTORY_TEST_LOG_FILE";
+
 /// The real binary against the given database and key prefix.
 pub async fn start_service_with(db_url: &str, prefix: &str, env: &[(&str, &str)]) -> Service {
     match try_start_service_with(db_url, prefix, env).await {
@@ -60,6 +64,15 @@ pub async fn try_start_service_with(
     env: &[(&str, &str)],
 ) -> Result<Service, String> {
     let port = free_port();
+    // A caller that reads the log names the file in the environment it passes.
+    let (stdout, stderr) = match env.iter().find(|(k, _)| *k == LOG_FILE_ENV) {
+        Some((_, path)) => {
+            let file = std::fs::File::create(path).map_err(|e| format!("log file: {e}"))?;
+            let copy = file.try_clone().map_err(|e| format!("log file: {e}"))?;
+            (Stdio::from(file), Stdio::from(copy))
+        }
+        None => (service_log(), service_log()),
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_inventory-service"))
         .env("INVENTORY__HTTP__BIND", format!("127.0.0.1:{port}"))
         .env("INVENTORY__DATABASE__URL", db_url)
@@ -73,8 +86,8 @@ pub async fn try_start_service_with(
         .env("RUST_LOG", "error")
         // The caller's settings win.
         .envs(env.iter().copied())
-        .stdout(service_log())
-        .stderr(service_log())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("service does not start: {e}"))?;
     let mut service = Service {

@@ -17,6 +17,7 @@ mod kafka;
 mod kafka_e2e;
 mod kafka_restart;
 mod layout;
+mod logs;
 mod openapi;
 mod reads;
 mod reservations;

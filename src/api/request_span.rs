@@ -1,0 +1,130 @@
+//! One tracing span per HTTP request (through `tracing-actix-web`), carrying the request's
+//! trace id and, once known, its orderNo. The trace id is the one the ledger keeps (the
+//! handlers read it back from the request, `params::trace_id`), so a ledger row's trace id
+//! finds the request's log lines.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::HeaderMap;
+use actix_web::HttpMessage;
+use tracing::field::Empty;
+use tracing::Span;
+use tracing_actix_web::{RootSpanBuilder, TracingLogger};
+
+/// The request's trace id, chosen once when the request starts.
+#[derive(Debug, Clone)]
+pub struct TraceId(pub String);
+
+/// The caller's `X-Trace-Id` when well-formed (1-64 of `[A-Za-z0-9_-]`), else a new one.
+pub fn trace_id_from(headers: &HeaderMap) -> String {
+    headers
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+/// `orderNo` from a query string, if there is one (confirm, release, reads).
+fn order_no_in(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "orderNo").then(|| percent_decode(v).chars().take(64).collect::<String>())
+    })
+}
+
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(*b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Records the orderNo of a request whose orderNo is in its body (reserve).
+pub fn record_order_no(order_no: &str) {
+    Span::current().record("order_no", order_no);
+}
+
+pub struct RequestSpan;
+
+impl RootSpanBuilder for RequestSpan {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let trace_id = trace_id_from(request.headers());
+        let route = request
+            .match_pattern()
+            .unwrap_or_else(|| request.path().to_string());
+        let span = tracing::info_span!(
+            target: crate::telemetry::SPAN_TARGET,
+            "request",
+            method = %request.method(),
+            route = %route,
+            trace_id = %trace_id,
+            order_no = Empty,
+            status = Empty,
+        );
+        if let Some(order_no) = order_no_in(request.query_string()) {
+            span.record("order_no", order_no.as_str());
+        }
+        request.extensions_mut().insert(TraceId(trace_id));
+        span
+    }
+
+    fn on_request_end<B: MessageBody>(
+        span: Span,
+        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+        let status = match outcome {
+            Ok(response) => response.response().status().as_u16(),
+            Err(e) => e.as_response_error().status_code().as_u16(),
+        };
+        span.record("status", status);
+        // The access log, off by default (RUST_LOG=inventory::access=debug turns it on).
+        span.in_scope(|| tracing::debug!(target: "inventory::access", status, "request done"));
+    }
+}
+
+/// The middleware: wrap the app with it.
+pub fn logger() -> TracingLogger<RequestSpan> {
+    TracingLogger::<RequestSpan>::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_no_is_read_from_the_query_string() {
+        assert_eq!(
+            order_no_in("a=1&orderNo=ORD%2D1+x&b=2").as_deref(),
+            Some("ORD-1 x")
+        );
+        assert_eq!(order_no_in("orderNo=").as_deref(), Some(""));
+        assert_eq!(order_no_in("skuId=1"), None);
+        assert_eq!(order_no_in(""), None);
+    }
+}
