@@ -230,6 +230,8 @@ pub struct KafkaSettings {
     pub aftersales_topic: String,
     pub inventory_topic: String,
     pub dead_letter_topic: String,
+    /// Stock-level events; empty: none are published.
+    pub alert_topic: String,
     pub consume_order_created: bool,
     pub consume_order_canceled: bool,
     pub consume_payment_succeeded: bool,
@@ -653,18 +655,25 @@ impl Settings {
                 ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
                 ("kafka.group_id", &self.kafka.group_id),
             ] {
-                if topic.is_empty()
-                    || topic.len() > 128
-                    || !topic
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-                {
-                    return Err(invalid(
-                        key,
-                        "must be 1-128 characters of letters, digits, '.', '_' or '-'",
-                    ));
-                }
+                check_topic(key, topic)?;
             }
+            if !self.kafka.alert_topic.is_empty() {
+                check_topic("kafka.alert_topic", &self.kafka.alert_topic)?;
+            }
+        }
+        fn check_topic(key: &str, topic: &str) -> Result<(), ConfigError> {
+            if topic.is_empty()
+                || topic.len() > 128
+                || !topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                return Err(invalid(
+                    key,
+                    "must be 1-128 characters of letters, digits, '.', '_' or '-'",
+                ));
+            }
+            Ok(())
         }
         check_range(
             "kafka.topic_partitions",

@@ -16,6 +16,7 @@ use crate::engine::reconcile::Reconciler;
 use crate::engine::reservation::ReservationEngine;
 use crate::engine::shard::{ShardActor, ShardCore};
 use crate::engine::stock::StockService;
+use crate::engine::stock_level::StockLevelSink;
 use crate::engine::supervisor::{ExpiryJob, StopSupervisor, SupervisorActor, SupervisorCore};
 use crate::engine::EngineError;
 use crate::events::consumer::KafkaConsumer;
@@ -114,13 +115,32 @@ impl Application {
         }
         redis.mark_epoch().await?;
 
-        let persister = JournalPersister::new(
+        // The producer is shared by the order events and the persistence path's stock-level
+        // events.
+        let publisher = if settings.kafka.enabled {
+            if settings.kafka.create_topics {
+                crate::events::producer::ensure_topics(&settings.kafka).await;
+            }
+            Some(EventPublisher::new(&settings.kafka)?)
+        } else {
+            None
+        };
+        let mut persister = JournalPersister::new(
             redis.dedicated().await?,
             pool.clone(),
             consumer_name(port),
             settings.journal.clone(),
             metrics.clone(),
         );
+        if let Some(publisher) = &publisher {
+            if !settings.kafka.alert_topic.is_empty() {
+                persister = persister.with_stock_levels(StockLevelSink::new(
+                    publisher.clone(),
+                    settings.kafka.alert_topic.clone(),
+                    settings.kafka.source.clone(),
+                ));
+            }
+        }
         persister.prepare().await?;
         let persistence = PersistenceActor::new(persister, redis.clone()).start();
 
@@ -151,11 +171,7 @@ impl Application {
         ))
         .start();
 
-        let kafka = if settings.kafka.enabled {
-            if settings.kafka.create_topics {
-                crate::events::producer::ensure_topics(&settings.kafka).await;
-            }
-            let publisher = EventPublisher::new(&settings.kafka)?;
+        let kafka = if let Some(publisher) = publisher {
             let handler = OrderEventHandler::new(
                 reservations.clone(),
                 stock.clone(),
@@ -198,7 +214,6 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap_fn(api::metrics_middleware(app_state.metrics.clone()))
-                .wrap(api::request_span::logger())
                 .app_data(app_state.clone())
                 .app_data(web::PayloadConfig::new(max_body))
                 .configure(|cfg| api::configure(cfg, max_body))

@@ -10,7 +10,9 @@ use crate::api::params::{check_identifier, check_len, optional_id, positive_id, 
 use crate::api::AppState;
 use crate::domain::{LedgerReason, SkuKey};
 use crate::engine::reconcile::ReconcileReport;
-use crate::engine::stock::{AdjustRequest, AdjustResult, InventoryView, ReadSource, SyncResult};
+use crate::engine::stock::{
+    AdjustRequest, AdjustResult, InventoryView, ReadSource, SyncResult, ThresholdView,
+};
 use crate::error::{ok, ok_sized, ApiError};
 
 fn position(
@@ -198,6 +200,52 @@ pub async fn sync_to_redis(
 ) -> Result<HttpResponse, ApiError> {
     let key = position(&state, &path, &query)?;
     Ok(ok(state.stock.sync(key).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ThresholdBody {
+    /// Units at or below which STOCK_LOW is told (0 to inventory.max_stock_qty); null
+    /// clears it. Required (a body without it is refused rather than read as "clear").
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, required = true)]
+    pub low_stock_threshold: Option<Option<i64>>,
+}
+
+/// A field that is there, null or not (absent stays None).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(d).map(Some)
+}
+
+/// Admin: sets or clears a position's low-stock threshold
+/// (`PUT /inventory/{skuId}/low-stock-threshold?warehouseId=W`). STOCK_LOW is told when
+/// available falls from above it to it or below; every instance uses a new value within
+/// 5 s (docs/events.md, "Stock-level events").
+#[utoipa::path(put, path = "/inventory/{skuId}/low-stock-threshold", tag = "inventory",
+    request_body = ThresholdBody,
+    params(("skuId" = i64, Path, minimum = 1, description = "The SKU"), ("warehouseId" = Option<i64>, Query, minimum = 1, description = "Default: inventory.default_warehouse_id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Set (or cleared)", body = crate::api::openapi::Success<ThresholdView>),
+        (status = 404, description = "INVENTORY_NOT_FOUND: the position has no stock record", body = crate::api::openapi::ErrorEnvelope),
+        crate::api::openapi::BodyErrors,
+    ))]
+pub async fn set_low_stock_threshold(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+    body: web::Json<ThresholdBody>,
+) -> Result<HttpResponse, ApiError> {
+    let key = position(&state, &path, &query)?;
+    let Some(threshold) = body.into_inner().low_stock_threshold else {
+        return Err(ApiError::invalid(
+            "lowStockThreshold is required (null clears the threshold)",
+        ));
+    };
+    Ok(ok(state
+        .stock
+        .set_low_stock_threshold(key, threshold)
+        .await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

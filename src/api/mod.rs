@@ -15,6 +15,7 @@ use actix_web::http::Method;
 use actix_web::middleware::from_fn;
 use actix_web::{web, FromRequest, Handler, HttpRequest, HttpResponse, Responder};
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::engine::persistence::PersistenceActor;
@@ -293,10 +294,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         )
         .wrap(from_fn(auth::admin_only)),
     )
+    .service(
+        endpoint(
+            Method::PUT,
+            "/inventory/{skuId}/low-stock-threshold",
+            inventory::set_low_stock_threshold,
+        )
+        .wrap(from_fn(auth::admin_only)),
+    )
     .default_service(web::to(not_found));
 }
 
-/// Counts requests and their latency by route pattern (bounded label set).
+/// Runs each request in its span (`request_span`) and counts requests and their latency by
+/// route pattern (bounded label set).
 pub fn metrics_middleware<S, B>(
     metrics: Metrics,
 ) -> impl Fn(
@@ -321,23 +331,29 @@ where
             .match_pattern()
             .unwrap_or_else(|| "unmatched".to_string());
         let method = req.method().to_string();
-        srv.call(req)
-            .map(move |result| {
-                let status = match &result {
-                    Ok(res) => res.status().as_u16().to_string(),
-                    Err(e) => e.as_response_error().status_code().as_u16().to_string(),
-                };
-                metrics
-                    .http_requests
-                    .with_label_values(&[&method, &route, &status])
-                    .inc();
-                metrics
-                    .http_latency
-                    .with_label_values(&[&method, &route])
-                    .observe(started.elapsed().as_secs_f64());
-                result
-            })
-            .boxed_local()
+        // The request's span (trace_id, order_no) is entered whenever its handler runs.
+        let span = request_span::start(&req, &method, &route);
+        let call = span.in_scope(|| srv.call(req));
+        let span_end = span.clone();
+        call.map(move |result| {
+            let code = match &result {
+                Ok(res) => res.status().as_u16(),
+                Err(e) => e.as_response_error().status_code().as_u16(),
+            };
+            request_span::end(&span_end, code);
+            let status = code.to_string();
+            metrics
+                .http_requests
+                .with_label_values(&[&method, &route, &status])
+                .inc();
+            metrics
+                .http_latency
+                .with_label_values(&[&method, &route])
+                .observe(started.elapsed().as_secs_f64());
+            result
+        })
+        .instrument(span)
+        .boxed_local()
     }
 }
 

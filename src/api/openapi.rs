@@ -157,6 +157,7 @@ Every JSON answer is the envelope {code, message, data}; code \"0\" is success. 
         inventory::query_many,
         inventory::sync_to_redis,
         inventory::adjust_stock,
+        inventory::set_low_stock_threshold,
         inventory::reconcile,
         health::live,
         health::ready,
@@ -192,6 +193,9 @@ pub fn document(settings: &Settings) -> Value {
         qty["maximum"] = json!(limits.max_qty_per_line);
     }
     schemas["ReserveBody"]["properties"]["items"]["minItems"] = json!(1);
+    let threshold = &mut schemas["ThresholdBody"]["properties"]["lowStockThreshold"];
+    threshold["minimum"] = json!(0);
+    threshold["maximum"] = json!(limits.max_stock_qty);
     // One line (skuId, qty, optional warehouseId) or several (items), never both.
     schemas["ReserveBody"]["oneOf"] = json!([
         {"required": ["skuId", "qty"], "not": {"required": ["items"]}},

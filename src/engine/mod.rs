@@ -8,6 +8,7 @@ pub mod reservation;
 pub mod shard;
 pub mod stock;
 pub mod stock_cache;
+pub mod stock_level;
 pub mod supervisor;
 
 use chrono::NaiveDateTime;

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use tokio::sync::watch;
 
 use crate::config::JournalSettings;
+use crate::engine::stock_level::StockLevelSink;
 use crate::metrics::Metrics;
 use crate::store::db::{self, DbError, DbPool};
 use crate::store::journal::{parse_entry, persist_batch, plan_batch, txn_prefix};
@@ -27,6 +28,8 @@ pub enum PersistError {
     Db(#[from] DbError),
     #[error(transparent)]
     Fault(#[from] crate::fault::Injected),
+    #[error("stock-level event: {0}")]
+    Publish(#[from] crate::events::producer::PublishError),
 }
 
 /// The logic, without the actor: read, write, acknowledge.
@@ -40,6 +43,8 @@ pub struct JournalPersister {
     pending_first: bool,
     last_claim: Instant,
     last_trim: Instant,
+    /// Stock-level events, when Kafka and `kafka.alert_topic` are on.
+    stock_levels: Option<StockLevelSink>,
 }
 
 impl JournalPersister {
@@ -60,7 +65,15 @@ impl JournalPersister {
             pending_first: true,
             last_claim: Instant::now(),
             last_trim: Instant::now(),
+            stock_levels: None,
         }
+    }
+
+    /// Publishes stock-level events of every persisted batch, after its commit and before
+    /// its acknowledgement (a crash in between derives and sends the same events again).
+    pub fn with_stock_levels(mut self, sink: StockLevelSink) -> Self {
+        self.stock_levels = Some(sink);
+        self
     }
 
     pub async fn prepare(&self) -> Result<(), PersistError> {
@@ -145,14 +158,21 @@ impl JournalPersister {
             }
         }
         let writes = plan_batch(&parsed);
-        {
+        let levels = {
             let mut conn = db::connection(&self.pool).await?;
             persist_batch(&mut conn, &writes)
                 .await
                 .map_err(DbError::from)?;
-        }
+            match &self.stock_levels {
+                Some(sink) => sink.derive(&mut conn, &parsed).await?,
+                None => Vec::new(),
+            }
+        };
         // Committed, not acknowledged: the entries are read again and must insert nothing.
         crate::fault::point("persist.before_ack").await?;
+        if let Some(sink) = &self.stock_levels {
+            sink.publish(&levels).await?;
+        }
         let ids: Vec<(u32, String)> = entries.iter().map(|e| (e.group, e.id.clone())).collect();
         self.redis.ack_journal(PERSIST_GROUP, &ids).await?;
         self.metrics

@@ -15,8 +15,8 @@ use crate::domain::{LedgerReason, SkuKey, StockLevels};
 use crate::engine::stock_cache::{CacheMetrics, CachedLevels, RowMeta, StockCache};
 use crate::engine::EngineError;
 use crate::metrics::Metrics;
-use crate::store::db::{self, DbPool};
-use crate::store::models::{Inventory, Reservation};
+use crate::store::db::{self, DbError, DbPool};
+use crate::store::models::{Inventory, Reservation, StockThreshold};
 use crate::store::redis::{AdjustCommand, AdjustOutcome, RedisStore, SyncStatus};
 use crate::store::supervision::OrderSnapshot;
 use crate::store::wire::RecordLine;
@@ -72,6 +72,16 @@ pub struct AdjustResult {
     pub reserved_qty: i64,
     /// Whether the DB had the change when we answered.
     pub persisted: bool,
+}
+
+/// A position's low-stock threshold (STOCK_LOW events, docs/events.md).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ThresholdView {
+    pub sku_id: i64,
+    pub warehouse_id: i64,
+    /// null: none (STOCK_OUT and STOCK_BACK are still told).
+    pub low_stock_threshold: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -565,6 +575,43 @@ impl StockService {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// Sets (Some) or clears (None) a position's low-stock threshold, 0 to
+    /// `inventory.max_stock_qty`. The position must exist in the DB.
+    pub async fn set_low_stock_threshold(
+        &self,
+        key: SkuKey,
+        threshold: Option<i64>,
+    ) -> Result<ThresholdView, EngineError> {
+        let max = self.settings.inventory.max_stock_qty;
+        let value = match threshold {
+            Some(t) if !(0..=max).contains(&t) => {
+                return Err(EngineError::QuantityOutOfRange(format!(
+                    "lowStockThreshold must be 0 to {max}, got {t}"
+                )))
+            }
+            Some(t) => Some(i32::try_from(t).map_err(|_| {
+                EngineError::QuantityOutOfRange(format!("lowStockThreshold {t} is too large"))
+            })?),
+            None => None,
+        };
+        let mut conn = db::connection(&self.pool).await?;
+        if Inventory::find(&mut conn, key)
+            .await
+            .map_err(DbError::from)?
+            .is_none()
+        {
+            return Err(EngineError::InventoryNotFound(key));
+        }
+        StockThreshold::set(&mut conn, key, value)
+            .await
+            .map_err(DbError::from)?;
+        Ok(ThresholdView {
+            sku_id: key.sku_id,
+            warehouse_id: key.warehouse_id,
+            low_stock_threshold: value.map(i64::from),
+        })
     }
 
     /// Copies the DB's stock to Redis. While Redis is ahead of the DB (the journal has

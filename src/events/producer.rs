@@ -13,7 +13,7 @@ use crate::events::client_log::KafkaLogContext;
 use rdkafka::util::Timeout;
 
 use crate::config::KafkaSettings;
-use crate::events::wire::Outcome;
+use crate::events::wire::{Outcome, StockLevelMessage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -43,9 +43,11 @@ pub async fn ensure_topics(settings: &KafkaSettings) {
         &settings.aftersales_topic,
         &settings.inventory_topic,
         &settings.dead_letter_topic,
+        &settings.alert_topic,
     ];
     let topics: Vec<NewTopic> = names
         .iter()
+        .filter(|name| !name.is_empty())
         .map(|name| NewTopic::new(name, settings.topic_partitions, TopicReplication::Fixed(1)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -145,6 +147,25 @@ impl EventPublisher {
             headers,
         )
         .await
+    }
+
+    /// Sends a stock-level event to `topic` and waits for the broker's acknowledgement.
+    pub async fn publish_stock_level(
+        &self,
+        topic: &str,
+        message: &StockLevelMessage,
+    ) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(&message.envelope)?;
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "tag",
+                value: Some(message.tag),
+            })
+            .insert(Header {
+                key: "traceId",
+                value: Some(message.trace_id.as_str()),
+            });
+        self.send(topic, &message.key, &body, headers).await
     }
 
     /// Waits for everything queued to be delivered (shutdown).

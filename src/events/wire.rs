@@ -13,6 +13,9 @@ pub const TAG_PAYMENT_SUCCEEDED: &str = "PAYMENT_SUCCEEDED";
 pub const TAG_AFTERSALE_REFUNDED: &str = "AFTERSALE_REFUNDED";
 pub const TAG_STOCK_RESERVED: &str = "STOCK_RESERVED";
 pub const TAG_STOCK_RESERVE_FAILED: &str = "STOCK_RESERVE_FAILED";
+pub const TAG_STOCK_LOW: &str = "STOCK_LOW";
+pub const TAG_STOCK_OUT: &str = "STOCK_OUT";
+pub const TAG_STOCK_BACK: &str = "STOCK_BACK";
 
 pub const EVENT_VERSION: &str = "1.0";
 
@@ -324,6 +327,67 @@ impl Outcome {
             source: Some(source.to_string()),
             payload: self.payload.clone(),
         }
+    }
+}
+
+/// STOCK_LOW, STOCK_OUT and STOCK_BACK (on `kafka.alert_topic`): a position's available
+/// stock crossed its low-stock threshold, reached zero, or came back from zero.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StockLevelEvent {
+    pub event_id: String,
+    pub sku_id: i64,
+    pub warehouse_id: i64,
+    /// Available units after the change that crossed the level.
+    pub available_qty: i64,
+    /// The position's low-stock threshold when the event was derived (null: none set).
+    pub threshold: Option<i64>,
+    pub event_time: String,
+    pub version: String,
+}
+
+/// A stock-level event ready to send: tag, key and the whole envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockLevelMessage {
+    pub tag: &'static str,
+    /// `warehouseId:skuId`: one position's events stay in order on one partition.
+    pub key: String,
+    pub trace_id: String,
+    pub envelope: Envelope,
+}
+
+impl StockLevelMessage {
+    /// `journal_ref` names the journal line the event comes from; the ids derive from it, so
+    /// a replay of the journal sends the identical message.
+    pub fn new(
+        tag: &'static str,
+        event: StockLevelEvent,
+        journal_ref: &str,
+        trace_id: &str,
+        source: &str,
+    ) -> Result<Self, serde_json::Error> {
+        let event_type = match tag {
+            TAG_STOCK_LOW => "StockLowEvent",
+            TAG_STOCK_OUT => "StockOutEvent",
+            _ => "StockBackEvent",
+        };
+        let key = format!("{}:{}", event.warehouse_id, event.sku_id);
+        let envelope = Envelope {
+            message_id: derived_id(journal_ref, "stock-level-envelope"),
+            business_key: Some(key.clone()),
+            trace_id: Some(trace_id.to_string()),
+            event_type: event_type.to_string(),
+            version: EVENT_VERSION.to_string(),
+            event_time: Some(event.event_time.clone()),
+            source: Some(source.to_string()),
+            payload: serde_json::to_string(&event)?,
+        };
+        Ok(StockLevelMessage {
+            tag,
+            key,
+            trace_id: trace_id.to_string(),
+            envelope,
+        })
     }
 }
 

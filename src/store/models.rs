@@ -11,7 +11,9 @@ use diesel::sql_types::BigInt;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
 
 use crate::domain::{SkuKey, StockLevels};
-use crate::store::schema::{t_inventory, t_inventory_reservation, t_inventory_txn};
+use crate::store::schema::{
+    t_inventory, t_inventory_reservation, t_inventory_txn, t_stock_threshold,
+};
 use crate::store::sql_text::{push_datetime, push_int, push_opt_text, push_text};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -559,5 +561,80 @@ impl ConsumeLog {
             conn.batch_execute(&sql).await?;
         }
         Ok(rows.len())
+    }
+}
+
+/// A position's low-stock threshold (`t_stock_threshold`): the persistence path tells
+/// STOCK_LOW when available falls to it or below.
+pub struct StockThreshold;
+
+impl StockThreshold {
+    /// Sets (Some) or clears (None) the threshold of a position. A cleared one stays as
+    /// NULL, with a new updated_at (see `last_change`).
+    pub async fn set(
+        conn: &mut AsyncMysqlConnection,
+        key: SkuKey,
+        threshold: Option<i32>,
+    ) -> QueryResult<()> {
+        use t_stock_threshold::dsl as t;
+        diesel::replace_into(t::t_stock_threshold)
+            .values((
+                t::sku_id.eq(key.sku_id),
+                t::warehouse_id.eq(key.warehouse_id),
+                t::low_stock_threshold.eq(threshold),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get(conn: &mut AsyncMysqlConnection, key: SkuKey) -> QueryResult<Option<i32>> {
+        use t_stock_threshold::dsl as t;
+        Ok(t::t_stock_threshold
+            .filter(t::sku_id.eq(key.sku_id))
+            .filter(t::warehouse_id.eq(key.warehouse_id))
+            .select(t::low_stock_threshold)
+            .first::<Option<i32>>(conn)
+            .await
+            .optional()?
+            .flatten())
+    }
+
+    /// How many rows and the newest change: a cache of thresholds is stale when this
+    /// differs from what it was filled under.
+    pub async fn last_change(
+        conn: &mut AsyncMysqlConnection,
+    ) -> QueryResult<(i64, Option<NaiveDateTime>)> {
+        use t_stock_threshold::dsl as t;
+        t::t_stock_threshold
+            .select((diesel::dsl::count_star(), diesel::dsl::max(t::updated_at)))
+            .first(conn)
+            .await
+    }
+
+    /// The thresholds of those positions that have one (one query).
+    pub async fn for_positions(
+        conn: &mut AsyncMysqlConnection,
+        keys: &[SkuKey],
+    ) -> QueryResult<HashMap<SkuKey, i64>> {
+        use t_stock_threshold::dsl as t;
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut skus: Vec<i64> = keys.iter().map(|k| k.sku_id).collect();
+        skus.sort_unstable();
+        skus.dedup();
+        let rows: Vec<(i64, i64, Option<i32>)> = t::t_stock_threshold
+            .filter(t::sku_id.eq_any(skus))
+            .filter(t::low_stock_threshold.is_not_null())
+            .select((t::sku_id, t::warehouse_id, t::low_stock_threshold))
+            .load(conn)
+            .await?;
+        let wanted: std::collections::HashSet<&SkuKey> = keys.iter().collect();
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, w, v)| Some((SkuKey::new(WarehouseId(w), SkuId(s)), i64::from(v?))))
+            .filter(|(k, _)| wanted.contains(k))
+            .collect())
     }
 }

@@ -80,6 +80,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    t_stock_threshold (sku_id, warehouse_id) {
+        sku_id -> BigInt,
+        warehouse_id -> BigInt,
+        low_stock_threshold -> Nullable<Integer>,
+        updated_at -> Datetime,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     t_inventory,
     t_inventory_reservation,

@@ -167,6 +167,17 @@ impl TestApp {
         decode(response).await
     }
 
+    pub async fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        decode(response).await
+    }
+
     pub async fn post_raw(&self, path: &str, content_type: &str, body: &str) -> (u16, Value) {
         let response = self
             .client

@@ -22,6 +22,7 @@ const TOPICS: &[&str] = &[
     "AFTERSALES_TOPIC",
     "INVENTORY_TOPIC",
     "INVENTORY_DLQ",
+    "INVENTORY_ALERT_TOPIC",
 ];
 
 pub struct Received {
@@ -625,4 +626,136 @@ async fn a_consumer_restarted_mid_stream_loses_nothing_and_reserves_nothing_twic
     let audits = s.app.assert_invariants(&[key]).await;
     assert_eq!(audits[0].lines_reserved, 150);
     assert_eq!(audits[0].db_available, Some(0));
+}
+
+/// Stock-level events: a flash sale from 100 to 0 with a threshold of 10 tells one
+/// STOCK_LOW and one STOCK_OUT (not one per order), a restock tells STOCK_BACK; a bad
+/// threshold is refused and changes nothing.
+#[actix_web::test]
+async fn a_flash_sale_tells_stock_low_and_out_once_and_a_restock_tells_back() {
+    let s = setup(&[]).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(9101));
+    s.app.stock_in(SkuId(9101), WarehouseId(1), 100).await;
+    let (status, body) = s
+        .app
+        .put_json(
+            "/inventory/9101/low-stock-threshold?warehouseId=1",
+            &serde_json::json!({"lowStockThreshold": 10}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["lowStockThreshold"], 10, "{body}");
+    // Bad input: refused with a code, the threshold stays.
+    for (path, bad, code, want) in [
+        (
+            "/inventory/9101/low-stock-threshold?warehouseId=1",
+            serde_json::json!({"lowStockThreshold": -1}),
+            "QUANTITY_OUT_OF_RANGE",
+            400,
+        ),
+        (
+            "/inventory/9101/low-stock-threshold?warehouseId=1",
+            serde_json::json!({"threshold": 5}),
+            "INVALID_JSON",
+            400,
+        ),
+        (
+            "/inventory/9101/low-stock-threshold?warehouseId=1",
+            serde_json::json!({}),
+            "INVALID_PARAMETER",
+            400,
+        ),
+        (
+            "/inventory/9199/low-stock-threshold?warehouseId=1",
+            serde_json::json!({"lowStockThreshold": 5}),
+            "INVENTORY_NOT_FOUND",
+            404,
+        ),
+    ] {
+        let (status, body) = s.app.put_json(path, &bad).await;
+        assert_eq!(status, want, "{bad}: {body}");
+        assert_eq!(body["code"], code, "{bad}: {body}");
+    }
+    let mut conn = s.app.db_conn().await;
+    assert_eq!(
+        inventory::store::models::StockThreshold::get(&mut conn, key)
+            .await
+            .unwrap(),
+        Some(10)
+    );
+    drop(conn);
+
+    let orders = (0..105).map(|i| {
+        let app = &s.app;
+        async move {
+            app.post_json(
+                "/inventory/reserve",
+                &serde_json::json!({"orderNo": format!("LV-{i}"), "skuId": 9101, "warehouseId": 1, "qty": 1}),
+            )
+            .await
+            .0
+        }
+    });
+    let statuses = futures_util::future::join_all(orders).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 100);
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 5);
+    s.app.stock_in(SkuId(9101), WarehouseId(1), 50).await;
+
+    // The first stock-in (0 -> 100) is a STOCK_BACK too.
+    let out = s
+        .kafka
+        .collect("INVENTORY_ALERT_TOPIC", 5, Duration::from_secs(8))
+        .await;
+    let told: Vec<(String, i64)> = out
+        .iter()
+        .map(|m| {
+            (
+                m.headers["tag"].clone(),
+                m.payload()["availableQty"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        told,
+        [
+            ("STOCK_BACK".to_string(), 100),
+            ("STOCK_LOW".to_string(), 10),
+            ("STOCK_OUT".to_string(), 0),
+            ("STOCK_BACK".to_string(), 50),
+        ],
+        "{told:?}"
+    );
+    let low = &out[1];
+    assert_eq!(low.key, "1:9101");
+    let env = low.envelope();
+    assert_eq!(env["eventType"], "StockLowEvent");
+    let typed: inventory::events::wire::StockLevelEvent =
+        serde_json::from_str(env["payload"].as_str().unwrap()).expect("strict parse");
+    assert_eq!(typed.threshold, Some(10));
+    assert_eq!((typed.sku_id, typed.warehouse_id), (9101, 1));
+    // Distinct events, distinct ids.
+    let ids: HashSet<String> = out
+        .iter()
+        .map(|m| m.payload()["eventId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    let audits = s.app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].lines_reserved, 100);
+    // null clears it.
+    let (status, body) = s
+        .app
+        .put_json(
+            "/inventory/9101/low-stock-threshold?warehouseId=1",
+            &serde_json::json!({"lowStockThreshold": null}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["data"]["lowStockThreshold"].is_null(), "{body}");
+    let mut conn = s.app.db_conn().await;
+    assert_eq!(
+        inventory::store::models::StockThreshold::get(&mut conn, key)
+            .await
+            .unwrap(),
+        None
+    );
 }
