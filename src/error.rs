@@ -49,6 +49,9 @@ error_codes! {
     // Same identity (order line, adjustment request) with different content.
     IdempotencyConflict => (CONFLICT, "IDEMPOTENCY_CONFLICT"),
     StockLimitExceeded => (CONFLICT, "STOCK_LIMIT_EXCEEDED"),
+    // The warehouse register.
+    WarehouseNotFound => (NOT_FOUND, "WAREHOUSE_NOT_FOUND"),
+    WarehouseConflict => (CONFLICT, "WAREHOUSE_CONFLICT"),
     // Backpressure and outages: the caller may retry.
     Overloaded => (SERVICE_UNAVAILABLE, "SERVICE_OVERLOADED"),
     StoreUnavailable => (SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),

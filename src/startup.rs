@@ -207,6 +207,7 @@ impl Application {
             supervisor: supervisor.clone(),
             metrics: metrics.clone(),
             persistence: persistence.clone(),
+            warehouses: crate::engine::warehouse::WarehouseService::new(pool.clone()),
             openapi: web::Bytes::from(api::openapi::document(&settings).to_string()),
         });
         let app_state = state.clone();

@@ -145,6 +145,16 @@ pub async fn service_only(
     next.call(req).await
 }
 
+/// GET for readers, every other method for admins (a resource with both).
+pub async fn readers_get_admin_otherwise(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let needed = (req.method() != actix_web::http::Method::GET).then_some(Role::Admin);
+    check(&req, needed)?;
+    next.call(req).await
+}
+
 pub async fn readers(
     req: ServiceRequest,
     next: Next<impl MessageBody>,

@@ -7,6 +7,7 @@ pub mod openapi;
 pub mod params;
 pub mod request_span;
 pub mod reservations;
+pub mod warehouses;
 
 use actix::Addr;
 use actix_web::dev::Service;
@@ -23,6 +24,7 @@ use crate::engine::reconcile::Reconciler;
 use crate::engine::reservation::ReservationEngine;
 use crate::engine::stock::StockService;
 use crate::engine::supervisor::{ExpiryJob, SupervisorActor};
+use crate::engine::warehouse::WarehouseService;
 use crate::engine::EngineError;
 use crate::error::{ApiError, Code};
 use crate::metrics::Metrics;
@@ -39,6 +41,7 @@ pub struct AppState {
     pub supervisor: Addr<SupervisorActor>,
     pub metrics: Metrics,
     pub persistence: Addr<PersistenceActor>,
+    pub warehouses: WarehouseService,
     /// The OpenAPI document with this instance's limits, serialised once.
     pub openapi: web::Bytes,
 }
@@ -78,6 +81,9 @@ impl From<EngineError> for ApiError {
                 ApiError::new(Code::Overloaded, message)
             }
             EngineError::Timeout => ApiError::new(Code::Timeout, message),
+            EngineError::WarehouseNotFound(id) => ApiError::new(Code::WarehouseNotFound, message)
+                .with_data(serde_json::json!({"warehouseId": id})),
+            EngineError::WarehouseConflict(_) => ApiError::new(Code::WarehouseConflict, message),
             EngineError::ReservationNotFound(order_no) => {
                 ApiError::new(Code::ReservationNotFound, message)
                     .with_data(serde_json::json!({"orderNo": order_no}))
@@ -162,12 +168,17 @@ fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
 
 /// 405 with the envelope and, as RFC 9110 asks, `Allow` naming the method the path has.
 fn method_not_allowed(allowed: Method) -> impl Fn(HttpRequest) -> HttpResponse + Clone {
+    methods_not_allowed(allowed.as_str().to_string())
+}
+
+/// 405 with the envelope and `Allow: <allowed>` (a comma-separated list).
+fn methods_not_allowed(allowed: String) -> impl Fn(HttpRequest) -> HttpResponse + Clone {
     move |req: HttpRequest| {
         let mut response = actix_web::ResponseError::error_response(&ApiError::new(
             Code::MethodNotAllowed,
             format!("{} is not allowed on {}", req.method(), req.path()),
         ));
-        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(allowed.as_str()) {
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allowed) {
             response
                 .headers_mut()
                 .insert(actix_web::http::header::ALLOW, value);
@@ -209,6 +220,25 @@ where
         }))
 }
 
+/// `/warehouses`: GET lists (readers), POST creates (admin), on one resource (wrapped with
+/// `auth::readers_get_admin_otherwise`).
+fn warehouses_resource() -> actix_web::Resource {
+    for entry in ["GET /warehouses", "POST /warehouses"] {
+        match ROUTES.lock() {
+            Ok(mut routes) => routes.insert(entry.to_string()),
+            Err(poisoned) => poisoned.into_inner().insert(entry.to_string()),
+        };
+    }
+    let refuse = methods_not_allowed("GET, POST".to_string());
+    web::resource("/warehouses")
+        .route(web::get().to(warehouses::list))
+        .route(web::post().to(warehouses::create))
+        .default_service(web::to(move |req: HttpRequest| {
+            let refuse = refuse.clone();
+            async move { refuse(req) }
+        }))
+}
+
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(
         Code::RouteNotFound,
@@ -233,6 +263,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         "/openapi.json",
         openapi::openapi_json,
     ))
+    .service(warehouses_resource().wrap(from_fn(auth::readers_get_admin_otherwise)))
+    .service(
+        endpoint(Method::PUT, "/warehouses/{id}", warehouses::update)
+            .wrap(from_fn(auth::admin_only)),
+    )
+    .service(
+        endpoint(
+            Method::POST,
+            "/warehouses/{id}/disable",
+            warehouses::disable,
+        )
+        .wrap(from_fn(auth::admin_only)),
+    )
     // Fixed paths before `/inventory/{skuId}`, which would match them too.
     .service(
         endpoint(Method::POST, "/inventory/reserve", reservations::reserve)

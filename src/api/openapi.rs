@@ -11,7 +11,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::api::{health, inventory, reservations, AppState};
+use crate::api::{health, inventory, reservations, warehouses, AppState};
 use crate::config::Settings;
 use crate::error::Code;
 
@@ -159,6 +159,10 @@ Every JSON answer is the envelope {code, message, data}; code \"0\" is success. 
         inventory::adjust_stock,
         inventory::set_low_stock_threshold,
         inventory::reconcile,
+        warehouses::list,
+        warehouses::create,
+        warehouses::update,
+        warehouses::disable,
         health::live,
         health::ready,
         health::metrics,
@@ -169,6 +173,7 @@ Every JSON answer is the envelope {code, message, data}; code \"0\" is success. 
     tags(
         (name = "reservations", description = "What the order service calls"),
         (name = "inventory", description = "Stock queries and admin operations"),
+        (name = "warehouses", description = "The warehouse register routing chooses among"),
         (name = "health", description = "Liveness, readiness, metrics and this document"),
     )
 )]
@@ -193,6 +198,19 @@ pub fn document(settings: &Settings) -> Value {
         qty["maximum"] = json!(limits.max_qty_per_line);
     }
     schemas["ReserveBody"]["properties"]["items"]["minItems"] = json!(1);
+    for schema in ["NewWarehouse", "WarehouseChange"] {
+        let props = &mut schemas[schema]["properties"];
+        props["code"]["pattern"] = json!("^[A-Za-z0-9_-]{1,32}$");
+        props["region"]["pattern"] = json!("^[A-Za-z0-9_-]{1,32}$");
+        props["name"]["minLength"] = json!(1);
+        props["name"]["maxLength"] = json!(128);
+        props["name"]["pattern"] = json!(
+            "^[^\\u0000-\\u001f\\u007f]*[^\\s\\u0000-\\u001f\\u007f][^\\u0000-\\u001f\\u007f]*$"
+        );
+        props["priority"]["minimum"] = json!(0);
+        props["priority"]["maximum"] = json!(crate::engine::warehouse::MAX_PRIORITY);
+    }
+    schemas["NewWarehouse"]["properties"]["id"]["minimum"] = json!(1);
     let threshold = &mut schemas["ThresholdBody"]["properties"]["lowStockThreshold"];
     threshold["minimum"] = json!(0);
     threshold["maximum"] = json!(limits.max_stock_qty);

@@ -10,6 +10,7 @@ pub mod stock;
 pub mod stock_cache;
 pub mod stock_level;
 pub mod supervisor;
+pub mod warehouse;
 
 use chrono::NaiveDateTime;
 use serde::Serializer;
@@ -58,6 +59,10 @@ pub enum EngineError {
     Fenced,
     #[error("no answer in time; retrying with the same orderNo is safe")]
     Timeout,
+    #[error("no warehouse {0}")]
+    WarehouseNotFound(i64),
+    #[error("{0}")]
+    WarehouseConflict(String),
     #[error(transparent)]
     Redis(#[from] RedisStoreError),
     #[error(transparent)]
@@ -92,6 +97,8 @@ impl EngineError {
             | EngineError::ReservationNotFound(_)
             | EngineError::InvalidStatus(_)
             | EngineError::OrderCancelled(_)
+            | EngineError::WarehouseNotFound(_)
+            | EngineError::WarehouseConflict(_)
             // The job that got it stops; the new leader does the work.
             | EngineError::Fenced => false,
         }

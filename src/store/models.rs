@@ -12,7 +12,7 @@ use diesel_async::{AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
 
 use crate::domain::{SkuKey, StockLevels};
 use crate::store::schema::{
-    t_inventory, t_inventory_reservation, t_inventory_txn, t_stock_threshold,
+    t_inventory, t_inventory_reservation, t_inventory_txn, t_stock_threshold, t_warehouse,
 };
 use crate::store::sql_text::{push_datetime, push_int, push_opt_text, push_text};
 
@@ -636,5 +636,91 @@ impl StockThreshold {
             .filter_map(|(s, w, v)| Some((SkuKey::new(WarehouseId(w), SkuId(s)), i64::from(v?))))
             .filter(|(k, _)| wanted.contains(k))
             .collect())
+    }
+}
+
+/// A warehouse (`t_warehouse`): what routing chooses among.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = t_warehouse, check_for_backend(Mysql))]
+pub struct Warehouse {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub region: Option<String>,
+    pub priority: i32,
+    pub enabled: i8,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// The fields an operator sets.
+#[derive(Debug, Clone, PartialEq, Eq, Insertable, AsChangeset)]
+#[diesel(table_name = t_warehouse, treat_none_as_null = true)]
+pub struct WarehouseFields {
+    pub code: String,
+    pub name: String,
+    pub region: Option<String>,
+    pub priority: i32,
+    pub enabled: i8,
+}
+
+impl Warehouse {
+    pub async fn find(conn: &mut AsyncMysqlConnection, id: i64) -> QueryResult<Option<Self>> {
+        use t_warehouse::dsl as w;
+        w::t_warehouse
+            .filter(w::id.eq(id))
+            .select(Warehouse::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    pub async fn find_by_code(
+        conn: &mut AsyncMysqlConnection,
+        code: &str,
+    ) -> QueryResult<Option<Self>> {
+        use t_warehouse::dsl as w;
+        w::t_warehouse
+            .filter(w::code.eq(code))
+            .select(Warehouse::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// Every warehouse, by priority (lower first), then id.
+    pub async fn all(conn: &mut AsyncMysqlConnection) -> QueryResult<Vec<Self>> {
+        use t_warehouse::dsl as w;
+        w::t_warehouse
+            .order((w::priority.asc(), w::id.asc()))
+            .select(Warehouse::as_select())
+            .load(conn)
+            .await
+    }
+
+    pub async fn insert(
+        conn: &mut AsyncMysqlConnection,
+        id: i64,
+        fields: &WarehouseFields,
+    ) -> QueryResult<()> {
+        use t_warehouse::dsl as w;
+        diesel::insert_into(w::t_warehouse)
+            .values((w::id.eq(id), fields))
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    /// Rows changed (0: no such warehouse).
+    pub async fn update(
+        conn: &mut AsyncMysqlConnection,
+        id: i64,
+        fields: &WarehouseFields,
+    ) -> QueryResult<usize> {
+        use t_warehouse::dsl as w;
+        diesel::update(w::t_warehouse.filter(w::id.eq(id)))
+            .set(fields)
+            .execute(conn)
+            .await
     }
 }

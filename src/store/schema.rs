@@ -89,6 +89,22 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    t_warehouse (id) {
+        id -> BigInt,
+        #[max_length = 32]
+        code -> Varchar,
+        #[max_length = 128]
+        name -> Varchar,
+        #[max_length = 32]
+        region -> Nullable<Varchar>,
+        priority -> Integer,
+        enabled -> TinyInt,
+        created_at -> Datetime,
+        updated_at -> Datetime,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     t_inventory,
     t_inventory_reservation,

@@ -23,3 +23,4 @@ mod reads;
 mod reservations;
 mod sim;
 mod supervisor;
+mod warehouses;
