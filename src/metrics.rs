@@ -80,6 +80,7 @@ pub struct MetricSet {
     pub store_up: IntGaugeVec,
     pub readiness: IntGauge,
     pub journal_oldest_age: Gauge,
+    pub stock_level_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -318,6 +319,18 @@ impl Metrics {
         for store in ["redis", "database"] {
             store_up.with_label_values(&[store]);
         }
+        let stock_level_events = IntCounterVec::new(
+            Opts::new(
+                "stock_level_events_total",
+                "Stock-level events by outcome: published (confirmed by the broker) or \
+                 unconfirmed (not confirmed within 2 s; still queued in the producer)",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in ["published", "unconfirmed"] {
+            stock_level_events.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(stock_level_events.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(readiness.clone()))?;
         registry.register(Box::new(journal_oldest_age.clone()))?;
@@ -390,6 +403,7 @@ impl Metrics {
             store_up,
             readiness,
             journal_oldest_age,
+            stock_level_events,
         })))
     }
 

@@ -138,6 +138,7 @@ impl Application {
                     publisher.clone(),
                     settings.kafka.alert_topic.clone(),
                     settings.kafka.source.clone(),
+                    metrics.clone(),
                 ));
             }
         }

@@ -191,14 +191,21 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    // Refresh the lag gauges at scrape time so they are never stale (the expiry gauges
-    // are set by `lag()` itself).
-    if let Ok(Ok(lag)) = state.persistence.send(GetLag).await {
-        state.metrics.journal_lag.set(lag.not_persisted() as i64);
-    }
-    let _ = tokio::time::timeout(CHECK_TIMEOUT, state.expiry.lag()).await;
-    let (redis, _) = check_stores(&state).await;
-    if redis.is_ok() {
+    // Refresh the lag and store gauges at scrape time so they are never stale (the expiry
+    // gauges are set by `lag()` itself). All at once, each bounded by CHECK_TIMEOUT, so a
+    // scrape answers within it even with a store down.
+    let journal_lag = async {
+        if let Ok(Ok(Ok(lag))) =
+            tokio::time::timeout(CHECK_TIMEOUT, state.persistence.send(GetLag)).await
+        {
+            state.metrics.journal_lag.set(lag.not_persisted() as i64);
+        }
+    };
+    let expiry = async {
+        let _ = tokio::time::timeout(CHECK_TIMEOUT, state.expiry.lag()).await;
+    };
+    let stores = check_stores(&state);
+    let journal_age = async {
         let oldest = tokio::time::timeout(
             CHECK_TIMEOUT,
             state
@@ -207,11 +214,14 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
                 .journal_oldest_unpersisted_ms(PERSIST_GROUP),
         )
         .await;
+        // Unreadable (Redis down): the last value stays, and InventoryRedisDown tells why.
         if let Ok(Ok(oldest)) = oldest {
             let age_ms = oldest.map_or(0, |at| (crate::domain::now_ms() - at).max(0));
             state.metrics.journal_oldest_age.set(age_ms as f64 / 1000.0);
         }
-    }
+    };
+    let ((_redis, _database), (), (), ()) =
+        futures_util::join!(stores, journal_lag, expiry, journal_age);
     state.stock.cache().entries();
     let mut body = state.metrics.render();
     // Only builds with the fault-injection feature have armed points to report.

@@ -219,8 +219,8 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>
 
 /// Admin: sets or clears a position's low-stock threshold
 /// (`PUT /inventory/{skuId}/low-stock-threshold?warehouseId=W`). STOCK_LOW is told when
-/// available falls from above it to it or below; every instance uses a new value within
-/// 5 s (docs/events.md, "Stock-level events").
+/// available falls from above it to it or below; every instance uses a new value from its
+/// next persisted batch (docs/events.md, "Stock-level events").
 #[utoipa::path(put, path = "/inventory/{skuId}/low-stock-threshold", tag = "inventory",
     request_body = ThresholdBody,
     params(("skuId" = i64, Path, minimum = 1, description = "The SKU"), ("warehouseId" = Option<i64>, Query, minimum = 1, description = "Default: inventory.default_warehouse_id")),

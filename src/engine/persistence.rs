@@ -28,8 +28,6 @@ pub enum PersistError {
     Db(#[from] DbError),
     #[error(transparent)]
     Fault(#[from] crate::fault::Injected),
-    #[error("stock-level event: {0}")]
-    Publish(#[from] crate::events::producer::PublishError),
 }
 
 /// The logic, without the actor: read, write, acknowledge.
@@ -71,6 +69,8 @@ impl JournalPersister {
 
     /// Publishes stock-level events of every persisted batch, after its commit and before
     /// its acknowledgement (a crash in between derives and sends the same events again).
+    /// A broker that does not confirm them in time does not hold the journal back
+    /// (`StockLevelSink::publish`).
     pub fn with_stock_levels(mut self, sink: StockLevelSink) -> Self {
         self.stock_levels = Some(sink);
         self
@@ -171,7 +171,7 @@ impl JournalPersister {
         // Committed, not acknowledged: the entries are read again and must insert nothing.
         crate::fault::point("persist.before_ack").await?;
         if let Some(sink) = &self.stock_levels {
-            sink.publish(&levels).await?;
+            sink.publish(&levels).await;
         }
         let ids: Vec<(u32, String)> = entries.iter().map(|e| (e.group, e.id.clone())).collect();
         self.redis.ack_journal(PERSIST_GROUP, &ids).await?;

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncMysqlConnection;
+use futures_util::future::join_all;
 
 use crate::domain::SkuKey;
 use crate::events::producer::{EventPublisher, PublishError};
@@ -16,13 +17,19 @@ use crate::events::wire::{
     format_event_time, StockLevelEvent, StockLevelMessage, EVENT_VERSION, TAG_STOCK_BACK,
     TAG_STOCK_LOW, TAG_STOCK_OUT,
 };
+use crate::metrics::Metrics;
 use crate::store::models::StockThreshold;
 use crate::store::wire::JournalLine;
 
 /// How long a threshold read from the DB is used at most. A change through the API empties
 /// every instance's cache at its next batch (`StockThreshold::last_change`); this bounds
-/// the one case that check misses (two changes to one row within a millisecond).
+/// the one case that check misses (two changes within one millisecond).
 const THRESHOLD_TTL: Duration = Duration::from_secs(60);
+/// How long a batch waits for the broker to confirm its events. The journal is acknowledged
+/// either way: a broker outage must not stop reservations (the journal would fill). Events
+/// not confirmed in time stay queued in the producer and are still delivered if the broker
+/// comes back within `kafka.delivery_timeout_ms`; they are counted as `unconfirmed`.
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 /// Bound of the threshold cache (positions); it is emptied when full.
 const THRESHOLD_CACHE_MAX: usize = 100_000;
 
@@ -47,6 +54,7 @@ pub fn crossed(before: i64, after: i64, threshold: Option<i64>) -> Option<&'stat
 /// Publishes the stock-level events of persisted journal batches.
 pub struct StockLevelSink {
     publisher: EventPublisher,
+    metrics: Metrics,
     topic: String,
     source: String,
     thresholds: Mutex<ThresholdCache>,
@@ -55,14 +63,15 @@ pub struct StockLevelSink {
 #[derive(Default)]
 struct ThresholdCache {
     /// `StockThreshold::last_change` when the entries were read.
-    stamp: Option<(i64, Option<chrono::NaiveDateTime>)>,
+    stamp: Option<Option<chrono::NaiveDateTime>>,
     entries: HashMap<SkuKey, (Option<i64>, Instant)>,
 }
 
 impl StockLevelSink {
-    pub fn new(publisher: EventPublisher, topic: String, source: String) -> Self {
+    pub fn new(publisher: EventPublisher, topic: String, source: String, metrics: Metrics) -> Self {
         StockLevelSink {
             publisher,
+            metrics,
             topic,
             source,
             thresholds: Mutex::new(ThresholdCache::default()),
@@ -75,13 +84,14 @@ impl StockLevelSink {
         conn: &mut AsyncMysqlConnection,
         entries: &[(String, Vec<JournalLine>)],
     ) -> Result<Vec<StockLevelMessage>, crate::store::db::DbError> {
-        let changed: Vec<SkuKey> = entries
+        // Only a fall that stays above zero can cross LOW; OUT and BACK need no threshold.
+        let may_fall_low: Vec<SkuKey> = entries
             .iter()
             .flat_map(|(_, lines)| lines.iter())
-            .filter(|l| l.delta_available != 0)
+            .filter(|l| l.delta_available < 0 && l.available > 0)
             .map(|l| l.key)
             .collect();
-        let thresholds = self.thresholds_of(conn, &changed).await?;
+        let thresholds = self.thresholds_of(conn, &may_fall_low).await?;
         let mut out = Vec::new();
         for (journal_ref, lines) in entries {
             for (i, line) in lines.iter().enumerate() {
@@ -103,6 +113,7 @@ impl StockLevelSink {
                     warehouse_id: line.key.warehouse_id,
                     available_qty: line.available,
                     threshold,
+                    seq: line.seq,
                     event_time: format_event_time(&at),
                     version: EVENT_VERSION.to_string(),
                 };
@@ -115,14 +126,40 @@ impl StockLevelSink {
         Ok(out)
     }
 
-    /// Sends the events, in order (one position's events share a key and a partition).
-    pub async fn publish(&self, messages: &[StockLevelMessage]) -> Result<(), PublishError> {
-        for message in messages {
-            self.publisher
-                .publish_stock_level(&self.topic, message)
-                .await?;
+    /// Queues the events in order (one position's events share a key and a partition) and
+    /// waits up to PUBLISH_WAIT for the broker; never fails the batch.
+    pub async fn publish(&self, messages: &[StockLevelMessage]) {
+        if messages.is_empty() {
+            return;
         }
-        Ok(())
+        let sends = messages
+            .iter()
+            .map(|m| self.publisher.publish_stock_level(&self.topic, m));
+        let outcome = tokio::time::timeout(PUBLISH_WAIT, join_all(sends)).await;
+        let (published, unconfirmed) = match outcome {
+            Ok(results) => {
+                let failed: Vec<&PublishError> =
+                    results.iter().filter_map(|r| r.as_ref().err()).collect();
+                if let Some(e) = failed.first() {
+                    tracing::warn!(error = %e, failed = failed.len(), "stock-level events not published");
+                }
+                (messages.len() - failed.len(), failed.len())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    events = messages.len(),
+                    "stock-level events not confirmed in time (they stay queued in the producer)"
+                );
+                (0, messages.len())
+            }
+        };
+        let counter = &self.metrics.stock_level_events;
+        counter
+            .with_label_values(&["published"])
+            .inc_by(published as u64);
+        counter
+            .with_label_values(&["unconfirmed"])
+            .inc_by(unconfirmed as u64);
     }
 
     /// Thresholds of the positions, from the cache or (for the ones it lacks or holds too

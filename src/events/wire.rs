@@ -342,6 +342,10 @@ pub struct StockLevelEvent {
     pub available_qty: i64,
     /// The position's low-stock threshold when the event was derived (null: none set).
     pub threshold: Option<i64>,
+    /// The position's change counter after this change: with several instances events
+    /// may arrive out of order, and one with a lower seq than one already seen for the
+    /// position is older.
+    pub seq: i64,
     pub event_time: String,
     pub version: String,
 }

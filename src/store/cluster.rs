@@ -265,10 +265,7 @@ impl RedisStore {
 
     /// settle.lua for (orderNo, head seen, action) triples: how many took effect (the others
     /// had changed since they were read).
-    pub(super) async fn settle_counting(
-        &self,
-        entries: &[(String, String, String)],
-    ) -> RedisResult<u64> {
+    pub async fn settle_counting(&self, entries: &[(String, String, String)]) -> RedisResult<u64> {
         if entries.is_empty() {
             return Ok(0);
         }
@@ -1101,7 +1098,7 @@ impl RedisStore {
             for (i, _, decided) in &apply {
                 let mut order = at(orders, *i)?.clone();
                 if let Some(kind) = decided {
-                    order.op = decided_op(*kind);
+                    order.op = decided_op(*kind, "a later request");
                 }
                 to_apply.push(order);
             }
@@ -1378,7 +1375,7 @@ impl RedisStore {
                 kind,
                 applied: false,
             } => {
-                let op = decided_op(kind);
+                let op = decided_op(kind, "the supervisor");
                 let order = TransitionOrder {
                     order_no: order_no.to_string(),
                     trace_id: String::new(),
@@ -1544,8 +1541,8 @@ impl RedisStore {
 }
 
 /// The transition that applies a decision someone else took (`kind` as stored: C, R, E),
-/// with that decision's ledger reason.
-fn decided_op(kind: char) -> TransitionOp {
+/// with that decision's ledger reason; `who` names the completer in a release's remark.
+fn decided_op(kind: char, who: &str) -> TransitionOp {
     match kind {
         'C' => TransitionOp::Confirm {
             even_if_expired: true,
@@ -1558,7 +1555,7 @@ fn decided_op(kind: char) -> TransitionOp {
         },
         _ => TransitionOp::Release {
             reason: LedgerReason::Release,
-            remark: "release completed for an earlier request".into(),
+            remark: format!("release completed by {who}"),
             only_if_expired: false,
             fence: 0,
         },

@@ -600,14 +600,15 @@ impl StockThreshold {
             .flatten())
     }
 
-    /// How many rows and the newest change: a cache of thresholds is stale when this
-    /// differs from what it was filled under.
+    /// The newest change (rows are never deleted, and every set, a clear included, writes
+    /// a new updated_at): a cache of thresholds is stale when this differs from what it was
+    /// filled under. One index look-up (`idx_stock_threshold_updated`).
     pub async fn last_change(
         conn: &mut AsyncMysqlConnection,
-    ) -> QueryResult<(i64, Option<NaiveDateTime>)> {
+    ) -> QueryResult<Option<NaiveDateTime>> {
         use t_stock_threshold::dsl as t;
         t::t_stock_threshold
-            .select((diesel::dsl::count_star(), diesel::dsl::max(t::updated_at)))
+            .select(diesel::dsl::max(t::updated_at))
             .first(conn)
             .await
     }

@@ -946,68 +946,84 @@ impl RedisStore {
     /// the epoch, from its stream id), over every group's journal; None when the group has
     /// everything. The alert on journal age reads it (GET /metrics).
     pub async fn journal_oldest_unpersisted_ms(&self, group: &str) -> RedisResult<Option<i64>> {
+        let journals = self.keys.journals();
+        let firsts = futures_util::future::join_all(
+            journals
+                .iter()
+                .map(|journal| self.oldest_unpersisted_in(journal, group)),
+        )
+        .await;
         let mut oldest: Option<(u64, u64)> = None;
-        for journal in self.keys.journals() {
-            let mut conn = self.conn.clone();
-            let info: Value = match self
-                .timed(
-                    redis::cmd("XINFO")
-                        .arg("GROUPS")
-                        .arg(&journal)
-                        .query_async(&mut conn),
-                )
-                .await
-            {
-                Ok(info) => info,
-                // No stream yet: nothing written to it.
-                Err(RedisStoreError::Redis(e)) if e.to_string().contains("no such key") => continue,
-                Err(e) => return Err(e),
-            };
-            let Some(mine) = value_maps(&info)
-                .into_iter()
-                .find(|g| g.get("name").and_then(value_string).as_deref() == Some(group))
-            else {
-                continue;
-            };
-            let pending = mine.get("pending").and_then(value_u64).unwrap_or(0);
-            // Delivered entries are older than undelivered ones: the oldest pending entry
-            // comes first, else the first entry after the last delivered one.
-            let first: Option<String> = if pending > 0 {
-                let summary: Value = self
-                    .timed(
-                        redis::cmd("XPENDING")
-                            .arg(&journal)
-                            .arg(group)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                match summary {
-                    Value::Array(parts) => parts.get(1).and_then(value_string),
-                    _ => None,
-                }
-            } else {
-                let last = mine
-                    .get("last-delivered-id")
-                    .and_then(value_string)
-                    .unwrap_or_else(|| "0-0".to_string());
-                let next: Vec<(String, HashMap<String, String>)> = self
-                    .timed(
-                        redis::cmd("XRANGE")
-                            .arg(&journal)
-                            .arg(format!("({last}"))
-                            .arg("+")
-                            .arg("COUNT")
-                            .arg(1)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                next.into_iter().next().map(|(id, _)| id)
-            };
-            if let Some(id) = first.as_deref().and_then(parse_stream_id) {
+        for first in firsts {
+            if let Some(id) = first?.as_deref().and_then(parse_stream_id) {
                 oldest = Some(oldest.map_or(id, |o| o.min(id)));
             }
         }
         Ok(oldest.map(|(ms, _)| ms as i64))
+    }
+
+    /// The id of the oldest entry of one stream the group has not acknowledged.
+    async fn oldest_unpersisted_in(
+        &self,
+        journal: &str,
+        group: &str,
+    ) -> RedisResult<Option<String>> {
+        let mut conn = self.conn.clone();
+        let info: Value = match self
+            .timed(
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(journal)
+                    .query_async(&mut conn),
+            )
+            .await
+        {
+            Ok(info) => info,
+            // No stream yet: nothing written to it.
+            Err(RedisStoreError::Redis(e)) if e.to_string().contains("no such key") => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(mine) = value_maps(&info)
+            .into_iter()
+            .find(|g| g.get("name").and_then(value_string).as_deref() == Some(group))
+        else {
+            return Ok(None);
+        };
+        let pending = mine.get("pending").and_then(value_u64).unwrap_or(0);
+        // Delivered entries are older than undelivered ones: the oldest pending entry comes
+        // first, else the first entry after the last delivered one.
+        if pending > 0 {
+            let summary: Value = self
+                .timed(
+                    redis::cmd("XPENDING")
+                        .arg(journal)
+                        .arg(group)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            return Ok(match summary {
+                Value::Array(parts) => parts.get(1).and_then(value_string),
+                _ => None,
+            });
+        }
+        let last = mine
+            .get("last-delivered-id")
+            .and_then(value_string)
+            .unwrap_or_else(|| "0-0".to_string());
+        let next: Vec<(String, HashMap<String, String>)> = self
+            .timed(
+                redis::cmd("XRANGE")
+                    .arg(journal)
+                    .arg(format!("({last}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(next.into_iter().next().map(|(id, _)| id))
     }
 
     async fn stream_lag(&self, journal: &str, group: &str) -> RedisResult<JournalLag> {

@@ -1090,6 +1090,43 @@ async fn cluster_a_decision_completed_by_a_later_request_keeps_its_reason() {
         .await;
     assert_eq!(status, 404, "{body}");
     assert!(app.redis.has_tombstone("DEC-EARLY").await.expect("lookup"));
+    // The compare-and-delete: a tombstone renewed since it was read stays.
+    let directory = app.redis.keys().directory_of("DEC-EARLY");
+    let seen: String = app
+        .redis_cmd(redis::cmd("HGET").arg(&directory).arg("DEC-EARLY"))
+        .await;
+    let renewed = format!("! {}", inventory::engine::now_ms() + 3_600_000);
+    let _: i64 = app
+        .redis_cmd(
+            redis::cmd("HSET")
+                .arg(&directory)
+                .arg("DEC-EARLY")
+                .arg(&renewed),
+        )
+        .await;
+    let removed = app
+        .redis
+        .settle_counting(&[(
+            "DEC-EARLY".to_string(),
+            seen.clone(),
+            "DROP_TOMBSTONE".to_string(),
+        )])
+        .await
+        .expect("settle");
+    assert_eq!(removed, 0, "a renewed tombstone was dropped");
+    let current: String = app
+        .redis_cmd(redis::cmd("HGET").arg(&directory).arg("DEC-EARLY"))
+        .await;
+    assert_eq!(current, renewed);
+    // The value the release wrote back, so that the sweep below meets a lived-out one.
+    let _: i64 = app
+        .redis_cmd(
+            redis::cmd("HSET")
+                .arg(&directory)
+                .arg("DEC-EARLY")
+                .arg(&seen),
+        )
+        .await;
     let later =
         inventory::engine::now_ms() + app.settings.hold_ms() + app.settings.marker_ttl_ms() + 1_000;
     let mut cursor = 0;
