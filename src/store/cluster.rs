@@ -1016,9 +1016,10 @@ impl RedisStore {
         };
         // 1. Decide (waiting, bounded, for an order still being reserved).
         let mut todo: Vec<usize> = (0..orders.len()).collect();
-        // (order, decided by this call, the decided kind when it is not the request's own:
-        // a release meeting an expiry's decision applies the expiry, and the reverse).
-        let mut apply: Vec<(usize, bool, Option<char>)> = Vec::new();
+        // (order, decided by this call, the decided kind when it is not the request's own
+        // (a release meeting an expiry's decision applies the expiry, and the reverse), the
+        // entry's head decide.lua wrote).
+        let mut apply: Vec<(usize, bool, Option<char>, String)> = Vec::new();
         for round in 0..BUSY_ROUNDS {
             let now = if round == 0 {
                 now_ms
@@ -1048,7 +1049,8 @@ impl RedisStore {
                 let key = |r: fn(SkuKey) -> TransitionReply| first.map(r);
                 let reply = match item.status.as_str() {
                     "DECIDED" => {
-                        apply.push((i, true, None));
+                        let head = format!("{}{}", kind(&order.op), item.n[0]);
+                        apply.push((i, true, None, head));
                         None
                     }
                     "SAME" if item.n[1] == 1 => Some(TransitionReply::Exists),
@@ -1059,7 +1061,8 @@ impl RedisStore {
                             _ => 'C',
                         };
                         let own = kind(&order.op).starts_with(decided);
-                        apply.push((i, false, (!own).then_some(decided)));
+                        let head = format!("{decided}{}", item.n[0]);
+                        apply.push((i, false, (!own).then_some(decided), head));
                         None
                     }
                     "OTHER" if order.op.is_confirm() => {
@@ -1095,7 +1098,7 @@ impl RedisStore {
         // 2. Apply in every group, 3. mark applied.
         if !apply.is_empty() {
             let mut to_apply = Vec::with_capacity(apply.len());
-            for (i, _, decided) in &apply {
+            for (i, _, decided, _) in &apply {
                 let mut order = at(orders, *i)?.clone();
                 if let Some(kind) = decided {
                     order.op = decided_op(*kind, "a later request");
@@ -1108,10 +1111,14 @@ impl RedisStore {
                 .await?;
             levels.extend(lv);
             let mut settles = Vec::new();
-            for ((i, decided_here, _), outcome) in apply.iter().zip(outcomes) {
+            for ((i, decided_here, _, head), outcome) in apply.iter().zip(outcomes) {
                 match outcome {
                     None => {
-                        settles.push(at(orders, *i)?.order_no.clone());
+                        settles.push((
+                            at(orders, *i)?.order_no.clone(),
+                            head.clone(),
+                            "APPLIED".to_string(),
+                        ));
                         set(
                             &mut replies,
                             *i,
@@ -1125,30 +1132,11 @@ impl RedisStore {
                     Some(reply) => set(&mut replies, *i, reply),
                 }
             }
-            self.mark_applied(settles).await?;
+            // Marked applied under the head decide.lua wrote ('<kind><x>'): settle compares
+            // it, so an entry that changed meanwhile is left alone (STALE).
+            self.settle(&settles).await?;
         }
         finish_transitions(replies, levels)
-    }
-
-    /// Marks decisions applied: the head is read back first (settle compares it).
-    async fn mark_applied(&self, nos: Vec<String>) -> RedisResult<()> {
-        if nos.is_empty() {
-            return Ok(());
-        }
-        let current = self.cluster_entries(&nos).await?;
-        let settles: Vec<(String, String, String)> = nos
-            .into_iter()
-            .zip(current)
-            .filter_map(|(no, e)| {
-                let e = e?;
-                matches!(e.state, EntryState::Decided { applied: false, .. }).then_some((
-                    no,
-                    e.head,
-                    "APPLIED".to_string(),
-                ))
-            })
-            .collect();
-        self.settle(&settles).await
     }
 
     /// The raw directory values of orders: one HMGET per directory shard, all at once.

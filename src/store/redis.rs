@@ -969,22 +969,7 @@ impl RedisStore {
         group: &str,
     ) -> RedisResult<Option<String>> {
         let mut conn = self.conn.clone();
-        let info: Value = match self
-            .timed(
-                redis::cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(journal)
-                    .query_async(&mut conn),
-            )
-            .await
-        {
-            Ok(info) => info,
-            // No stream yet: nothing written to it.
-            Err(RedisStoreError::Redis(e)) if e.to_string().contains("no such key") => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
-        };
+        let info = self.xinfo_groups(journal).await?;
         let Some(mine) = value_maps(&info)
             .into_iter()
             .find(|g| g.get("name").and_then(value_string).as_deref() == Some(group))
@@ -1026,22 +1011,27 @@ impl RedisStore {
         Ok(next.into_iter().next().map(|(id, _)| id))
     }
 
+    /// XINFO GROUPS of a journal stream; no groups when the stream does not exist yet.
+    async fn xinfo_groups(&self, journal: &str) -> RedisResult<Value> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(journal)
+                .query_async(&mut conn),
+        )
+        .await
+        .or_else(|e| match &e {
+            RedisStoreError::Redis(re) if re.to_string().contains("no such key") => {
+                Ok(Value::Array(vec![]))
+            }
+            _ => Err(e),
+        })
+    }
+
     async fn stream_lag(&self, journal: &str, group: &str) -> RedisResult<JournalLag> {
         let mut conn = self.conn.clone();
-        let groups: Value = self
-            .timed(
-                redis::cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(journal)
-                    .query_async(&mut conn),
-            )
-            .await
-            .or_else(|e| match &e {
-                RedisStoreError::Redis(re) if re.to_string().contains("no such key") => {
-                    Ok(Value::Array(vec![]))
-                }
-                _ => Err(e),
-            })?;
+        let groups = self.xinfo_groups(journal).await?;
         let length: u64 = self.timed(conn.xlen(journal)).await?;
         Ok(lag_of(&groups, length, group))
     }
