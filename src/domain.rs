@@ -195,6 +195,17 @@ pub fn local_now() -> chrono::NaiveDateTime {
     chrono::Local::now().naive_local()
 }
 
+/// For `#[serde(default, deserialize_with = "crate::domain::present")]` on an
+/// `Option<Option<T>>`: a field that is there, null (Some(None)) or a value (Some(Some)),
+/// told apart from one that is absent (None, from `default`).
+pub fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 /// Wall-clock time in ms since the epoch (the store and the engine both stamp with it).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -207,14 +207,9 @@ pub async fn sync_to_redis(
 pub struct ThresholdBody {
     /// Units at or below which STOCK_LOW is told (0 to inventory.max_stock_qty); null
     /// clears it. Required (a body without it is refused rather than read as "clear").
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::domain::present")]
     #[schema(value_type = Option<i64>, required = true)]
     pub low_stock_threshold: Option<Option<i64>>,
-}
-
-/// A field that is there, null or not (absent stays None).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
-    Option::<i64>::deserialize(d).map(Some)
 }
 
 /// Admin: sets or clears a position's low-stock threshold

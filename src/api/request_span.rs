@@ -30,37 +30,13 @@ pub fn trace_id_from(headers: &HeaderMap) -> String {
 
 /// `orderNo` from a query string, if there is one (confirm, release, reads).
 fn order_no_in(query: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == "orderNo").then(|| percent_decode(v).chars().take(64).collect::<String>())
-    })
-}
-
-fn percent_decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(b) = bytes.get(i) {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b, hex) {
-            (b'%', Some(decoded)) => {
-                out.push(decoded);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(*b);
-                i += 1;
-            }
-        }
+    if !query.contains("orderNo=") {
+        return None;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    let params =
+        actix_web::web::Query::<std::collections::HashMap<String, String>>::from_query(query)
+            .ok()?;
+    params.get("orderNo").map(|v| v.chars().take(64).collect())
 }
 
 /// Records the orderNo of a request whose orderNo is in its body (reserve).

@@ -64,15 +64,11 @@ pub struct NewWarehouse {
 pub struct WarehouseChange {
     pub code: Option<String>,
     pub name: Option<String>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::domain::present")]
     #[schema(value_type = Option<String>)]
     pub region: Option<Option<String>>,
     pub priority: Option<i64>,
     pub enabled: Option<bool>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 fn word(field: &str, value: &str, max: usize) -> Result<(), EngineError> {

@@ -201,13 +201,7 @@ impl RedisStore {
             "settle" => &self.scripts.settle,
             _ => return Err(bad(name, "not a directory script")),
         };
-        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (i, no) in order_nos.iter().enumerate() {
-            by_shard
-                .entry(self.keys.directory_shard(no))
-                .or_default()
-                .push(i);
-        }
+        let by_shard = self.by_directory_shard(order_nos);
         let calls = by_shard.iter().map(|(shard, idx)| {
             let mut inv = script.key(self.keys.directory_shard_key(*shard));
             for a in head_args {
@@ -1139,18 +1133,24 @@ impl RedisStore {
         finish_transitions(replies, levels)
     }
 
+    /// The indexes of orders by their directory shard.
+    fn by_directory_shard<S: AsRef<str>>(&self, order_nos: &[S]) -> BTreeMap<u32, Vec<usize>> {
+        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, no) in order_nos.iter().enumerate() {
+            by_shard
+                .entry(self.keys.directory_shard(no.as_ref()))
+                .or_default()
+                .push(i);
+        }
+        by_shard
+    }
+
     /// The raw directory values of orders: one HMGET per directory shard, all at once.
     pub(super) async fn raw_directory_cluster(
         &self,
         order_nos: &[String],
     ) -> RedisResult<Vec<Option<String>>> {
-        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (i, no) in order_nos.iter().enumerate() {
-            by_shard
-                .entry(self.keys.directory_shard(no))
-                .or_default()
-                .push(i);
-        }
+        let by_shard = self.by_directory_shard(order_nos);
         let reads = by_shard.iter().map(|(shard, idx)| {
             let mut conn = self.conn.clone();
             let mut cmd = redis::cmd("HMGET");

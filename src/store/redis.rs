@@ -980,18 +980,7 @@ impl RedisStore {
         // Delivered entries are older than undelivered ones: the oldest pending entry comes
         // first, else the first entry after the last delivered one.
         if pending > 0 {
-            let summary: Value = self
-                .timed(
-                    redis::cmd("XPENDING")
-                        .arg(journal)
-                        .arg(group)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            return Ok(match summary {
-                Value::Array(parts) => parts.get(1).and_then(value_string),
-                _ => None,
-            });
+            return self.oldest_pending_id(journal, group).await;
         }
         let last = mine
             .get("last-delivered-id")
@@ -1009,6 +998,24 @@ impl RedisStore {
             )
             .await?;
         Ok(next.into_iter().next().map(|(id, _)| id))
+    }
+
+    /// The smallest id a consumer group has delivered and not acknowledged (XPENDING's
+    /// summary).
+    async fn oldest_pending_id(&self, journal: &str, group: &str) -> RedisResult<Option<String>> {
+        let mut conn = self.conn.clone();
+        let summary: Value = self
+            .timed(
+                redis::cmd("XPENDING")
+                    .arg(journal)
+                    .arg(group)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(match summary {
+            Value::Array(parts) => parts.get(1).and_then(value_string),
+            _ => None,
+        })
     }
 
     /// XINFO GROUPS of a journal stream; no groups when the stream does not exist yet.
@@ -1061,18 +1068,7 @@ impl RedisStore {
             let name = info.get("name").and_then(value_string).unwrap_or_default();
             let pending = info.get("pending").and_then(value_u64).unwrap_or(0);
             let bound = if pending > 0 {
-                let summary: Value = self
-                    .timed(
-                        redis::cmd("XPENDING")
-                            .arg(journal)
-                            .arg(&name)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                match summary {
-                    Value::Array(parts) => parts.get(1).and_then(value_string),
-                    _ => None,
-                }
+                self.oldest_pending_id(journal, &name).await?
             } else {
                 info.get("last-delivered-id").and_then(value_string)
             };

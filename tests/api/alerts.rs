@@ -56,10 +56,7 @@ impl Prometheus {
             ),
         )
         .expect("config");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = crate::crash::free_port();
         let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
         let child = Command::new(binary)
             .arg(format!(
@@ -195,6 +192,14 @@ fn dashboard_queries() -> Vec<String> {
     out
 }
 
+/// A histogram's series name without its `_bucket` / `_sum` / `_count` suffix.
+fn family(name: &str) -> &str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
+}
+
 /// Metric names (`inventory_...`) in a PromQL text or in alerts.yml, histogram suffixes
 /// dropped.
 fn metric_names(text: &str) -> BTreeSet<String> {
@@ -215,12 +220,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
             end += 1;
         }
         if before_ok && end > start + "inventory_".len() {
-            let name = &text[start..end];
-            let base = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s))
-                .unwrap_or(name);
-            names.insert(base.to_string());
+            names.insert(family(&text[start..end]).to_string());
         }
         i = end.max(start + 1);
     }
@@ -231,10 +231,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 async fn a_cut_database_fires_the_shipped_alerts_in_a_real_prometheus_and_they_resolve() {
     let (db_name, db_url) = create_test_database().await;
     let db_proxy = CuttableProxy::start("127.0.0.1:3306").await;
-    let proxied_db = format!(
-        "{}?prefer_socket=false",
-        db_url.replace("127.0.0.1:3306", &format!("127.0.0.1:{}", db_proxy.port))
-    );
+    let proxied_db = db_proxy.db_url(&db_url);
     let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
     let mut settings = test_settings(
         &proxied_db,
@@ -379,13 +376,7 @@ async fn exported_names(app: &TestApp) -> BTreeSet<String> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
-        .map(|n| {
-            ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| n.strip_suffix(s))
-                .unwrap_or(n)
-                .to_string()
-        })
+        .map(|n| family(n).to_string())
         .collect()
 }
 

@@ -219,10 +219,7 @@ async fn kill_9_never_loses_or_invents_a_reservation() {
     let (db_name, db_url) = create_test_database().await;
     let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
     let db_proxy = CuttableProxy::start("127.0.0.1:3306").await;
-    let proxied = format!(
-        "{}?prefer_socket=false",
-        db_url.replace("127.0.0.1:3306", &format!("127.0.0.1:{}", db_proxy.port))
-    );
+    let proxied = db_proxy.db_url(&db_url);
     let key = SkuKey::new(WarehouseId(1), SkuId(777));
     let mut acknowledged: HashSet<String> = HashSet::new();
 

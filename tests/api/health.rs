@@ -53,11 +53,7 @@ async fn readiness_is_degraded_without_the_db_and_down_without_redis_then_recove
     let (db_name, db_url) = create_test_database().await;
     let db_proxy = CuttableProxy::start("127.0.0.1:3306").await;
     let redis_proxy = CuttableProxy::start("127.0.0.1:6379").await;
-    // mysql_async would otherwise switch to the server's unix socket, around the proxy.
-    let proxied_db = format!(
-        "{}?prefer_socket=false",
-        db_url.replace("127.0.0.1:3306", &format!("127.0.0.1:{}", db_proxy.port))
-    );
+    let proxied_db = db_proxy.db_url(&db_url);
     let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
     let mut settings = test_settings(
         &proxied_db,

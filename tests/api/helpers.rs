@@ -314,6 +314,15 @@ impl CuttableProxy {
         CuttableProxy { port, cut }
     }
 
+    /// `db_url` (of the MariaDB on :3306) through this proxy. mysql_async would otherwise
+    /// switch to the server's unix socket, around the proxy.
+    pub fn db_url(&self, db_url: &str) -> String {
+        format!(
+            "{}?prefer_socket=false",
+            db_url.replace("127.0.0.1:3306", &format!("127.0.0.1:{}", self.port))
+        )
+    }
+
     /// Refuses new connections and closes the open ones.
     pub async fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);

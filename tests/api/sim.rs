@@ -466,10 +466,7 @@ impl Sim {
         let (db_name, db_url) = create_test_database().await;
         let prefix = format!("sim{}:", &db_name["inventory_t_".len()..]);
         let db_proxy = Arc::new(CuttableProxy::start("127.0.0.1:3306").await);
-        let proxied_url = format!(
-            "{}?prefer_socket=false",
-            db_url.replace("127.0.0.1:3306", &format!("127.0.0.1:{}", db_proxy.port))
-        );
+        let proxied_url = db_proxy.db_url(&db_url);
         let redis_port = free_port();
         let redis_dir = tempdir::Dir::new(&format!("s{seed}"));
         let redis_child = start_redis(redis_port, &redis_dir.0);
