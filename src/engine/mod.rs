@@ -5,6 +5,7 @@ pub mod leadership;
 pub mod persistence;
 pub mod reconcile;
 pub mod reservation;
+pub mod routing;
 pub mod shard;
 pub mod stock;
 pub mod stock_cache;
