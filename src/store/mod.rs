@@ -8,6 +8,7 @@ pub mod journal;
 pub mod models;
 pub mod redis;
 pub mod reservations;
+pub mod routing;
 pub mod schema;
 pub mod sql_text;
 pub mod supervision;

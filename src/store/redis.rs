@@ -83,6 +83,7 @@ pub(super) struct Scripts {
     pub(super) abort: Script,
     pub(super) settle: Script,
     pub(super) decide: Script,
+    pub(super) route: Script,
 }
 
 impl Scripts {
@@ -106,6 +107,7 @@ impl Scripts {
             abort: script(include_str!("../../lua/abort.lua")),
             settle: script(include_str!("../../lua/settle.lua")),
             decide: script(include_str!("../../lua/decide.lua")),
+            route: script(include_str!("../../lua/route.lua")),
         }
     }
 }

@@ -197,10 +197,10 @@ fn parse_transition(script: &'static str, item: &ReplyItem) -> RedisResult<Trans
 /// The groups and positions one script call names, in the order the script numbers them
 /// (1-based), with the keys and arguments that describe them.
 #[derive(Default)]
-struct CallLayout {
+pub(super) struct CallLayout {
     groups: Vec<u32>,
     group_index: HashMap<u32, usize>,
-    positions: Vec<SkuKey>,
+    pub(super) positions: Vec<SkuKey>,
     position_index: HashMap<SkuKey, usize>,
 }
 
@@ -212,7 +212,7 @@ impl CallLayout {
         })
     }
 
-    fn position(&mut self, keys: &Keys, key: SkuKey) -> usize {
+    pub(super) fn position(&mut self, keys: &Keys, key: SkuKey) -> usize {
         if let Some(i) = self.position_index.get(&key) {
             return *i;
         }
@@ -232,7 +232,7 @@ impl CallLayout {
     }
 
     /// Group keys (orders, holds, journal per group), then stock keys.
-    fn push_keys(&self, keys: &Keys, invocation: &mut redis::ScriptInvocation<'_>) {
+    pub(super) fn push_keys(&self, keys: &Keys, invocation: &mut redis::ScriptInvocation<'_>) {
         for g in &self.groups {
             invocation
                 .key(keys.orders(*g))
@@ -245,7 +245,11 @@ impl CallLayout {
     }
 
     /// Counts, then (group#, warehouseId, skuId) per position.
-    fn push_position_args(&self, keys: &Keys, invocation: &mut redis::ScriptInvocation<'_>) {
+    pub(super) fn push_position_args(
+        &self,
+        keys: &Keys,
+        invocation: &mut redis::ScriptInvocation<'_>,
+    ) {
         invocation.arg(self.groups.len()).arg(self.positions.len());
         for key in &self.positions {
             invocation

@@ -21,6 +21,7 @@ mod logs;
 mod openapi;
 mod reads;
 mod reservations;
+mod routing;
 mod sim;
 mod supervisor;
 mod warehouses;
