@@ -17,6 +17,10 @@ pub enum RoutePlan {
     Split(Vec<(i64, Vec<SkuKey>)>),
 }
 
+/// A plan as the script numbers it: kind (F, W, S), then per line qty and the candidates'
+/// position#s.
+type NumberedPlan = (&'static str, Vec<(i64, Vec<usize>)>);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteReply {
     /// Held now by plan `plan` (0-based), with the lines held.
@@ -53,10 +57,9 @@ impl RedisStore {
         }
         let keys = self.keys();
         let mut layout = CallLayout::default();
-        // (kind, lines: (qty, candidate position#s)) per plan.
-        let mut numbered: Vec<(&str, Vec<(i64, Vec<usize>)>)> = Vec::with_capacity(plans.len());
+        let mut numbered: Vec<NumberedPlan> = Vec::with_capacity(plans.len());
         for plan in plans {
-            let (kind, lines): (&str, Vec<(i64, Vec<SkuKey>)>) = match plan {
+            let (kind, lines): (&'static str, Vec<(i64, Vec<SkuKey>)>) = match plan {
                 RoutePlan::Fixed(lines) => {
                     ("F", lines.iter().map(|(k, q)| (*q, vec![*k])).collect())
                 }
