@@ -1,5 +1,4 @@
--- WORK IN PROGRESS (branch wip/routing): reserve one order by warehouse routing, single
--- Redis. The caller (engine::routing::plans) sends the plans in preference order; the
+-- Reserve one order by warehouse routing (single Redis; a cluster refuses routing). The caller (engine::routing::plans) sends the plans in preference order; the
 -- first plan whose lines all have the stock is held, in this call, so the choice is atomic
 -- with the hold. The hold itself is written exactly as reserve.lua writes a RESERVED order
 -- (directory value, records per group, holds, RES journal lines). lua/lib.lua is prepended.
@@ -18,7 +17,9 @@
 --   EXISTS:<state> expireAt   reserved before with the same SKUs and quantities
 --   CONFLICT                  reserved before with other SKUs or quantities
 --   CANCELLED                 released before it was reserved
---   INSUFFICIENT              no plan has the stock (nothing held)
+--   INSUFFICIENT skuId qty offered   no plan has the stock (nothing held); the first line
+--                             the last plan could not fill, and the most its candidates
+--                             offered (a split: their sum)
 --   JOURNAL_FULL              backpressure, nothing done
 --   LINE warehouseId skuId qty
 -- Then one LEVELS item per position read (lib.lua, report_levels).
@@ -102,35 +103,50 @@ if listed then
   return out
 end
 
--- The allocation of a plan: {p = position, q = qty} per held piece, or nil.
+-- The allocation of a plan: {p = position, q = qty} per held piece; or nil and the first
+-- line that could not be filled (its SKU, quantity, and the units its candidates offered).
 local function allocate(plan)
   local pieces = {}
+  -- Units this plan already takes from a position (two lines may name the same one).
+  local taken = {}
   for _, line in ipairs(plan.lines) do
     local left = line.q
+    local offered = 0
     for _, cand in ipairs(line.cands) do
       local p = load_position(cand)
-      if p.loaded and left > 0 then
-        if plan.kind == 'S' then
-          local take = math.min(p.a, left)
-          if take > 0 then
-            pieces[#pieces + 1] = {p = p, q = take}
-            left = left - take
+      local free = p.loaded and (p.a - (taken[p] or 0)) or 0
+      if plan.kind == 'S' then
+        offered = offered + math.max(free, 0)
+      else
+        offered = math.max(offered, free)
+      end
+      if left > 0 and free > 0 and (plan.kind == 'S' or free >= left) then
+        local take = math.min(free, left)
+        -- One piece per position: an order holds a position on one line.
+        if taken[p] then
+          for _, piece in ipairs(pieces) do
+            if piece.p == p then
+              piece.q = piece.q + take
+            end
           end
-        elseif p.a >= left then
-          pieces[#pieces + 1] = {p = p, q = left}
-          left = 0
+        else
+          pieces[#pieces + 1] = {p = p, q = 0 + take}
         end
+        taken[p] = (taken[p] or 0) + take
+        left = left - take
       end
     end
     if left > 0 then
-      return nil
+      return nil, {s = line.cands[1].s, q = line.q, a = offered}
     end
   end
   return pieces
 end
 
+local short = nil
 for i, plan in ipairs(plans) do
-  local pieces = allocate(plan)
+  local pieces, failed = allocate(plan)
+  short = failed or short
   if pieces then
     local expire_at = now + hold_ms
     local x = int(expire_at)
@@ -168,6 +184,10 @@ for i, plan in ipairs(plans) do
     return out
   end
 end
-reply(out, 'INSUFFICIENT')
+if short then
+  reply(out, 'INSUFFICIENT', tonumber(short.s), short.q, short.a)
+else
+  reply(out, 'INSUFFICIENT')
+end
 report_levels(out, positions)
 return out

@@ -141,6 +141,43 @@ pub struct InventorySettings {
     pub max_order_no_len: usize,
     pub adjust_persist_wait_ms: u64,
     pub max_query_positions: usize,
+    pub routing: RoutingSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSettings {
+    /// Empty (None): Kafka lines without a warehouse use the default warehouse.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub default_strategy: Option<crate::engine::routing::Strategy>,
+    pub default_region: String,
+    pub default_allow_split: bool,
+    pub register_refresh_ms: u64,
+}
+
+impl RoutingSettings {
+    /// The routing Kafka orders get, if any.
+    pub fn kafka_default(&self) -> Option<crate::engine::routing::Routing> {
+        self.default_strategy
+            .map(|strategy| crate::engine::routing::Routing {
+                strategy,
+                region: (!self.default_region.is_empty()).then(|| self.default_region.clone()),
+                allow_split: self.default_allow_split,
+            })
+    }
+}
+
+/// `""` is None; anything else must parse as `T`.
+fn empty_is_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let raw = String::deserialize(d)?;
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    T::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&raw)).map(Some)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -417,6 +454,23 @@ impl Settings {
             1,
             600_000,
         )?;
+        check_range(
+            "inventory.routing.register_refresh_ms",
+            self.inventory.routing.register_refresh_ms as i64,
+            0,
+            600_000,
+        )?;
+        let region = &self.inventory.routing.default_region;
+        if region.len() > 32
+            || !region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "inventory.routing.default_region",
+                "must be empty or 1-32 of [A-Za-z0-9_-]",
+            ));
+        }
         check_range(
             "inventory.default_warehouse_id",
             self.inventory.default_warehouse_id,

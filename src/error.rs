@@ -52,6 +52,8 @@ error_codes! {
     // The warehouse register.
     WarehouseNotFound => (NOT_FOUND, "WAREHOUSE_NOT_FOUND"),
     WarehouseConflict => (CONFLICT, "WAREHOUSE_CONFLICT"),
+    NoRoutableWarehouse => (CONFLICT, "NO_ROUTABLE_WAREHOUSE"),
+    RoutingUnsupported => (NOT_IMPLEMENTED, "ROUTING_UNSUPPORTED"),
     // Backpressure and outages: the caller may retry.
     Overloaded => (SERVICE_UNAVAILABLE, "SERVICE_OVERLOADED"),
     StoreUnavailable => (SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),

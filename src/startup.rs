@@ -145,12 +145,24 @@ impl Application {
         persister.prepare().await?;
         let persistence = PersistenceActor::new(persister, redis.clone()).start();
 
+        if redis.is_cluster() && settings.inventory.routing.default_strategy.is_some() {
+            return Err(StartupError::Engine(EngineError::RoutingUnsupported(
+                "inventory.routing.default_strategy needs a single Redis (routing is not \
+                 available on a Redis Cluster); leave it empty"
+                    .into(),
+            )));
+        }
         let shards = start_shards(&settings, &redis, &metrics, stock.cache());
+        let warehouses = crate::engine::warehouse::WarehouseService::new(
+            pool.clone(),
+            std::time::Duration::from_millis(settings.inventory.routing.register_refresh_ms),
+        );
         let reservations = ReservationEngine::new(
             shards,
             redis.clone(),
             pool.clone(),
             stock.clone(),
+            warehouses.clone(),
             settings.clone(),
             metrics.clone(),
         );
@@ -208,7 +220,7 @@ impl Application {
             supervisor: supervisor.clone(),
             metrics: metrics.clone(),
             persistence: persistence.clone(),
-            warehouses: crate::engine::warehouse::WarehouseService::new(pool.clone()),
+            warehouses,
             openapi: web::Bytes::from(api::openapi::document(&settings).to_string()),
         });
         let app_state = state.clone();

@@ -84,6 +84,19 @@ impl From<EngineError> for ApiError {
             EngineError::WarehouseNotFound(id) => ApiError::new(Code::WarehouseNotFound, message)
                 .with_data(serde_json::json!({"warehouseId": id})),
             EngineError::WarehouseConflict(_) => ApiError::new(Code::WarehouseConflict, message),
+            EngineError::RoutedInsufficient {
+                sku_id,
+                requested,
+                available,
+            } => ApiError::new(Code::InsufficientStock, message).with_data(serde_json::json!({
+                "skuId": sku_id, "warehouseId": null,
+                "availableQty": available, "requestedQty": requested,
+            })),
+            EngineError::NoWarehouse { sku_id, region } => {
+                ApiError::new(Code::NoRoutableWarehouse, message)
+                    .with_data(serde_json::json!({"skuId": sku_id, "region": region}))
+            }
+            EngineError::RoutingUnsupported(_) => ApiError::new(Code::RoutingUnsupported, message),
             EngineError::ReservationNotFound(order_no) => {
                 ApiError::new(Code::ReservationNotFound, message)
                     .with_data(serde_json::json!({"orderNo": order_no}))

@@ -11,8 +11,9 @@ use crate::api::params::{check_len, required_str, trace_id};
 use crate::api::AppState;
 use crate::domain::{LedgerReason, SkuKey};
 use crate::engine::reservation::{
-    ReservationView, ReserveOutcome, ReserveRequest, TransitionOutcome,
+    ReservationView, ReserveOutcome, ReserveRequest, RoutedRequest, TransitionOutcome,
 };
+use crate::engine::routing::{Ask, Routing};
 use crate::engine::EngineError;
 use crate::error::{ok, ApiError, Code};
 use crate::store::reservations::OrderLine;
@@ -22,7 +23,7 @@ use crate::store::reservations::OrderLine;
 pub struct ItemBody {
     #[schema(minimum = 1)]
     pub sku_id: i64,
-    /// Default: inventory.default_warehouse_id
+    /// Default: inventory.default_warehouse_id; with `routing`, the strategy chooses.
     #[schema(minimum = 1)]
     pub warehouse_id: Option<i64>,
     pub qty: i64,
@@ -39,15 +40,18 @@ pub struct ReserveBody {
     pub warehouse_id: Option<i64>,
     pub qty: Option<i64>,
     pub items: Option<Vec<ItemBody>>,
+    /// Warehouse routing: lines without a warehouseId are placed by the strategy (a line
+    /// with one is pinned there). Without it, a missing warehouseId is the default
+    /// warehouse.
+    pub routing: Option<Routing>,
 }
 
-fn lines_of(body: &ReserveBody, default_warehouse: i64) -> Result<Vec<OrderLine>, ApiError> {
-    let line = |sku_id: i64, warehouse_id: Option<i64>, qty: i64| OrderLine {
-        key: SkuKey::new(
-            WarehouseId(warehouse_id.unwrap_or(default_warehouse)),
-            SkuId(sku_id),
-        ),
+/// The lines as given: (skuId, warehouseId or none, qty).
+fn asks_of(body: &ReserveBody) -> Result<Vec<Ask>, ApiError> {
+    let line = |sku_id: i64, warehouse_id: Option<i64>, qty: i64| Ask {
+        sku_id,
         qty,
+        warehouse_id,
     };
     match (&body.items, body.sku_id, body.qty) {
         (Some(items), None, None) if body.warehouse_id.is_none() => Ok(items
@@ -65,9 +69,23 @@ fn lines_of(body: &ReserveBody, default_warehouse: i64) -> Result<Vec<OrderLine>
     }
 }
 
+fn lines_of(asks: &[Ask], default_warehouse: i64) -> Vec<OrderLine> {
+    asks.iter()
+        .map(|a| OrderLine {
+            key: SkuKey::new(
+                WarehouseId(a.warehouse_id.unwrap_or(default_warehouse)),
+                SkuId(a.sku_id),
+            ),
+            qty: a.qty,
+        })
+        .collect()
+}
+
 /// TryReserve: holds every line of an order or none (`POST /inventory/reserve`).
 ///
 /// Idempotent per order line: a repeat answers 200 with `existed: true` and changes nothing.
+/// With `routing`, the warehouses are chosen in the same Redis call that holds the stock
+/// (`items` name each line's warehouse); a repeat answers the same warehouses.
 #[utoipa::path(post, path = "/inventory/reserve", tag = "reservations",
     request_body = ReserveBody,
     params(("X-Trace-Id" = Option<String>, Header, description = "Trace id kept in the ledger (1-64 of [A-Za-z0-9_-]); a new one otherwise")),
@@ -75,7 +93,8 @@ fn lines_of(body: &ReserveBody, default_warehouse: i64) -> Result<Vec<OrderLine>
     responses(
         (status = 200, description = "Held (or held before: existed)", body = crate::api::openapi::Success<ReserveOutcome>),
         (status = 404, description = "INVENTORY_NOT_FOUND: a line names a position with no stock record", body = crate::api::openapi::ErrorEnvelope),
-        (status = 409, description = "INSUFFICIENT_STOCK (data names the short line), IDEMPOTENCY_CONFLICT (same orderNo, other lines) or INVALID_RESERVATION_STATUS (the order was cancelled)", body = crate::api::openapi::ErrorEnvelope),
+        (status = 409, description = "INSUFFICIENT_STOCK (data names the short line; with routing, failedWarehouseId is null and availableQty is what the candidate warehouses offered), IDEMPOTENCY_CONFLICT (same orderNo, other lines), INVALID_RESERVATION_STATUS (the order was cancelled) or NO_ROUTABLE_WAREHOUSE (routing: no enabled warehouse, in the region if given, stocks a line's SKU)", body = crate::api::openapi::ErrorEnvelope),
+        (status = 501, description = "ROUTING_UNSUPPORTED: routing was asked on a Redis Cluster", body = crate::api::openapi::ErrorEnvelope),
         crate::api::openapi::BodyErrors,
     ))]
 pub async fn reserve(
@@ -85,16 +104,32 @@ pub async fn reserve(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     crate::api::request_span::record_order_no(&body.order_no);
-    let lines = lines_of(&body, state.settings.inventory.default_warehouse_id)?;
+    let asks = asks_of(&body)?;
     let order_no = body.order_no.clone();
-    let result = state
-        .reservations
-        .reserve(ReserveRequest {
-            order_no: body.order_no,
-            lines,
-            trace_id: trace_id(&req),
-        })
-        .await;
+    let result = match body.routing {
+        Some(routing) => {
+            state
+                .reservations
+                .reserve_routed(RoutedRequest {
+                    order_no: body.order_no,
+                    asks,
+                    routing,
+                    trace_id: trace_id(&req),
+                })
+                .await
+        }
+        None => {
+            let lines = lines_of(&asks, state.settings.inventory.default_warehouse_id);
+            state
+                .reservations
+                .reserve(ReserveRequest {
+                    order_no: body.order_no,
+                    lines,
+                    trace_id: trace_id(&req),
+                })
+                .await
+        }
+    };
     match result {
         Ok(outcome) => Ok(ok(outcome)),
         // A short line is a normal business outcome: FAILED, with which line and why.
@@ -116,6 +151,25 @@ pub async fn reserve(
                 available,
                 requested,
             };
+            Err(ApiError::from(e).with_data(data))
+        }
+        Err(e @ EngineError::RoutedInsufficient { .. }) => {
+            let EngineError::RoutedInsufficient {
+                sku_id,
+                requested,
+                available,
+            } = e
+            else {
+                return Err(ApiError::from(e));
+            };
+            let data = json!({
+                "orderNo": order_no,
+                "status": "FAILED",
+                "failedSkuId": sku_id,
+                "failedWarehouseId": null,
+                "requestedQty": requested,
+                "availableQty": available,
+            });
             Err(ApiError::from(e).with_data(data))
         }
         Err(e) => {

@@ -64,6 +64,16 @@ pub enum EngineError {
     WarehouseNotFound(i64),
     #[error("{0}")]
     WarehouseConflict(String),
+    #[error("insufficient stock for sku {sku_id} in the warehouses routing may use: available {available}, requested {requested}")]
+    RoutedInsufficient {
+        sku_id: i64,
+        requested: i64,
+        available: i64,
+    },
+    #[error("no enabled warehouse{} stocks sku {sku_id}", .region.as_ref().map(|r| format!(" in region {r}")).unwrap_or_default())]
+    NoWarehouse { sku_id: i64, region: Option<String> },
+    #[error("{0}")]
+    RoutingUnsupported(String),
     #[error(transparent)]
     Redis(#[from] RedisStoreError),
     #[error(transparent)]
@@ -100,6 +110,9 @@ impl EngineError {
             | EngineError::OrderCancelled(_)
             | EngineError::WarehouseNotFound(_)
             | EngineError::WarehouseConflict(_)
+            | EngineError::RoutedInsufficient { .. }
+            | EngineError::NoWarehouse { .. }
+            | EngineError::RoutingUnsupported(_)
             // The job that got it stops; the new leader does the work.
             | EngineError::Fenced => false,
         }

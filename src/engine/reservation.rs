@@ -2,8 +2,8 @@
 //! what arrives together into one script call per batch. Every decision is made in Redis.
 
 use crate::domain::{SkuId, WarehouseId};
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use chrono::NaiveDateTime;
@@ -12,17 +12,22 @@ use tokio::sync::oneshot;
 
 use crate::config::Settings;
 use crate::domain::{LedgerReason, ReservationStatus, SkuKey};
+use crate::engine::routing::{self, Ask, Routing};
 use crate::engine::shard::{ShardActor, ShardError, ShardReply, ShardRequest, Submit};
 use crate::engine::stock::ReadSource;
 use crate::engine::stock::StockService;
+use crate::engine::stock_cache::CachedLevels;
+use crate::engine::warehouse::WarehouseService;
 use crate::engine::{ms_to_local_datetime, now_ms, EngineError};
 use crate::metrics::Metrics;
 use crate::store::db::{self, DbPool};
 use crate::store::models::Reservation;
 use crate::store::redis::{RedisStore, RedisStoreError};
 use crate::store::reservations::{
-    OrderLine, ReserveOrder, ReserveReply, TransitionOp, TransitionOrder, TransitionReply,
+    OrderLine, ReserveOrder, ReserveParams, ReserveReply, TransitionOp, TransitionOrder,
+    TransitionReply,
 };
+use crate::store::routing::RouteReply;
 use crate::store::wire::DirectoryEntry;
 
 /// A reservation request as callers (HTTP, Kafka) give it.
@@ -30,6 +35,16 @@ use crate::store::wire::DirectoryEntry;
 pub struct ReserveRequest {
     pub order_no: String,
     pub lines: Vec<OrderLine>,
+    pub trace_id: String,
+}
+
+/// A reservation whose lines routing places (`routing` in `POST /inventory/reserve`, or
+/// `inventory.routing.default_strategy` on Kafka). A line with a warehouse is pinned there.
+#[derive(Debug, Clone)]
+pub struct RoutedRequest {
+    pub order_no: String,
+    pub asks: Vec<Ask>,
+    pub routing: Routing,
     pub trace_id: String,
 }
 
@@ -89,6 +104,7 @@ pub struct ReservationEngine {
     redis: RedisStore,
     pool: DbPool,
     stock: StockService,
+    warehouses: WarehouseService,
     settings: Settings,
     metrics: Metrics,
 }
@@ -228,6 +244,7 @@ impl ReservationEngine {
         redis: RedisStore,
         pool: DbPool,
         stock: StockService,
+        warehouses: WarehouseService,
         settings: Settings,
         metrics: Metrics,
     ) -> Self {
@@ -236,6 +253,7 @@ impl ReservationEngine {
             redis,
             pool,
             stock,
+            warehouses,
             settings,
             metrics,
         }
@@ -412,17 +430,190 @@ impl ReservationEngine {
                 ))))
             }
         };
-        self.count(match &result {
+        self.count_reserve(&result);
+        result
+    }
+
+    fn count_reserve(&self, result: &Result<ReserveOutcome, EngineError>) {
+        self.count(match result {
             Ok(o) if o.existed => "exists",
             Ok(_) => "reserved",
-            Err(EngineError::InsufficientStock { .. }) => "insufficient",
+            Err(EngineError::InsufficientStock { .. } | EngineError::RoutedInsufficient { .. }) => {
+                "insufficient"
+            }
             Err(EngineError::IdempotencyConflict(_)) => "conflict",
             Err(EngineError::OrderCancelled(_)) => "cancelled",
-            Err(EngineError::InventoryNotFound(_)) => "not_found",
+            Err(EngineError::InventoryNotFound(_) | EngineError::NoWarehouse { .. }) => "not_found",
             Err(EngineError::Overloaded) => "overloaded",
             Err(_) => "error",
         });
+    }
+
+    /// TryReserve with warehouse routing: the plans for the order (engine::routing) go to
+    /// Redis in one script call, which holds the first plan with the stock; all lines or
+    /// none. A single Redis only: on a Redis Cluster the positions of one order's
+    /// candidates live on several masters, where no one script can choose among them.
+    pub async fn reserve_routed(&self, req: RoutedRequest) -> Result<ReserveOutcome, EngineError> {
+        let result = self.reserve_routed_inner(&req).await;
+        self.count_reserve(&result);
         result
+    }
+
+    async fn reserve_routed_inner(
+        &self,
+        req: &RoutedRequest,
+    ) -> Result<ReserveOutcome, EngineError> {
+        let limits = &self.settings.inventory;
+        check_order_no(&req.order_no, limits.max_order_no_len)?;
+        if self.redis.is_cluster() {
+            return Err(EngineError::RoutingUnsupported(
+                "warehouse routing needs a single Redis; on a Redis Cluster name each line's \
+                 warehouseId"
+                    .into(),
+            ));
+        }
+        if let Some(region) = &req.routing.region {
+            if region.is_empty()
+                || region.len() > 32
+                || !region
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(EngineError::Invalid(
+                    "routing.region must be 1-32 of [A-Za-z0-9_-]".into(),
+                ));
+            }
+        }
+        // The same checks as unrouted lines (a routed line is checked at warehouse 1).
+        let as_lines: Vec<OrderLine> = req
+            .asks
+            .iter()
+            .map(|a| OrderLine {
+                key: SkuKey::new(WarehouseId(a.warehouse_id.unwrap_or(1)), SkuId(a.sku_id)),
+                qty: a.qty,
+            })
+            .collect();
+        merge_lines(
+            &as_lines,
+            limits.max_lines_per_order,
+            limits.max_qty_per_line,
+        )?;
+        let asks = routing::merge_asks(&req.asks);
+        if let Some(a) = asks.iter().find(|a| a.qty > limits.max_qty_per_line) {
+            return Err(EngineError::QuantityOutOfRange(format!(
+                "lines of sku {} add up to {}, more than {}",
+                a.sku_id, a.qty, limits.max_qty_per_line
+            )));
+        }
+
+        let sites = self.warehouses.enabled_sites().await?;
+        let keys = routing::positions_to_read(&req.routing, &asks, &sites);
+        let mut views = self.stock.query(&keys, ReadSource::Live).await?;
+        // A position only the DB has (Redis lost it) is loaded, as an unrouted reserve
+        // does, so the script can hold it.
+        let mut loaded = false;
+        for (key, view) in keys.iter().zip(&views) {
+            if view
+                .as_ref()
+                .is_some_and(|v| v.redis_available_qty.is_none())
+            {
+                loaded |= self.stock.load_position(*key).await?;
+            }
+        }
+        if loaded {
+            views = self.stock.query(&keys, ReadSource::Live).await?;
+        }
+        let levels: HashMap<SkuKey, i64> = keys
+            .iter()
+            .zip(&views)
+            .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v.available_qty)))
+            .collect();
+        if let Some(pinned) = asks.iter().find_map(|a| {
+            let key = SkuKey::new(WarehouseId(a.warehouse_id?), SkuId(a.sku_id));
+            (!levels.contains_key(&key)).then_some(key)
+        }) {
+            return Err(EngineError::InventoryNotFound(pinned));
+        }
+        let plans = routing::plans(&req.routing, &asks, &sites, &levels).map_err(|e| match e {
+            routing::RoutingError::NoWarehouse { sku_id, region } => {
+                EngineError::NoWarehouse { sku_id, region }
+            }
+        })?;
+
+        let params = ReserveParams {
+            now_ms: now_ms(),
+            hold_ms: self.settings.hold_ms(),
+            max_journal_entries: self.settings.journal.max_pending_entries,
+        };
+        let sent_at = Instant::now();
+        let (reply, after) = self
+            .redis
+            .route(&req.order_no, &req.trace_id, &plans, params)
+            .await?;
+        let cache = self.stock.cache();
+        for l in &after {
+            cache.store_write(l.key, CachedLevels::from(l), sent_at);
+        }
+        let views_of = |lines: &[(SkuKey, i64)]| -> Vec<LineView> {
+            lines
+                .iter()
+                .map(|(k, q)| LineView {
+                    sku_id: k.sku_id,
+                    warehouse_id: k.warehouse_id,
+                    qty: *q,
+                })
+                .collect()
+        };
+        match reply {
+            RouteReply::Reserved {
+                expire_at_ms,
+                lines,
+                ..
+            } => Ok(ReserveOutcome {
+                order_no: req.order_no.clone(),
+                status: ReservationStatus::Reserved,
+                existed: false,
+                expire_at: ms_to_local_datetime(expire_at_ms),
+                items: views_of(&lines),
+            }),
+            RouteReply::Exists {
+                expire_at_ms,
+                lines,
+            } => {
+                let keys: Vec<SkuKey> = lines.iter().map(|(k, _)| *k).collect();
+                let status = self
+                    .redis
+                    .line_markers(&req.order_no, &keys)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .map(|m| m.status)
+                    .max_by_key(|s| s.rank())
+                    .unwrap_or(ReservationStatus::Reserved);
+                Ok(ReserveOutcome {
+                    order_no: req.order_no.clone(),
+                    status,
+                    existed: true,
+                    expire_at: ms_to_local_datetime(expire_at_ms),
+                    items: views_of(&lines),
+                })
+            }
+            RouteReply::Conflict => Err(EngineError::IdempotencyConflict(format!(
+                "order {} was reserved before with other SKUs or quantities",
+                req.order_no
+            ))),
+            RouteReply::Cancelled => Err(EngineError::OrderCancelled(req.order_no.clone())),
+            RouteReply::Insufficient {
+                sku_id,
+                requested,
+                offered,
+            } => Err(EngineError::RoutedInsufficient {
+                sku_id,
+                requested,
+                available: offered,
+            }),
+            RouteReply::JournalFull => Err(EngineError::Overloaded),
+        }
     }
 
     /// The positions an order holds (or held) stock in, per Redis.

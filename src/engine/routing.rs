@@ -1,15 +1,14 @@
-//! Warehouse routing, the planning half (WORK IN PROGRESS on branch wip/routing: not wired
-//! to the API yet). From the register's enabled warehouses, the request's strategy and the
-//! order's lines, it builds the plans a routing script tries in order; the script holds
-//! the first plan whose lines all have the stock, in the same call (so the choice is atomic
-//! with the hold). See the closing note of stop 15 for the rest of the design.
+//! Warehouse routing, the planning half. From the register's enabled warehouses, the
+//! request's strategy and the order's lines it builds the plans `lua/route.lua` tries in
+//! order; the script holds the first plan whose lines all have the stock, in the same call,
+//! so the choice is atomic with the hold (a read followed by a reserve would race).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
 use crate::domain::{SkuId, SkuKey, WarehouseId};
-
+use crate::store::routing::RoutePlan;
 /// At most this many warehouses are considered per SKU (bounds the script's work).
 pub const MAX_CANDIDATES: usize = 32;
 
@@ -51,28 +50,13 @@ pub struct Ask {
     pub warehouse_id: Option<i64>,
 }
 
-/// A line with its candidate warehouses in preference order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidates {
-    pub sku_id: i64,
-    pub qty: i64,
-    pub warehouses: Vec<i64>,
-}
-
-/// What the script tries, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    /// Every line from the position given.
-    Fixed(Vec<(SkuKey, i64)>),
-    /// Each line wholly from the first of its candidates that has the quantity.
-    FirstFit(Vec<Candidates>),
-    /// Each line filled over its candidates in order (a split).
-    Greedy(Vec<Candidates>),
-}
+/// A line as planned: its quantity and the positions it may come from, in preference
+/// order.
+type PlannedLine = (i64, Vec<SkuKey>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoutingError {
-    #[error("no enabled warehouse{} can ship sku {sku_id}", region_text(.region))]
+    #[error("no enabled warehouse{} stocks sku {sku_id}", region_text(.region))]
     NoWarehouse { sku_id: i64, region: Option<String> },
 }
 
@@ -83,19 +67,57 @@ fn region_text(region: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// The plans for an order, in the order the script tries them.
+/// Sums lines that ask for the same SKU from the same place (a pinned warehouse, or
+/// wherever routing puts it); by SKU, the routed line before the pinned ones.
+pub fn merge_asks(asks: &[Ask]) -> Vec<Ask> {
+    let mut merged: BTreeMap<(i64, Option<i64>), i64> = BTreeMap::new();
+    for a in asks {
+        *merged.entry((a.sku_id, a.warehouse_id)).or_insert(0) += a.qty;
+    }
+    merged
+        .into_iter()
+        .map(|((sku_id, warehouse_id), qty)| Ask {
+            sku_id,
+            qty,
+            warehouse_id,
+        })
+        .collect()
+}
+
+/// The positions whose levels `plans` needs: every eligible warehouse for each routed SKU.
+pub fn positions_to_read(routing: &Routing, asks: &[Ask], sites: &[Site]) -> Vec<SkuKey> {
+    let mut keys: Vec<SkuKey> = asks
+        .iter()
+        .flat_map(|ask| match ask.warehouse_id {
+            Some(w) => vec![SkuKey::new(WarehouseId(w), SkuId(ask.sku_id))],
+            None => sites
+                .iter()
+                .filter(|s| in_region(routing, s))
+                .map(|s| SkuKey::new(WarehouseId(s.warehouse_id), SkuId(ask.sku_id)))
+                .collect(),
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+fn in_region(routing: &Routing, site: &Site) -> bool {
+    routing.region.is_none() || site.region == routing.region
+}
+
+/// The plans for an order, in the order the script tries them. `levels` holds the
+/// available units of every position that exists (a warehouse without a position for the
+/// SKU is not a candidate); MOST_STOCK orders by them, the script decides on its own reads.
 pub fn plans(
     routing: &Routing,
     asks: &[Ask],
     sites: &[Site],
     levels: &HashMap<SkuKey, i64>,
-) -> Result<Vec<Plan>, RoutingError> {
-    let mut eligible: Vec<&Site> = sites
-        .iter()
-        .filter(|s| routing.region.is_none() || s.region == routing.region)
-        .collect();
+) -> Result<Vec<RoutePlan>, RoutingError> {
+    let mut eligible: Vec<&Site> = sites.iter().filter(|s| in_region(routing, s)).collect();
     eligible.sort_by_key(|s| (s.priority, s.warehouse_id));
-    let lines: Vec<Candidates> = asks
+    let lines: Vec<PlannedLine> = asks
         .iter()
         .map(|ask| candidates(routing, ask, &eligible, levels))
         .collect::<Result<_, _>>()?;
@@ -103,30 +125,37 @@ pub fn plans(
     match routing.strategy {
         Strategy::Priority | Strategy::MostStock => {
             out.push(if routing.allow_split {
-                Plan::Greedy(lines)
+                RoutePlan::Split(lines)
             } else {
-                Plan::FirstFit(lines)
+                RoutePlan::WholeLine(lines)
             });
         }
         Strategy::SingleWarehouseFirst => {
-            // Each warehouse that is a candidate of every routed line, by priority.
+            // Each warehouse that can be the source of every routed line, by priority.
             for site in &eligible {
-                let w = site.warehouse_id;
-                if lines.iter().all(|l| l.warehouses.contains(&w)) {
-                    out.push(Plan::Fixed(
-                        lines
+                let w = WarehouseId(site.warehouse_id);
+                let whole: Option<Vec<(SkuKey, i64)>> = lines
+                    .iter()
+                    .zip(asks)
+                    .map(|((qty, cands), ask)| match ask.warehouse_id {
+                        Some(_) => cands.first().map(|k| (*k, *qty)),
+                        None => cands
                             .iter()
-                            .zip(asks)
-                            .map(|(l, ask)| {
-                                let at = ask.warehouse_id.unwrap_or(w);
-                                (SkuKey::new(WarehouseId(at), SkuId(l.sku_id)), l.qty)
-                            })
-                            .collect(),
-                    ));
+                            .find(|k| k.warehouse_id == w.0)
+                            .map(|k| (*k, *qty)),
+                    })
+                    .collect();
+                if let Some(whole) = whole {
+                    out.push(RoutePlan::Fixed(whole));
                 }
             }
+            // Else each line whole from one warehouse (lines of other SKUs may come from
+            // other warehouses), then, when allowed, lines of one SKU over several.
+            if lines.len() > 1 || out.is_empty() {
+                out.push(RoutePlan::WholeLine(lines.clone()));
+            }
             if routing.allow_split {
-                out.push(Plan::Greedy(lines));
+                out.push(RoutePlan::Split(lines));
             }
         }
     }
@@ -138,28 +167,22 @@ fn candidates(
     ask: &Ask,
     eligible: &[&Site],
     levels: &HashMap<SkuKey, i64>,
-) -> Result<Candidates, RoutingError> {
+) -> Result<PlannedLine, RoutingError> {
+    let key = |w: i64| SkuKey::new(WarehouseId(w), SkuId(ask.sku_id));
     if let Some(w) = ask.warehouse_id {
-        return Ok(Candidates {
-            sku_id: ask.sku_id,
-            qty: ask.qty,
-            warehouses: vec![w],
-        });
+        return Ok((ask.qty, vec![key(w)]));
     }
-    let level = |w: i64| {
-        levels
-            .get(&SkuKey::new(WarehouseId(w), SkuId(ask.sku_id)))
-            .copied()
-    };
     // Only warehouses that stock the SKU at all (a position exists).
-    let mut warehouses: Vec<&Site> = eligible
+    let mut warehouses: Vec<(SkuKey, i64)> = eligible
         .iter()
-        .copied()
-        .filter(|s| level(s.warehouse_id).is_some())
+        .filter_map(|s| {
+            let k = key(s.warehouse_id);
+            levels.get(&k).map(|a| (k, *a))
+        })
         .collect();
     if routing.strategy == Strategy::MostStock {
         // Stable: equal stock keeps the priority order.
-        warehouses.sort_by_key(|s| std::cmp::Reverse(level(s.warehouse_id).unwrap_or(0)));
+        warehouses.sort_by_key(|(_, a)| std::cmp::Reverse(*a));
     }
     warehouses.truncate(MAX_CANDIDATES);
     if warehouses.is_empty() {
@@ -168,11 +191,7 @@ fn candidates(
             region: routing.region.clone(),
         });
     }
-    Ok(Candidates {
-        sku_id: ask.sku_id,
-        qty: ask.qty,
-        warehouses: warehouses.iter().map(|s| s.warehouse_id).collect(),
-    })
+    Ok((ask.qty, warehouses.into_iter().map(|(k, _)| k).collect()))
 }
 
 #[cfg(test)]
@@ -195,10 +214,12 @@ mod tests {
         }
     }
 
+    fn key(w: i64, s: i64) -> SkuKey {
+        SkuKey::new(WarehouseId(w), SkuId(s))
+    }
+
     fn levels(of: &[(i64, i64, i64)]) -> HashMap<SkuKey, i64> {
-        of.iter()
-            .map(|(w, s, a)| (SkuKey::new(WarehouseId(*w), SkuId(*s)), *a))
-            .collect()
+        of.iter().map(|(w, s, a)| (key(*w, *s), *a)).collect()
     }
 
     fn ask(sku: i64, qty: i64) -> Ask {
@@ -225,11 +246,10 @@ mod tests {
         );
         assert_eq!(
             all,
-            Ok(vec![Plan::FirstFit(vec![Candidates {
-                sku_id: 100,
-                qty: 2,
-                warehouses: vec![3, 2, 1]
-            }])])
+            Ok(vec![RoutePlan::WholeLine(vec![(
+                2,
+                vec![key(3, 100), key(2, 100), key(1, 100)]
+            )])])
         );
         let east = plans(
             &routing(Strategy::Priority, Some("east"), true),
@@ -239,11 +259,18 @@ mod tests {
         );
         assert_eq!(
             east,
-            Ok(vec![Plan::Greedy(vec![Candidates {
-                sku_id: 100,
-                qty: 2,
-                warehouses: vec![2, 1]
-            }])])
+            Ok(vec![RoutePlan::Split(vec![(
+                2,
+                vec![key(2, 100), key(1, 100)]
+            )])])
+        );
+        assert_eq!(
+            positions_to_read(
+                &routing(Strategy::Priority, Some("east"), true),
+                &[ask(100, 2)],
+                &sites
+            ),
+            vec![key(1, 100), key(2, 100)]
         );
     }
 
@@ -259,21 +286,23 @@ mod tests {
         );
         assert_eq!(
             p,
-            Ok(vec![Plan::FirstFit(vec![Candidates {
-                sku_id: 7,
-                qty: 1,
-                warehouses: vec![2, 1]
-            }])])
+            Ok(vec![RoutePlan::WholeLine(vec![(
+                1,
+                vec![key(2, 7), key(1, 7)]
+            )])])
         );
     }
 
     #[test]
-    fn single_warehouse_first_offers_whole_order_warehouses_then_a_split() {
-        let sites = [site(1, 1, "e"), site(2, 2, "e")];
-        // Warehouse 1 has only sku 7; warehouse 2 has both.
-        let lv = levels(&[(1, 7, 5), (2, 7, 5), (2, 8, 5)]);
+    fn single_warehouse_first_offers_whole_order_warehouses_then_lines_then_a_split() {
+        let sites = [site(1, 1, "e"), site(2, 2, "e"), site(3, 3, "e")];
+        // Warehouse 1 has only sku 7; warehouses 2 and 3 have both.
+        let lv = levels(&[(1, 7, 5), (2, 7, 5), (2, 8, 5), (3, 7, 1), (3, 8, 1)]);
         let asks = [ask(7, 2), ask(8, 1)];
-        let key = |w, s| SkuKey::new(WarehouseId(w), SkuId(s));
+        let lines = vec![
+            (2, vec![key(1, 7), key(2, 7), key(3, 7)]),
+            (1, vec![key(2, 8), key(3, 8)]),
+        ];
         let no_split = plans(
             &routing(Strategy::SingleWarehouseFirst, None, false),
             &asks,
@@ -282,17 +311,22 @@ mod tests {
         );
         assert_eq!(
             no_split,
-            Ok(vec![Plan::Fixed(vec![(key(2, 7), 2), (key(2, 8), 1)])])
+            Ok(vec![
+                RoutePlan::Fixed(vec![(key(2, 7), 2), (key(2, 8), 1)]),
+                RoutePlan::Fixed(vec![(key(3, 7), 2), (key(3, 8), 1)]),
+                RoutePlan::WholeLine(lines.clone()),
+            ])
         );
         let split = plans(
             &routing(Strategy::SingleWarehouseFirst, None, true),
             &asks,
             &sites,
             &lv,
-        )
-        .unwrap();
-        assert_eq!(split.len(), 2);
-        assert!(matches!(split[1], Plan::Greedy(_)));
+        );
+        assert_eq!(
+            split.map(|p| p.last().cloned()),
+            Ok(Some(RoutePlan::Split(lines)))
+        );
     }
 
     #[test]
@@ -309,12 +343,14 @@ mod tests {
             &[pinned, ask(7, 1)],
             &sites,
             &lv,
-        )
-        .unwrap();
-        let Plan::FirstFit(lines) = &p[0] else {
-            panic!("{p:?}")
-        };
-        assert_eq!(lines[0].warehouses, vec![4]);
+        );
+        assert_eq!(
+            p,
+            Ok(vec![RoutePlan::WholeLine(vec![
+                (1, vec![key(4, 9)]),
+                (1, vec![key(1, 7)])
+            ])])
+        );
         assert_eq!(
             plans(
                 &routing(Strategy::Priority, Some("w"), false),
@@ -326,6 +362,25 @@ mod tests {
                 sku_id: 7,
                 region: Some("w".into())
             })
+        );
+    }
+
+    #[test]
+    fn asks_are_merged_per_sku_and_place() {
+        let pinned = |sku, qty, w| Ask {
+            sku_id: sku,
+            qty,
+            warehouse_id: Some(w),
+        };
+        assert_eq!(
+            merge_asks(&[
+                ask(7, 1),
+                pinned(7, 2, 3),
+                ask(7, 4),
+                pinned(7, 1, 3),
+                ask(5, 1)
+            ]),
+            vec![ask(5, 1), ask(7, 5), pinned(7, 3, 3)]
         );
     }
 }

@@ -2,8 +2,12 @@
 //! among (issue "routing"). Stock of a warehouse id with no row here is still reserved as
 //! before when a request names it; only routing needs the register.
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
 
+use crate::engine::routing::Site;
 use crate::engine::EngineError;
 use crate::store::db::{self, DbError, DbPool};
 use crate::store::models::{Warehouse, WarehouseFields};
@@ -116,14 +120,67 @@ fn priority(value: Option<i64>, current: i32) -> Result<i32, EngineError> {
     }
 }
 
+/// The enabled warehouses as routing last read them, and when; and how many changes this
+/// instance made (a read that a change overtook is not kept).
+type SiteCache = (u64, Option<(Instant, Arc<Vec<Site>>)>);
+
 #[derive(Clone)]
 pub struct WarehouseService {
     pool: DbPool,
+    /// Routing reads the register from here; this instance's changes clear it at once,
+    /// other instances' changes show after `refresh`.
+    sites: Arc<Mutex<SiteCache>>,
+    refresh: Duration,
 }
 
 impl WarehouseService {
-    pub fn new(pool: DbPool) -> Self {
-        WarehouseService { pool }
+    pub fn new(pool: DbPool, refresh: Duration) -> Self {
+        WarehouseService {
+            pool,
+            sites: Arc::new(Mutex::new((0, None))),
+            refresh,
+        }
+    }
+
+    /// The enabled warehouses (routing's candidates), at most `refresh` old.
+    pub async fn enabled_sites(&self) -> Result<Arc<Vec<Site>>, EngineError> {
+        let mut changes_before = 0;
+        if let Ok(cached) = self.sites.lock() {
+            changes_before = cached.0;
+            if let Some((read_at, sites)) = cached.1.as_ref() {
+                if read_at.elapsed() < self.refresh {
+                    return Ok(sites.clone());
+                }
+            }
+        }
+        let read_at = Instant::now();
+        let all = {
+            let mut conn = db::connection(&self.pool).await?;
+            Warehouse::all(&mut conn).await.map_err(DbError::from)?
+        };
+        let sites: Arc<Vec<Site>> = Arc::new(
+            all.into_iter()
+                .filter(|w| w.enabled != 0)
+                .map(|w| Site {
+                    warehouse_id: w.id,
+                    priority: w.priority,
+                    region: w.region,
+                })
+                .collect(),
+        );
+        if let Ok(mut cached) = self.sites.lock() {
+            if cached.0 == changes_before {
+                cached.1 = Some((read_at, sites.clone()));
+            }
+        }
+        Ok(sites)
+    }
+
+    fn forget_sites(&self) {
+        if let Ok(mut cached) = self.sites.lock() {
+            cached.0 += 1;
+            cached.1 = None;
+        }
     }
 
     pub async fn list(&self) -> Result<Vec<WarehouseView>, EngineError> {
@@ -198,6 +255,7 @@ impl WarehouseService {
             }
             Err(e) => return Err(DbError::from(e).into()),
         }
+        self.forget_sites();
         self.get(new.id).await
     }
 
@@ -246,6 +304,7 @@ impl WarehouseService {
             }
             Err(e) => return Err(DbError::from(e).into()),
         }
+        self.forget_sites();
         self.get(id).await
     }
 

@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 
 use crate::config::{KafkaSettings, Settings};
 use crate::domain::{LedgerReason, SkuKey};
-use crate::engine::reservation::{ReservationEngine, ReserveRequest};
+use crate::engine::reservation::{ReservationEngine, ReserveRequest, RoutedRequest};
+use crate::engine::routing::Ask;
 use crate::engine::stock::{AdjustRequest, StockService};
 use crate::engine::EngineError;
 use crate::events::consume_log::ConsumeLogBatcher;
@@ -92,8 +93,13 @@ fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, String> {
 /// The reference's error code for a failed reservation.
 fn failure_code(e: &EngineError) -> &'static str {
     match e {
-        EngineError::InsufficientStock { .. } => "INSUFFICIENT_STOCK",
-        EngineError::InventoryNotFound(_) => "INVENTORY_NOT_FOUND",
+        EngineError::InsufficientStock { .. } | EngineError::RoutedInsufficient { .. } => {
+            "INSUFFICIENT_STOCK"
+        }
+        // Consumers know the reference's codes only: no routable warehouse stocks the SKU.
+        EngineError::InventoryNotFound(_) | EngineError::NoWarehouse { .. } => {
+            "INVENTORY_NOT_FOUND"
+        }
         EngineError::SkuNotFound(_) => "SKU_NOT_FOUND",
         EngineError::IdempotencyConflict(_) => "CONCURRENT_CONFLICT",
         EngineError::OrderCancelled(_) | EngineError::InvalidStatus(_) => {
@@ -337,14 +343,37 @@ impl OrderEventHandler {
                 qty: l.qty,
             })
             .collect();
-        let result = self
-            .reservations
-            .reserve(ReserveRequest {
-                order_no: event.order_no.clone(),
-                lines,
-                trace_id: trace_id.to_string(),
-            })
-            .await;
+        let routing = self.settings.inventory.routing.kafka_default();
+        let result = match routing {
+            // Routed only when some line leaves the warehouse open.
+            Some(routing) if event.items.iter().any(|i| i.warehouse_id.is_none()) => {
+                self.reservations
+                    .reserve_routed(RoutedRequest {
+                        order_no: event.order_no.clone(),
+                        asks: event
+                            .items
+                            .iter()
+                            .map(|i| Ask {
+                                sku_id: i.sku_id,
+                                qty: i.qty,
+                                warehouse_id: i.warehouse_id,
+                            })
+                            .collect(),
+                        routing,
+                        trace_id: trace_id.to_string(),
+                    })
+                    .await
+            }
+            _ => {
+                self.reservations
+                    .reserve(ReserveRequest {
+                        order_no: event.order_no.clone(),
+                        lines,
+                        trace_id: trace_id.to_string(),
+                    })
+                    .await
+            }
+        };
         let outcome = match result {
             Ok(held) => Outcome::reserved(
                 &StockReservedEvent {
@@ -379,6 +408,8 @@ impl OrderEventHandler {
                 let failed_sku_id = match &e {
                     EngineError::InsufficientStock { key, .. }
                     | EngineError::InventoryNotFound(key) => Some(key.sku_id),
+                    EngineError::RoutedInsufficient { sku_id, .. }
+                    | EngineError::NoWarehouse { sku_id, .. } => Some(*sku_id),
                     _ => None,
                 };
                 Outcome::failed(

@@ -1,5 +1,5 @@
-//! WORK IN PROGRESS (branch wip/routing): one routed order in one `lua/route.lua` call
-//! (single Redis): the first plan whose lines all have the stock is held.
+//! One routed order in one `lua/route.lua` call (single Redis): the first plan whose lines
+//! all have the stock is held.
 
 use crate::domain::{SkuId, SkuKey, WarehouseId};
 use crate::store::redis::{RedisResult, RedisStore, RedisStoreError};
@@ -36,7 +36,13 @@ pub enum RouteReply {
     },
     Conflict,
     Cancelled,
-    Insufficient,
+    /// No plan had the stock; the first line the last plan could not fill, and the most
+    /// its candidates offered (a split: their sum). Nothing was held.
+    Insufficient {
+        sku_id: i64,
+        requested: i64,
+        offered: i64,
+    },
     JournalFull,
 }
 
@@ -119,7 +125,11 @@ impl RedisStore {
             },
             "CONFLICT" => RouteReply::Conflict,
             "CANCELLED" => RouteReply::Cancelled,
-            "INSUFFICIENT" => RouteReply::Insufficient,
+            "INSUFFICIENT" => RouteReply::Insufficient {
+                sku_id: first.n[0],
+                requested: first.n[1],
+                offered: first.n[2],
+            },
             "JOURNAL_FULL" => RouteReply::JournalFull,
             other => return Err(bad(format!("status {other}"))),
         };

@@ -1229,3 +1229,39 @@ async fn cluster_kafka_orders_across_masters_are_held_refused_and_confirmed() {
         assert_eq!(audit.db_available, Some(5 - sold), "{audit:?}");
     }
 }
+
+#[actix_web::test]
+async fn cluster_routing_is_refused_clearly_and_holds_nothing() {
+    let app = spawn_cluster_app(&[]).await;
+    let key = SkuKey::new(WarehouseId(1), SkuId(4450));
+    app.stock_in(SkuId(4450), WarehouseId(1), 5).await;
+    let (status, body) = app
+        .post_json(
+            "/inventory/reserve",
+            &json!({"orderNo": "CR-1", "items": [{"skuId": 4450, "qty": 1}],
+                    "routing": {"strategy": "PRIORITY"}}),
+        )
+        .await;
+    assert_eq!(status, 501, "{body}");
+    assert_eq!(body["code"], "ROUTING_UNSUPPORTED");
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].lines_reserved, 0);
+
+    // Routing Kafka orders by default cannot start on a cluster: it says so at start-up.
+    wait_for_cluster().await;
+    let (_, db_url) = create_test_database().await;
+    let settings = test_settings(
+        &db_url,
+        "cr:",
+        &[
+            ("redis.cluster_urls", cluster_urls().into()),
+            ("inventory.routing.default_strategy", "PRIORITY".into()),
+        ],
+    );
+    let started = inventory::startup::Application::build(settings).await;
+    let error = started.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        error.contains("inventory.routing.default_strategy"),
+        "{error}"
+    );
+}

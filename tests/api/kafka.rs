@@ -470,7 +470,7 @@ pub fn refund(message_id: &str, as_no: &str, order_no: &str, sku: i64, qty: i64)
     envelope(message_id, "AfterSaleRefundedEvent", order_no, &payload)
 }
 
-async fn wait_for<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
