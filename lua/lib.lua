@@ -3,7 +3,8 @@
 -- three constants here match it.
 --
 -- Layout (docs/redis-layout.md):
---   order record    '<expireAt> <w>:<s>:<qty>:<STATE> ...'  (an order's lines in one group)
+--   order record    '<expireAt> <w>:<s>:<qty>:<STATE>[:<sold>] ...'  (an order's lines in one
+--                   group; <sold> after a partial confirm)
 --   directory entry '<expireAt> <w>:<s>:<qty> ...' or '! <until>' (a tombstone)
 --   journal line    'KIND w s da dr a r v q x ts reason orderNo traceId remark'
 --   reply           a flat array, REPLY_WIDTH values per item: status, then 4 integers
@@ -39,8 +40,9 @@ local function parse_record(raw)
       local x, token = string.match(field, '^(%d+)@(.+)$')
       rec.x, rec.token = tonumber(x or field), token
     else
-      local w, s, q, st = string.match(field, '^([^:]+):([^:]+):([^:]+):([^:]+)$')
-      rec.lines[#rec.lines + 1] = {w = w, s = s, q = tonumber(q), st = st}
+      -- A fifth part, after a partial confirm: the units sold (lua/confirm_partial.lua).
+      local w, s, q, st, c = string.match(field, '^([^:]+):([^:]+):([^:]+):([^:]+):?([^:]*)$')
+      rec.lines[#rec.lines + 1] = {w = w, s = s, q = tonumber(q), st = st, c = tonumber(c)}
     end
   end
   return rec
@@ -49,7 +51,11 @@ end
 local function format_record(rec)
   local parts = {int(rec.x)}
   for _, l in ipairs(rec.lines) do
-    parts[#parts + 1] = l.w .. ':' .. l.s .. ':' .. int(l.q) .. ':' .. l.st
+    local part = l.w .. ':' .. l.s .. ':' .. int(l.q) .. ':' .. l.st
+    if l.c then
+      part = part .. ':' .. int(l.c)
+    end
+    parts[#parts + 1] = part
   end
   return table.concat(parts, ' ')
 end

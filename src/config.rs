@@ -153,6 +153,7 @@ pub struct RoutingSettings {
     pub default_region: String,
     pub default_allow_split: bool,
     pub register_refresh_ms: u64,
+    pub max_in_flight: usize,
 }
 
 impl RoutingSettings {
@@ -459,6 +460,12 @@ impl Settings {
             self.inventory.routing.register_refresh_ms as i64,
             0,
             600_000,
+        )?;
+        check_range(
+            "inventory.routing.max_in_flight",
+            self.inventory.routing.max_in_flight as i64,
+            1,
+            10_000,
         )?;
         let region = &self.inventory.routing.default_region;
         if region.len() > 32

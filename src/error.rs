@@ -53,7 +53,7 @@ error_codes! {
     WarehouseNotFound => (NOT_FOUND, "WAREHOUSE_NOT_FOUND"),
     WarehouseConflict => (CONFLICT, "WAREHOUSE_CONFLICT"),
     NoRoutableWarehouse => (CONFLICT, "NO_ROUTABLE_WAREHOUSE"),
-    RoutingUnsupported => (NOT_IMPLEMENTED, "ROUTING_UNSUPPORTED"),
+    UnsupportedOnCluster => (NOT_IMPLEMENTED, "UNSUPPORTED_ON_CLUSTER"),
     // Backpressure and outages: the caller may retry.
     Overloaded => (SERVICE_UNAVAILABLE, "SERVICE_OVERLOADED"),
     StoreUnavailable => (SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),

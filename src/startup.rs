@@ -146,7 +146,7 @@ impl Application {
         let persistence = PersistenceActor::new(persister, redis.clone()).start();
 
         if redis.is_cluster() && settings.inventory.routing.default_strategy.is_some() {
-            return Err(StartupError::Engine(EngineError::RoutingUnsupported(
+            return Err(StartupError::Engine(EngineError::UnsupportedOnCluster(
                 "inventory.routing.default_strategy needs a single Redis (routing is not \
                  available on a Redis Cluster); leave it empty"
                     .into(),

@@ -96,7 +96,9 @@ impl From<EngineError> for ApiError {
                 ApiError::new(Code::NoRoutableWarehouse, message)
                     .with_data(serde_json::json!({"skuId": sku_id, "region": region}))
             }
-            EngineError::RoutingUnsupported(_) => ApiError::new(Code::RoutingUnsupported, message),
+            EngineError::UnsupportedOnCluster(_) => {
+                ApiError::new(Code::UnsupportedOnCluster, message)
+            }
             EngineError::ReservationNotFound(order_no) => {
                 ApiError::new(Code::ReservationNotFound, message)
                     .with_data(serde_json::json!({"orderNo": order_no}))

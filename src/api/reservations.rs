@@ -94,7 +94,7 @@ fn lines_of(asks: &[Ask], default_warehouse: i64) -> Vec<OrderLine> {
         (status = 200, description = "Held (or held before: existed)", body = crate::api::openapi::Success<ReserveOutcome>),
         (status = 404, description = "INVENTORY_NOT_FOUND: a line names a position with no stock record", body = crate::api::openapi::ErrorEnvelope),
         (status = 409, description = "INSUFFICIENT_STOCK (data names the short line; with routing, failedWarehouseId is null and availableQty is what the candidate warehouses offered), IDEMPOTENCY_CONFLICT (same orderNo, other lines), INVALID_RESERVATION_STATUS (the order was cancelled) or NO_ROUTABLE_WAREHOUSE (routing: no enabled warehouse, in the region if given, stocks a line's SKU)", body = crate::api::openapi::ErrorEnvelope),
-        (status = 501, description = "ROUTING_UNSUPPORTED: routing was asked on a Redis Cluster", body = crate::api::openapi::ErrorEnvelope),
+        (status = 501, description = "UNSUPPORTED_ON_CLUSTER: routing was asked on a Redis Cluster", body = crate::api::openapi::ErrorEnvelope),
         crate::api::openapi::BodyErrors,
     ))]
 pub async fn reserve(

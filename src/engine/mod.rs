@@ -73,7 +73,7 @@ pub enum EngineError {
     #[error("no enabled warehouse{} stocks sku {sku_id}", .region.as_ref().map(|r| format!(" in region {r}")).unwrap_or_default())]
     NoWarehouse { sku_id: i64, region: Option<String> },
     #[error("{0}")]
-    RoutingUnsupported(String),
+    UnsupportedOnCluster(String),
     #[error(transparent)]
     Redis(#[from] RedisStoreError),
     #[error(transparent)]
@@ -112,7 +112,7 @@ impl EngineError {
             | EngineError::WarehouseConflict(_)
             | EngineError::RoutedInsufficient { .. }
             | EngineError::NoWarehouse { .. }
-            | EngineError::RoutingUnsupported(_)
+            | EngineError::UnsupportedOnCluster(_)
             // The job that got it stops; the new leader does the work.
             | EngineError::Fenced => false,
         }

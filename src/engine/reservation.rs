@@ -3,7 +3,10 @@
 
 use crate::domain::{SkuId, WarehouseId};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use actix::Addr;
 use chrono::NaiveDateTime;
@@ -88,7 +91,11 @@ pub struct ReservationView {
     pub order_no: String,
     pub sku_id: i64,
     pub warehouse_id: i64,
+    /// The units held.
     pub qty: i64,
+    /// Units sold, when CONFIRMED: `qty`, or fewer after a partial confirm (the rest went
+    /// back to sale); null otherwise.
+    pub confirmed_qty: Option<i64>,
     pub status: ReservationStatus,
     #[schema(value_type = String)]
     pub status_desc: &'static str,
@@ -105,6 +112,8 @@ pub struct ReservationEngine {
     pool: DbPool,
     stock: StockService,
     warehouses: WarehouseService,
+    /// Bounds the calls that go to Redis directly (routed reserves, partial confirms).
+    direct_calls: Arc<Semaphore>,
     settings: Settings,
     metrics: Metrics,
 }
@@ -254,6 +263,7 @@ impl ReservationEngine {
             pool,
             stock,
             warehouses,
+            direct_calls: Arc::new(Semaphore::new(settings.inventory.routing.max_in_flight)),
             settings,
             metrics,
         }
@@ -449,12 +459,54 @@ impl ReservationEngine {
         });
     }
 
+    /// The answer to a repeat of a routed order: the lines held, in the state they are in.
+    async fn routed_repeat(
+        &self,
+        order_no: &str,
+        lines: &[(SkuKey, i64)],
+    ) -> Result<ReserveOutcome, EngineError> {
+        let keys: Vec<SkuKey> = lines.iter().map(|(k, _)| *k).collect();
+        let markers = self.redis.line_markers(order_no, &keys).await?;
+        let status = markers
+            .iter()
+            .flatten()
+            .map(|m| m.status)
+            .max_by_key(|s| s.rank())
+            .unwrap_or(ReservationStatus::Reserved);
+        let expire_at_ms = markers
+            .iter()
+            .flatten()
+            .map(|m| m.expire_at_ms)
+            .next()
+            .unwrap_or(0);
+        Ok(ReserveOutcome {
+            order_no: order_no.to_string(),
+            status,
+            existed: true,
+            expire_at: ms_to_local_datetime(expire_at_ms),
+            items: lines
+                .iter()
+                .map(|(k, q)| LineView {
+                    sku_id: k.sku_id,
+                    warehouse_id: k.warehouse_id,
+                    qty: *q,
+                })
+                .collect(),
+        })
+    }
+
     /// TryReserve with warehouse routing: the plans for the order (engine::routing) go to
     /// Redis in one script call, which holds the first plan with the stock; all lines or
     /// none. A single Redis only: on a Redis Cluster the positions of one order's
     /// candidates live on several masters, where no one script can choose among them.
     pub async fn reserve_routed(&self, req: RoutedRequest) -> Result<ReserveOutcome, EngineError> {
         let result = self.reserve_routed_inner(&req).await;
+        if let Err(EngineError::Redis(RedisStoreError::BadReply { script, .. })) = &result {
+            self.metrics
+                .internal_errors
+                .with_label_values(&[script])
+                .inc();
+        }
         self.count_reserve(&result);
         result
     }
@@ -466,7 +518,7 @@ impl ReservationEngine {
         let limits = &self.settings.inventory;
         check_order_no(&req.order_no, limits.max_order_no_len)?;
         if self.redis.is_cluster() {
-            return Err(EngineError::RoutingUnsupported(
+            return Err(EngineError::UnsupportedOnCluster(
                 "warehouse routing needs a single Redis; on a Redis Cluster name each line's \
                  warehouseId"
                     .into(),
@@ -484,30 +536,53 @@ impl ReservationEngine {
                 ));
             }
         }
-        // The same checks as unrouted lines (a routed line is checked at warehouse 1).
-        let as_lines: Vec<OrderLine> = req
-            .asks
-            .iter()
-            .map(|a| OrderLine {
-                key: SkuKey::new(WarehouseId(a.warehouse_id.unwrap_or(1)), SkuId(a.sku_id)),
-                qty: a.qty,
-            })
-            .collect();
-        merge_lines(
-            &as_lines,
+        let asks = routing::check_asks(
+            &req.asks,
             limits.max_lines_per_order,
             limits.max_qty_per_line,
-        )?;
-        let asks = routing::merge_asks(&req.asks);
-        if let Some(a) = asks.iter().find(|a| a.qty > limits.max_qty_per_line) {
-            return Err(EngineError::QuantityOutOfRange(format!(
-                "lines of sku {} add up to {}, more than {}",
-                a.sku_id, a.qty, limits.max_qty_per_line
-            )));
+        )
+        .map_err(EngineError::Invalid)?;
+        // Bounded: routed reserves (and partial confirms) call Redis directly, not through
+        // the shard queues; past the bound they are shed as the queues shed.
+        let _permit = self
+            .direct_calls
+            .try_acquire()
+            .map_err(|_| EngineError::Overloaded)?;
+        // A repeat answers what was held, whatever the register or stock says now (the
+        // script checks again, for a repeat racing the first call).
+        match self
+            .redis
+            .lookup_orders(std::slice::from_ref(&req.order_no))
+            .await?
+            .pop()
+            .flatten()
+        {
+            Some(DirectoryEntry::Order { lines, .. }) => {
+                return if routing::same_order(&asks, &lines) {
+                    self.routed_repeat(&req.order_no, &lines).await
+                } else {
+                    Err(EngineError::IdempotencyConflict(format!(
+                        "order {} was reserved before with other SKUs or quantities",
+                        req.order_no
+                    )))
+                };
+            }
+            Some(DirectoryEntry::Tombstone { .. }) => {
+                return Err(EngineError::OrderCancelled(req.order_no.clone()))
+            }
+            None => {}
         }
 
         let sites = self.warehouses.enabled_sites().await?;
         let keys = routing::positions_to_read(&req.routing, &asks, &sites);
+        if keys.len() > routing::MAX_POSITIONS_READ {
+            return Err(EngineError::Invalid(format!(
+                "routing this order would weigh {} positions, more than {}: name a region or \
+                 split the order",
+                keys.len(),
+                routing::MAX_POSITIONS_READ
+            )));
+        }
         let mut views = self.stock.query(&keys, ReadSource::Live).await?;
         // A position only the DB has (Redis lost it) is loaded, as an unrouted reserve
         // does, so the script can hold it.
@@ -576,28 +651,7 @@ impl ReservationEngine {
                 expire_at: ms_to_local_datetime(expire_at_ms),
                 items: views_of(&lines),
             }),
-            RouteReply::Exists {
-                expire_at_ms,
-                lines,
-            } => {
-                let keys: Vec<SkuKey> = lines.iter().map(|(k, _)| *k).collect();
-                let status = self
-                    .redis
-                    .line_markers(&req.order_no, &keys)
-                    .await?
-                    .into_iter()
-                    .flatten()
-                    .map(|m| m.status)
-                    .max_by_key(|s| s.rank())
-                    .unwrap_or(ReservationStatus::Reserved);
-                Ok(ReserveOutcome {
-                    order_no: req.order_no.clone(),
-                    status,
-                    existed: true,
-                    expire_at: ms_to_local_datetime(expire_at_ms),
-                    items: views_of(&lines),
-                })
-            }
+            RouteReply::Exists { lines, .. } => self.routed_repeat(&req.order_no, &lines).await,
             RouteReply::Conflict => Err(EngineError::IdempotencyConflict(format!(
                 "order {} was reserved before with other SKUs or quantities",
                 req.order_no
@@ -891,6 +945,7 @@ impl ReservationEngine {
                     sku_id: row.sku_id,
                     warehouse_id: row.warehouse_id,
                     qty: row.qty.into(),
+                    confirmed_qty: (status == ReservationStatus::Confirmed).then(|| row.sold()),
                     status,
                     status_desc: status.description(),
                     expire_at: row.expire_at,
@@ -910,6 +965,7 @@ impl ReservationEngine {
                     sku_id: key.sku_id,
                     warehouse_id: key.warehouse_id,
                     qty: marker.qty,
+                    confirmed_qty: marker.confirmed_qty,
                     status: marker.status,
                     status_desc: marker.status.description(),
                     expire_at,

@@ -12,6 +12,10 @@ use crate::store::routing::RoutePlan;
 /// At most this many warehouses are considered per SKU (bounds the script's work).
 pub const MAX_CANDIDATES: usize = 32;
 
+/// At most this many positions (lines × eligible warehouses) are read to plan one order:
+/// a larger order must name a region or fewer lines.
+pub const MAX_POSITIONS_READ: usize = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Strategy {
@@ -68,20 +72,75 @@ fn region_text(region: &Option<String>) -> String {
 }
 
 /// Sums lines that ask for the same SKU from the same place (a pinned warehouse, or
-/// wherever routing puts it); by SKU, the routed line before the pinned ones.
+/// wherever routing puts it); by SKU, pinned lines before the routed one, so the script
+/// fills what a pinned line needs before routing takes from the same warehouse.
 pub fn merge_asks(asks: &[Ask]) -> Vec<Ask> {
-    let mut merged: BTreeMap<(i64, Option<i64>), i64> = BTreeMap::new();
+    let mut merged: BTreeMap<(i64, bool, Option<i64>), i64> = BTreeMap::new();
     for a in asks {
-        *merged.entry((a.sku_id, a.warehouse_id)).or_insert(0) += a.qty;
+        *merged
+            .entry((a.sku_id, a.warehouse_id.is_none(), a.warehouse_id))
+            .or_insert(0) += a.qty;
     }
     merged
         .into_iter()
-        .map(|((sku_id, warehouse_id), qty)| Ask {
+        .map(|((sku_id, _, warehouse_id), qty)| Ask {
             sku_id,
             qty,
             warehouse_id,
         })
         .collect()
+}
+
+/// Checks routed lines as `merge_lines` checks fixed ones (ids, quantities, line count),
+/// and merges them.
+pub fn check_asks(asks: &[Ask], max_lines: usize, max_qty: i64) -> Result<Vec<Ask>, String> {
+    if asks.is_empty() {
+        return Err("an order needs at least one line".into());
+    }
+    if asks.len() > max_lines {
+        return Err(format!(
+            "an order may have at most {max_lines} lines, got {}",
+            asks.len()
+        ));
+    }
+    if asks
+        .iter()
+        .any(|a| a.sku_id <= 0 || a.warehouse_id.is_some_and(|w| w <= 0))
+    {
+        return Err("skuId and warehouseId must be positive integers".into());
+    }
+    let merged = merge_asks(asks);
+    if let Some(a) = asks
+        .iter()
+        .chain(&merged)
+        .find(|a| a.qty <= 0 || a.qty > max_qty)
+    {
+        return Err(format!(
+            "qty must be between 1 and {max_qty}, got {} for sku {}",
+            a.qty, a.sku_id
+        ));
+    }
+    Ok(merged)
+}
+
+/// Whether an order held before (its lines as the directory lists them) is what these
+/// asks ask for: the same units per SKU, and each pinned line's units in its warehouse.
+pub fn same_order(asks: &[Ask], held: &[(SkuKey, i64)]) -> bool {
+    let mut per_sku: BTreeMap<i64, i64> = BTreeMap::new();
+    for a in asks {
+        *per_sku.entry(a.sku_id).or_insert(0) += a.qty;
+    }
+    let mut held_per_sku: BTreeMap<i64, i64> = BTreeMap::new();
+    for (k, q) in held {
+        *held_per_sku.entry(k.sku_id).or_insert(0) += q;
+    }
+    per_sku == held_per_sku
+        && asks.iter().all(|a| match a.warehouse_id {
+            None => true,
+            Some(w) => held
+                .iter()
+                .any(|(k, q)| k.sku_id == a.sku_id && k.warehouse_id == w && *q >= a.qty),
+        })
 }
 
 /// The positions whose levels `plans` needs: every eligible warehouse for each routed SKU.
@@ -129,6 +188,9 @@ pub fn plans(
             } else {
                 RoutePlan::WholeLine(lines)
             });
+        }
+        Strategy::SingleWarehouseFirst if asks.iter().all(|a| a.warehouse_id.is_some()) => {
+            out.push(RoutePlan::WholeLine(lines));
         }
         Strategy::SingleWarehouseFirst => {
             // Each warehouse that can be the source of every routed line, by priority.

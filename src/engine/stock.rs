@@ -488,6 +488,7 @@ impl StockService {
                 key: SkuKey::new(WarehouseId(row.warehouse_id), SkuId(row.sku_id)),
                 qty: row.qty.into(),
                 status,
+                confirmed: row.confirmed_qty.map(i64::from),
             });
         }
         let snapshots: Vec<OrderSnapshot> = orders.into_values().collect();

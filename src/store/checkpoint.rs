@@ -4,7 +4,9 @@
 //!
 //! - The ledger is append-only: a position's stock on hand is its checkpoint's `on_hand`
 //!   plus its stock-changing rows with a higher id.
-//! - A line moves at most once (RESERVED -> CONFIRMED or RELEASED), and MariaDB stamps
+//! - A line moves at most once (RESERVED -> CONFIRMED or RELEASED), its `qty` (the units
+//!   held) never changes (a partial confirm sets `confirmed_qty`, the units sold, in the
+//!   same move), and MariaDB stamps
 //!   `updated_at` only when a value changes. So the state a line had at time T is known
 //!   from the row now: none if `created_at > T`, its status if `updated_at <= T`, else
 //!   RESERVED. The checkpoint holds those states at `lines_until`; a run reads the lines
@@ -78,6 +80,8 @@ pub struct ChangedLine {
     pub created_at: NaiveDateTime,
     #[diesel(sql_type = Datetime)]
     pub updated_at: NaiveDateTime,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Integer>)]
+    pub confirmed_qty: Option<i32>,
 }
 
 impl ChangedLine {
@@ -106,7 +110,7 @@ pub fn current_totals(
         // In: the state now.
         match line.status.as_str() {
             "RESERVED" => totals.reserved += qty,
-            "CONFIRMED" => totals.confirmed += qty,
+            "CONFIRMED" => totals.confirmed += line.confirmed_qty.map_or(qty, i64::from),
             _ => {}
         }
     }
@@ -283,7 +287,7 @@ pub async fn lines_changed_after(
         return Ok(vec![]);
     }
     let mut sql = String::from(
-        "SELECT order_no, sku_id, warehouse_id, qty, status, expire_at, created_at, updated_at \
+        "SELECT order_no, sku_id, warehouse_id, qty, status, expire_at, created_at, updated_at, confirmed_qty \
          FROM t_inventory_reservation WHERE updated_at > ",
     );
     push_datetime(&mut sql, &since);
@@ -304,7 +308,7 @@ pub async fn live_lines(
         return Ok(vec![]);
     }
     let mut sql = String::from(
-        "SELECT order_no, sku_id, warehouse_id, qty, status, expire_at, created_at, updated_at \
+        "SELECT order_no, sku_id, warehouse_id, qty, status, expire_at, created_at, updated_at, confirmed_qty \
          FROM t_inventory_reservation WHERE expire_at > ",
     );
     push_datetime(&mut sql, &expiring_after);
@@ -378,7 +382,7 @@ pub async fn fold(conn: &mut AsyncMysqlConnection, margin_ms: u64) -> QueryResul
             "SELECT sku_id, warehouse_id, \
                CAST(SUM(CASE WHEN created_at <= ? AND (updated_at > ? OR status = 'RESERVED') THEN qty ELSE 0 END) \
                   - SUM(CASE WHEN created_at <= ? THEN qty ELSE 0 END) AS SIGNED) AS reserved, \
-               CAST(SUM(CASE WHEN created_at <= ? AND updated_at <= ? AND status = 'CONFIRMED' THEN qty ELSE 0 END) AS SIGNED) AS confirmed \
+               CAST(SUM(CASE WHEN created_at <= ? AND updated_at <= ? AND status = 'CONFIRMED' THEN COALESCE(confirmed_qty, qty) ELSE 0 END) AS SIGNED) AS confirmed \
              FROM t_inventory_reservation WHERE updated_at > ? GROUP BY sku_id, warehouse_id",
         )
         .bind::<Datetime, _>(new.lines_until)
@@ -484,7 +488,7 @@ pub async fn recompute_position(
         let lines: Vec<LineDeltas> = diesel::sql_query(
             "SELECT sku_id, warehouse_id, \
                CAST(SUM(CASE WHEN updated_at > ? OR status = 'RESERVED' THEN qty ELSE 0 END) AS SIGNED) AS reserved, \
-               CAST(SUM(CASE WHEN updated_at <= ? AND status = 'CONFIRMED' THEN qty ELSE 0 END) AS SIGNED) AS confirmed \
+               CAST(SUM(CASE WHEN updated_at <= ? AND status = 'CONFIRMED' THEN COALESCE(confirmed_qty, qty) ELSE 0 END) AS SIGNED) AS confirmed \
              FROM t_inventory_reservation WHERE sku_id = ? AND warehouse_id = ? AND created_at <= ? \
              GROUP BY sku_id, warehouse_id",
         )
@@ -547,6 +551,7 @@ mod tests {
             expire_at: at(0),
             created_at: at(created),
             updated_at: at(updated),
+            confirmed_qty: None,
         }
     }
 

@@ -253,7 +253,7 @@ pub fn plan_batch(entries: &[(String, Vec<JournalLine>)]) -> BatchWrites {
                 remark: (!event.remark.is_empty()).then(|| truncate(&event.remark, 255)),
             });
             let status = match event.kind {
-                JournalKind::Adjust => None,
+                JournalKind::Adjust | JournalKind::PartialRelease => None,
                 JournalKind::Reserve => Some(ReservationStatus::Reserved),
                 JournalKind::Confirm => Some(ReservationStatus::Confirmed),
                 JournalKind::Release => Some(ReservationStatus::Released),
@@ -268,6 +268,10 @@ pub fn plan_batch(entries: &[(String, Vec<JournalLine>)]) -> BatchWrites {
                     expire_at: ms_to_datetime(event.expire_at_ms),
                     release_reason: (status == ReservationStatus::Released)
                         .then(|| truncate(&event.reason, 50)),
+                    // A CNF line's reserved delta is the units sold (a partial confirm
+                    // sells fewer than the line holds).
+                    confirmed_qty: (status == ReservationStatus::Confirmed)
+                        .then(|| ledger_i32(-event.delta_reserved)),
                     trace_id: non_empty(&event.trace_id),
                 });
             }

@@ -179,6 +179,19 @@ pub struct Reservation {
     pub trace_id: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// Units sold once CONFIRMED (a partial confirm sells fewer than `qty`); NULL: all.
+    pub confirmed_qty: Option<i32>,
+}
+
+impl Reservation {
+    /// Units this line sold: its confirmed quantity if CONFIRMED, else 0.
+    pub fn sold(&self) -> i64 {
+        if self.status == "CONFIRMED" {
+            i64::from(self.confirmed_qty.unwrap_or(self.qty))
+        } else {
+            0
+        }
+    }
 }
 
 /// A reservation line as the journal describes it.
@@ -192,6 +205,8 @@ pub struct ReservationUpsert {
     pub expire_at: NaiveDateTime,
     pub release_reason: Option<String>,
     pub trace_id: Option<String>,
+    /// For CONFIRMED: the units sold.
+    pub confirmed_qty: Option<i32>,
 }
 
 #[derive(QueryableByName)]
@@ -289,7 +304,7 @@ impl Reservation {
         let mut sql = String::with_capacity(256 + rows.len() * 128);
         sql.push_str(
             "INSERT INTO t_inventory_reservation \
-             (order_no, sku_id, warehouse_id, qty, status, expire_at, version, release_reason, trace_id) VALUES ",
+             (order_no, sku_id, warehouse_id, qty, status, expire_at, version, release_reason, trace_id, confirmed_qty) VALUES ",
         );
         for (i, row) in rows.iter().enumerate() {
             sql.push_str(if i == 0 { "(" } else { ", (" });
@@ -310,12 +325,18 @@ impl Reservation {
             push_opt_text(&mut sql, row.release_reason.as_deref());
             sql.push_str(", ");
             push_opt_text(&mut sql, row.trace_id.as_deref());
+            sql.push_str(", ");
+            match row.confirmed_qty {
+                Some(c) => push_int(&mut sql, i64::from(c)),
+                None => sql.push_str("NULL"),
+            }
             sql.push(')');
         }
         sql.push_str(
             " ON DUPLICATE KEY UPDATE \
              status = IF(VALUES(version) > version, VALUES(status), status), \
              release_reason = IF(VALUES(version) > version, VALUES(release_reason), release_reason), \
+             confirmed_qty = IF(VALUES(version) > version, VALUES(confirmed_qty), confirmed_qty), \
              version = GREATEST(version, VALUES(version))",
         );
         conn.batch_execute(&sql).await?;
@@ -331,7 +352,7 @@ impl Reservation {
             return Ok(HashMap::new());
         }
         let mut sql = String::from(
-            "SELECT sku_id, warehouse_id, CAST(SUM(qty) AS SIGNED) AS total \
+            "SELECT sku_id, warehouse_id, CAST(SUM(COALESCE(confirmed_qty, qty)) AS SIGNED) AS total \
              FROM t_inventory_reservation WHERE status = 'CONFIRMED' AND (sku_id, warehouse_id) IN (",
         );
         sql.push_str(&vec!["(?, ?)"; keys.len()].join(", "));

@@ -84,6 +84,7 @@ pub(super) struct Scripts {
     pub(super) settle: Script,
     pub(super) decide: Script,
     pub(super) route: Script,
+    pub(super) confirm_partial: Script,
 }
 
 impl Scripts {
@@ -108,6 +109,7 @@ impl Scripts {
             settle: script(include_str!("../../lua/settle.lua")),
             decide: script(include_str!("../../lua/decide.lua")),
             route: script(include_str!("../../lua/route.lua")),
+            confirm_partial: script(include_str!("../../lua/confirm_partial.lua")),
         }
     }
 }

@@ -124,7 +124,25 @@ pub enum TransitionReply {
 pub struct LineMarker {
     pub status: ReservationStatus,
     pub qty: i64,
+    /// Units sold, when CONFIRMED.
+    pub confirmed_qty: Option<i64>,
     pub expire_at_ms: i64,
+}
+
+/// What a partial confirm did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartialConfirmReply {
+    Done,
+    /// Confirmed before with the same units per line.
+    Exists,
+    /// Confirmed before with other units.
+    Conflict,
+    /// A line was asked for more units than it holds.
+    TooMany {
+        key: SkuKey,
+    },
+    /// As confirm.lua refuses (not found, released, expired, retry, journal full).
+    Refused(TransitionReply),
 }
 
 fn bad(script: &'static str, detail: impl Into<String>) -> RedisStoreError {
@@ -463,6 +481,69 @@ impl RedisStore {
         Ok((replies, levels))
     }
 
+    /// Confirms one order with the units to sell per line (lua/confirm_partial.lua; single
+    /// Redis). `lines` names every line of the order (from the directory) with its units
+    /// to confirm. Done, Exists (the same quantities before), Conflict (others before), or
+    /// a refusal as confirm.lua answers it; TooMany names a line asked for more than held.
+    pub async fn confirm_partial(
+        &self,
+        order_no: &str,
+        trace_id: &str,
+        lines: &[(SkuKey, i64)],
+        even_if_expired: bool,
+        now_ms: i64,
+        max_journal_entries: u64,
+    ) -> RedisResult<(PartialConfirmReply, Vec<LevelsAfter>)> {
+        if self.is_cluster() {
+            return Err(bad("confirm_partial", "not available on a Redis Cluster"));
+        }
+        let keys = &self.keys;
+        let mut layout = CallLayout::default();
+        for (key, _) in lines {
+            layout.position(keys, *key);
+        }
+        let units: HashMap<SkuKey, i64> = lines.iter().copied().collect();
+        let mut invocation = self.scripts.confirm_partial.prepare_invoke();
+        layout.push_keys(keys, &mut invocation);
+        invocation.arg(now_ms).arg(max_journal_entries);
+        layout.push_position_args(keys, &mut invocation);
+        invocation
+            .arg(1)
+            .arg(order_no)
+            .arg(wire::word(trace_id, 64))
+            .arg(if even_if_expired { "1" } else { "0" });
+        for key in &layout.positions {
+            invocation.arg(units.get(key).copied().unwrap_or(0));
+        }
+        let mut groups: Vec<usize> = layout
+            .positions
+            .iter()
+            .map(|k| layout.group_of(keys, *k))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        invocation.arg(groups.len());
+        for g in groups {
+            invocation.arg(g);
+        }
+        let items = self
+            .run_script("confirm_partial", &invocation, None)
+            .await?;
+        let (items, levels) = wire::split_levels("confirm_partial", items, 1, &layout.positions)?;
+        let item = items
+            .first()
+            .ok_or_else(|| bad("confirm_partial", "no reply"))?;
+        let key = SkuKey::new(WarehouseId(item.n[0]), SkuId(item.n[1]));
+        let reply = match item.status.as_str() {
+            "CONFIRMED" => PartialConfirmReply::Done,
+            "EXISTS" => PartialConfirmReply::Exists,
+            "CONFLICT" => PartialConfirmReply::Conflict,
+            "TOO_MANY" => PartialConfirmReply::TooMany { key },
+            _ => PartialConfirmReply::Refused(parse_transition("confirm", item)?),
+        };
+        Ok((reply, levels))
+    }
+
     /// Leaves a tombstone for an order Redis has no record of (a release that came before
     /// its reservation). Tombstone, or Retry when the order was reserved meanwhile.
     pub async fn tombstone(&self, order_no: &str, until_ms: i64) -> RedisResult<TransitionReply> {
@@ -502,6 +583,7 @@ impl RedisStore {
                 Some(LineMarker {
                     status: line.status,
                     qty: line.qty,
+                    confirmed_qty: line.confirmed_qty(),
                     expire_at_ms: record.expire_at_ms,
                 })
             })
@@ -532,6 +614,7 @@ impl RedisStore {
                 Some(LineMarker {
                     status: line.status,
                     qty: line.qty,
+                    confirmed_qty: line.confirmed_qty(),
                     expire_at_ms: record.expire_at_ms,
                 })
             }));

@@ -32,6 +32,7 @@ diesel::table! {
         trace_id -> Nullable<Varchar>,
         created_at -> Datetime,
         updated_at -> Datetime,
+        confirmed_qty -> Nullable<Integer>,
     }
 }
 

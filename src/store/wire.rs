@@ -228,11 +228,22 @@ pub const STATES: [(ReservationStatus, u8); 3] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordLine {
     pub key: SkuKey,
+    /// The units held.
     pub qty: i64,
     pub status: ReservationStatus,
+    /// A partial confirm's units sold (the rest went back); None: all of `qty`.
+    pub confirmed: Option<i64>,
 }
 
-/// An order's lines in one group: `<expireAt ms> <w>:<s>:<qty>:<STATE> ...`.
+impl RecordLine {
+    /// Units sold by this line, if CONFIRMED.
+    pub fn confirmed_qty(&self) -> Option<i64> {
+        (self.status == ReservationStatus::Confirmed).then(|| self.confirmed.unwrap_or(self.qty))
+    }
+}
+
+/// An order's lines in one group: `<expireAt ms> <w>:<s>:<qty>:<STATE>[:<confirmed>] ...`
+/// (the fifth part only after a partial confirm).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRecord {
     pub expire_at_ms: i64,
@@ -260,10 +271,19 @@ impl OrderRecord {
             // PENDING and ABORTED (cluster mode, an order being decided or aborted) are not
             // line states a reader reports: such a record reads as absent here.
             let status = ReservationStatus::parse(parts.next()?)?;
+            let confirmed = match parts.next() {
+                None => None,
+                Some(c) => Some(c.parse().ok()?),
+            };
             if parts.next().is_some() {
                 return None;
             }
-            lines.push(RecordLine { key, qty, status });
+            lines.push(RecordLine {
+                key,
+                qty,
+                status,
+                confirmed,
+            });
         }
         (!lines.is_empty()).then_some(OrderRecord {
             expire_at_ms,
@@ -281,6 +301,9 @@ impl OrderRecord {
                 line.qty,
                 line.status.as_str()
             ));
+            if let Some(c) = line.confirmed {
+                out.push_str(&format!(":{c}"));
+            }
         }
         out
     }
@@ -371,6 +394,9 @@ pub enum JournalKind {
     Reserve,
     Confirm,
     Release,
+    /// The part of a line a partial confirm gives back (the line itself is confirmed by
+    /// the CNF line that follows): a ledger row only.
+    PartialRelease,
 }
 
 impl JournalKind {
@@ -380,6 +406,7 @@ impl JournalKind {
             JournalKind::Reserve => "RES",
             JournalKind::Confirm => "CNF",
             JournalKind::Release => "REL",
+            JournalKind::PartialRelease => "PRL",
         }
     }
 
@@ -389,6 +416,7 @@ impl JournalKind {
             "RES" => JournalKind::Reserve,
             "CNF" => JournalKind::Confirm,
             "REL" => JournalKind::Release,
+            "PRL" => JournalKind::PartialRelease,
             _ => return None,
         })
     }

@@ -1243,7 +1243,7 @@ async fn cluster_routing_is_refused_clearly_and_holds_nothing() {
         )
         .await;
     assert_eq!(status, 501, "{body}");
-    assert_eq!(body["code"], "ROUTING_UNSUPPORTED");
+    assert_eq!(body["code"], "UNSUPPORTED_ON_CLUSTER");
     let audits = app.assert_invariants(&[key]).await;
     assert_eq!(audits[0].lines_reserved, 0);
 

@@ -324,6 +324,11 @@ async fn a_disabled_warehouse_is_never_routed_to_and_single_warehouse_first_keep
 
     let (status, body) = app.post("/warehouses/41/disable").await;
     assert_eq!(status, 200, "{body}");
+    // A repeat of an order held in 41 answers what it held, though 41 is disabled now.
+    let (status, body) = app.post_json("/inventory/reserve", &order("RT-D0")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["existed"], true);
+    assert_eq!(placed(&body), vec![(a, 41, 1), (b, 41, 1)]);
     // 42 is preferred now but lacks b: the whole order goes to 43, never to 41.
     for i in 1..=20 {
         let (status, body) = app
@@ -513,4 +518,40 @@ async fn kafka_orders_are_routed_by_the_configured_strategy() {
         .map(|a| (a.lines_reserved, a.lines_confirmed))
         .collect();
     assert_eq!(held, vec![(0, 2), (0, 8), (4, 0)]);
+}
+
+#[actix_web::test]
+async fn a_pinned_line_is_filled_before_routing_takes_from_its_warehouse() {
+    let app = spawn_app().await;
+    let sku = 4460;
+    warehouse(&app, 71, 1, "east").await;
+    warehouse(&app, 72, 2, "east").await;
+    app.stock_in(SkuId(sku), WarehouseId(71), 5).await;
+    app.stock_in(SkuId(sku), WarehouseId(72), 5).await;
+    // 5 pinned to 71 (all it has) and 1 routed: the routed unit must come from 72.
+    let (status, body) = app
+        .post_json(
+            "/inventory/reserve",
+            &json!({"orderNo": "RT-PIN", "items": [{"skuId": sku, "qty": 1},
+                    {"skuId": sku, "qty": 5, "warehouseId": 71}],
+                    "routing": {"strategy": "PRIORITY"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(placed(&body), vec![(sku, 71, 5), (sku, 72, 1)]);
+    // The same order pinned elsewhere is another order.
+    let (status, body) = app
+        .post_json(
+            "/inventory/reserve",
+            &json!({"orderNo": "RT-PIN", "items": [{"skuId": sku, "qty": 1},
+                    {"skuId": sku, "qty": 5, "warehouseId": 72}],
+                    "routing": {"strategy": "PRIORITY"}}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "IDEMPOTENCY_CONFLICT");
+    let keys = [71, 72].map(|w| SkuKey::new(WarehouseId(w), SkuId(sku)));
+    let audits = app.assert_invariants(&keys).await;
+    assert_eq!(audits[0].lines_reserved, 5);
+    assert_eq!(audits[1].lines_reserved, 1);
 }
