@@ -442,7 +442,31 @@ mod tests {
                 pinned(7, 1, 3),
                 ask(5, 1)
             ]),
-            vec![ask(5, 1), ask(7, 5), pinned(7, 3, 3)]
+            vec![ask(5, 1), pinned(7, 3, 3), ask(7, 5)]
         );
+        assert!(
+            check_asks(&[ask(7, 60), ask(7, 60)], 10, 100).is_err(),
+            "sum"
+        );
+        assert!(check_asks(&[ask(7, 60), pinned(7, 60, 1)], 10, 100).is_ok());
+        assert!(check_asks(&[ask(7, 0)], 10, 100).is_err());
+        assert!(check_asks(&[pinned(7, 1, 0)], 10, 100).is_err());
+        assert!(check_asks(&[], 10, 100).is_err());
+        assert!(check_asks(&[ask(1, 1), ask(2, 1)], 1, 100).is_err());
+    }
+
+    #[test]
+    fn a_repeat_is_the_same_order_by_sku_totals_and_pinned_places() {
+        let pinned = |sku, qty, w| Ask {
+            sku_id: sku,
+            qty,
+            warehouse_id: Some(w),
+        };
+        let held = [(key(2, 7), 3), (key(3, 7), 2), (key(3, 8), 1)];
+        assert!(same_order(&[ask(7, 5), ask(8, 1)], &held));
+        assert!(same_order(&[pinned(7, 2, 3), ask(7, 3), ask(8, 1)], &held));
+        assert!(!same_order(&[pinned(7, 2, 4), ask(7, 3), ask(8, 1)], &held));
+        assert!(!same_order(&[ask(7, 4), ask(8, 1)], &held));
+        assert!(!same_order(&[ask(7, 5)], &held));
     }
 }

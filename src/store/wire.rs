@@ -271,9 +271,11 @@ impl OrderRecord {
             // PENDING and ABORTED (cluster mode, an order being decided or aborted) are not
             // line states a reader reports: such a record reads as absent here.
             let status = ReservationStatus::parse(parts.next()?)?;
+            // Only a CONFIRMED line has units sold (lua/confirm_partial.lua).
             let confirmed = match parts.next() {
                 None => None,
-                Some(c) => Some(c.parse().ok()?),
+                Some(c) if status == ReservationStatus::Confirmed => Some(c.parse().ok()?),
+                Some(_) => return None,
             };
             if parts.next().is_some() {
                 return None;
@@ -703,12 +705,19 @@ mod tests {
             1
         );
         assert_eq!(record.format(), raw);
+        let partial = "1732540000000 1:1001:5:CONFIRMED:3";
+        let record = OrderRecord::parse(partial).unwrap();
+        assert_eq!(record.lines[0].confirmed_qty(), Some(3));
+        assert_eq!(record.lines[0].qty, 5);
+        assert_eq!(record.format(), partial);
         for bad in [
             "",
             "x 1:1:1:RESERVED",
             "1 1:1:1:HELD",
             "1",
             "1 1:1:1:RESERVED:9",
+            "1 1:1:3:CONFIRMED:x",
+            "1 1:1:3:CONFIRMED:1:1",
         ] {
             assert_eq!(OrderRecord::parse(bad), None, "{bad:?}");
         }
