@@ -157,7 +157,7 @@ fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
 }
 
 /// serde names our Rust types ("expected struct ReserveBody"); callers need not see them.
-fn without_type_names(message: &str) -> String {
+pub(crate) fn without_type_names(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(at) = rest.find("struct ") {

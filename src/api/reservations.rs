@@ -3,13 +3,14 @@
 use crate::domain::{SkuId, WarehouseId};
 use std::collections::HashMap;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::params::{check_len, required_str, trace_id};
 use crate::api::AppState;
 use crate::domain::{LedgerReason, SkuKey};
+use crate::engine::confirm_partial::ConfirmItem;
 use crate::engine::reservation::{
     ReservationView, ReserveOutcome, ReserveRequest, RoutedRequest, TransitionOutcome,
 };
@@ -184,26 +185,79 @@ pub async fn reserve(
     }
 }
 
+/// `POST /inventory/reservations/confirm`'s optional body: the units that ship per line.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfirmBody {
+    /// Lines not named ship nothing (their units go back to sale).
+    pub items: Vec<ConfirmItem>,
+}
+
+/// An optional JSON body: none when empty.
+fn optional_json<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    body: &web::Bytes,
+) -> Result<Option<T>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    if req.content_type() != "application/json" {
+        return Err(ApiError::new(
+            Code::UnsupportedMediaType,
+            "expected Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice(body).map(Some).map_err(|e| {
+        ApiError::new(
+            Code::InvalidJson,
+            format!(
+                "invalid JSON body: {}",
+                crate::api::without_type_names(&e.to_string())
+            ),
+        )
+    })
+}
+
 /// Confirm: the held units are sold (`POST /inventory/reservations/confirm?orderNo=...`).
+///
+/// Without a body every line is confirmed whole. With `{"items": [...]}` it confirms those
+/// units (at most what each line holds) and releases the rest of each line (ledger reason
+/// RELEASE, remark PARTIAL_CONFIRM); `items` in the answer are then the units sold. A
+/// repeat with the same units answers `existed`; other units after a confirm are 409
+/// IDEMPOTENCY_CONFLICT.
 #[utoipa::path(post, path = "/inventory/reservations/confirm", tag = "reservations",
     params(("orderNo" = String, Query, description = "The order to confirm"), ("X-Trace-Id" = Option<String>, Header, description = "Trace id kept in the ledger (1-64 of [A-Za-z0-9_-]); a new one otherwise")),
+    request_body(content = Option<ConfirmBody>, description = "Optional: the units that ship (a partial confirm)"),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Confirmed (or confirmed before: existed)", body = crate::api::openapi::Success<TransitionOutcome>),
         (status = 404, description = "RESERVATION_NOT_FOUND", body = crate::api::openapi::ErrorEnvelope),
-        (status = 409, description = "INVALID_RESERVATION_STATUS: released or expired", body = crate::api::openapi::ErrorEnvelope),
-        crate::api::openapi::AuthErrors,
+        (status = 409, description = "INVALID_RESERVATION_STATUS: released or expired; IDEMPOTENCY_CONFLICT: confirmed before with other units", body = crate::api::openapi::ErrorEnvelope),
+        (status = 501, description = "UNSUPPORTED_ON_CLUSTER: a partial confirm on a Redis Cluster", body = crate::api::openapi::ErrorEnvelope),
+        crate::api::openapi::BodyErrors,
     ))]
 pub async fn confirm(
     state: web::Data<AppState>,
     req: HttpRequest,
     query: web::Query<HashMap<String, String>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let order_no = required_str(&query, "orderNo", 64)?;
-    let outcome = state
-        .reservations
-        .confirm(order_no, &trace_id(&req))
-        .await?;
+    let partial: Option<ConfirmBody> = optional_json(&req, &body)?;
+    let outcome = match partial {
+        Some(body) => {
+            state
+                .reservations
+                .confirm_partial(order_no, &trace_id(&req), &body.items)
+                .await?
+        }
+        None => {
+            state
+                .reservations
+                .confirm(order_no, &trace_id(&req))
+                .await?
+        }
+    };
     Ok(ok(outcome))
 }
 

@@ -1,6 +1,7 @@
 //! The engine: decides every stock change in Redis, journals it, and gets it into the DB.
 
 pub mod audit;
+pub mod confirm_partial;
 pub mod leadership;
 pub mod persistence;
 pub mod reconcile;

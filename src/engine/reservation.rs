@@ -108,14 +108,14 @@ pub struct ReservationView {
 #[derive(Clone)]
 pub struct ReservationEngine {
     shards: Vec<Addr<ShardActor>>,
-    redis: RedisStore,
+    pub(super) redis: RedisStore,
     pool: DbPool,
-    stock: StockService,
+    pub(super) stock: StockService,
     warehouses: WarehouseService,
     /// Bounds the calls that go to Redis directly (routed reserves, partial confirms).
-    direct_calls: Arc<Semaphore>,
-    settings: Settings,
-    metrics: Metrics,
+    pub(super) direct_calls: Arc<Semaphore>,
+    pub(super) settings: Settings,
+    pub(super) metrics: Metrics,
 }
 
 /// Checks an orderNo: it becomes part of Redis keys and a VARCHAR(64) column.
@@ -244,6 +244,40 @@ fn release_result(
             EngineError::InvalidStatus(format!("order {order_no} cannot be released")),
         ),
         TransitionReply::JournalFull | TransitionReply::Retry => Err(EngineError::Overloaded),
+    }
+}
+
+/// What a confirm's reply means for its caller; `items` are the order's lines.
+pub(super) fn confirm_result(
+    order_no: &str,
+    reply: TransitionReply,
+    items: Vec<LineView>,
+) -> Result<TransitionOutcome, EngineError> {
+    let outcome = |existed| TransitionOutcome {
+        order_no: order_no.to_string(),
+        status: ReservationStatus::Confirmed,
+        existed,
+        items,
+    };
+    match reply {
+        TransitionReply::Done => Ok(outcome(false)),
+        TransitionReply::Exists => Ok(outcome(true)),
+        TransitionReply::NotFound | TransitionReply::Tombstone | TransitionReply::Retry => {
+            Err(EngineError::ReservationNotFound(order_no.to_string()))
+        }
+        TransitionReply::Released { key } => Err(EngineError::InvalidStatus(format!(
+            "order {order_no} cannot be confirmed: sku {} is RELEASED",
+            key.sku_id
+        ))),
+        TransitionReply::Expired { key } => Err(EngineError::InvalidStatus(format!(
+            "order {order_no} cannot be confirmed: the hold of sku {} has expired",
+            key.sku_id
+        ))),
+        TransitionReply::Confirmed { .. } | TransitionReply::NotExpired => Err(
+            EngineError::InvalidStatus(format!("order {order_no} cannot be confirmed")),
+        ),
+        TransitionReply::JournalFull => Err(EngineError::Overloaded),
+        TransitionReply::Fenced => Err(EngineError::Fenced),
     }
 }
 
@@ -680,7 +714,11 @@ impl ReservationEngine {
         Ok(self.redis.order_lines(order_no).await?)
     }
 
-    fn count_transition(&self, op: &str, result: &Result<TransitionOutcome, EngineError>) {
+    pub(super) fn count_transition(
+        &self,
+        op: &str,
+        result: &Result<TransitionOutcome, EngineError>,
+    ) {
         let outcome = match result {
             Ok(o) if o.existed => "exists",
             Ok(_) => "done",
@@ -695,7 +733,10 @@ impl ReservationEngine {
     }
 
     /// The directory entry of an order (None: unknown or a tombstone).
-    async fn directory_entry(&self, order_no: &str) -> Result<Option<DirectoryEntry>, EngineError> {
+    pub(super) async fn directory_entry(
+        &self,
+        order_no: &str,
+    ) -> Result<Option<DirectoryEntry>, EngineError> {
         check_order_no(order_no, self.settings.inventory.max_order_no_len)?;
         Ok(self
             .redis
@@ -778,31 +819,24 @@ impl ReservationEngine {
                 TransitionOp::Confirm { even_if_expired },
             )
             .await?;
-        let outcome = |existed| TransitionOutcome {
-            order_no: order_no.to_string(),
-            status: ReservationStatus::Confirmed,
-            existed,
-            items: items.clone(),
-        };
-        match reply {
-            TransitionReply::Done => Ok(outcome(false)),
-            TransitionReply::Exists => Ok(outcome(true)),
-            TransitionReply::NotFound | TransitionReply::Tombstone | TransitionReply::Retry => {
-                Err(EngineError::ReservationNotFound(order_no.to_string()))
+        let result = confirm_result(order_no, reply, items);
+        match result {
+            // A repeat: the units each line sold (fewer than held after a partial confirm).
+            Ok(mut outcome) if outcome.existed => {
+                let keys: Vec<SkuKey> = outcome
+                    .items
+                    .iter()
+                    .map(|i| SkuKey::new(WarehouseId(i.warehouse_id), SkuId(i.sku_id)))
+                    .collect();
+                let markers = self.redis.line_markers(order_no, &keys).await?;
+                for (item, marker) in outcome.items.iter_mut().zip(markers) {
+                    if let Some(sold) = marker.and_then(|m| m.confirmed_qty) {
+                        item.qty = sold;
+                    }
+                }
+                Ok(outcome)
             }
-            TransitionReply::Released { key } => Err(EngineError::InvalidStatus(format!(
-                "order {order_no} cannot be confirmed: sku {} is RELEASED",
-                key.sku_id
-            ))),
-            TransitionReply::Expired { key } => Err(EngineError::InvalidStatus(format!(
-                "order {order_no} cannot be confirmed: the hold of sku {} has expired",
-                key.sku_id
-            ))),
-            TransitionReply::Confirmed { .. } | TransitionReply::NotExpired => Err(
-                EngineError::InvalidStatus(format!("order {order_no} cannot be confirmed")),
-            ),
-            TransitionReply::JournalFull => Err(EngineError::Overloaded),
-            TransitionReply::Fenced => Err(EngineError::Fenced),
+            other => other,
         }
     }
 

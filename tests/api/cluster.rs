@@ -1231,7 +1231,7 @@ async fn cluster_kafka_orders_across_masters_are_held_refused_and_confirmed() {
 }
 
 #[actix_web::test]
-async fn cluster_routing_is_refused_clearly_and_holds_nothing() {
+async fn cluster_routing_and_partial_confirm_are_refused_clearly_and_change_nothing() {
     let app = spawn_cluster_app(&[]).await;
     let key = SkuKey::new(WarehouseId(1), SkuId(4450));
     app.stock_in(SkuId(4450), WarehouseId(1), 5).await;
@@ -1246,6 +1246,28 @@ async fn cluster_routing_is_refused_clearly_and_holds_nothing() {
     assert_eq!(body["code"], "UNSUPPORTED_ON_CLUSTER");
     let audits = app.assert_invariants(&[key]).await;
     assert_eq!(audits[0].lines_reserved, 0);
+    // A partial confirm is refused the same way; the whole confirm works.
+    let (status, body) = app
+        .post_json(
+            "/inventory/reserve",
+            &json!({"orderNo": "CR-2", "skuId": 4450, "warehouseId": 1, "qty": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .post_json(
+            "/inventory/reservations/confirm?orderNo=CR-2",
+            &json!({"items": [{"skuId": 4450, "qty": 1}]}),
+        )
+        .await;
+    assert_eq!(status, 501, "{body}");
+    assert_eq!(body["code"], "UNSUPPORTED_ON_CLUSTER");
+    let (status, body) = app
+        .post("/inventory/reservations/confirm?orderNo=CR-2")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let audits = app.assert_invariants(&[key]).await;
+    assert_eq!(audits[0].lines_confirmed, 2);
 
     // Routing Kafka orders by default cannot start on a cluster: it says so at start-up.
     wait_for_cluster().await;

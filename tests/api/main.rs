@@ -19,6 +19,7 @@ mod kafka_restart;
 mod layout;
 mod logs;
 mod openapi;
+mod partial_confirm;
 mod reads;
 mod reservations;
 mod routing;
