@@ -1,18 +1,27 @@
 //! Typed, layered configuration checked at start-up.
 //!
-//! Layers, later wins: `config/default.toml` (compiled in) < the file given with
-//! `--config` < environment variables `INVENTORY__SECTION__KEY`. Every key exists in the
-//! defaults, so an environment variable takes the type of the key it overrides; unknown keys
-//! and invalid values are errors that name the key.
+//! Layers, later wins (the `config` crate merges them): `config/default.toml` (compiled in)
+//! < the file given with `--config` < environment variables `INVENTORY__SECTION__KEY`
+//! (strings, parsed into the type of the key they set). Unknown keys, in a file or in the
+//! environment, and values of the wrong type stop start-up naming the key (serde with
+//! `deny_unknown_fields`, its path kept by `serde_path_to_error`); each field declares its
+//! own range or rule (`garde`), and the few rules that relate two fields are in
+//! `Settings::check_relations`. Values with structure are parsed once, here: the bind
+//! address is a `SocketAddr`, the expiry cron a parsed `cron::Schedule`. Secrets (URLs that
+//! may carry a password, tokens) are `Secret`: never printed, never echoed in an error.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::str::FromStr;
 
-use serde::Deserialize;
+use garde::Validate;
+use serde::{Deserialize, Deserializer};
 
 const DEFAULT_TOML: &str = include_str!("../config/default.toml");
-const ENV_PREFIX: &str = "INVENTORY__";
+const ENV_PREFIX: &str = "INVENTORY";
+const ENV_SEPARATOR: &str = "__";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -60,102 +69,297 @@ impl fmt::Display for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A Quartz cron expression (6 or 7 fields), parsed when the configuration is read.
+#[derive(Clone)]
+pub struct CronSchedule {
+    text: String,
+    schedule: cron::Schedule,
+}
+
+impl CronSchedule {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// How long from now until the schedule's next time (None: it has none).
+    pub fn until_next(&self) -> Option<std::time::Duration> {
+        let next = self.schedule.upcoming(chrono::Local).next()?;
+        (next - chrono::Local::now()).to_std().ok()
+    }
+}
+
+impl fmt::Debug for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.text)
+    }
+}
+
+impl FromStr for CronSchedule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let fields = text.split_whitespace().count();
+        if !(6..=7).contains(&fields) {
+            return Err(format!(
+                "expected a Quartz cron with 6 or 7 fields, got {fields}"
+            ));
+        }
+        let schedule = cron::Schedule::from_str(text).map_err(|e| e.to_string())?;
+        Ok(CronSchedule {
+            text: text.to_string(),
+            schedule,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for CronSchedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// Field rules that are not a plain range. garde calls them with the value and `&()`.
+
+fn url_with(url: &Secret, schemes: &[&str]) -> garde::Result {
+    let scheme = url.expose().split("://").next().unwrap_or("");
+    if !url.expose().contains("://") || !schemes.contains(&scheme) {
+        // Never echo the value: it may carry a password.
+        return Err(garde::Error::new(format!(
+            "must be a URL with scheme {}",
+            schemes.join(" or ")
+        )));
+    }
+    Ok(())
+}
+
+fn redis_url(url: &Secret, _: &()) -> garde::Result {
+    url_with(url, &["redis", "rediss"])
+}
+
+fn mysql_url(url: &Secret, _: &()) -> garde::Result {
+    url_with(url, &["mysql"])
+}
+
+fn redis_urls(urls: &Secret, _: &()) -> garde::Result {
+    for url in split_list(urls) {
+        url_with(&Secret::new(url), &["redis", "rediss"])?;
+    }
+    Ok(())
+}
+
+fn no_hash_tags(prefix: &str, _: &()) -> garde::Result {
+    if prefix.contains(['{', '}', ' ']) {
+        return Err(garde::Error::new(
+            "must not contain braces (they are hash tags) or spaces",
+        ));
+    }
+    Ok(())
+}
+
+fn word_or_empty(value: &str, _: &()) -> garde::Result {
+    if value.len() > 32
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(garde::Error::new("must be empty or 1-32 of [A-Za-z0-9_-]"));
+    }
+    Ok(())
+}
+
+fn topic(value: &str, _: &()) -> garde::Result {
+    if value.is_empty()
+        || value.len() > 128
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(garde::Error::new(
+            "must be 1-128 characters of letters, digits, '.', '_' or '-'",
+        ));
+    }
+    Ok(())
+}
+
+fn topic_or_empty(value: &str, ctx: &()) -> garde::Result {
+    if value.is_empty() {
+        return Ok(());
+    }
+    topic(value, ctx)
+}
+
+fn http_url_or_empty(url: &str, _: &()) -> garde::Result {
+    if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(garde::Error::new("must be empty or an http(s) URL"));
+    }
+    Ok(())
+}
+
+fn zero_or_ms_range(value: &u64, _: &()) -> garde::Result {
+    if *value != 0 && !(1_000..=3_600_000).contains(value) {
+        return Err(garde::Error::new("must be 0 (off) or 1000..=3600000"));
+    }
+    Ok(())
+}
+
+fn tokens(list: &Secret, _: &()) -> garde::Result {
+    if split_list(list).iter().any(|t| t.len() < 16) {
+        return Err(garde::Error::new(
+            "every token must be at least 16 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A comma-separated list, trimmed, without empty items.
+fn split_list(list: &Secret) -> Vec<String> {
+    list.expose()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    #[garde(dive)]
     pub http: HttpSettings,
+    #[garde(dive)]
     pub redis: RedisSettings,
+    #[garde(dive)]
     pub database: DatabaseSettings,
+    #[garde(dive)]
     pub inventory: InventorySettings,
+    #[garde(dive)]
     pub cache: CacheSettings,
+    #[garde(dive)]
     pub reservation: ReservationSettings,
+    #[garde(dive)]
     pub engine: EngineSettings,
+    #[garde(dive)]
     pub journal: JournalSettings,
+    #[garde(dive)]
     pub kafka: KafkaSettings,
+    #[garde(dive)]
     pub reconcile: ReconcileSettings,
+    #[garde(dive)]
     pub supervisor: SupervisorSettings,
+    #[garde(dive)]
     pub auth: AuthSettings,
+    #[garde(skip)]
     pub demo: DemoSettings,
+    #[garde(skip)]
     pub log: LogSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
-    pub bind: String,
+    #[garde(skip)]
+    pub bind: SocketAddr,
+    /// 0: one per core.
+    #[garde(range(max = 256))]
     pub workers: usize,
+    #[garde(range(min = 1024, max = 16 << 20))]
     pub max_body_bytes: usize,
+    #[garde(range(min = 1, max = 600_000))]
     pub request_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
+    #[garde(custom(redis_url))]
     pub url: Secret,
+    #[garde(custom(no_hash_tags))]
     pub key_prefix: String,
+    #[garde(range(min = 1, max = 600_000))]
     pub command_timeout_ms: u64,
+    #[garde(range(min = 1, max = 600_000))]
     pub connect_timeout_ms: u64,
+    #[garde(range(min = 1, max = 16384))]
     pub groups: u32,
     /// Seed nodes of a Redis Cluster, comma-separated (`redis://host:port,...`); empty:
     /// one Redis at `url`. Secret (may carry a password): never logged.
+    #[garde(custom(redis_urls))]
     pub cluster_urls: Secret,
     /// Replicas that must have a script's writes (WAIT) before its callers are answered;
     /// 0: none (a failover may lose the last writes, reconciliation names them).
+    #[garde(range(max = 16))]
     pub wait_replicas: u32,
+    #[garde(range(min = 1, max = 60_000))]
     pub wait_timeout_ms: u64,
     /// Cluster mode: how long an order spanning slot groups may stay PENDING before the
     /// supervisor resolves it (docs/redis-layout.md, "Orders across slots").
+    #[garde(range(min = 100, max = 600_000))]
     pub pending_deadline_ms: u64,
 }
 
 impl RedisSettings {
     /// The cluster's seed nodes (none: single-Redis mode).
     pub fn cluster_nodes(&self) -> Vec<String> {
-        self.cluster_urls
-            .expose()
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_string)
-            .collect()
+        split_list(&self.cluster_urls)
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
+    #[garde(custom(mysql_url))]
     pub url: Secret,
+    #[garde(range(min = 1, max = 1024))]
     pub pool_max_size: usize,
+    #[garde(range(min = 1, max = 600_000))]
     pub pool_timeout_ms: u64,
+    #[garde(skip)]
     pub run_migrations: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct InventorySettings {
+    #[garde(range(min = 1))]
     pub default_warehouse_id: i64,
+    /// Quantities live in INT columns.
+    #[garde(range(min = 1, max = i32::MAX as i64))]
     pub max_stock_qty: i64,
+    /// At most max_stock_qty (check_relations).
+    #[garde(range(min = 1))]
     pub max_adjust_qty: i64,
+    /// At most max_stock_qty (check_relations).
+    #[garde(range(min = 1))]
     pub max_qty_per_line: i64,
+    #[garde(range(min = 1, max = 1000))]
     pub max_lines_per_order: usize,
+    #[garde(range(min = 1, max = 64))]
     pub max_order_no_len: usize,
+    #[garde(range(max = 60_000))]
     pub adjust_persist_wait_ms: u64,
+    #[garde(range(min = 1, max = 1000))]
     pub max_query_positions: usize,
+    #[garde(dive)]
     pub routing: RoutingSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingSettings {
     /// Empty (None): Kafka lines without a warehouse use the default warehouse.
     #[serde(deserialize_with = "empty_is_none")]
+    #[garde(skip)]
     pub default_strategy: Option<crate::engine::routing::Strategy>,
+    #[garde(custom(word_or_empty))]
     pub default_region: String,
+    #[garde(skip)]
     pub default_allow_split: bool,
+    #[garde(range(max = 600_000))]
     pub register_refresh_ms: u64,
+    #[garde(range(min = 1, max = 10_000))]
     pub max_in_flight: usize,
 }
-
 impl RoutingSettings {
     /// The routing Kafka orders get, if any.
     pub fn kafka_default(&self) -> Option<crate::engine::routing::Routing> {
@@ -181,138 +385,207 @@ where
     T::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&raw)).map(Some)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
+    #[garde(range(max = 60_000))]
     pub stock_ttl_ms: u64,
+    #[garde(range(max = 3_600_000))]
     pub row_ttl_ms: u64,
+    #[garde(range(min = 1, max = 10_000_000))]
     pub capacity: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct ReservationSettings {
+    #[garde(range(min = 1, max = 60 * 24 * 30))]
     pub expire_minutes: u64,
+    /// Overrides expire_minutes when > 0 (tests and benchmarks).
+    #[garde(range(max = 30 * 24 * 3_600_000))]
     pub expire_after_ms: u64,
+    #[garde(range(min = 1, max = 24 * 365))]
     pub marker_ttl_hours: u64,
+    #[garde(dive)]
     pub timeout: TimeoutSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutSettings {
+    #[garde(skip)]
     pub enabled: bool,
+    #[garde(range(min = 1, max = 10_000))]
     pub batch_size: usize,
-    pub cron: String,
+    /// Used when interval_ms is 0.
+    #[garde(skip)]
+    pub cron: CronSchedule,
+    #[garde(range(max = 86_400_000))]
     pub interval_ms: u64,
+    #[garde(range(min = 1, max = 600_000))]
     pub run_budget_ms: u64,
+    #[garde(custom(http_url_or_empty))]
     pub order_status_url: String,
+    #[garde(range(min = 1, max = 1024))]
     pub order_status_concurrency: usize,
+    #[garde(range(min = 1, max = 60_000))]
     pub order_status_timeout_ms: u64,
+    #[garde(range(min = 1, max = 10_000))]
     pub order_status_max_attempts: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct ReconcileSettings {
+    #[garde(skip)]
     pub enabled: bool,
+    #[garde(range(min = 100, max = 86_400_000))]
     pub interval_ms: u64,
+    #[garde(skip)]
     pub repair: bool,
+    #[garde(range(max = 60_000))]
     pub drain_wait_ms: u64,
+    #[garde(range(min = 1, max = 5_000))]
     pub batch_positions: usize,
+    #[garde(range(min = 1_000, max = 86_400_000))]
     pub fold_margin_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorSettings {
+    #[garde(range(min = 200, max = 600_000))]
     pub lease_ms: u64,
+    /// At most half the lease (check_relations).
+    #[garde(range(min = 10))]
     pub tick_ms: u64,
+    #[garde(skip)]
     pub sweep_interval_ms: u64,
+    #[garde(skip)]
     pub sweep_chunk: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSettings {
+    #[garde(range(min = 1, max = 1024))]
     pub shards: usize,
+    #[garde(range(min = 1, max = 10_000))]
     pub max_batch: usize,
+    #[garde(range(min = 1, max = 16))]
     pub max_in_flight: usize,
+    #[garde(range(min = 1, max = 1_000_000))]
     pub mailbox_capacity: usize,
+    #[garde(range(max = 256))]
     pub arbiters: usize,
+    #[garde(range(min = 1, max = 600_000))]
     pub reply_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct JournalSettings {
+    #[garde(range(min = 100, max = 100_000_000))]
     pub max_pending_entries: u64,
+    #[garde(range(min = 1, max = 10_000))]
     pub batch_size: usize,
+    #[garde(range(min = 1, max = 60_000))]
     pub block_ms: u64,
+    #[garde(range(min = 1, max = 60_000))]
     pub retry_min_ms: u64,
+    /// At least retry_min_ms (check_relations).
+    #[garde(range(min = 1, max = 600_000))]
     pub retry_max_ms: u64,
+    #[garde(range(min = 1_000, max = 3_600_000))]
     pub claim_idle_ms: u64,
+    #[garde(range(max = 600_000))]
     pub shutdown_drain_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
+    #[garde(skip)]
     pub enabled: bool,
+    /// Not empty when enabled (check_relations).
+    #[garde(skip)]
     pub brokers: String,
+    #[garde(custom(topic))]
     pub group_id: String,
+    #[garde(skip)]
     pub client_id: String,
+    #[garde(skip)]
     pub source: String,
+    #[garde(custom(topic))]
     pub order_topic: String,
+    #[garde(custom(topic))]
     pub payment_topic: String,
+    #[garde(custom(topic))]
     pub aftersales_topic: String,
+    #[garde(custom(topic))]
     pub inventory_topic: String,
+    #[garde(custom(topic))]
     pub dead_letter_topic: String,
     /// Stock-level events; empty: none are published.
+    #[garde(custom(topic_or_empty))]
     pub alert_topic: String,
+    #[garde(skip)]
     pub consume_order_created: bool,
+    #[garde(skip)]
     pub consume_order_canceled: bool,
+    #[garde(skip)]
     pub consume_payment_succeeded: bool,
+    #[garde(skip)]
     pub consume_aftersale_refunded: bool,
+    #[garde(skip)]
     pub create_topics: bool,
+    #[garde(range(min = 1, max = 1024))]
     pub topic_partitions: i32,
+    #[garde(range(min = 1, max = 100_000))]
     pub partition_queue: usize,
+    #[garde(range(min = 1, max = 1024))]
     pub partition_concurrency: usize,
+    #[garde(range(min = 1, max = 10_000_000))]
     pub producer_queue_messages: u64,
+    #[garde(range(min = 100, max = 600_000))]
     pub delivery_timeout_ms: u64,
+    #[garde(skip)]
     pub idempotent_producer: bool,
+    #[garde(range(min = 1000, max = 600_000))]
     pub session_timeout_ms: u64,
+    #[garde(custom(zero_or_ms_range))]
     pub rejoin_unassigned_ms: u64,
+    #[garde(skip)]
     pub fetch_wait_max_ms: u64,
+    #[garde(range(min = 1, max = 60_000))]
     pub retry_min_ms: u64,
+    /// At least retry_min_ms (check_relations).
+    #[garde(range(min = 1, max = 600_000))]
     pub retry_max_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
+    #[garde(custom(tokens))]
     pub service_tokens: Secret,
+    #[garde(custom(tokens))]
     pub admin_tokens: Secret,
+    #[garde(skip)]
     pub protect_reads: bool,
+    /// Development only: every endpoint open. Without it, some token must be set
+    /// (check_relations).
+    #[garde(skip)]
     pub disabled: bool,
 }
 
 impl AuthSettings {
-    fn split(list: &Secret) -> Vec<String> {
-        list.expose()
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
     pub fn service(&self) -> Vec<String> {
-        Self::split(&self.service_tokens)
+        split_list(&self.service_tokens)
     }
 
     pub fn admin(&self) -> Vec<String> {
-        Self::split(&self.admin_tokens)
+        split_list(&self.admin_tokens)
     }
 }
 
@@ -347,458 +620,112 @@ impl Settings {
         file: Option<&Path>,
         env: &[(String, String)],
     ) -> Result<Settings, ConfigError> {
-        let mut tree = parse_toml("config/default.toml", DEFAULT_TOML)?;
+        let mut builder = defaults();
         if let Some(path) = file {
+            let shown = path.display().to_string();
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.display().to_string(),
+                path: shown.clone(),
                 source,
             })?;
-            let overlay = parse_toml(&path.display().to_string(), &text)?;
-            merge(&mut tree, overlay);
+            // Parsed here only to report a syntax error with the file's name.
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: shown,
+                    message: e.to_string(),
+                })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
-        for (name, raw) in env {
-            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-                apply_env(&mut tree, rest, raw)?;
-            }
-        }
-        Self::from_tree(tree)
-    }
-
-    /// Deserialises and validates a merged tree.
-    pub fn from_tree(tree: toml::Value) -> Result<Settings, ConfigError> {
-        let settings: Settings = serde_path_to_error::deserialize(tree).map_err(|e| {
-            let path = e.path().to_string();
-            invalid(&path, e.into_inner().to_string())
-        })?;
-        settings.validate()?;
-        Ok(settings)
+        let vars: HashMap<String, String> = env
+            .iter()
+            .filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+            .cloned()
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
+                .source(Some(vars)),
+        );
+        Self::build(builder)
     }
 
     /// Defaults only, with overrides given as `("section.key", value)` (tests use this).
     pub fn defaults_with(overrides: &[(&str, toml::Value)]) -> Result<Settings, ConfigError> {
-        let mut tree = parse_toml("config/default.toml", DEFAULT_TOML)?;
+        let mut builder = defaults();
         for (key, value) in overrides {
-            set_path(&mut tree, key, value.clone())?;
+            builder = builder
+                .set_override(*key, config_value(value))
+                .map_err(|e| invalid(key, e.to_string()))?;
         }
-        Self::from_tree(tree)
+        Self::build(builder)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.http
-            .bind
-            .parse::<SocketAddr>()
-            .map_err(|e| invalid("http.bind", format!("not a socket address: {e}")))?;
-        check_range("http.workers", self.http.workers as i64, 0, 256)?;
-        check_range(
-            "http.max_body_bytes",
-            self.http.max_body_bytes as i64,
-            1024,
-            16 << 20,
-        )?;
-        check_range(
-            "http.request_timeout_ms",
-            self.http.request_timeout_ms as i64,
-            1,
-            600_000,
-        )?;
-        check_url("redis.url", self.redis.url.expose(), &["redis", "rediss"])?;
-        check_range(
-            "redis.command_timeout_ms",
-            self.redis.command_timeout_ms as i64,
-            1,
-            600_000,
-        )?;
-        check_range(
-            "redis.connect_timeout_ms",
-            self.redis.connect_timeout_ms as i64,
-            1,
-            600_000,
-        )?;
-        check_range("redis.groups", i64::from(self.redis.groups), 1, 16384)?;
-        for url in self.redis.cluster_nodes() {
-            check_url("redis.cluster_urls", &url, &["redis", "rediss"])?;
+    fn build(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Settings, ConfigError> {
+        let merged = builder
+            .build()
+            .map_err(|e| invalid("(layers)", e.to_string()))?;
+        let settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(&key, e.into_inner().to_string())
+        })?;
+        if let Err(report) = settings.validate() {
+            let (path, error) = report
+                .iter()
+                .next()
+                .map(|(p, e)| (p.to_string(), e.to_string()))
+                .unwrap_or_default();
+            return Err(invalid(&path, error));
         }
-        check_range(
-            "redis.wait_replicas",
-            i64::from(self.redis.wait_replicas),
-            0,
-            16,
-        )?;
-        check_range(
-            "redis.wait_timeout_ms",
-            self.redis.wait_timeout_ms as i64,
-            1,
-            60_000,
-        )?;
-        check_range(
-            "redis.pending_deadline_ms",
-            self.redis.pending_deadline_ms as i64,
-            100,
-            600_000,
-        )?;
-        if self.redis.key_prefix.contains(['{', '}', ' ']) {
-            return Err(invalid(
-                "redis.key_prefix",
-                "must not contain braces (they are hash tags) or spaces",
-            ));
-        }
-        check_url("database.url", self.database.url.expose(), &["mysql"])?;
-        check_range(
-            "database.pool_max_size",
-            self.database.pool_max_size as i64,
-            1,
-            1024,
-        )?;
-        check_range(
-            "database.pool_timeout_ms",
-            self.database.pool_timeout_ms as i64,
-            1,
-            600_000,
-        )?;
-        check_range(
-            "inventory.routing.register_refresh_ms",
-            self.inventory.routing.register_refresh_ms as i64,
-            0,
-            600_000,
-        )?;
-        check_range(
-            "inventory.routing.max_in_flight",
-            self.inventory.routing.max_in_flight as i64,
-            1,
-            10_000,
-        )?;
-        let region = &self.inventory.routing.default_region;
-        if region.len() > 32
-            || !region
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(invalid(
-                "inventory.routing.default_region",
-                "must be empty or 1-32 of [A-Za-z0-9_-]",
-            ));
-        }
-        check_range(
-            "inventory.default_warehouse_id",
-            self.inventory.default_warehouse_id,
-            1,
-            i64::MAX,
-        )?;
-        // Quantities live in INT columns.
-        check_range(
-            "inventory.max_stock_qty",
-            self.inventory.max_stock_qty,
-            1,
-            i32::MAX as i64,
-        )?;
-        check_range(
+        settings.check_relations()?;
+        Ok(settings)
+    }
+
+    /// The rules that relate two fields (the others sit on their fields).
+    fn check_relations(&self) -> Result<(), ConfigError> {
+        let limit = |key: &str, value: i64, min: i64, max: i64| {
+            if value < min || value > max {
+                return Err(invalid(
+                    key,
+                    format!("{value} is out of range, allowed {min}..={max}"),
+                ));
+            }
+            Ok(())
+        };
+        let inv = &self.inventory;
+        limit(
             "inventory.max_adjust_qty",
-            self.inventory.max_adjust_qty,
+            inv.max_adjust_qty,
             1,
-            self.inventory.max_stock_qty,
+            inv.max_stock_qty,
         )?;
-        check_range(
+        limit(
             "inventory.max_qty_per_line",
-            self.inventory.max_qty_per_line,
+            inv.max_qty_per_line,
             1,
-            self.inventory.max_stock_qty,
+            inv.max_stock_qty,
         )?;
-        check_range(
-            "inventory.max_lines_per_order",
-            self.inventory.max_lines_per_order as i64,
-            1,
-            1000,
-        )?;
-        check_range(
-            "inventory.max_order_no_len",
-            self.inventory.max_order_no_len as i64,
-            1,
-            64,
-        )?;
-        check_range(
-            "inventory.adjust_persist_wait_ms",
-            self.inventory.adjust_persist_wait_ms as i64,
-            0,
-            60_000,
-        )?;
-        check_range(
-            "inventory.max_query_positions",
-            self.inventory.max_query_positions as i64,
-            1,
-            1000,
-        )?;
-        check_range(
-            "cache.stock_ttl_ms",
-            self.cache.stock_ttl_ms as i64,
-            0,
-            60_000,
-        )?;
-        check_range(
-            "cache.row_ttl_ms",
-            self.cache.row_ttl_ms as i64,
-            0,
-            3_600_000,
-        )?;
-        check_range("cache.capacity", self.cache.capacity as i64, 1, 10_000_000)?;
-        check_range(
-            "reservation.expire_minutes",
-            self.reservation.expire_minutes as i64,
-            1,
-            60 * 24 * 30,
-        )?;
-        check_range(
-            "reservation.marker_ttl_hours",
-            self.reservation.marker_ttl_hours as i64,
-            1,
-            24 * 365,
-        )?;
-        check_range(
-            "reservation.timeout.batch_size",
-            self.reservation.timeout.batch_size as i64,
-            1,
-            10_000,
-        )?;
-        let fields = self.reservation.timeout.cron.split_whitespace().count();
-        if !(6..=7).contains(&fields) {
-            return Err(invalid(
-                "reservation.timeout.cron",
-                format!("expected a Quartz cron with 6 or 7 fields, got {fields}"),
-            ));
-        }
-        <cron::Schedule as std::str::FromStr>::from_str(&self.reservation.timeout.cron)
-            .map_err(|e| invalid("reservation.timeout.cron", e.to_string()))?;
-        check_range(
-            "reservation.expire_after_ms",
-            self.reservation.expire_after_ms as i64,
-            0,
-            30 * 24 * 3_600_000,
-        )?;
-        check_range(
-            "reservation.timeout.interval_ms",
-            self.reservation.timeout.interval_ms as i64,
-            0,
-            86_400_000,
-        )?;
-        let url = &self.reservation.timeout.order_status_url;
-        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(invalid(
-                "reservation.timeout.order_status_url",
-                "must be empty or an http(s) URL",
-            ));
-        }
-        check_range(
-            "reservation.timeout.order_status_timeout_ms",
-            self.reservation.timeout.order_status_timeout_ms as i64,
-            1,
-            60_000,
-        )?;
-        check_range(
-            "reservation.timeout.order_status_max_attempts",
-            self.reservation.timeout.order_status_max_attempts as i64,
-            1,
-            10_000,
-        )?;
-        check_range(
-            "reservation.timeout.order_status_concurrency",
-            self.reservation.timeout.order_status_concurrency as i64,
-            1,
-            1024,
-        )?;
-        check_range(
-            "reservation.timeout.run_budget_ms",
-            self.reservation.timeout.run_budget_ms as i64,
-            1,
-            600_000,
-        )?;
-        check_range(
-            "reconcile.interval_ms",
-            self.reconcile.interval_ms as i64,
-            100,
-            86_400_000,
-        )?;
-        check_range(
-            "reconcile.drain_wait_ms",
-            self.reconcile.drain_wait_ms as i64,
-            0,
-            60_000,
-        )?;
-        check_range(
-            "reconcile.batch_positions",
-            self.reconcile.batch_positions as i64,
-            1,
-            5_000,
-        )?;
-        check_range(
-            "reconcile.fold_margin_ms",
-            self.reconcile.fold_margin_ms as i64,
-            1_000,
-            86_400_000,
-        )?;
-        check_range(
-            "supervisor.lease_ms",
-            self.supervisor.lease_ms as i64,
-            200,
-            600_000,
-        )?;
-        check_range(
+        limit(
             "supervisor.tick_ms",
             self.supervisor.tick_ms as i64,
             10,
             self.supervisor.lease_ms as i64 / 2,
         )?;
-        check_range("engine.shards", self.engine.shards as i64, 1, 1024)?;
-        check_range("engine.max_batch", self.engine.max_batch as i64, 1, 10_000)?;
-        check_range(
-            "engine.mailbox_capacity",
-            self.engine.mailbox_capacity as i64,
-            1,
-            1_000_000,
-        )?;
-        check_range(
-            "engine.max_in_flight",
-            self.engine.max_in_flight as i64,
-            1,
-            16,
-        )?;
-        check_range("engine.arbiters", self.engine.arbiters as i64, 0, 256)?;
-        check_range(
-            "engine.reply_timeout_ms",
-            self.engine.reply_timeout_ms as i64,
-            1,
-            600_000,
-        )?;
-        check_range(
-            "journal.max_pending_entries",
-            self.journal.max_pending_entries as i64,
-            100,
-            100_000_000,
-        )?;
-        check_range(
-            "journal.batch_size",
-            self.journal.batch_size as i64,
-            1,
-            10_000,
-        )?;
-        check_range("journal.block_ms", self.journal.block_ms as i64, 1, 60_000)?;
-        check_range(
-            "journal.retry_min_ms",
-            self.journal.retry_min_ms as i64,
-            1,
-            60_000,
-        )?;
-        check_range(
+        limit(
             "journal.retry_max_ms",
             self.journal.retry_max_ms as i64,
             self.journal.retry_min_ms as i64,
             600_000,
         )?;
-        check_range(
-            "journal.shutdown_drain_ms",
-            self.journal.shutdown_drain_ms as i64,
-            0,
-            600_000,
-        )?;
-        check_range(
-            "journal.claim_idle_ms",
-            self.journal.claim_idle_ms as i64,
-            1_000,
-            3_600_000,
-        )?;
-        if self.kafka.enabled {
-            if self.kafka.brokers.trim().is_empty() {
-                return Err(invalid("kafka.brokers", "must name at least one broker"));
-            }
-            for (key, topic) in [
-                ("kafka.order_topic", &self.kafka.order_topic),
-                ("kafka.payment_topic", &self.kafka.payment_topic),
-                ("kafka.aftersales_topic", &self.kafka.aftersales_topic),
-                ("kafka.inventory_topic", &self.kafka.inventory_topic),
-                ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
-                ("kafka.group_id", &self.kafka.group_id),
-            ] {
-                check_topic(key, topic)?;
-            }
-            if !self.kafka.alert_topic.is_empty() {
-                check_topic("kafka.alert_topic", &self.kafka.alert_topic)?;
-            }
-        }
-        fn check_topic(key: &str, topic: &str) -> Result<(), ConfigError> {
-            if topic.is_empty()
-                || topic.len() > 128
-                || !topic
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            {
-                return Err(invalid(
-                    key,
-                    "must be 1-128 characters of letters, digits, '.', '_' or '-'",
-                ));
-            }
-            Ok(())
-        }
-        check_range(
-            "kafka.topic_partitions",
-            self.kafka.topic_partitions as i64,
-            1,
-            1024,
-        )?;
-        check_range(
-            "kafka.partition_queue",
-            self.kafka.partition_queue as i64,
-            1,
-            100_000,
-        )?;
-        check_range(
-            "kafka.partition_concurrency",
-            self.kafka.partition_concurrency as i64,
-            1,
-            1024,
-        )?;
-        check_range(
-            "kafka.producer_queue_messages",
-            self.kafka.producer_queue_messages as i64,
-            1,
-            10_000_000,
-        )?;
-        check_range(
-            "kafka.delivery_timeout_ms",
-            self.kafka.delivery_timeout_ms as i64,
-            100,
-            600_000,
-        )?;
-        check_range(
-            "kafka.session_timeout_ms",
-            self.kafka.session_timeout_ms as i64,
-            1000,
-            600_000,
-        )?;
-        if self.kafka.rejoin_unassigned_ms != 0 {
-            check_range(
-                "kafka.rejoin_unassigned_ms",
-                self.kafka.rejoin_unassigned_ms as i64,
-                1000,
-                3_600_000,
-            )?;
-        }
-        check_range(
-            "kafka.retry_min_ms",
-            self.kafka.retry_min_ms as i64,
-            1,
-            60_000,
-        )?;
-        check_range(
+        limit(
             "kafka.retry_max_ms",
             self.kafka.retry_max_ms as i64,
             self.kafka.retry_min_ms as i64,
             600_000,
         )?;
-        for (key, tokens) in [
-            ("auth.service_tokens", self.auth.service()),
-            ("auth.admin_tokens", self.auth.admin()),
-        ] {
-            if tokens.iter().any(|t| t.len() < 16) {
-                return Err(invalid(key, "every token must be at least 16 characters"));
-            }
+        if self.kafka.enabled && self.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must name at least one broker"));
         }
         if !self.auth.disabled && self.auth.service().is_empty() && self.auth.admin().is_empty() {
             return Err(invalid(
@@ -823,128 +750,25 @@ impl Settings {
     pub fn marker_ttl_ms(&self) -> i64 {
         (self.reservation.marker_ttl_hours * 3_600_000) as i64
     }
+}
 
-    pub fn bind_addr(&self) -> SocketAddr {
-        // Checked in validate().
-        self.http
-            .bind
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8082)))
+/// The compiled-in defaults, the first layer.
+fn defaults() -> config::ConfigBuilder<config::builder::DefaultState> {
+    config::Config::builder().add_source(config::File::from_str(
+        DEFAULT_TOML,
+        config::FileFormat::Toml,
+    ))
+}
+
+/// A test override as a layer value.
+fn config_value(value: &toml::Value) -> config::Value {
+    match value {
+        toml::Value::String(s) => s.clone().into(),
+        toml::Value::Integer(i) => (*i).into(),
+        toml::Value::Float(f) => (*f).into(),
+        toml::Value::Boolean(b) => (*b).into(),
+        other => other.to_string().into(),
     }
-}
-
-fn check_range(key: &str, value: i64, min: i64, max: i64) -> Result<(), ConfigError> {
-    if value < min || value > max {
-        return Err(invalid(
-            key,
-            format!("{value} is out of range, allowed {min}..={max}"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_url(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
-    let scheme = url.split("://").next().unwrap_or("");
-    if !url.contains("://") || !schemes.contains(&scheme) {
-        // Never echo the value: it may carry a password.
-        return Err(invalid(
-            key,
-            format!("must be a URL with scheme {}", schemes.join(" or ")),
-        ));
-    }
-    Ok(())
-}
-
-fn parse_toml(path: &str, text: &str) -> Result<toml::Value, ConfigError> {
-    text.parse::<toml::Table>()
-        .map(toml::Value::Table)
-        .map_err(|e| ConfigError::Parse {
-            path: path.to_string(),
-            message: e.to_string(),
-        })
-}
-
-fn merge(base: &mut toml::Value, overlay: toml::Value) {
-    match (base, overlay) {
-        (toml::Value::Table(base), toml::Value::Table(overlay)) => {
-            for (key, value) in overlay {
-                match base.get_mut(&key) {
-                    Some(existing) if existing.is_table() && value.is_table() => {
-                        merge(existing, value)
-                    }
-                    _ => {
-                        base.insert(key, value);
-                    }
-                }
-            }
-        }
-        (base, overlay) => *base = overlay,
-    }
-}
-
-/// `SECTION__SUB__KEY=raw`: the value takes the type of the default it replaces.
-fn apply_env(tree: &mut toml::Value, rest: &str, raw: &str) -> Result<(), ConfigError> {
-    let key = rest
-        .split("__")
-        .map(|s| s.to_ascii_lowercase())
-        .collect::<Vec<_>>()
-        .join(".");
-    let existing = lookup(tree, &key);
-    let value = match existing {
-        Some(toml::Value::String(_)) => toml::Value::String(raw.to_string()),
-        Some(toml::Value::Integer(_)) => raw
-            .trim()
-            .parse::<i64>()
-            .map(toml::Value::Integer)
-            .map_err(|_| invalid(&key, format!("expected an integer, got {raw:?}")))?,
-        Some(toml::Value::Boolean(_)) => match raw.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
-            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
-            _ => {
-                return Err(invalid(
-                    &key,
-                    format!("expected true or false, got {raw:?}"),
-                ))
-            }
-        },
-        Some(toml::Value::Float(_)) => raw
-            .trim()
-            .parse::<f64>()
-            .map(toml::Value::Float)
-            .map_err(|_| invalid(&key, format!("expected a number, got {raw:?}")))?,
-        Some(_) => return Err(invalid(&key, "is a section, not a value")),
-        None => {
-            return Err(invalid(
-                &key,
-                format!("unknown key (from environment variable {ENV_PREFIX}{rest})"),
-            ))
-        }
-    };
-    set_path(tree, &key, value)
-}
-
-fn lookup<'a>(tree: &'a toml::Value, dotted: &str) -> Option<&'a toml::Value> {
-    dotted
-        .split('.')
-        .try_fold(tree, |node, part| node.as_table()?.get(part))
-}
-
-fn set_path(tree: &mut toml::Value, dotted: &str, value: toml::Value) -> Result<(), ConfigError> {
-    let parts: Vec<&str> = dotted.split('.').collect();
-    let mut node = tree;
-    for (i, part) in parts.iter().enumerate() {
-        let table = node
-            .as_table_mut()
-            .ok_or_else(|| invalid(dotted, "is not inside a section"))?;
-        if i + 1 == parts.len() {
-            table.insert((*part).to_string(), value);
-            return Ok(());
-        }
-        node = table
-            .entry((*part).to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    }
-    Err(invalid(dotted, "empty key"))
 }
 
 #[cfg(test)]
@@ -986,13 +810,13 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_match_the_reference() {
         let s = Settings::load_from(None, &dev()).unwrap();
-        assert_eq!(s.http.bind, "0.0.0.0:8082");
+        assert_eq!(s.http.bind.to_string(), "0.0.0.0:8082");
         assert_eq!(s.reservation.expire_minutes, 30);
         // Expiry differs from the reference on purpose (README, "Expiry"): on, every 5 s,
         // draining everything due.
         assert!(s.reservation.timeout.enabled);
         assert_eq!(s.reservation.timeout.batch_size, 1000);
-        assert_eq!(s.reservation.timeout.cron, "0/5 * * * * ?");
+        assert_eq!(s.reservation.timeout.cron.as_str(), "0/5 * * * * ?");
         assert_eq!(s.reservation.timeout.run_budget_ms, 2000);
         assert_eq!(s.inventory.default_warehouse_id, 1);
     }
@@ -1011,7 +835,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(s.http.bind, "127.0.0.1:9000");
+        assert_eq!(s.http.bind.to_string(), "127.0.0.1:9000");
         assert!(s.reservation.timeout.enabled);
         assert_eq!(s.engine.shards, 3);
         assert_eq!(s.redis.key_prefix, "123");
@@ -1035,9 +859,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("engine.shards") && err.contains("out of range"),
+            err.contains("engine.shards") && err.contains("lower than 1"),
             "{err}"
         );
+        let err = Settings::load_from(
+            None,
+            &env(&[("INVENTORY__RESERVATION__TIMEOUT__CRON", "every minute")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("reservation.timeout.cron"), "{err}");
+        // A rule across two fields names the one it bounds.
+        let err = Settings::load_from(
+            None,
+            &env(&[
+                ("INVENTORY__INVENTORY__MAX_STOCK_QTY", "10"),
+                ("INVENTORY__AUTH__DISABLED", "true"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("inventory.max_adjust_qty") && err.contains("out of range"),
+            "{err}"
+        );
+        let err = Settings::load_from(
+            None,
+            &env(&[("INVENTORY__INVENTORY__ROUTING__DEFAULT_STRATEGY", "NEAREST")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("inventory.routing.default_strategy"), "{err}");
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                (
+                    "INVENTORY__INVENTORY__ROUTING__DEFAULT_STRATEGY",
+                    "MOST_STOCK",
+                ),
+                ("INVENTORY__RESERVATION__TIMEOUT__CRON", "0 0/1 * * * ?"),
+                ("INVENTORY__KAFKA__ENABLED", "yes"),
+                ("INVENTORY__AUTH__DISABLED", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.inventory.routing.default_strategy,
+            Some(crate::engine::routing::Strategy::MostStock)
+        );
+        assert!(s.kafka.enabled);
+        assert!(s.reservation.timeout.cron.until_next().is_some());
         let err = Settings::load_from(None, &env(&[("INVENTORY__HTTP__BIND", "nowhere")]))
             .unwrap_err()
             .to_string();
@@ -1058,6 +929,13 @@ mod tests {
         let s = Settings::load_from(Some(&file), &dev()).unwrap();
         assert_eq!(s.reservation.expire_minutes, 5);
         assert_eq!(s.reservation.timeout.batch_size, 1000);
+    }
+
+    #[test]
+    fn the_shipped_files_load() {
+        let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.toml");
+        let s = Settings::load_from(Some(&local), &dev()).unwrap();
+        assert_eq!(s.log.format, LogFormat::Pretty);
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl Application {
         // Reads INVENTORY_FAULTS now (a bad spec stops the start), not at the first pass.
         let _ = crate::fault::fired();
         // Bound first: the port is part of this instance's name.
-        let listener = TcpListener::bind(settings.bind_addr())?;
+        let listener = TcpListener::bind(settings.http.bind)?;
         let port = listener.local_addr()?.port();
         let redis = RedisStore::connect(&settings.redis).await?;
         redis.ping().await?;

@@ -555,11 +555,8 @@ impl SupervisorCore {
         if timeout.interval_ms > 0 {
             return Instant::now() + Duration::from_millis(timeout.interval_ms);
         }
-        let wait = <cron::Schedule as std::str::FromStr>::from_str(&timeout.cron)
-            .ok()
-            .and_then(|s| s.upcoming(chrono::Local).next())
-            .and_then(|next| (next - chrono::Local::now()).to_std().ok())
-            .unwrap_or(Duration::from_secs(60));
+        // A schedule with no next time (a date in the past) waits a minute and looks again.
+        let wait = timeout.cron.until_next().unwrap_or(Duration::from_secs(60));
         Instant::now() + wait
     }
 }
