@@ -134,6 +134,30 @@ local function read_records(groups)
   end
 end
 
+-- Holds q units (qs: as text) of position p for an order (reserve.lua, route.lua): the
+-- counters, the order's record in p's group (a new record is also added to the holds) and
+-- the RES journal line. tail is ' <x> <now> RESERVE '. Returns the directory line 'w:s:q'.
+local function hold_units(groups, p, q, qs, x, tail, order_no, trace)
+  p.a = p.a - q
+  p.r = p.r + q
+  p.v = p.v + 1
+  p.dirty = true
+  local line = p.w .. ':' .. p.s .. ':' .. qs
+  local g = groups[p.g]
+  local record = g.record_writes[order_no]
+  if record then
+    g.record_writes[order_no] = record .. ' ' .. line .. ':RESERVED'
+  else
+    g.record_writes[order_no] = x .. ' ' .. line .. ':RESERVED'
+    g.writes[#g.writes + 1] = order_no
+    g.adds[#g.adds + 1] = x
+    g.adds[#g.adds + 1] = order_no
+  end
+  g.lines[#g.lines + 1] = 'RES ' .. p.w .. ' ' .. p.s .. ' -' .. qs .. ' ' .. qs .. ' ' .. p.a .. ' ' ..
+    p.r .. ' ' .. p.v .. ' ' .. qs .. tail .. order_no .. ' ' .. trace .. ' '
+  return line
+end
+
 local function journal_full(g, limit)
   if g.full == nil then
     g.full = redis.call('XLEN', g.j) >= limit

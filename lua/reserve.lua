@@ -158,25 +158,7 @@ for i = 1, norders do
         local b = a + 1 + 2 * j
         local p = positions[tonumber(ARGV[b])]
         local qs = ARGV[b + 1]
-        local q = tonumber(qs)
-        p.a = p.a - q
-        p.r = p.r + q
-        p.v = p.v + 1
-        p.dirty = true
-        local line = p.w .. ':' .. p.s .. ':' .. qs
-        value = value .. ' ' .. line
-        local g = groups[p.g]
-        local record = g.record_writes[order_no]
-        if record then
-          g.record_writes[order_no] = record .. ' ' .. line .. ':RESERVED'
-        else
-          g.record_writes[order_no] = x .. ' ' .. line .. ':RESERVED'
-          g.writes[#g.writes + 1] = order_no
-          g.adds[#g.adds + 1] = x
-          g.adds[#g.adds + 1] = order_no
-        end
-        g.lines[#g.lines + 1] = 'RES ' .. p.w .. ' ' .. p.s .. ' -' .. qs .. ' ' .. qs .. ' ' .. p.a .. ' ' ..
-          p.r .. ' ' .. p.v .. ' ' .. qs .. tail .. order_no .. ' ' .. trace .. ' '
+        value = value .. ' ' .. hold_units(groups, p, tonumber(qs), qs, x, tail, order_no, trace)
       end
       directory[order_no] = value
       n = n + 2

@@ -153,26 +153,7 @@ for i, plan in ipairs(plans) do
     local tail = ' ' .. x .. ' ' .. int(now) .. ' RESERVE '
     local value = x
     for _, piece in ipairs(pieces) do
-      local p, q = piece.p, piece.q
-      local qs = int(q)
-      p.a = p.a - q
-      p.r = p.r + q
-      p.v = p.v + 1
-      p.dirty = true
-      local line = p.w .. ':' .. p.s .. ':' .. qs
-      value = value .. ' ' .. line
-      local g = groups[p.g]
-      local record = g.record_writes[order_no]
-      if record then
-        g.record_writes[order_no] = record .. ' ' .. line .. ':RESERVED'
-      else
-        g.record_writes[order_no] = x .. ' ' .. line .. ':RESERVED'
-        g.writes[#g.writes + 1] = order_no
-        g.adds[#g.adds + 1] = x
-        g.adds[#g.adds + 1] = order_no
-      end
-      g.lines[#g.lines + 1] = 'RES ' .. p.w .. ' ' .. p.s .. ' -' .. qs .. ' ' .. qs .. ' ' .. p.a .. ' ' ..
-        p.r .. ' ' .. p.v .. ' ' .. qs .. tail .. order_no .. ' ' .. trace .. ' '
+      value = value .. ' ' .. hold_units(groups, piece.p, piece.q, int(piece.q), x, tail, order_no, trace)
     end
     redis.call('HSET', KEYS[1], order_no, value)
     flush(groups, positions)

@@ -262,6 +262,39 @@ impl CallLayout {
         }
     }
 
+    /// The number of the groups of `positions`, then their group#s (ascending, once each).
+    pub(super) fn push_groups_of(
+        &self,
+        keys: &Keys,
+        positions: &[SkuKey],
+        invocation: &mut redis::ScriptInvocation<'_>,
+    ) {
+        let mut groups: Vec<usize> = positions.iter().map(|k| self.group_of(keys, *k)).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        invocation.arg(groups.len());
+        for g in groups {
+            invocation.arg(g);
+        }
+    }
+
+    /// What every reserving script starts with: the directory, the groups' and the
+    /// positions' keys, the call's parameters and its positions.
+    pub(super) fn push_reserve_head(
+        &self,
+        keys: &Keys,
+        params: ReserveParams,
+        invocation: &mut redis::ScriptInvocation<'_>,
+    ) {
+        invocation.key(keys.directory());
+        self.push_keys(keys, invocation);
+        invocation
+            .arg(params.now_ms)
+            .arg(params.hold_ms)
+            .arg(params.max_journal_entries);
+        self.push_position_args(keys, invocation);
+    }
+
     /// Counts, then (group#, warehouseId, skuId) per position.
     pub(super) fn push_position_args(
         &self,
@@ -303,13 +336,7 @@ impl RedisStore {
             })
             .collect();
         let mut invocation = self.scripts.reserve.prepare_invoke();
-        invocation.key(keys.directory());
-        layout.push_keys(keys, &mut invocation);
-        invocation
-            .arg(params.now_ms)
-            .arg(params.hold_ms)
-            .arg(params.max_journal_entries);
-        layout.push_position_args(keys, &mut invocation);
+        layout.push_reserve_head(keys, params, &mut invocation);
         invocation.arg(orders.len());
         for (order, positions) in orders.iter().zip(&line_positions) {
             invocation
@@ -460,17 +487,7 @@ impl RedisStore {
                         .arg(*fence);
                 }
             }
-            let mut groups: Vec<usize> = order
-                .positions
-                .iter()
-                .map(|k| layout.group_of(keys, *k))
-                .collect();
-            groups.sort_unstable();
-            groups.dedup();
-            invocation.arg(groups.len());
-            for g in groups {
-                invocation.arg(g);
-            }
+            layout.push_groups_of(keys, &order.positions, &mut invocation);
         }
         let items = self.run_script(name, &invocation, None).await?;
         let (items, levels) = wire::split_levels(name, items, orders.len(), &layout.positions)?;
@@ -515,17 +532,7 @@ impl RedisStore {
         for key in &layout.positions {
             invocation.arg(units.get(key).copied().unwrap_or(0));
         }
-        let mut groups: Vec<usize> = layout
-            .positions
-            .iter()
-            .map(|k| layout.group_of(keys, *k))
-            .collect();
-        groups.sort_unstable();
-        groups.dedup();
-        invocation.arg(groups.len());
-        for g in groups {
-            invocation.arg(g);
-        }
+        layout.push_groups_of(keys, &layout.positions, &mut invocation);
         let items = self
             .run_script("confirm_partial", &invocation, None)
             .await?;

@@ -79,13 +79,7 @@ impl RedisStore {
             numbered.push((kind, lines));
         }
         let mut invocation = self.scripts.route.prepare_invoke();
-        invocation.key(keys.directory());
-        layout.push_keys(keys, &mut invocation);
-        invocation
-            .arg(params.now_ms)
-            .arg(params.hold_ms)
-            .arg(params.max_journal_entries);
-        layout.push_position_args(keys, &mut invocation);
+        layout.push_reserve_head(keys, params, &mut invocation);
         invocation
             .arg(order_no)
             .arg(wire::word(trace_id, 64))
