@@ -1232,6 +1232,7 @@ async fn cluster_kafka_orders_across_masters_are_held_refused_and_confirmed() {
 
 #[actix_web::test]
 async fn cluster_routing_and_partial_confirm_are_refused_clearly_and_change_nothing() {
+    let _shared = CLUSTER_TOPOLOGY.read().await;
     let app = spawn_cluster_app(&[]).await;
     let key = SkuKey::new(WarehouseId(1), SkuId(4450));
     app.stock_in(SkuId(4450), WarehouseId(1), 5).await;
