@@ -19,6 +19,8 @@ run: services
 ## (fault injection and schemathesis fuzzing included).
 # Prometheus is installed for the tests too (promtool and the alerting test).
 test: export PROMETHEUS := 1
+# Chromium and chromium-driver for the console's browser tests (tests/api/browser.rs).
+test: export BROWSER := 1
 test: services cluster fuzz-tools lint clean-test-dbs alert-rules
 	cargo test --all-targets --features fault-injection -- --test-threads=4
 

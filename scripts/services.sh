@@ -23,6 +23,11 @@ command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
 if [ "${PROMETHEUS:-0}" = 1 ]; then
   command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 fi
+# The console's browser tests drive Debian's chromium through chromium-driver (WebDriver).
+if [ "${BROWSER:-0}" = 1 ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-liberation)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"

@@ -176,7 +176,7 @@ impl Application {
             metrics.clone(),
         );
         let supervisor = SupervisorActor::new(SupervisorCore::new(
-            instance_id,
+            instance_id.clone(),
             expiry.clone(),
             reconciler.clone(),
             settings.clone(),
@@ -221,6 +221,7 @@ impl Application {
             metrics: metrics.clone(),
             persistence: persistence.clone(),
             warehouses,
+            instance_id,
             openapi: web::Bytes::from(api::openapi::document(&settings).to_string()),
         });
         let app_state = state.clone();

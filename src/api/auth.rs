@@ -106,6 +106,21 @@ impl Authenticator {
         }
     }
 
+    /// Who the caller is: its role, or None without an Authorization header (with
+    /// `auth.disabled`, everyone is admin). A header with an unknown token is 401.
+    pub fn who(&self, req: &HttpRequest) -> Result<Option<Role>, ApiError> {
+        if self.disabled {
+            return Ok(Some(Role::Admin));
+        }
+        if !req
+            .headers()
+            .contains_key(actix_web::http::header::AUTHORIZATION)
+        {
+            return Ok(None);
+        }
+        self.caller(req).map(Some)
+    }
+
     /// Reads are open unless `auth.protect_reads`.
     pub fn require_read(&self, req: &HttpRequest) -> Result<(), ApiError> {
         if self.protect_reads {

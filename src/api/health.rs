@@ -145,7 +145,21 @@ async fn check_stores(state: &AppState) -> (Result<(), String>, Result<(), Strin
         (status = 503, description = "DOWN: Redis does not answer (code STORE_UNAVAILABLE, data as for 200)", body = crate::api::openapi::ErrorEnvelope),
     ))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let (redis, database) = check_stores(&state).await;
+    let data = readiness(&state).await;
+    if data.redis.status == "UP" {
+        ok(data)
+    } else {
+        HttpResponse::ServiceUnavailable().json(Envelope {
+            code: Code::StoreUnavailable.as_str(),
+            message: "redis is unreachable".to_string(),
+            data,
+        })
+    }
+}
+
+/// The stores, the journal and the expiry scan, each bounded by CHECK_TIMEOUT.
+pub(crate) async fn readiness(state: &AppState) -> Readiness {
+    let (redis, database) = check_stores(state).await;
     let journal = match state.persistence.send(GetLag).await {
         Ok(Ok(lag)) => Some(JournalHealth {
             not_persisted: lag.not_persisted(),
@@ -168,22 +182,12 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         (Ok(()), Err(_)) => "DEGRADED",
         (Err(_), _) => "DOWN",
     };
-    let redis_up = redis.is_ok();
-    let data = Readiness {
+    Readiness {
         status,
         redis: store_health(redis),
         database: store_health(database),
         journal,
         expiry,
-    };
-    if redis_up {
-        ok(data)
-    } else {
-        HttpResponse::ServiceUnavailable().json(Envelope {
-            code: Code::StoreUnavailable.as_str(),
-            message: "redis is unreachable".to_string(),
-            data,
-        })
     }
 }
 

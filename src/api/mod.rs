@@ -1,9 +1,11 @@
 //! The HTTP API (actix-web): the reference's paths and fields, one error envelope.
 
 pub mod auth;
+pub mod console;
 pub mod health;
 pub mod inventory;
 pub mod openapi;
+pub mod ops;
 pub mod params;
 pub mod request_span;
 pub mod reservations;
@@ -12,7 +14,7 @@ pub mod warehouses;
 use actix::Addr;
 use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
-use actix_web::http::Method;
+use actix_web::http::{header, Method};
 use actix_web::middleware::from_fn;
 use actix_web::{web, FromRequest, Handler, HttpRequest, HttpResponse, Responder};
 use futures_util::FutureExt;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub persistence: Addr<PersistenceActor>,
     pub warehouses: WarehouseService,
+    /// This instance's id in the supervisor lease.
+    pub instance_id: String,
     /// The OpenAPI document with this instance's limits, serialised once.
     pub openapi: web::Bytes,
 }
@@ -270,6 +274,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     )
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .app_data(web::PathConfig::default().error_handler(path_error))
+    .configure(console::configure)
     .service(endpoint(Method::GET, "/health", health::live))
     .service(endpoint(Method::GET, "/health/ready", health::ready))
     .service(endpoint(Method::GET, "/metrics", health::metrics))
@@ -300,6 +305,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         endpoint(Method::POST, "/inventory/reconcile", inventory::reconcile)
             .wrap(from_fn(auth::admin_only)),
     )
+    .service(
+        endpoint(
+            Method::GET,
+            "/inventory/reconcile/reports",
+            ops::reconcile_reports,
+        )
+        .wrap(from_fn(auth::readers)),
+    )
+    .service(endpoint(Method::GET, "/inventory/ledger", ops::ledger).wrap(from_fn(auth::readers)))
+    .service(endpoint(Method::GET, "/inventory/holds", ops::holds).wrap(from_fn(auth::readers)))
+    .service(endpoint(Method::GET, "/ops/overview", ops::overview).wrap(from_fn(auth::readers)))
+    .service(endpoint(Method::GET, "/ops/whoami", ops::whoami))
     .service(
         endpoint(Method::POST, "/inventory/query", inventory::query_many)
             .wrap(from_fn(auth::readers)),
@@ -391,9 +408,17 @@ where
         let method = req.method().to_string();
         // The request's span (trace_id, order_no) is entered whenever its handler runs.
         let span = request_span::start(&req, &method, &route);
+        // An answer to a caller with a token may hold what only that caller may see.
+        let authorized = req.headers().contains_key(header::AUTHORIZATION);
         let call = span.in_scope(|| srv.call(req));
         let span_end = span.clone();
-        call.map(move |result| {
+        call.map(move |mut result| {
+            if let (true, Ok(res)) = (authorized, result.as_mut()) {
+                res.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    header::HeaderValue::from_static("no-store"),
+                );
+            }
             let code = match &result {
                 Ok(res) => res.status().as_u16(),
                 Err(e) => e.as_response_error().status_code().as_u16(),

@@ -11,7 +11,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::api::{health, inventory, reservations, warehouses, AppState};
+use crate::api::{health, inventory, ops, reservations, warehouses, AppState};
 use crate::config::Settings;
 use crate::error::Code;
 
@@ -159,6 +159,11 @@ Every JSON answer is the envelope {code, message, data}; code \"0\" is success. 
         inventory::adjust_stock,
         inventory::set_low_stock_threshold,
         inventory::reconcile,
+        ops::overview,
+        ops::ledger,
+        ops::holds,
+        ops::reconcile_reports,
+        ops::whoami,
         warehouses::list,
         warehouses::create,
         warehouses::update,
@@ -175,6 +180,7 @@ Every JSON answer is the envelope {code, message, data}; code \"0\" is success. 
         (name = "inventory", description = "Stock queries and admin operations"),
         (name = "warehouses", description = "The warehouse register routing chooses among"),
         (name = "health", description = "Liveness, readiness, metrics and this document"),
+        (name = "operations", description = "What operators (and the console at /console) read"),
     )
 )]
 pub struct ApiDoc;

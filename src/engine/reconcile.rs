@@ -13,7 +13,8 @@
 //!   anything is reported or repaired, so a wrong checkpoint can cause neither a false
 //!   difference nor a wrong repair (the checkpoint is rewritten instead).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -168,6 +169,23 @@ pub struct Reconciler {
     pub(crate) stock: StockService,
     settings: Settings,
     metrics: Metrics,
+    /// The last runs' reports, newest first (the console's reconciliation page).
+    recent: Arc<Mutex<VecDeque<RecentReport>>>,
+}
+
+/// How many reports `recent_reports` keeps (in memory, per instance).
+pub const RECENT_REPORTS: usize = 20;
+
+/// A finished run: when, what started it, and its report.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentReport {
+    #[schema(value_type = String, example = "2026-11-25 10:30:00")]
+    #[serde(serialize_with = "crate::engine::serialize_local_datetime")]
+    pub finished_at: chrono::NaiveDateTime,
+    /// `request` (the API or the console) or `schedule` (the leader's periodic run).
+    pub trigger: String,
+    pub report: ReconcileReport,
 }
 
 impl Reconciler {
@@ -176,6 +194,28 @@ impl Reconciler {
             stock,
             settings,
             metrics,
+            recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_REPORTS))),
+        }
+    }
+
+    /// The last runs of this instance, newest first.
+    pub fn recent_reports(&self) -> Vec<RecentReport> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, trigger: &str, report: &ReconcileReport) {
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() >= RECENT_REPORTS {
+                recent.pop_back();
+            }
+            recent.push_front(RecentReport {
+                finished_at: crate::domain::local_now(),
+                trigger: trigger.to_string(),
+                report: report.clone(),
+            });
         }
     }
 
@@ -351,6 +391,7 @@ impl Reconciler {
         self.metrics
             .reconcile_duration
             .set(started.elapsed().as_secs_f64());
+        self.remember(trigger, &report);
         Ok(report)
     }
 

@@ -267,6 +267,42 @@ impl Reservation {
             .await
     }
 
+    /// RESERVED lines by expiry, soonest first (the console's holds page), optionally of
+    /// one SKU; at most `limit`.
+    pub async fn holds_soonest(
+        conn: &mut AsyncMysqlConnection,
+        sku_id: Option<i64>,
+        limit: i64,
+    ) -> QueryResult<Vec<Self>> {
+        use t_inventory_reservation::dsl as r;
+        let mut query = r::t_inventory_reservation
+            .filter(r::status.eq("RESERVED"))
+            .into_boxed();
+        if let Some(sku) = sku_id {
+            query = query.filter(r::sku_id.eq(sku));
+        }
+        query
+            .order((r::expire_at.asc(), r::id.asc()))
+            .limit(limit)
+            .select(Reservation::as_select())
+            .load(conn)
+            .await
+    }
+
+    /// RESERVED lines whose hold ends before `until`.
+    pub async fn holds_ending_before(
+        conn: &mut AsyncMysqlConnection,
+        until: NaiveDateTime,
+    ) -> QueryResult<i64> {
+        use t_inventory_reservation::dsl as r;
+        r::t_inventory_reservation
+            .filter(r::status.eq("RESERVED"))
+            .filter(r::expire_at.lt(until))
+            .count()
+            .get_result(conn)
+            .await
+    }
+
     /// Lines whose Redis markers should still exist (hold end + marker ttl after `since`).
     pub async fn live_for_position(
         conn: &mut AsyncMysqlConnection,
@@ -452,6 +488,36 @@ impl LedgerEntry {
         Ok(rows.len())
     }
 
+    /// Ledger rows newest first, of a SKU (optionally one warehouse) or of an order, with
+    /// an id below `before_id` (the previous page's last); at most `limit`.
+    pub async fn page(
+        conn: &mut AsyncMysqlConnection,
+        filter: &LedgerFilter,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> QueryResult<Vec<Self>> {
+        use t_inventory_txn::dsl as t;
+        let mut query = t::t_inventory_txn.into_boxed();
+        if let Some(sku) = filter.sku_id {
+            query = query.filter(t::sku_id.eq(sku));
+        }
+        if let Some(w) = filter.warehouse_id {
+            query = query.filter(t::warehouse_id.eq(w));
+        }
+        if let Some(order_no) = &filter.order_no {
+            query = query.filter(t::order_no.eq(order_no.clone()));
+        }
+        if let Some(before) = before_id {
+            query = query.filter(t::id.lt(before));
+        }
+        query
+            .order(t::id.desc())
+            .limit(limit)
+            .select(LedgerEntry::as_select())
+            .load(conn)
+            .await
+    }
+
     pub async fn for_position(
         conn: &mut AsyncMysqlConnection,
         key: SkuKey,
@@ -465,6 +531,14 @@ impl LedgerEntry {
             .load(conn)
             .await
     }
+}
+
+/// Which ledger rows a page lists: a SKU (and warehouse) or an order.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerFilter {
+    pub sku_id: Option<i64>,
+    pub warehouse_id: Option<i64>,
+    pub order_no: Option<String>,
 }
 
 /// A journal value as the INT column it goes to. `journal::parse_entry` refused every

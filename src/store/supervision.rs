@@ -387,6 +387,22 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Who holds the supervisor lease now: (instance id, fencing token); None when no one.
+    pub async fn lease_holder(&self) -> RedisResult<Option<(String, i64)>> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = self
+            .timed(
+                redis::cmd("GET")
+                    .arg(self.keys.leader())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(raw.and_then(|v| {
+            let (owner, token) = v.rsplit_once('|')?;
+            Some((owner.to_string(), token.parse().ok()?))
+        }))
+    }
+
     /// False when Redis lost its data since it was loaded.
     pub async fn has_epoch(&self) -> RedisResult<bool> {
         let mut conn = self.conn.clone();

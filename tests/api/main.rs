@@ -7,6 +7,7 @@ mod alerts;
 mod auth;
 mod cluster;
 mod config_cli;
+mod console;
 mod crash;
 mod faults;
 mod fuzz;
