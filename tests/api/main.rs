@@ -5,6 +5,7 @@ mod helpers;
 
 mod alerts;
 mod auth;
+mod browser;
 mod cluster;
 mod config_cli;
 mod console;

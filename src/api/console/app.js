@@ -214,7 +214,7 @@ function ledgerColumns(r) {
 const LEDGER_HEADERS = ['id', 'time', 'warehouse', 'reason', 'Δ available', 'Δ reserved',
   'available after', 'reserved after', 'orderNo', 'trace id', 'remark'];
 
-async function showSku() {
+async function showSku(quiet) {
   const sku = $('sku-id').value.trim();
   if (!sku) return;
   try {
@@ -228,7 +228,7 @@ async function showSku() {
     fill($('sku-ledger'), LEDGER_HEADERS, page.rows, ledgerColumns);
     state.skuLedgerBefore = page.nextBeforeId;
     $('sku-ledger-more').hidden = !page.nextBeforeId;
-    say('sku ' + sku + ': ' + positions.length + ' warehouse(s)', 'ok');
+    if (quiet !== true) say('sku ' + sku + ': ' + positions.length + ' warehouse(s)', 'ok');
   } catch (e) {
     fill($('sku-positions'), ['warehouse'], [], () => []);
     fill($('sku-ledger'), LEDGER_HEADERS, [], ledgerColumns);
@@ -266,8 +266,8 @@ async function adjust() {
       encodeURIComponent(warehouse), {
       delta, reason, requestId: 'console-' + crypto.randomUUID(), remark: $('adjust-remark').value,
     });
+    await showSku(true);
     say('applied: available now ' + result.availableQty, 'ok');
-    await showSku();
   } catch (e) {
     fail(e);
   }
@@ -281,8 +281,8 @@ async function sync() {
   try {
     const result = await api('POST', '/inventory/' + encodeURIComponent(sku) + '/sync?warehouseId=' +
       encodeURIComponent(warehouse));
+    await showSku(true);
     say('sync: ' + result.status, 'ok');
-    await showSku();
   } catch (e) {
     fail(e);
   }
@@ -290,7 +290,7 @@ async function sync() {
 
 // ---- Order ----------------------------------------------------------------------------
 
-async function showOrder() {
+async function showOrder(quiet) {
   const orderNo = $('order-no').value.trim();
   if (!orderNo) return;
   try {
@@ -299,7 +299,7 @@ async function showOrder() {
       (l) => [l.skuId, l.warehouseId, l.qty, l.confirmedQty, l.status, l.expireAt, l.expired ? 'yes' : 'no']);
     const page = await api('GET', '/inventory/ledger?orderNo=' + encodeURIComponent(orderNo) + '&limit=200');
     fill($('order-ledger'), LEDGER_HEADERS, page.rows, ledgerColumns);
-    say(lines.length ? 'order ' + orderNo + ': ' + lines.length + ' line(s)' : 'no such order', lines.length ? 'ok' : 'error');
+    if (quiet !== true) say(lines.length ? 'order ' + orderNo + ': ' + lines.length + ' line(s)' : 'no such order', lines.length ? 'ok' : 'error');
   } catch (e) {
     fail(e);
   }
@@ -313,8 +313,8 @@ async function transition(kind) {
     const path = '/inventory/reservations/' + kind + '?orderNo=' + encodeURIComponent(orderNo) +
       (kind === 'release' ? '&reason=' + encodeURIComponent('console') : '');
     const result = await api('POST', path);
+    await showOrder(true);
     say(kind + ': order ' + orderNo + ' is ' + result.status, 'ok');
-    await showOrder();
   } catch (e) {
     fail(e);
   }
@@ -405,13 +405,13 @@ document.addEventListener('DOMContentLoaded', async () => {
   $('login-button').addEventListener('click', login);
   onEnter($('token'), login);
   $('logout-button').addEventListener('click', logout);
-  $('sku-search').addEventListener('click', showSku);
-  onEnter($('sku-id'), showSku);
+  $('sku-search').addEventListener('click', () => showSku());
+  onEnter($('sku-id'), () => showSku());
   $('sku-ledger-more').addEventListener('click', olderSkuLedger);
   $('adjust-button').addEventListener('click', adjust);
   $('sync-button').addEventListener('click', sync);
-  $('order-search').addEventListener('click', showOrder);
-  onEnter($('order-no'), showOrder);
+  $('order-search').addEventListener('click', () => showOrder());
+  onEnter($('order-no'), () => showOrder());
   $('order-confirm').addEventListener('click', () => transition('confirm'));
   $('order-release').addEventListener('click', () => transition('release'));
   $('holds-search').addEventListener('click', showHolds);
