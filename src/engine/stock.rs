@@ -45,6 +45,12 @@ pub struct InventoryView {
     #[schema(value_type = Option<String>, example = "2026-11-25 10:30:00")]
     #[serde(serialize_with = "crate::engine::serialize_local_datetime_opt")]
     pub updated_at: Option<NaiveDateTime>,
+    /// With `source=db`: Redis' reserved units beside the DB's (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_reserved_qty: Option<i64>,
+    /// With `source=db`: the units sold, per Redis (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_confirmed_qty: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -741,6 +747,8 @@ fn redis_view(key: SkuKey, available: i64, reserved: i64, row: Option<RowMeta>) 
         total_qty: available + reserved,
         redis_available_qty: Some(available),
         updated_at: row.map(|r| r.updated_at),
+        redis_reserved_qty: None,
+        redis_confirmed_qty: None,
     }
 }
 
@@ -753,10 +761,15 @@ fn db_side_views(
 ) -> Vec<Option<InventoryView>> {
     keys.iter()
         .zip(redis)
-        .map(|(key, levels)| match (rows.get(key), levels) {
-            (Some(row), levels) => Some(view(row, levels.map(|l| l.available))),
-            (None, Some(l)) => Some(redis_view(*key, l.available, l.reserved, None)),
-            (None, None) => None,
+        .map(|(key, levels)| {
+            let mut v = match (rows.get(key), levels) {
+                (Some(row), levels) => view(row, levels.map(|l| l.available)),
+                (None, Some(l)) => redis_view(*key, l.available, l.reserved, None),
+                (None, None) => return None,
+            };
+            v.redis_reserved_qty = levels.map(|l| l.reserved);
+            v.redis_confirmed_qty = levels.map(|l| l.confirmed);
+            Some(v)
         })
         .collect()
 }
@@ -780,5 +793,7 @@ fn view(row: &Inventory, redis_available: Option<i64>) -> InventoryView {
         total_qty: available + reserved,
         redis_available_qty: redis_available,
         updated_at: Some(row.updated_at),
+        redis_reserved_qty: None,
+        redis_confirmed_qty: None,
     }
 }

@@ -375,4 +375,63 @@ async fn reconciliation_from_the_page_finds_nothing_then_names_a_corrupted_posit
     assert!(found.contains("difference"), "{found}");
     browser.wait_text("#reconcile-reports", "4705").await;
     browser.screenshot("reconcile-difference").await;
+    // The SKU page marks the position whose Redis and DB counters differ.
+    browser.open(&app.url("/console#sku")).await;
+    browser.type_into("#sku-id", "4705").await;
+    browser.click("#sku-search").await;
+    browser.wait_text("#sku-positions", "37").await;
+    assert_eq!(
+        browser
+            .eval("return document.querySelectorAll('#sku-positions tr.mismatch').length")
+            .await,
+        json!(1)
+    );
+    browser.screenshot("sku-mismatch").await;
+}
+
+#[actix_web::test]
+async fn the_overview_charts_the_service_and_the_holds_page_lists_what_ends_soonest() {
+    let app = spawn_app().await;
+    app.stock_in(SkuId(4706), WarehouseId(1), 5).await;
+    let browser = Browser::start().await;
+    browser.login(&app, "overview", ADMIN_TOKEN).await;
+    browser.wait_text("#overview-status", "UP").await;
+    // Orders over a few of the page's 3 s samples: 5 held, then refusals.
+    for i in 0..12 {
+        let (status, _) = app
+            .post_json(
+                "/inventory/reserve",
+                &json!({"orderNo": format!("OV-{i}"), "skuId": 4706, "qty": 1}),
+            )
+            .await;
+        assert!(status == 200 || status == 409);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // Three lines, each with a point per sample taken.
+    let deadline = Instant::now() + WAIT;
+    let points = "return Array.from(document.querySelectorAll('#overview-chart polyline'))\
+                  .map(p => p.getAttribute('points').split(' ').length)";
+    loop {
+        let counts = browser.eval(points).await;
+        let lines = counts.as_array().map(Vec::len).unwrap_or(0);
+        if lines == 3 && counts[0].as_u64().unwrap_or(0) >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no chart: {counts}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let legend = browser.wait_text("#overview-legend", "reserved").await;
+    assert!(legend.contains("refused: insufficient"), "{legend}");
+    browser
+        .wait_text("#overview-status", "supervisor leader")
+        .await;
+    browser.screenshot("overview").await;
+    app.drain_journal().await;
+    browser.open(&app.url("/console#holds")).await;
+    let holds = browser.wait_text("#holds-table", "OV-0").await;
+    assert!(
+        holds.contains("OV-4") && !holds.contains("OV-5"),
+        "5 units, 5 holds: {holds}"
+    );
+    browser.screenshot("holds").await;
 }

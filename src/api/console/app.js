@@ -163,6 +163,8 @@ function drawChart() {
   const ns = 'http://www.w3.org/2000/svg';
   rates.forEach((points, k) => {
     const line = document.createElementNS(ns, 'polyline');
+    // One rate so far: a flat segment across the chart.
+    if (points.length === 1) points.push(points[0]);
     const step = 600 / Math.max(1, points.length - 1);
     line.setAttribute('points', points.map((r, i) => (i * step).toFixed(1) + ',' + (118 - (r / max) * 110).toFixed(1)).join(' '));
     line.setAttribute('class', SERIES[k].className);
@@ -219,11 +221,15 @@ async function showSku(quiet) {
   if (!sku) return;
   try {
     const positions = await api('GET', '/inventory/' + encodeURIComponent(sku) + '/all?source=db');
+    // The DB's rows with Redis' counters beside them; a row where they differ is marked
+    // (it may be the journal catching up, or a difference for reconciliation).
     fill($('sku-positions'),
-      ['warehouse', 'available (DB)', 'reserved (DB)', 'total', 'available (Redis)', 'updated'],
+      ['warehouse', 'available (DB)', 'reserved (DB)', 'available (Redis)', 'reserved (Redis)',
+        'sold (Redis)', 'updated'],
       positions,
-      (p) => [p.warehouseId, p.availableQty, p.reservedQty, p.totalQty, p.redisAvailableQty, p.updatedAt],
-      (p) => (p.redisAvailableQty !== p.availableQty ? 'mismatch' : ''));
+      (p) => [p.warehouseId, p.availableQty, p.reservedQty, p.redisAvailableQty, p.redisReservedQty,
+        p.redisConfirmedQty, p.updatedAt],
+      (p) => (p.redisAvailableQty !== p.availableQty || p.redisReservedQty !== p.reservedQty ? 'mismatch' : ''));
     const page = await api('GET', '/inventory/ledger?skuId=' + encodeURIComponent(sku) + '&limit=50');
     fill($('sku-ledger'), LEDGER_HEADERS, page.rows, ledgerColumns);
     state.skuLedgerBefore = page.nextBeforeId;
