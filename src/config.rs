@@ -628,11 +628,20 @@ impl Settings {
                 source,
             })?;
             // Parsed here only to report a syntax error with the file's name.
-            text.parse::<toml::Table>()
-                .map_err(|e| ConfigError::Parse {
+            // The message and the line only: toml's own text quotes the line, which may
+            // hold a password.
+            text.parse::<toml::Table>().map_err(|e| {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                ConfigError::Parse {
                     path: shown,
-                    message: e.to_string(),
-                })?;
+                    message: match line {
+                        Some(n) => format!("line {n}: {}", e.message()),
+                        None => e.message().to_string(),
+                    },
+                }
+            })?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         let vars: HashMap<String, String> = env
@@ -929,6 +938,22 @@ mod tests {
         let s = Settings::load_from(Some(&file), &dev()).unwrap();
         assert_eq!(s.reservation.expire_minutes, 5);
         assert_eq!(s.reservation.timeout.batch_size, 1000);
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line_not_its_text() {
+        let dir = std::env::temp_dir().join(format!("inv-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("broken.toml");
+        std::fs::write(&file, "[database]\nurl = \"mysql://u:hunter2@h/d\n").unwrap();
+        let err = Settings::load_from(Some(&file), &dev())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("broken.toml") && err.contains("line 2"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

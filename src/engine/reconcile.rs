@@ -173,8 +173,10 @@ pub struct Reconciler {
     recent: Arc<Mutex<VecDeque<RecentReport>>>,
 }
 
-/// How many reports `recent_reports` keeps (in memory, per instance).
+/// How many reports `recent_reports` keeps (in memory, per instance), and how many
+/// differences (and skipped positions) of each (the run's own answer has them all).
 pub const RECENT_REPORTS: usize = 20;
+pub const RECENT_DIFFERENCES: usize = 100;
 
 /// A finished run: when, what started it, and its report.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -207,6 +209,11 @@ impl Reconciler {
     }
 
     fn remember(&self, trigger: &str, report: &ReconcileReport) {
+        // Bounded: a run after Redis lost its data may list a difference per line.
+        let mut kept = report.clone();
+        kept.differences.truncate(RECENT_DIFFERENCES);
+        kept.skipped.truncate(RECENT_DIFFERENCES);
+        let report = &kept;
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() >= RECENT_REPORTS {
                 recent.pop_back();

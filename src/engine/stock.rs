@@ -494,7 +494,12 @@ impl StockService {
                 key: SkuKey::new(WarehouseId(row.warehouse_id), SkuId(row.sku_id)),
                 qty: row.qty.into(),
                 status,
-                confirmed: row.confirmed_qty.map(i64::from),
+                // Only a partial confirm's units sold differ from the line's (the record
+                // keeps its four-part form otherwise, as confirm.lua writes it).
+                confirmed: row
+                    .confirmed_qty
+                    .map(i64::from)
+                    .filter(|sold| *sold < i64::from(row.qty)),
             });
         }
         let snapshots: Vec<OrderSnapshot> = orders.into_values().collect();

@@ -126,12 +126,12 @@ impl ClusterEntry {
     }
 }
 
-/// Line states of a raw group record (`<x>[@<token>] w:s:q:STATE ...`), PENDING and
-/// ABORTED included.
+/// Line states of a raw group record (`<x>[@<token>] w:s:q:STATE[:sold] ...`), PENDING
+/// and ABORTED included.
 fn record_states(raw: &str) -> Vec<&str> {
     raw.split(' ')
         .skip(1)
-        .filter_map(|f| f.rsplit(':').next())
+        .filter_map(|f| f.split(':').nth(3))
         .collect()
 }
 
@@ -1616,6 +1616,14 @@ fn finish_transitions(
 mod tests {
     use super::*;
     use crate::domain::{SkuId, WarehouseId};
+
+    #[test]
+    fn record_states_read_the_state_part_whatever_follows_it() {
+        assert_eq!(
+            record_states("900@5.x 1:7:2:PENDING 2:7:5:CONFIRMED:3 3:7:1:RESERVED"),
+            vec!["PENDING", "CONFIRMED", "RESERVED"]
+        );
+    }
 
     #[test]
     fn cluster_entries_parse_every_head() {

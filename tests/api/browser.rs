@@ -94,8 +94,15 @@ impl Browser {
         answer["value"].clone()
     }
 
+    /// `call`, failing the test on a WebDriver error (a stale element, a script error).
+    async fn must(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let value = self.call(method, path, body).await;
+        assert!(value.get("error").is_none(), "webdriver {path}: {value}");
+        value
+    }
+
     async fn open(&self, url: &str) {
-        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+        self.must(reqwest::Method::POST, "/url", Some(json!({"url": url})))
             .await;
     }
 
@@ -119,7 +126,7 @@ impl Browser {
 
     async fn click(&self, css: &str) {
         let id = self.find(css).await;
-        self.call(
+        self.must(
             reqwest::Method::POST,
             &format!("/element/{id}/click"),
             Some(json!({})),
@@ -129,13 +136,13 @@ impl Browser {
 
     async fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css).await;
-        self.call(
+        self.must(
             reqwest::Method::POST,
             &format!("/element/{id}/clear"),
             Some(json!({})),
         )
         .await;
-        self.call(
+        self.must(
             reqwest::Method::POST,
             &format!("/element/{id}/value"),
             Some(json!({ "text": text })),
@@ -145,7 +152,7 @@ impl Browser {
 
     async fn text(&self, css: &str) -> String {
         let id = self.find(css).await;
-        self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+        self.must(reqwest::Method::GET, &format!("/element/{id}/text"), None)
             .await
             .as_str()
             .unwrap_or("")
@@ -154,20 +161,22 @@ impl Browser {
 
     async fn displayed(&self, css: &str) -> bool {
         let id = self.find(css).await;
-        self.call(
-            reqwest::Method::GET,
-            &format!("/element/{id}/displayed"),
-            None,
-        )
-        .await
-        .as_bool()
-        .unwrap_or(false)
+        let shown = self
+            .must(
+                reqwest::Method::GET,
+                &format!("/element/{id}/displayed"),
+                None,
+            )
+            .await;
+        shown
+            .as_bool()
+            .unwrap_or_else(|| panic!("displayed {css}: {shown}"))
     }
 
     /// Runs a snippet in the page (WebDriver's own channel, which the page's CSP does not
     /// govern) and returns its value.
     async fn eval(&self, script: &str) -> Value {
-        self.call(
+        self.must(
             reqwest::Method::POST,
             "/execute/sync",
             Some(json!({"script": script, "args": []})),
@@ -202,7 +211,7 @@ impl Browser {
             assert!(Instant::now() < deadline, "no confirmation dialog");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.call(reqwest::Method::POST, "/alert/accept", Some(json!({})))
+        self.must(reqwest::Method::POST, "/alert/accept", Some(json!({})))
             .await;
     }
 
@@ -214,7 +223,7 @@ impl Browser {
     }
 
     async fn screenshot(&self, name: &str) {
-        let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let png = self.must(reqwest::Method::GET, "/screenshot", None).await;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(png.as_str().unwrap_or(""))
             .expect("png");
@@ -335,6 +344,10 @@ async fn a_service_token_sees_no_admin_forms_and_the_api_refuses_them_too() {
     assert!(!browser.displayed("#sku-admin").await);
     browser.open(&app.url("/console#reconcile")).await;
     browser.wait_text("#role", "service").await;
+    assert!(
+        browser.displayed("#page-reconcile").await,
+        "the page itself shows"
+    );
     assert!(!browser.displayed("#reconcile-report").await);
     browser.screenshot("service-token").await;
     let response = reqwest::Client::new()
@@ -422,6 +435,17 @@ async fn the_overview_charts_the_service_and_the_holds_page_lists_what_ends_soon
     }
     let legend = browser.wait_text("#overview-legend", "reserved").await;
     assert!(legend.contains("refused: insufficient"), "{legend}");
+    // Something was drawn above the floor (118): the rates were not all zero.
+    let lowest = browser
+        .eval(
+            "return Math.min(...Array.from(document.querySelectorAll('#overview-chart polyline'))\
+             .flatMap(p => p.getAttribute('points').split(' ').map(xy => Number(xy.split(',')[1]))))",
+        )
+        .await;
+    assert!(
+        lowest.as_f64().is_some_and(|y| y < 100.0),
+        "flat chart: {lowest}"
+    );
     browser
         .wait_text("#overview-status", "supervisor leader")
         .await;

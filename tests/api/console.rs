@@ -167,3 +167,24 @@ async fn the_operations_endpoints_answer_what_the_console_shows() {
     assert_eq!(reports["data"][0]["report"]["differences"], json!([]));
     app.assert_invariants(&[key]).await;
 }
+
+#[actix_web::test]
+async fn with_protected_reads_the_operations_endpoints_need_a_token() {
+    let app = spawn_app_with(&[("auth.protect_reads", true.into())]).await;
+    let anonymous = reqwest::Client::new();
+    for path in [
+        "/ops/overview",
+        "/inventory/ledger?skuId=1",
+        "/inventory/holds",
+        "/inventory/reconcile/reports",
+    ] {
+        let response = anonymous.get(app.url(path)).send().await.expect("get");
+        assert_eq!(response.status().as_u16(), 401, "{path}");
+        let (status, body) = app.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // whoami stays open: it is how the page learns that reads need a token.
+    let (status, body) = whoami(&app, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["readsProtected"], true);
+}

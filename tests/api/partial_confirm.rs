@@ -152,6 +152,32 @@ async fn a_partial_confirm_sells_what_ships_and_gives_the_rest_back() {
         .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["data"]["differences"], json!([]), "{report}");
+
+    // Redis loses everything; the rebuild from the DB keeps the units sold.
+    let keys: Vec<String> = app
+        .redis_cmd(redis::cmd("KEYS").arg(format!("{}*", app.redis.keys().prefix())))
+        .await;
+    let _: i64 = app.redis_cmd(redis::cmd("DEL").arg(&keys)).await;
+    let (status, report) = app.post("/inventory/reconcile?repair=true").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["data"]["redisRebuilt"], true, "{report}");
+    let (_, lines) = app
+        .get("/inventory/reservations?orderNo=PC-1&source=live")
+        .await;
+    assert_eq!(lines["data"][0]["confirmedQty"], 3, "{lines}");
+    assert_eq!(
+        lines["data"][0]["id"],
+        Value::Null,
+        "answered by Redis: {lines}"
+    );
+    let (status, body) = app.post_json(&format!("{CONFIRM}PC-1"), &partial).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["existed"], true,
+        "the repeat is still recognised"
+    );
+    let audits = app.assert_invariants(&[ka, kb]).await;
+    assert_eq!(audits[0].redis.map(|r| r.confirmed), Some(3));
 }
 
 #[actix_web::test]

@@ -256,6 +256,13 @@ async function olderSkuLedger() {
   }
 }
 
+// A fresh id for one change, so that a retried click applies it once. crypto.randomUUID
+// exists only in secure contexts (HTTPS or localhost); getRandomValues everywhere.
+function requestId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return 'console-' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
 async function adjust() {
   const sku = $('sku-id').value.trim();
   const warehouse = $('adjust-warehouse').value.trim();
@@ -270,7 +277,7 @@ async function adjust() {
   try {
     const result = await api('POST', '/inventory/' + encodeURIComponent(sku) + '/stock?warehouseId=' +
       encodeURIComponent(warehouse), {
-      delta, reason, requestId: 'console-' + crypto.randomUUID(), remark: $('adjust-remark').value,
+      delta, reason, requestId: requestId(), remark: $('adjust-remark').value,
     });
     await showSku(true);
     say('applied: available now ' + result.availableQty, 'ok');

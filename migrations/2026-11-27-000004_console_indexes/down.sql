@@ -1,0 +1,2 @@
+DROP INDEX idx_reservation_status_sku_expire ON t_inventory_reservation;
+DROP INDEX idx_txn_sku_id ON t_inventory_txn;
