@@ -9,7 +9,7 @@ use chrono::NaiveDateTime;
 use serde::Serialize;
 
 use crate::api::health::{readiness, Readiness};
-use crate::api::params::{check_len, positive_id};
+use crate::api::params::positive_id;
 use crate::api::AppState;
 use crate::engine::reconcile::RecentReport;
 use crate::error::{ok, ApiError};
@@ -149,11 +149,11 @@ fn limit_of(query: &HashMap<String, String>, default: i64) -> Result<i64, ApiErr
 /// `?orderNo=...`), paged with beforeId.
 #[utoipa::path(get, path = "/inventory/ledger", tag = "operations",
     params(
-        ("skuId" = Option<i64>, Query, description = "The SKU's rows (skuId or orderNo is required)"),
-        ("warehouseId" = Option<i64>, Query, description = "With skuId: one warehouse only"),
+        ("skuId" = Option<i64>, Query, minimum = 1, description = "The SKU's rows (skuId or orderNo is required)"),
+        ("warehouseId" = Option<i64>, Query, minimum = 1, description = "With skuId: one warehouse only"),
         ("orderNo" = Option<String>, Query, description = "The order's rows"),
-        ("beforeId" = Option<i64>, Query, description = "Rows with a lower id (the previous page's nextBeforeId)"),
-        ("limit" = Option<i64>, Query, description = "1-200, default 50"),
+        ("beforeId" = Option<i64>, Query, minimum = 1, description = "Rows with a lower id (the previous page's nextBeforeId)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1-200, default 50"),
     ),
     responses(
         (status = 200, description = "A page of rows", body = crate::api::openapi::Success<LedgerPage>),
@@ -171,7 +171,10 @@ pub async fn ledger(
     };
     let order_no = match query.get("orderNo") {
         Some(o) => {
-            check_len("orderNo", o, 64)?;
+            crate::engine::reservation::check_order_no(
+                o,
+                state.settings.inventory.max_order_no_len,
+            )?;
             Some(o.clone())
         }
         None => None,
@@ -238,8 +241,8 @@ pub struct HoldView {
 /// journal's last entries may not be there yet).
 #[utoipa::path(get, path = "/inventory/holds", tag = "operations",
     params(
-        ("skuId" = Option<i64>, Query, description = "One SKU's holds"),
-        ("limit" = Option<i64>, Query, description = "1-200, default 50"),
+        ("skuId" = Option<i64>, Query, minimum = 1, description = "One SKU's holds"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1-200, default 50"),
     ),
     responses(
         (status = 200, description = "RESERVED lines by expiry, soonest first", body = crate::api::openapi::Success<Vec<HoldView>>),

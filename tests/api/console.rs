@@ -129,6 +129,8 @@ async fn the_operations_endpoints_answer_what_the_console_shows() {
         "/inventory/ledger?skuId=0",
         "/inventory/ledger?skuId=1&limit=0",
         "/inventory/ledger?skuId=1&limit=201",
+        "/inventory/ledger?orderNo=%C3%97%C3%B8",
+        "/inventory/ledger?orderNo=a%20b",
     ] {
         let (status, body) = app.get(bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
