@@ -52,6 +52,9 @@ pub struct Overview {
     /// RESERVED lines whose hold ends in the next 10 minutes (per the DB; null while the
     /// DB does not answer).
     pub holds_ending_in_10_min: Option<i64>,
+    /// How long the oldest journal entry not yet in the DB has waited, in milliseconds (0:
+    /// none waits; null while Redis does not answer).
+    pub journal_oldest_age_ms: Option<i64>,
 }
 
 /// The service at a glance (`GET /ops/overview`).
@@ -77,6 +80,13 @@ pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, ApiErr
         Ok(mut conn) => Reservation::holds_ending_before(&mut conn, soon).await.ok(),
         Err(_) => None,
     };
+    let journal_oldest_age_ms = state
+        .stock
+        .redis()
+        .journal_oldest_unpersisted_ms(crate::engine::persistence::PERSIST_GROUP)
+        .await
+        .ok()
+        .map(|oldest| oldest.map_or(0, |at| (crate::domain::now_ms() - at).max(0)));
     let m = &state.metrics;
     let reservations = crate::metrics::RESERVE_OUTCOMES
         .iter()
@@ -98,6 +108,7 @@ pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, ApiErr
         },
         reservations,
         holds_ending_in_10_min,
+        journal_oldest_age_ms,
     }))
 }
 

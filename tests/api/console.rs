@@ -153,6 +153,10 @@ async fn the_operations_endpoints_answer_what_the_console_shows() {
     assert_eq!(o["data"]["readiness"]["status"], "UP");
     assert_eq!(o["data"]["reservations"]["reserved"], 2);
     assert_eq!(o["data"]["holdsEndingIn10Min"], 2);
+    assert_eq!(
+        o["data"]["journalOldestAgeMs"], 0,
+        "the journal was drained"
+    );
     assert!(o["data"]["instance"]
         .as_str()
         .is_some_and(|i| !i.is_empty()));

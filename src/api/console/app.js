@@ -195,6 +195,8 @@ async function overview() {
     card(box, 'database', r.database.status, r.database.status === 'UP' ? 'ok' : 'bad');
     card(box, 'kafka', o.kafka.enabled ? 'on, lag ' + o.kafka.consumerLag : 'off');
     card(box, 'journal not persisted', r.journal ? r.journal.notPersisted : 'unknown', r.journal && r.journal.notPersisted > 1000 ? 'bad' : '');
+    card(box, 'oldest unpersisted entry', o.journalOldestAgeMs === null ? 'unknown' : (o.journalOldestAgeMs / 1000).toFixed(1) + ' s',
+      o.journalOldestAgeMs > 60000 ? 'bad' : '');
     card(box, 'due holds not released', r.expiry ? r.expiry.dueHolds : 'unknown');
     card(box, 'holds ending in 10 min', o.holdsEndingIn10Min === null ? 'unknown' : o.holdsEndingIn10Min);
     const leader = o.leader && o.leader.instance ? o.leader.instance + (o.leader.thisInstance ? ' (this one)' : '') : 'none';
