@@ -168,7 +168,12 @@ impl Application {
         );
 
         let instance_id = format!("{}-{}", consumer_name(port), uuid::Uuid::new_v4().simple());
-        let reconciler = Reconciler::new(stock.clone(), settings.clone(), metrics.clone());
+        let reconciler = Reconciler::new(
+            stock.clone(),
+            settings.clone(),
+            metrics.clone(),
+            instance_id.clone(),
+        );
         let expiry = ExpiryJob::new(
             reservations.clone(),
             stock.clone(),

@@ -288,7 +288,7 @@ pub async fn holds(
         .collect::<Vec<_>>()))
 }
 
-/// This instance's last reconciliation reports, newest first
+/// The last reconciliation reports of every instance, newest first
 /// (`GET /inventory/reconcile/reports`).
 #[utoipa::path(get, path = "/inventory/reconcile/reports", tag = "operations",
     responses(
@@ -296,7 +296,7 @@ pub async fn holds(
         crate::api::openapi::ReadErrors,
     ))]
 pub async fn reconcile_reports(state: web::Data<AppState>) -> HttpResponse {
-    ok(state.reconciler.recent_reports())
+    ok(state.reconciler.recent_reports().await)
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

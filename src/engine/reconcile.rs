@@ -28,7 +28,7 @@ use crate::engine::{now_ms, EngineError};
 use crate::metrics::Metrics;
 use crate::store::checkpoint::{self, ChangedLine, PositionTotals, Watermark};
 use crate::store::db::{self, DbError};
-use crate::store::models::{Inventory, Reservation};
+use crate::store::models::{Inventory, Reservation, StoredReport};
 use crate::store::supervision::RepairOutcome;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -169,16 +169,21 @@ pub struct Reconciler {
     pub(crate) stock: StockService,
     settings: Settings,
     metrics: Metrics,
-    /// The last runs' reports, newest first (the console's reconciliation page).
+    /// This instance's id (the supervisor lease's), written with each report.
+    instance: String,
+    /// This instance's last runs, newest first: what `recent_reports` answers while the DB
+    /// does not.
     recent: Arc<Mutex<VecDeque<RecentReport>>>,
 }
 
-/// How many reports `recent_reports` keeps (in memory, per instance), and how many
-/// differences (and skipped positions) of each (the run's own answer has them all).
+/// How many reports `recent_reports` answers, how many `t_reconcile_report` keeps, and how
+/// many differences (and skipped positions) of each are kept (the run's own answer has
+/// them all).
 pub const RECENT_REPORTS: usize = 20;
+pub const STORED_REPORTS: i64 = 200;
 pub const RECENT_DIFFERENCES: usize = 100;
 
-/// A finished run: when, what started it, and its report.
+/// A finished run: when, where, what started it, and its report.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecentReport {
@@ -187,42 +192,94 @@ pub struct RecentReport {
     pub finished_at: chrono::NaiveDateTime,
     /// `request` (the API or the console) or `schedule` (the leader's periodic run).
     pub trigger: String,
-    pub report: ReconcileReport,
+    /// The instance that ran it.
+    pub instance: String,
+    #[schema(value_type = ReconcileReport)]
+    pub report: serde_json::Value,
 }
 
 impl Reconciler {
-    pub fn new(stock: StockService, settings: Settings, metrics: Metrics) -> Self {
+    pub fn new(
+        stock: StockService,
+        settings: Settings,
+        metrics: Metrics,
+        instance: String,
+    ) -> Self {
         Reconciler {
             stock,
             settings,
             metrics,
+            instance,
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_REPORTS))),
         }
     }
 
-    /// The last runs of this instance, newest first.
-    pub fn recent_reports(&self) -> Vec<RecentReport> {
-        self.recent
-            .lock()
-            .map(|r| r.iter().cloned().collect())
-            .unwrap_or_default()
+    /// The last runs of every instance, newest first, from `t_reconcile_report`; this
+    /// instance's own while the DB does not answer.
+    pub async fn recent_reports(&self) -> Vec<RecentReport> {
+        let stored = async {
+            let mut conn = db::connection(self.stock.pool()).await.ok()?;
+            StoredReport::newest(&mut conn, RECENT_REPORTS as i64)
+                .await
+                .ok()
+        };
+        match tokio::time::timeout(Duration::from_secs(2), stored).await {
+            Ok(Some(rows)) => rows
+                .into_iter()
+                .map(|row| RecentReport {
+                    finished_at: row.finished_at,
+                    trigger: row.run_trigger,
+                    instance: row.instance,
+                    report: serde_json::from_str(&row.report).unwrap_or(serde_json::Value::Null),
+                })
+                .collect(),
+            _ => self
+                .recent
+                .lock()
+                .map(|r| r.iter().cloned().collect())
+                .unwrap_or_default(),
+        }
     }
 
-    fn remember(&self, trigger: &str, report: &ReconcileReport) {
+    /// Keeps a finished run: in memory, and in the DB for every instance's console
+    /// (bounded in time; a DB away loses only the stored copy, logged).
+    async fn remember(&self, trigger: &str, report: &ReconcileReport) {
         // Bounded: a run after Redis lost its data may list a difference per line.
         let mut kept = report.clone();
         kept.differences.truncate(RECENT_DIFFERENCES);
         kept.skipped.truncate(RECENT_DIFFERENCES);
-        let report = &kept;
+        let entry = RecentReport {
+            finished_at: crate::domain::local_now(),
+            trigger: trigger.to_string(),
+            instance: self.instance.clone(),
+            report: serde_json::to_value(&kept).unwrap_or(serde_json::Value::Null),
+        };
+        let json = entry.report.to_string();
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() >= RECENT_REPORTS {
                 recent.pop_back();
             }
-            recent.push_front(RecentReport {
-                finished_at: crate::domain::local_now(),
-                trigger: trigger.to_string(),
-                report: report.clone(),
-            });
+            recent.push_front(entry.clone());
+        }
+        let store = async {
+            let mut conn = db::connection(self.stock.pool()).await?;
+            StoredReport::record(
+                &mut conn,
+                entry.finished_at,
+                trigger,
+                &self.instance,
+                &json,
+                STORED_REPORTS,
+            )
+            .await
+            .map_err(db::DbError::from)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), store).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "reconciliation report not stored"),
+            Err(_) => {
+                tracing::warn!("reconciliation report not stored: the DB did not answer in time")
+            }
         }
     }
 
@@ -398,7 +455,7 @@ impl Reconciler {
         self.metrics
             .reconcile_duration
             .set(started.elapsed().as_secs_f64());
-        self.remember(trigger, &report);
+        self.remember(trigger, &report).await;
         Ok(report)
     }
 

@@ -12,7 +12,8 @@ use diesel_async::{AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
 
 use crate::domain::{SkuKey, StockLevels};
 use crate::store::schema::{
-    t_inventory, t_inventory_reservation, t_inventory_txn, t_stock_threshold, t_warehouse,
+    t_inventory, t_inventory_reservation, t_inventory_txn, t_reconcile_report, t_stock_threshold,
+    t_warehouse,
 };
 use crate::store::sql_text::{push_datetime, push_int, push_opt_text, push_text};
 
@@ -817,6 +818,65 @@ impl Warehouse {
         diesel::update(w::t_warehouse.filter(w::id.eq(id)))
             .set(fields)
             .execute(conn)
+            .await
+    }
+}
+
+/// A finished reconciliation run (`t_reconcile_report`), its report as JSON.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = t_reconcile_report, check_for_backend(Mysql))]
+pub struct StoredReport {
+    pub id: i64,
+    pub finished_at: NaiveDateTime,
+    pub run_trigger: String,
+    pub instance: String,
+    pub report: String,
+}
+
+impl StoredReport {
+    /// Records a run and drops all but the newest `keep`.
+    pub async fn record(
+        conn: &mut AsyncMysqlConnection,
+        finished_at: NaiveDateTime,
+        run_trigger: &str,
+        instance: &str,
+        report_json: &str,
+        keep: i64,
+    ) -> QueryResult<()> {
+        use t_reconcile_report::dsl as r;
+        diesel::insert_into(r::t_reconcile_report)
+            .values((
+                r::finished_at.eq(finished_at),
+                r::run_trigger.eq(run_trigger),
+                r::instance.eq(instance),
+                r::report.eq(report_json),
+            ))
+            .execute(conn)
+            .await?;
+        let oldest_kept: Option<i64> = r::t_reconcile_report
+            .select(r::id)
+            .order(r::id.desc())
+            .offset(keep - 1)
+            .limit(1)
+            .first(conn)
+            .await
+            .optional()?;
+        if let Some(id) = oldest_kept {
+            diesel::delete(r::t_reconcile_report.filter(r::id.lt(id)))
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The newest runs, newest first.
+    pub async fn newest(conn: &mut AsyncMysqlConnection, limit: i64) -> QueryResult<Vec<Self>> {
+        use t_reconcile_report::dsl as r;
+        r::t_reconcile_report
+            .order(r::id.desc())
+            .limit(limit)
+            .select(StoredReport::as_select())
+            .load(conn)
             .await
     }
 }

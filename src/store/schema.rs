@@ -106,6 +106,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    t_reconcile_report (id) {
+        id -> BigInt,
+        finished_at -> Datetime,
+        #[max_length = 16]
+        run_trigger -> Varchar,
+        #[max_length = 128]
+        instance -> Varchar,
+        report -> Mediumtext,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     t_inventory,
     t_inventory_reservation,

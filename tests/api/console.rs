@@ -171,7 +171,13 @@ async fn the_operations_endpoints_answer_what_the_console_shows() {
     let (_, reports) = app.get("/inventory/reconcile/reports").await;
     assert_eq!(reports["data"][0]["trigger"], "request", "{reports}");
     assert_eq!(reports["data"][0]["report"]["differences"], json!([]));
+    assert_eq!(reports["data"][0]["instance"], o["data"]["instance"]);
     app.assert_invariants(&[key]).await;
+    // Another instance on the same DB lists the run too (the leader runs the scheduled
+    // ones; an operator's console may reach any instance).
+    let other = crate::helpers::start(app.settings.clone(), app.db_name.clone()).await;
+    let (_, seen) = other.get("/inventory/reconcile/reports").await;
+    assert_eq!(seen["data"][0]["instance"], o["data"]["instance"], "{seen}");
 }
 
 #[actix_web::test]

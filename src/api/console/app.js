@@ -385,8 +385,8 @@ async function reconcile(repair) {
 async function reports() {
   try {
     const recent = await api('GET', '/inventory/reconcile/reports');
-    fill($('reconcile-reports'), ['finished', 'trigger', 'repair', 'positions', 'differences'], recent,
-      (r) => [r.finishedAt, r.trigger, r.report.repair ? 'yes' : 'no', r.report.positionsChecked,
+    fill($('reconcile-reports'), ['finished', 'trigger', 'instance', 'repair', 'positions', 'differences'], recent,
+      (r) => [r.finishedAt, r.trigger, r.instance, r.report.repair ? 'yes' : 'no', r.report.positionsChecked,
         r.report.differences.length === 0 ? 'none' : r.report.differences.map(differenceText).join('; ')]);
   } catch (e) {
     fail(e);
