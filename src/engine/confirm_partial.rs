@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::domain::{ReservationStatus, SkuKey};
+use crate::engine::reservation::views_of;
 use crate::engine::reservation::{confirm_result, LineView, ReservationEngine, TransitionOutcome};
-use crate::engine::stock_cache::CachedLevels;
 use crate::engine::{now_ms, EngineError};
 use crate::store::reservations::PartialConfirmReply;
 use crate::store::wire::DirectoryEntry;
@@ -159,18 +159,8 @@ impl ReservationEngine {
                     self.settings.journal.max_pending_entries,
                 )
                 .await?;
-            let cache = self.stock.cache();
-            for l in &after {
-                cache.store_write(l.key, CachedLevels::from(l), sent_at);
-            }
-            let sold: Vec<LineView> = units
-                .iter()
-                .map(|(k, q)| LineView {
-                    sku_id: k.sku_id,
-                    warehouse_id: k.warehouse_id,
-                    qty: *q,
-                })
-                .collect();
+            self.stock.cache().store_writes(&after, sent_at);
+            let sold: Vec<LineView> = views_of(&units);
             let outcome = |existed| TransitionOutcome {
                 order_no: order_no.to_string(),
                 status: ReservationStatus::Confirmed,

@@ -19,7 +19,6 @@ use crate::engine::routing::{self, Ask, Routing};
 use crate::engine::shard::{ShardActor, ShardError, ShardReply, ShardRequest, Submit};
 use crate::engine::stock::ReadSource;
 use crate::engine::stock::StockService;
-use crate::engine::stock_cache::CachedLevels;
 use crate::engine::warehouse::WarehouseService;
 use crate::engine::{ms_to_local_datetime, now_ms, EngineError};
 use crate::metrics::Metrics;
@@ -189,6 +188,18 @@ fn line_views(lines: &[OrderLine]) -> Vec<LineView> {
         .collect()
 }
 
+/// Lines given as (position, units), as callers see them.
+pub(super) fn views_of(lines: &[(SkuKey, i64)]) -> Vec<LineView> {
+    lines
+        .iter()
+        .map(|(key, qty)| LineView {
+            sku_id: key.sku_id,
+            warehouse_id: key.warehouse_id,
+            qty: *qty,
+        })
+        .collect()
+}
+
 /// The transition of an order whose lines the directory lists, and the lines as callers
 /// see them.
 fn transition_for(
@@ -197,14 +208,7 @@ fn transition_for(
     lines: &[(SkuKey, i64)],
     op: TransitionOp,
 ) -> (TransitionOrder, Vec<LineView>) {
-    let items = lines
-        .iter()
-        .map(|(key, qty)| LineView {
-            sku_id: key.sku_id,
-            warehouse_id: key.warehouse_id,
-            qty: *qty,
-        })
-        .collect();
+    let items = views_of(lines);
     let order = TransitionOrder {
         order_no: order_no.to_string(),
         trace_id: trace_id.to_string(),
@@ -518,14 +522,7 @@ impl ReservationEngine {
             status,
             existed: true,
             expire_at: ms_to_local_datetime(expire_at_ms),
-            items: lines
-                .iter()
-                .map(|(k, q)| LineView {
-                    sku_id: k.sku_id,
-                    warehouse_id: k.warehouse_id,
-                    qty: *q,
-                })
-                .collect(),
+            items: views_of(lines),
         })
     }
 
@@ -659,20 +656,7 @@ impl ReservationEngine {
             .redis
             .route(&req.order_no, &req.trace_id, &plans, params)
             .await?;
-        let cache = self.stock.cache();
-        for l in &after {
-            cache.store_write(l.key, CachedLevels::from(l), sent_at);
-        }
-        let views_of = |lines: &[(SkuKey, i64)]| -> Vec<LineView> {
-            lines
-                .iter()
-                .map(|(k, q)| LineView {
-                    sku_id: k.sku_id,
-                    warehouse_id: k.warehouse_id,
-                    qty: *q,
-                })
-                .collect()
-        };
+        self.stock.cache().store_writes(&after, sent_at);
         match reply {
             RouteReply::Reserved {
                 expire_at_ms,

@@ -12,7 +12,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::engine::now_ms;
-use crate::engine::stock_cache::{CachedLevels, StockCache};
+use crate::engine::stock_cache::StockCache;
 use crate::metrics::Metrics;
 use crate::store::redis::{RedisStore, RedisStoreError};
 use crate::store::reservations::{
@@ -171,10 +171,7 @@ impl ShardCore {
 
 impl ShardCore {
     fn remember(&self, levels: &[LevelsAfter], sent_at: Instant) {
-        for l in levels {
-            self.cache
-                .store_write(l.key, CachedLevels::from(l), sent_at);
-        }
+        self.cache.store_writes(levels, sent_at);
     }
 }
 

@@ -202,6 +202,13 @@ impl StockCache {
 
     /// Absence is not cached: a position Redis holds without a DB row is one whose journal
     /// has not reached the DB yet, for milliseconds.
+    /// What a script call left behind, sent at `sent_at`: its levels after, per position.
+    pub fn store_writes(&self, levels: &[crate::store::wire::LevelsAfter], sent_at: Instant) {
+        for l in levels {
+            self.store_write(l.key, CachedLevels::from(l), sent_at);
+        }
+    }
+
     pub fn store_row(&self, key: SkuKey, row: RowMeta) {
         if self.row_ttl.is_zero() {
             return;
