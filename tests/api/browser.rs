@@ -258,6 +258,10 @@ async fn an_admin_adds_50_units_of_a_new_sku_and_sees_the_ledger_row() {
     browser.screenshot("admin-adds-stock").await;
     let (_, stock) = app.get("/inventory/4701?warehouseId=1").await;
     assert_eq!(stock["data"]["availableQty"], 50);
+    let audits = app
+        .assert_invariants(&[SkuKey::new(WarehouseId(1), SkuId(4701))])
+        .await;
+    assert_eq!(audits[0].db_available, Some(50));
 }
 
 #[actix_web::test]
@@ -411,13 +415,21 @@ async fn the_overview_charts_the_service_and_the_holds_page_lists_what_ends_soon
     browser.wait_text("#overview-status", "UP").await;
     // Orders over a few of the page's 3 s samples: 5 held, then refusals.
     for i in 0..12 {
-        let (status, _) = app
+        let (status, body) = app
             .post_json(
                 "/inventory/reserve",
                 &json!({"orderNo": format!("OV-{i}"), "skuId": 4706, "qty": 1}),
             )
             .await;
-        assert!(status == 200 || status == 409);
+        if i < 5 {
+            assert_eq!(status, 200, "OV-{i}: {body}");
+        } else {
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (409, Some("INSUFFICIENT_STOCK")),
+                "OV-{i}: {body}"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     // Three lines, each with a point per sample taken.
@@ -458,4 +470,8 @@ async fn the_overview_charts_the_service_and_the_holds_page_lists_what_ends_soon
         "5 units, 5 holds: {holds}"
     );
     browser.screenshot("holds").await;
+    let audits = app
+        .assert_invariants(&[SkuKey::new(WarehouseId(1), SkuId(4706))])
+        .await;
+    assert_eq!(audits[0].lines_reserved, 5);
 }

@@ -6,6 +6,8 @@ use inventory::domain::{SkuId, SkuKey, WarehouseId};
 use inventory::store::reservations::ReserveParams;
 use inventory::store::routing::{RoutePlan, RouteReply};
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp};
@@ -276,8 +278,17 @@ async fn http_routing_priority_most_stock_split_repeat_and_confirm() {
         let (status, body) = app
             .post_json("/inventory/reserve", &reserve("RT-BAD", 1, bad.clone()))
             .await;
-        assert!(status == 400, "{bad}: {status} {body}");
+        assert!(
+            status == 400
+                && matches!(
+                    body["code"].as_str(),
+                    Some("INVALID_JSON" | "INVALID_PARAMETER")
+                ),
+            "{bad}: {status} {body}"
+        );
     }
+    let (_, bad_lines) = app.get("/inventory/reservations?orderNo=RT-BAD").await;
+    assert_eq!(bad_lines["data"], json!([]), "nothing held for RT-BAD");
     // A region nobody stocks: NO_ROUTABLE_WAREHOUSE.
     let (status, none) = app
         .post_json(
@@ -462,8 +473,11 @@ async fn kafka_orders_are_routed_by_the_configured_strategy() {
     s.kafka
         .send("ORDER_TOPIC", "ORDER_CREATED", "RT-K1", &message)
         .await;
-    let both = s.kafka.collect("INVENTORY_TOPIC", 2, WAIT).await;
-    assert_eq!(both.len(), 2);
+    let both = s
+        .kafka
+        .collect_settled("INVENTORY_TOPIC", 2, WAIT, Duration::from_secs(2))
+        .await;
+    assert_eq!(both.len(), 2, "one outcome per delivery, no more");
     assert_eq!(both[0].envelope(), both[1].envelope());
 
     // 4 more: 3 are left over the register's warehouses. Refused, naming the SKU.
@@ -471,7 +485,10 @@ async fn kafka_orders_are_routed_by_the_configured_strategy() {
     s.kafka
         .send("ORDER_TOPIC", "ORDER_CREATED", "RT-K2", &short)
         .await;
-    let out = s.kafka.collect("INVENTORY_TOPIC", 3, WAIT).await;
+    let out = s
+        .kafka
+        .collect_settled("INVENTORY_TOPIC", 3, WAIT, Duration::from_secs(2))
+        .await;
     assert_eq!(out.len(), 3);
     assert_eq!(out[2].headers["tag"], "STOCK_RESERVE_FAILED");
     let failed: inventory::events::wire::StockReserveFailedEvent =
