@@ -69,7 +69,7 @@ pub async fn audit_position(
     for line in &lines {
         match line.status.as_str() {
             "RESERVED" => audit.lines_reserved += i64::from(line.qty),
-            "CONFIRMED" => audit.lines_confirmed += line.sold(),
+            "CONFIRMED" => audit.lines_confirmed += line.confirmed_qty().unwrap_or(0),
             _ => {}
         }
     }

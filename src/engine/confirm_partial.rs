@@ -7,11 +7,11 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::domain::{ReservationStatus, SkuKey};
+use crate::domain::SkuKey;
 use crate::engine::reservation::views_of;
 use crate::engine::reservation::{confirm_result, LineView, ReservationEngine, TransitionOutcome};
 use crate::engine::{now_ms, EngineError};
-use crate::store::reservations::PartialConfirmReply;
+use crate::store::reservations::{PartialConfirmReply, TransitionReply};
 use crate::store::wire::DirectoryEntry;
 
 /// One line of a partial confirm: the units of a held line that ship.
@@ -161,15 +161,11 @@ impl ReservationEngine {
                 .await?;
             self.stock.cache().store_writes(&after, sent_at);
             let sold: Vec<LineView> = views_of(&units);
-            let outcome = |existed| TransitionOutcome {
-                order_no: order_no.to_string(),
-                status: ReservationStatus::Confirmed,
-                existed,
-                items: sold.clone(),
-            };
             return match reply {
-                PartialConfirmReply::Done => Ok(outcome(false)),
-                PartialConfirmReply::Exists => Ok(outcome(true)),
+                PartialConfirmReply::Done => confirm_result(order_no, TransitionReply::Done, sold),
+                PartialConfirmReply::Exists => {
+                    confirm_result(order_no, TransitionReply::Exists, sold)
+                }
                 PartialConfirmReply::Conflict => Err(EngineError::IdempotencyConflict(format!(
                     "order {order_no} was confirmed before with other quantities"
                 ))),

@@ -556,16 +556,7 @@ impl ReservationEngine {
             ));
         }
         if let Some(region) = &req.routing.region {
-            if region.is_empty()
-                || region.len() > 32
-                || !region
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(EngineError::Invalid(
-                    "routing.region must be 1-32 of [A-Za-z0-9_-]".into(),
-                ));
-            }
+            crate::engine::warehouse::word("routing.region", region, 32)?;
         }
         let asks = routing::check_asks(
             &req.asks,
@@ -640,11 +631,7 @@ impl ReservationEngine {
         }) {
             return Err(EngineError::InventoryNotFound(pinned));
         }
-        let plans = routing::plans(&req.routing, &asks, &sites, &levels).map_err(|e| match e {
-            routing::RoutingError::NoWarehouse { sku_id, region } => {
-                EngineError::NoWarehouse { sku_id, region }
-            }
-        })?;
+        let plans = routing::plans(&req.routing, &asks, &sites, &levels)?;
 
         let params = ReserveParams {
             now_ms: now_ms(),
@@ -963,7 +950,7 @@ impl ReservationEngine {
                     sku_id: row.sku_id,
                     warehouse_id: row.warehouse_id,
                     qty: row.qty.into(),
-                    confirmed_qty: (status == ReservationStatus::Confirmed).then(|| row.sold()),
+                    confirmed_qty: row.confirmed_qty(),
                     status,
                     status_desc: status.description(),
                     expire_at: row.expire_at,

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 
 use crate::domain::{SkuId, SkuKey, WarehouseId};
+use crate::engine::EngineError;
 use crate::store::routing::RoutePlan;
 /// At most this many warehouses are considered per SKU (bounds the script's work).
 pub const MAX_CANDIDATES: usize = 32;
@@ -57,19 +58,6 @@ pub struct Ask {
 /// A line as planned: its quantity and the positions it may come from, in preference
 /// order.
 type PlannedLine = (i64, Vec<SkuKey>);
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RoutingError {
-    #[error("no enabled warehouse{} stocks sku {sku_id}", region_text(.region))]
-    NoWarehouse { sku_id: i64, region: Option<String> },
-}
-
-fn region_text(region: &Option<String>) -> String {
-    region
-        .as_ref()
-        .map(|r| format!(" in region {r}"))
-        .unwrap_or_default()
-}
 
 /// Sums lines that ask for the same SKU from the same place (a pinned warehouse, or
 /// wherever routing puts it); by SKU, pinned lines before the routed one, so the script
@@ -173,7 +161,7 @@ pub fn plans(
     asks: &[Ask],
     sites: &[Site],
     levels: &HashMap<SkuKey, i64>,
-) -> Result<Vec<RoutePlan>, RoutingError> {
+) -> Result<Vec<RoutePlan>, EngineError> {
     let mut eligible: Vec<&Site> = sites.iter().filter(|s| in_region(routing, s)).collect();
     eligible.sort_by_key(|s| (s.priority, s.warehouse_id));
     let lines: Vec<PlannedLine> = asks
@@ -229,7 +217,7 @@ fn candidates(
     ask: &Ask,
     eligible: &[&Site],
     levels: &HashMap<SkuKey, i64>,
-) -> Result<PlannedLine, RoutingError> {
+) -> Result<PlannedLine, EngineError> {
     let key = |w: i64| SkuKey::new(WarehouseId(w), SkuId(ask.sku_id));
     if let Some(w) = ask.warehouse_id {
         return Ok((ask.qty, vec![key(w)]));
@@ -248,7 +236,7 @@ fn candidates(
     }
     warehouses.truncate(MAX_CANDIDATES);
     if warehouses.is_empty() {
-        return Err(RoutingError::NoWarehouse {
+        return Err(EngineError::NoWarehouse {
             sku_id: ask.sku_id,
             region: routing.region.clone(),
         });
@@ -259,6 +247,16 @@ fn candidates(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `super::plans` with its error as text (EngineError has no PartialEq).
+    fn plans(
+        routing: &Routing,
+        asks: &[Ask],
+        sites: &[Site],
+        levels: &HashMap<SkuKey, i64>,
+    ) -> Result<Vec<RoutePlan>, String> {
+        super::plans(routing, asks, sites, levels).map_err(|e| e.to_string())
+    }
 
     fn site(id: i64, priority: i32, region: &str) -> Site {
         Site {
@@ -420,10 +418,7 @@ mod tests {
                 &sites,
                 &lv
             ),
-            Err(RoutingError::NoWarehouse {
-                sku_id: 7,
-                region: Some("w".into())
-            })
+            Err("no enabled warehouse in region w stocks sku 7".to_string())
         );
     }
 

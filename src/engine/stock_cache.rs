@@ -200,8 +200,6 @@ impl StockCache {
         });
     }
 
-    /// Absence is not cached: a position Redis holds without a DB row is one whose journal
-    /// has not reached the DB yet, for milliseconds.
     /// What a script call left behind, sent at `sent_at`: its levels after, per position.
     pub fn store_writes(&self, levels: &[crate::store::wire::LevelsAfter], sent_at: Instant) {
         for l in levels {
@@ -209,6 +207,8 @@ impl StockCache {
         }
     }
 
+    /// Absence is not cached: a position Redis holds without a DB row is one whose journal
+    /// has not reached the DB yet, for milliseconds.
     pub fn store_row(&self, key: SkuKey, row: RowMeta) {
         if self.row_ttl.is_zero() {
             return;

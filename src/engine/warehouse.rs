@@ -75,7 +75,7 @@ pub struct WarehouseChange {
     pub enabled: Option<bool>,
 }
 
-fn word(field: &str, value: &str, max: usize) -> Result<(), EngineError> {
+pub(crate) fn word(field: &str, value: &str, max: usize) -> Result<(), EngineError> {
     if value.is_empty()
         || value.len() > max
         || !value

@@ -185,13 +185,9 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Units this line sold: its confirmed quantity if CONFIRMED, else 0.
-    pub fn sold(&self) -> i64 {
-        if self.status == "CONFIRMED" {
-            i64::from(self.confirmed_qty.unwrap_or(self.qty))
-        } else {
-            0
-        }
+    /// Units this line sold, if CONFIRMED (as `RecordLine::confirmed_qty` says of Redis).
+    pub fn confirmed_qty(&self) -> Option<i64> {
+        (self.status == "CONFIRMED").then(|| i64::from(self.confirmed_qty.unwrap_or(self.qty)))
     }
 }
 
