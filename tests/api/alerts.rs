@@ -290,12 +290,24 @@ async fn a_cut_database_fires_the_shipped_alerts_in_a_real_prometheus_and_they_r
             },
         )
         .await;
-    // What Prometheus saw of the journal: entries waiting, the oldest some seconds old.
-    let lag = prometheus
-        .query(r#"max(inventory_journal_lag_entries{job="inventory"})"#)
+    // What Prometheus saw of the journal: the 40 entries waiting. A scrape may have run
+    // while the entries were still being written (or its lag read timed out under load and
+    // kept the value before), so wait, bounded, for a scrape that saw them all.
+    prometheus
+        .wait_for(
+            "a scrape that saw all 40 entries waiting",
+            Duration::from_secs(30),
+            |p| async move {
+                let lag = p
+                    .query(r#"max(inventory_journal_lag_entries{job="inventory"})"#)
+                    .await;
+                lag.first()
+                    .and_then(|v| v["value"][1].as_str())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|lag| lag >= 40.0)
+            },
+        )
         .await;
-    let lag: f64 = lag[0]["value"][1].as_str().unwrap().parse().unwrap();
-    assert!(lag >= 40.0, "journal lag seen by prometheus: {lag}");
     prometheus
         .wait_for(
             "a journal age above 1 s",
