@@ -191,6 +191,51 @@ pub fn ms_to_local(ms: i64) -> chrono::NaiveDateTime {
         .naive_local()
 }
 
+/// `t` as `YYYY-MM-DD<sep>HH:MM:SS`, with `.mmm` when `millis`, written digit by digit into
+/// `buf`: chrono's strftime parses its format string on every call, which was 5% of a
+/// read-heavy service's CPU (20 dates per `POST /inventory/query`) and shows on the
+/// persister's rows too. None for years outside 0..=9999 (callers fall back to chrono).
+pub fn datetime_digits<'b>(
+    t: &chrono::NaiveDateTime,
+    buf: &'b mut [u8; 23],
+    sep: u8,
+    millis: bool,
+) -> Option<&'b str> {
+    use chrono::{Datelike, Timelike};
+    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+    let fields = [
+        (year, 4, b'-'),
+        (t.month(), 2, b'-'),
+        (t.day(), 2, sep),
+        (t.hour(), 2, b':'),
+        (t.minute(), 2, b':'),
+        // A leap second keeps second 59 with nanoseconds past 10^9; chrono prints it as 60.
+        (
+            t.second() + t.nanosecond() / 1_000_000_000,
+            2,
+            if millis { b'.' } else { 0 },
+        ),
+        (
+            (t.nanosecond() % 1_000_000_000) / 1_000_000,
+            if millis { 3 } else { 0 },
+            0,
+        ),
+    ];
+    let mut at = 0;
+    for (value, width, next) in fields {
+        for p in (0..width).rev() {
+            let digit = (value / 10u32.pow(p)) % 10;
+            *buf.get_mut(at)? = b'0' + digit as u8;
+            at += 1;
+        }
+        if next != 0 {
+            *buf.get_mut(at)? = next;
+            at += 1;
+        }
+    }
+    std::str::from_utf8(buf.get(..at)?).ok()
+}
+
 pub fn local_now() -> chrono::NaiveDateTime {
     chrono::Local::now().naive_local()
 }

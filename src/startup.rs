@@ -231,7 +231,11 @@ impl Application {
         });
         let app_state = state.clone();
         let max_body = settings.http.max_body_bytes;
+        let workers_named = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut server = HttpServer::new(move || {
+            // The factory runs once on each worker thread.
+            let n = workers_named.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::telemetry::name_current_thread(&format!("http-worker-{n}"));
             App::new()
                 .wrap_fn(api::metrics_middleware(app_state.metrics.clone()))
                 .app_data(app_state.clone())
@@ -317,7 +321,14 @@ fn start_shards(
         n => n,
     }
     .min(settings.engine.shards);
-    let arbiters: Vec<actix::Arbiter> = (0..threads).map(|_| actix::Arbiter::new()).collect();
+    let arbiters: Vec<actix::Arbiter> = (0..threads)
+        .map(|i| {
+            let arbiter = actix::Arbiter::new();
+            arbiter
+                .spawn_fn(move || crate::telemetry::name_current_thread(&format!("shard-arb-{i}")));
+            arbiter
+        })
+        .collect();
     let core = ShardCore {
         redis: redis.clone(),
         hold_ms: settings.hold_ms(),

@@ -25,7 +25,26 @@ pub fn trace_id_from(headers: &HeaderMap) -> String {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+        .unwrap_or_else(new_trace_id)
+}
+
+/// A new trace id: 32 lowercase hex digits. The first 16 are a random number drawn once
+/// per process, the last 16 a per-process counter passed through a bijection (splitmix64's
+/// finaliser), so ids look random and never repeat. A uuid v4 per request cost a getrandom
+/// system call each on the hot path.
+pub fn new_trace_id() -> String {
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let process = *PROCESS.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{process:016x}{:016x}", mix(n))
+}
+
+/// splitmix64's finaliser: a bijection on u64 that scatters consecutive numbers.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// `orderNo` from a query string, if there is one (confirm, release, reads).
@@ -72,6 +91,18 @@ pub fn end(span: &Span, status: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_trace_ids_are_32_hex_digits_and_distinct() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_trace_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| id.len() == 32
+            && id
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())));
+        let mixed: std::collections::HashSet<u64> = (0..1000).map(mix).collect();
+        assert_eq!(mixed.len(), 1000);
+    }
 
     #[test]
     fn order_no_is_read_from_the_query_string() {

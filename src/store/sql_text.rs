@@ -59,12 +59,47 @@ pub fn push_int(sql: &mut String, value: i64) {
 }
 
 pub fn push_datetime(sql: &mut String, value: &NaiveDateTime) {
-    let _ = write!(sql, "'{}'", value.format("%Y-%m-%d %H:%M:%S%.3f"));
+    let mut buf = [0u8; 23];
+    match crate::domain::datetime_digits(value, &mut buf, b' ', true) {
+        Some(text) => {
+            sql.push('\'');
+            sql.push_str(text);
+            sql.push('\'');
+        }
+        None => {
+            let _ = write!(sql, "'{}'", value.format("%Y-%m-%d %H:%M:%S%.3f"));
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datetimes_are_written_as_chrono_writes_them() {
+        for (y, mo, d, h, mi, se, ms) in [
+            (2026, 11, 27, 8, 5, 9, 7),
+            (1, 1, 1, 0, 0, 0, 0),
+            (9999, 12, 31, 23, 59, 59, 999),
+            (-5, 3, 4, 5, 6, 7, 120),
+            (12345, 1, 2, 3, 4, 5, 60),
+        ] {
+            let t = chrono::NaiveDate::from_ymd_opt(y, mo, d)
+                .and_then(|d| d.and_hms_milli_opt(h, mi, se, ms))
+                .unwrap();
+            let mut sql = String::new();
+            push_datetime(&mut sql, &t);
+            assert_eq!(sql, format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.3f")));
+        }
+        // A leap second (nanoseconds past 10^9).
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_milli_opt(23, 59, 59, 1_500))
+            .unwrap();
+        let mut sql = String::new();
+        push_datetime(&mut sql, &leap);
+        assert_eq!(sql, format!("'{}'", leap.format("%Y-%m-%d %H:%M:%S%.3f")));
+    }
 
     #[test]
     fn text_is_quoted_only_when_safe() {
