@@ -221,19 +221,28 @@ end
 -- token it has seen in field FENCE_FIELD of its orders hash (no orderNo has a space, so it
 -- names no order) and refuses a lower one: a leader that was paused past its lease, while
 -- another instance took over (and raised every group's fence, lua/fence.lua), cannot write.
+-- A group's fence is read once per call (this call is its only writer meanwhile): an
+-- expiry batch carries the same token for every order.
 local FENCE_FIELD = ' fence'
+local fence_seen = {}
 local function fence_refuses(orders_key, token)
   local t = tonumber(token)
   if not t or t <= 0 then
     return false
   end
-  local seen = tonumber(redis.call('HGET', orders_key, FENCE_FIELD) or '0')
+  local seen = fence_seen[orders_key]
+  if seen == nil then
+    seen = tonumber(redis.call('HGET', orders_key, FENCE_FIELD) or '0')
+  end
   if t < seen then
+    fence_seen[orders_key] = seen
     return true
   end
   if t > seen then
     redis.call('HSET', orders_key, FENCE_FIELD, token)
+    seen = t
   end
+  fence_seen[orders_key] = seen
   return false
 end
 
