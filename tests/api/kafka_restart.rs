@@ -193,6 +193,42 @@ async fn broker_killed_and_restarted_mid_stream_loses_no_event_and_reserves_noth
 /// one still holds, and every order must get its outcome within 30 s of the restart.
 #[actix_web::test]
 async fn service_killed_mid_stream_gets_every_order_its_outcome_after_the_restart() {
+    crashed_mid_stream(Crash::Kill9).await;
+}
+
+/// The service aborts (a fault point, like kill -9 at that exact line) after an order was
+/// reserved and its outcome recorded, before the outcome was produced. After the restart
+/// the message comes again and the recorded outcome is published: one outcome kind per
+/// order, never a second decision.
+#[cfg(feature = "fault-injection")]
+#[actix_web::test]
+async fn service_aborted_between_reserve_and_produce_publishes_the_decided_outcome() {
+    crashed_mid_stream(Crash::At("kafka.before_produce")).await;
+}
+
+/// The service aborts after an outcome was produced and acknowledged, before the message's
+/// offset was stored. The message comes again and its outcome is published again, the
+/// identical message.
+#[cfg(feature = "fault-injection")]
+#[actix_web::test]
+async fn service_aborted_between_produce_and_offset_store_republishes_the_identical_outcome() {
+    crashed_mid_stream(Crash::At("kafka.before_offset_store")).await;
+}
+
+/// How the service dies mid-stream.
+#[derive(Clone, Copy, Debug)]
+enum Crash {
+    /// kill -9 from outside, once outcomes flow.
+    Kill9,
+    /// `abort` armed at this fault point (5% of passes, seeded): the process dies there.
+    At(&'static str),
+}
+
+/// 1,000 ORDER_CREATED for 500 units stream in; the service dies (`crash`) and is started
+/// again at once, without faults. Every order must get exactly one outcome kind within 30 s
+/// of the restart, every republished outcome must be the identical message, and the stock
+/// must audit clean with 500 held.
+async fn crashed_mid_stream(crash: Crash) {
     use crate::crash::{start_service_with, stock_in};
     use crate::helpers::{create_test_database, test_settings};
 
@@ -210,7 +246,16 @@ async fn service_killed_mid_stream_gets_every_order_its_outcome_after_the_restar
         ("INVENTORY__KAFKA__TOPIC_PARTITIONS", "4"),
         ("INVENTORY__KAFKA__SESSION_TIMEOUT_MS", "10000"),
     ];
-    let mut service = start_service_with(&db_url, &prefix, &env).await;
+    let armed = match crash {
+        Crash::Kill9 => None,
+        Crash::At(point) => Some(format!("{point}=abort@0.05")),
+    };
+    let mut first_env = env.to_vec();
+    if let Some(spec) = &armed {
+        first_env.push(("INVENTORY_FAULTS", spec.as_str()));
+        first_env.push(("INVENTORY_FAULT_SEED", "11"));
+    }
+    let mut service = start_service_with(&db_url, &prefix, &first_env).await;
     stock_in(&service.base, 8201, 500).await;
     let kafka = std::sync::Arc::new(KafkaClient::with_message_timeout(
         &brokers,
@@ -236,17 +281,47 @@ async fn service_killed_mid_stream_gets_every_order_its_outcome_after_the_restar
             }
         }
     });
-    let early = kafka
-        .collect_keys("INVENTORY_TOPIC", 50, Duration::from_secs(60))
-        .await;
-    assert!(early.len() >= 50, "no outcomes before the kill");
-    service.kill9();
+    let early = match crash {
+        Crash::Kill9 => {
+            let early = kafka
+                .collect_keys("INVENTORY_TOPIC", 50, Duration::from_secs(60))
+                .await;
+            assert!(early.len() >= 50, "no outcomes before the kill");
+            service.kill9();
+            early.len()
+        }
+        Crash::At(point) => {
+            // The armed point fires on one of the first messages (5% of passes).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !service.exited() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{point} never fired: the service is still up"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            kafka
+                .collect_keys_settled(
+                    "INVENTORY_TOPIC",
+                    orders,
+                    Duration::from_secs(1),
+                    Duration::from_millis(500),
+                )
+                .await
+                .len()
+        }
+    };
     let service = start_service_with(&db_url, &prefix, &env).await;
     let restarted = Instant::now();
     producing.await.expect("producer");
 
     let out = kafka
-        .collect_keys("INVENTORY_TOPIC", orders, Duration::from_secs(30))
+        .collect_keys_settled(
+            "INVENTORY_TOPIC",
+            orders,
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        )
         .await;
     let took = restarted.elapsed();
     let mut outcome: HashMap<String, String> = HashMap::new();
@@ -266,6 +341,14 @@ async fn service_killed_mid_stream_gets_every_order_its_outcome_after_the_restar
     );
     let reserved = outcome.values().filter(|t| *t == "STOCK_RESERVED").count();
     assert_eq!(reserved, 500, "500 units, one each");
+    if let Crash::At("kafka.before_offset_store") = crash {
+        // The aborting message's outcome was acknowledged, its offset never stored: it was
+        // delivered again and its outcome published again.
+        assert!(
+            out.len() > outcome.len(),
+            "no outcome was published twice after an abort before the offset store"
+        );
+    }
     // Outcomes published again after the crash (redelivered: the kill came after the
     // publish and before the offset commit, or after the reserve and before the consume log
     // row) are the identical message: same envelope messageId and eventTime, same payload
@@ -306,8 +389,8 @@ async fn service_killed_mid_stream_gets_every_order_its_outcome_after_the_restar
     assert!(audit.is_clean(), "{audit:#?}");
     assert_eq!(audit.lines_reserved, 500);
     println!(
-        "FAULT service-kill-9 (kafka): {orders} orders, {} outcomes before the kill, all {orders} answered {:.1} s after the restart ({} outcomes, {} repeated)",
-        early.len(),
+        "FAULT service {crash:?} (kafka): {orders} orders, {} outcomes before the crash, all {orders} answered {:.1} s after the restart ({} outcomes, {} repeated)",
+        early,
         took.as_secs_f64(),
         out.len(),
         out.len() - outcome.len()
