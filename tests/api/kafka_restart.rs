@@ -221,6 +221,8 @@ enum Crash {
     /// kill -9 from outside, once outcomes flow.
     Kill9,
     /// `abort` armed at this fault point (5% of passes, seeded): the process dies there.
+    /// Only the tests built with the fault points use it.
+    #[cfg_attr(not(feature = "fault-injection"), expect(dead_code))]
     At(&'static str),
 }
 
