@@ -385,6 +385,10 @@ async fn cluster_kill_9_between_the_phases_leaves_no_pending_line() {
         &[
             ("redis.cluster_urls", cluster_urls().into()),
             ("redis.pending_deadline_ms", 800.into()),
+            // Journal entries a killed service had read but not acknowledged are claimed
+            // by this instance after 2 s (the default, 30 s, outlasts the drain's 20 s
+            // wait: a fresh-clone CI run failed with 24 entries pending).
+            ("journal.claim_idle_ms", 2000.into()),
         ],
     );
     let app = start(settings, db_name).await;
