@@ -23,7 +23,6 @@ local groups = call_groups(0, ngroups)
 local positions, by_id, at = call_positions(5, tonumber(ARGV[4]), 3 * ngroups)
 local orders = transition_orders(at, groups, 4)
 
-local now_text = ' ' .. int(now) .. ' '
 local out = {}
 for _, o in ipairs(orders) do
   local reason, remark, only_expired, fence = o.args[1], o.args[2], o.args[3] == '1', o.args[4]
@@ -58,10 +57,6 @@ for _, o in ipairs(orders) do
       elseif blocked then
         reply(out, blocked)
       else
-        -- The journal line as journal_line writes it, built with one '..' chain and each
-        -- number formatted once: this runs once per released line, for every hold the
-        -- expiry scan drains.
-        local tail = ' ' .. int(x) .. now_text .. reason .. ' ' .. o.no .. ' ' .. o.tr .. ' ' .. remark
         for _, l in ipairs(lines) do
           if l.st == 'RESERVED' then
             local p = l.p
@@ -71,9 +66,8 @@ for _, o in ipairs(orders) do
             touch(p)
             l.st = 'RELEASED'
             local g = groups[p.g]
-            local qs = int(l.q)
-            g.lines[#g.lines + 1] = 'REL ' .. p.w .. ' ' .. p.s .. ' ' .. qs .. ' -' .. qs .. ' ' ..
-              int(p.a) .. ' ' .. int(p.r) .. ' ' .. int(p.v) .. ' ' .. qs .. tail
+            g.lines[#g.lines + 1] = journal_line('REL', p.w, p.s, l.q, -l.q, p.a, p.r, p.v, l.q, x, now,
+              reason, o.no, o.tr, remark)
           end
         end
         store_order(o, groups, lines, x)

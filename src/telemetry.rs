@@ -151,23 +151,13 @@ impl Visit for JsonFieldWriter<'_> {
     }
 }
 
-/// `value` as a JSON string literal.
+/// `value` as a JSON string literal (serde_json's escaping).
 fn push_json_str(out: &mut String, value: &str) {
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
+    match serde_json::to_string(value) {
+        Ok(text) => out.push_str(&text),
+        // Serialising a str cannot fail; an empty string keeps the object valid anyway.
+        Err(_) => out.push_str("\"\""),
     }
-    out.push('"');
 }
 
 /// Renames the calling thread (`/proc/thread-self/comm`, at most 15 bytes), so that

@@ -37,14 +37,7 @@ pub fn new_trace_id() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let process = *PROCESS.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut id = String::with_capacity(32);
-    for word in [process, mix(n)] {
-        for shift in (0..16).rev() {
-            let digit = ((word >> (shift * 4)) & 0xf) as u32;
-            id.push(char::from_digit(digit, 16).unwrap_or('0'));
-        }
-    }
-    id
+    format!("{process:016x}{:016x}", mix(n))
 }
 
 /// splitmix64's finaliser: a bijection on u64 that scatters consecutive numbers.
