@@ -22,6 +22,11 @@ use crate::engine::{now_ms, EngineError};
 use crate::metrics::Metrics;
 use crate::store::cluster::ResolveReport;
 use crate::store::redis::RedisStore;
+use crate::store::supervision::{ExpireCall, ExpireReply, EXPIRE_CALL_MAX};
+
+/// Expire calls (one group each) a run keeps in flight: one runs in Redis while the next
+/// is on its way, and live requests still get between them.
+const EXPIRE_CALLS_IN_FLIGHT: usize = 2;
 
 // ---------------------------------------------------------------- expiry
 
@@ -30,13 +35,17 @@ use crate::store::redis::RedisStore;
 pub struct ExpiryReport {
     /// Orders whose holds were released now.
     pub released: usize,
+    /// Of those, the orders released in their group by lua/expire.lua (the rest went
+    /// through the general path: lines in several groups, or an order-status hook).
+    pub released_in_groups: usize,
     /// Orders the order service said were paid: confirmed instead.
     pub confirmed: usize,
     /// Orders kept because the order service could not be asked (retried later).
     pub kept: usize,
     /// Orders already settled by someone else (another job, a confirm, a cancel).
     pub settled: usize,
-    /// Steps taken (each one directory read and one round of shard batches).
+    /// Steps taken: one expire.lua call in one group that found holds due, or one
+    /// directory read and one round of shard batches on the general path.
     pub steps: usize,
     /// The run ended on its time budget with holds still due: run again soon.
     pub budget_spent: bool,
@@ -162,12 +171,167 @@ impl ExpiryJob {
 
     async fn run(&self, guard: Option<&LeaseGuard>) -> Result<ExpiryReport, EngineError> {
         let started = Instant::now();
-        let budget = self.budget();
-        let batch = self.settings.reservation.timeout.batch_size.max(1);
         let trace = format!("expiry-{}", uuid::Uuid::new_v4().simple());
         let mut report = ExpiryReport::default();
         // Orders left held this run (order status unknown): skipped when read again.
         let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
+        if self.per_group_applies() {
+            let passed_over = self
+                .run_per_group(guard, started, &trace, &mut report)
+                .await?;
+            if passed_over == 0 || report.budget_spent || report.lease_lost {
+                return Ok(report);
+            }
+        }
+        self.run_general(guard, started, &trace, &mut report, &mut kept)
+            .await?;
+        if !report.budget_spent && !report.lease_lost {
+            // Orders that were not seen again were settled elsewhere: forget their counts.
+            self.attempts
+                .lock()
+                .await
+                .retain(|order, _| kept.contains(order));
+        }
+        Ok(report)
+    }
+
+    /// Whether a run can release in the groups themselves (lua/expire.lua): on a single
+    /// Redis, with no order service to ask first.
+    fn per_group_applies(&self) -> bool {
+        self.settings
+            .reservation
+            .timeout
+            .order_status_url
+            .is_empty()
+            && !self.stock.redis().is_cluster()
+    }
+
+    /// Releases what is due group by group, one lua/expire.lua call per group and step
+    /// (at most `batch_size` orders, two calls in flight), until no group has anything due
+    /// or the budget is spent. Returns how many due orders the calls passed over (orders
+    /// with lines in several groups, or in a state only the general path decides): the
+    /// general path runs next for those.
+    async fn run_per_group(
+        &self,
+        guard: Option<&LeaseGuard>,
+        started: Instant,
+        trace: &str,
+        report: &mut ExpiryReport,
+    ) -> Result<usize, EngineError> {
+        let redis = self.stock.redis();
+        let budget = self.budget();
+        let batch = self
+            .settings
+            .reservation
+            .timeout
+            .batch_size
+            .clamp(1, EXPIRE_CALL_MAX);
+        let fence = guard.map_or(0, |g| g.token);
+        let max_journal_entries = self.settings.journal.max_pending_entries;
+        let groups = redis.keys().groups();
+        let mut offsets: HashMap<u32, usize> = HashMap::new();
+        let mut queue: std::collections::VecDeque<u32> = (0..groups).collect();
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        let mut passed_over = 0usize;
+        let mut failure: Option<EngineError> = None;
+        loop {
+            while in_flight.len() < EXPIRE_CALLS_IN_FLIGHT
+                && failure.is_none()
+                && !report.budget_spent
+                && !report.lease_lost
+            {
+                let Some(group) = queue.pop_front() else {
+                    break;
+                };
+                if report.steps > 0 && started.elapsed() >= budget {
+                    report.budget_spent = true;
+                    break;
+                }
+                if guard.is_some_and(|g| !g.holds()) {
+                    report.lease_lost = true;
+                    break;
+                }
+                // Due holds are about to be released: a crash or pause here must leave
+                // them to the next run (or the next leader), released once.
+                if let Err(e) = crate::fault::point("expiry.before_release").await {
+                    failure = Some(e.into());
+                    break;
+                }
+                let call = ExpireCall {
+                    now_ms: now_ms(),
+                    max_journal_entries,
+                    limit: batch,
+                    offset: offsets.get(&group).copied().unwrap_or(0),
+                    fence,
+                    trace_id: trace,
+                };
+                in_flight.push(async move {
+                    let sent_at = Instant::now();
+                    (group, sent_at, redis.expire_group(group, &call).await)
+                });
+            }
+            let Some((group, sent_at, result)) = in_flight.next().await else {
+                break;
+            };
+            match result {
+                Ok(ExpireReply::Expired {
+                    released,
+                    passed_over: passed,
+                    read,
+                    forgotten,
+                    levels,
+                }) => {
+                    self.stock.cache().store_writes(&levels, sent_at);
+                    if read > 0 {
+                        report.steps += 1;
+                    }
+                    report.released += released;
+                    report.released_in_groups += released;
+                    report.settled += forgotten;
+                    self.count_many("released", released);
+                    self.metrics
+                        .transitions
+                        .with_label_values(&["expire", "done"])
+                        .inc_by(released as u64);
+                    if passed > 0 {
+                        *offsets.entry(group).or_insert(0) += passed;
+                        passed_over += passed;
+                    }
+                    if read >= batch {
+                        queue.push_back(group);
+                    }
+                }
+                // A newer leader raised the fence: the holds are its to release now.
+                Ok(ExpireReply::Fenced) => {
+                    report.lease_lost = true;
+                    self.count("fenced");
+                }
+                Ok(ExpireReply::JournalFull) => {
+                    failure.get_or_insert(EngineError::JournalFull);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e.into());
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(passed_over),
+        }
+    }
+
+    /// The general path: reads the due holds of every group, asks the order service when
+    /// configured, and confirms or releases through the shards in steps of `batch_size`.
+    async fn run_general(
+        &self,
+        guard: Option<&LeaseGuard>,
+        started: Instant,
+        trace: &str,
+        report: &mut ExpiryReport,
+        kept: &mut std::collections::HashSet<String>,
+    ) -> Result<(), EngineError> {
+        let budget = self.budget();
+        let batch = self.settings.reservation.timeout.batch_size.max(1);
         let mut from_ms = vec![i64::MIN; self.stock.redis().keys().groups() as usize];
         'rounds: loop {
             if started.elapsed() >= budget {
@@ -218,21 +382,14 @@ impl ExpiryJob {
                 kept.extend(plan.keep.iter().cloned());
                 report.kept += plan.keep.len();
                 let fence = guard.map_or(0, |g| g.token);
-                let left = self.apply_step(plan, &trace, fence, &mut report).await?;
+                let left = self.apply_step(plan, trace, fence, report).await?;
                 kept.extend(left);
                 if report.lease_lost {
                     break 'rounds;
                 }
             }
         }
-        if !report.budget_spent && !report.lease_lost {
-            // Orders that were not seen again were settled elsewhere: forget their counts.
-            self.attempts
-                .lock()
-                .await
-                .retain(|order, _| kept.contains(order));
-        }
-        Ok(report)
+        Ok(())
     }
 
     /// Asks the order service about every order of a step (bounded concurrency) and
@@ -389,6 +546,13 @@ impl ExpiryJob {
             .expiry_oldest_due_age
             .set(lag.oldest_due_age_ms as f64 / 1000.0);
         Ok(lag)
+    }
+
+    fn count_many(&self, outcome: &str, n: usize) {
+        self.metrics
+            .holds_expired
+            .with_label_values(&[outcome])
+            .inc_by(n as u64);
     }
 
     fn count(&self, outcome: &str) {

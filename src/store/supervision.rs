@@ -15,6 +15,39 @@ pub struct OrderSnapshot {
     pub lines: Vec<RecordLine>,
 }
 
+/// The most due orders one expire.lua call reads (its HMGETs pass them at once).
+pub const EXPIRE_CALL_MAX: usize = 4000;
+
+/// One expire.lua call's arguments (see [`RedisStore::expire_group`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ExpireCall<'a> {
+    pub now_ms: i64,
+    pub max_journal_entries: u64,
+    pub limit: usize,
+    pub offset: usize,
+    pub fence: i64,
+    pub trace_id: &'a str,
+}
+
+/// What one expire.lua call did in its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpireReply {
+    /// Orders released, orders passed over (left to the general path), due orders read
+    /// (as many as the limit: more may be due), orders that left the index unreleased
+    /// (nothing of them held any more), and the positions' counters after.
+    Expired {
+        released: usize,
+        passed_over: usize,
+        read: usize,
+        forgotten: usize,
+        levels: Vec<crate::store::wire::LevelsAfter>,
+    },
+    /// A newer leader's token was seen: nothing changed.
+    Fenced,
+    /// The group's journal is full: nothing changed.
+    JournalFull,
+}
+
 impl RedisStore {
     /// Takes or keeps the lease; the fencing token while held, None otherwise.
     pub async fn lease(&self, owner: &str, ttl_ms: u64, give_up: bool) -> RedisResult<Option<i64>> {
@@ -74,6 +107,62 @@ impl RedisStore {
                     .collect()
             })
             .collect())
+    }
+
+    /// Releases the due holds of one group in one call (lua/expire.lua; single Redis
+    /// only): at most `limit` due orders, after passing over the first `offset` (orders
+    /// this run left to the general path). `fence` is the leader's token (0: none).
+    pub async fn expire_group(
+        &self,
+        group: u32,
+        call: &ExpireCall<'_>,
+    ) -> RedisResult<ExpireReply> {
+        if self.is_cluster() {
+            return Err(RedisStoreError::BadReply {
+                script: "expire",
+                detail: "not available on a Redis Cluster".into(),
+            });
+        }
+        let keys = &self.keys;
+        let mut invocation = self.scripts.expire.key(keys.orders(group));
+        invocation
+            .key(keys.holds(group))
+            .key(keys.journal(group))
+            .key(keys.directory())
+            .arg(call.now_ms)
+            .arg(call.max_journal_entries)
+            .arg(call.limit.clamp(1, EXPIRE_CALL_MAX))
+            .arg(call.offset)
+            .arg(call.fence)
+            .arg(crate::store::wire::word(call.trace_id, 64))
+            .arg(keys.stock_prefix(group));
+        let items = self.run_script("expire", &invocation, None).await?;
+        let Some((head, levels)) = items.split_first() else {
+            return Err(RedisStoreError::BadReply {
+                script: "expire",
+                detail: "no item".into(),
+            });
+        };
+        Ok(match head.status.as_str() {
+            "FENCED" => ExpireReply::Fenced,
+            "JOURNAL_FULL" => ExpireReply::JournalFull,
+            "EXPIRED" => {
+                let count = |n: i64| usize::try_from(n).unwrap_or(0);
+                ExpireReply::Expired {
+                    released: count(head.n[0]),
+                    passed_over: count(head.n[1]),
+                    read: count(head.n[2]),
+                    forgotten: count(head.n[3]),
+                    levels: crate::store::wire::named_levels("expire", levels)?,
+                }
+            }
+            other => {
+                return Err(RedisStoreError::BadReply {
+                    script: "expire",
+                    detail: format!("status {other}"),
+                })
+            }
+        })
     }
 
     /// Drops orders from every group's holds (they are settled, or Redis has no record).

@@ -88,6 +88,12 @@ impl Keys {
         out
     }
 
+    /// What every stock hash of a group starts with; a position's key is this followed by
+    /// `w:s` (lua/expire.lua builds the keys of the records it reads).
+    pub fn stock_prefix(&self, group: u32) -> String {
+        format!("{}:s:", self.tag(group))
+    }
+
     /// Marker of one stock adjustment request (idempotency of admin calls), hash
     /// `{delta}` with an expiry.
     pub fn adjustment(&self, key: SkuKey, request_id: &str) -> String {
@@ -650,6 +656,40 @@ pub fn split_levels(
     Ok((items, levels))
 }
 
+/// Reads the `LEVELS:<w>:<s> 0 avail reserved seq` items of a script that finds its
+/// positions itself (lua/expire.lua): the position is named in the status word.
+pub fn named_levels(
+    script: &'static str,
+    items: &[ReplyItem],
+) -> Result<Vec<LevelsAfter>, BadReply> {
+    items
+        .iter()
+        .map(|item| {
+            let key = item
+                .status
+                .strip_prefix("LEVELS:")
+                .and_then(|rest| rest.split_once(':'))
+                .and_then(|(w, s)| {
+                    Some(SkuKey::new(
+                        WarehouseId(w.parse().ok()?),
+                        SkuId(s.parse().ok()?),
+                    ))
+                })
+                .ok_or_else(|| BadReply {
+                    script,
+                    detail: format!("{} where LEVELS:<w>:<s> was expected", item.status),
+                })?;
+            let [_, available, reserved, seq] = item.n;
+            Ok(LevelsAfter {
+                key,
+                available,
+                reserved,
+                seq,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,12 +701,37 @@ mod tests {
         let g = keys.group(k);
         assert!(g < 16);
         assert_eq!(keys.stock(k), format!("p:inv:{{g{g}}}:s:1:1001"));
+        assert_eq!(format!("{}1:1001", keys.stock_prefix(g)), keys.stock(k));
         assert_eq!(keys.orders(g), format!("p:inv:{{g{g}}}:o"));
         assert_eq!(keys.journal(g), format!("p:inv:{{g{g}}}:j"));
         assert_eq!(keys.holds(g), format!("p:inv:{{g{g}}}:h"));
         assert_eq!(keys.parse_stock_key(&keys.stock(k)), Some(k));
         assert_eq!(keys.parse_stock_key("p:inv:{g1}:o"), None);
         assert_eq!(keys.journals().len(), 16);
+    }
+
+    #[test]
+    fn named_levels_read_the_position_from_the_status() {
+        let item = |status: &str, n: [i64; 4]| ReplyItem {
+            status: status.to_string(),
+            n,
+        };
+        let levels = named_levels("expire", &[item("LEVELS:2:1001", [0, 7, 3, 42])]).unwrap();
+        assert_eq!(
+            levels,
+            vec![LevelsAfter {
+                key: SkuKey::new(WarehouseId(2), SkuId(1001)),
+                available: 7,
+                reserved: 3,
+                seq: 42,
+            }]
+        );
+        for bad in ["LEVELS", "LEVELS:2", "LEVELS:x:1", "RELEASED"] {
+            assert!(
+                named_levels("expire", &[item(bad, [0; 4])]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
