@@ -31,6 +31,11 @@ local function parse_record(raw)
   if not raw then
     return nil
   end
+  -- Most records hold one line: one match instead of a scan of the fields.
+  local x1, w1, s1, q1, st1 = string.match(raw, '^(%d+) ([^: ]+):([^: ]+):(%d+):(%u+)$')
+  if x1 then
+    return {x = tonumber(x1), lines = {{w = w1, s = s1, q = tonumber(q1), st = st1}}}
+  end
   local rec = {lines = {}}
   local first = true
   for field in string.gmatch(raw, '%S+') do
