@@ -587,12 +587,14 @@ fn envelope(order_no: &str, event_type: &str, payload: &serde_json::Value) -> St
 }
 
 impl KafkaDriver {
-    fn start(brokers: &str, topics: &KafkaTopics) -> KafkaDriver {
+    /// `linger_ms`: the service's setting, so that the stand-in order service batches its
+    /// sends as the service batches its outcomes.
+    fn start(brokers: &str, topics: &KafkaTopics, linger_ms: u64) -> KafkaDriver {
         use rdkafka::consumer::{Consumer, StreamConsumer};
         use rdkafka::message::{Headers, Message};
         let producer = rdkafka::config::ClientConfig::new()
             .set("bootstrap.servers", brokers)
-            .set("linger.ms", "1")
+            .set("linger.ms", linger_ms.to_string())
             .create()
             .expect("bench producer");
         let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
@@ -755,7 +757,7 @@ fn start_echo(brokers: &str, settings: &inventory::config::KafkaSettings, from: 
             "queue.buffering.max.messages",
             settings.producer_queue_messages.to_string(),
         )
-        .set("linger.ms", "2")
+        .set("linger.ms", settings.linger_ms.to_string())
         .create()
         .expect("echo producer");
     let consumer = Arc::new(consumer);
@@ -1662,7 +1664,7 @@ async fn run(o: Options) -> i32 {
             &echo_topics.order,
             &echo_topics.inventory,
         );
-        let echo = KafkaDriver::start(&brokers, &echo_topics);
+        let echo = KafkaDriver::start(&brokers, &echo_topics, settings.kafka.linger_ms);
         let r = drive(
             &o,
             Driver::Kafka(Box::new(echo)),
@@ -1678,7 +1680,9 @@ async fn run(o: Options) -> i32 {
         "http" => Some(Driver::Http(client, format!("http://127.0.0.1:{port}"))),
         "inprocess" => Some(Driver::InProcess(Box::new(state.reservations.clone()))),
         "kafka" => Some(Driver::Kafka(Box::new(KafkaDriver::start(
-            &brokers, &topics,
+            &brokers,
+            &topics,
+            settings.kafka.linger_ms,
         )))),
         _ => None,
     };

@@ -557,6 +557,9 @@ pub struct KafkaSettings {
     pub rejoin_unassigned_ms: u64,
     #[garde(skip)]
     pub fetch_wait_max_ms: u64,
+    /// How long the producer gathers messages into one produce request.
+    #[garde(range(max = 1_000))]
+    pub linger_ms: u64,
     #[garde(range(min = 1, max = 60_000))]
     pub retry_min_ms: u64,
     /// At least retry_min_ms (check_relations).

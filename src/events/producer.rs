@@ -97,7 +97,7 @@ impl EventPublisher {
                 "message.timeout.ms",
                 settings.delivery_timeout_ms.to_string(),
             )
-            .set("linger.ms", "2")
+            .set("linger.ms", settings.linger_ms.to_string())
             .create_with_context(KafkaLogContext::default())?;
         Ok(EventPublisher {
             producer,
