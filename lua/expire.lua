@@ -5,20 +5,21 @@
 -- lines). An order is released here only when all its lines are in this group (its
 -- directory entry has as many lines as its record here) and all are still held and due;
 -- anything else (a multi-group order, a position Redis lacks, an odd record) is passed
--- over and left in the index for the general path, which the caller runs next. Orders
--- that are no longer held (confirmed or released meanwhile, or forgotten) leave the
--- index. lua/lib.lua is prepended.
+-- over: left in the index and named in the reply, and the caller hands it to the general
+-- path before this group's next call. Orders that are no longer held (confirmed or
+-- released meanwhile, or forgotten) leave the index. lua/lib.lua is prepended.
 --
 -- KEYS: the group's orders, holds, journal; the directory.
 -- ARGV[1] now (ms), ARGV[2] max entries of the journal stream, ARGV[3] most due orders to
--- read, ARGV[4] due orders to pass over first (those this run already left to the general
--- path), ARGV[5] the fencing token of the leader's run ('0': none; lib.lua,
+-- read, ARGV[4] due orders to skip first (passed over earlier in this run and still held:
+-- the general path could not settle them either), ARGV[5] the fencing token of the leader's run ('0': none; lib.lua,
 -- fence_refuses), ARGV[6] traceId, ARGV[7] the group's stock key prefix
 -- ('<p>inv:{gN}:s:'; a position's hash is that followed by 'w:s', in the group's slot).
 --
 -- Reply: one item 'EXPIRED released passed_over read forgotten' (read: due orders read, as
 -- many as ARGV[3] means more may be due; forgotten: orders that left the index unreleased,
--- as nothing of them was held any more), or 'FENCED' or 'JOURNAL_FULL' (nothing changed);
+-- as nothing of them was held any more), or 'FENCED' or 'JOURNAL_FULL' (nothing changed;
+-- only when something is due); then one 'PASSED:<orderNo>' item per order passed over,
 -- then one 'LEVELS:<w>:<s> 0 avail reserved seq' item per position released into.
 local now = tonumber(ARGV[1])
 local max_journal = tonumber(ARGV[2])
@@ -35,14 +36,14 @@ if fence_refuses(g.o, fence) then
   reply(out, 'FENCED')
   return out
 end
-if journal_full(g, max_journal) then
-  reply(out, 'JOURNAL_FULL')
-  return out
-end
-
 local due = redis.call('ZRANGEBYSCORE', g.h, '-inf', now, 'LIMIT', offset, limit)
 if #due == 0 then
   reply(out, 'EXPIRED', 0, 0, 0, 0)
+  return out
+end
+-- Only a group with something due is refused: the others go on while this one drains.
+if journal_full(g, max_journal) then
+  reply(out, 'JOURNAL_FULL')
   return out
 end
 local records = redis.call('HMGET', g.o, unpack(due))
@@ -63,7 +64,11 @@ local function position(w, s)
 end
 
 local now_text = ARGV[1]
-local released, passed, forgotten = 0, 0, 0
+local released, forgotten = 0, 0
+local passed = {}
+local function pass(order_no)
+  passed[#passed + 1] = order_no
+end
 
 -- Releases a held line of position p (q units, qs as text, x_text the order's expiry as
 -- the record writes it). Counters and stock levels are written as plain '..' numbers, as
@@ -86,10 +91,10 @@ for i, order_no in ipairs(due) do
   if raw then
     x_text, w, s, qs = string.match(raw, '^(%d+) ([^: ]+):([^: ]+):(%d+):RESERVED$')
   end
+  local p = x_text and tonumber(x_text) <= now and entries[i] == string.sub(raw, 1, -10) and position(w, s)
   if x_text then
-    local p = position(w, s)
-    if tonumber(x_text) > now or entries[i] ~= string.sub(raw, 1, -10) or not p.loaded then
-      passed = passed + 1
+    if not (p and p.loaded) then
+      pass(order_no)
     else
       release_line(p, tonumber(qs), qs, x_text, order_no)
       set_record(g, order_no, (string.gsub(raw, ':RESERVED$', ':RELEASED')))
@@ -119,7 +124,7 @@ for i, order_no in ipairs(due) do
       elseif settled or rec.token or rec.x > now or not entry or entry.tomb or #entry.lines ~= #rec.lines then
         -- Partly settled, claimed, not due by its record, or with lines in other groups:
         -- the general path decides.
-        passed = passed + 1
+        pass(order_no)
       else
         local ok = true
         for _, l in ipairs(rec.lines) do
@@ -127,7 +132,7 @@ for i, order_no in ipairs(due) do
           ok = ok and l.p.loaded
         end
         if not ok then
-          passed = passed + 1
+          pass(order_no)
         else
           local x_rec = int(rec.x)
           for _, l in ipairs(rec.lines) do
@@ -143,7 +148,10 @@ for i, order_no in ipairs(due) do
   end
 end
 flush(groups, positions)
-reply(out, 'EXPIRED', released, passed, #due, forgotten)
+reply(out, 'EXPIRED', released, #passed, #due, forgotten)
+for _, order_no in ipairs(passed) do
+  reply(out, 'PASSED:' .. order_no)
+end
 for _, p in ipairs(positions) do
   if p.dirty then
     reply(out, 'LEVELS:' .. p.w .. ':' .. p.s, 0, p.a, p.r, p.v)

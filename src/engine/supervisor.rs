@@ -176,12 +176,9 @@ impl ExpiryJob {
         // Orders left held this run (order status unknown): skipped when read again.
         let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
         if self.per_group_applies() {
-            let passed_over = self
-                .run_per_group(guard, started, &trace, &mut report)
+            self.run_per_group(guard, started, &trace, &mut report)
                 .await?;
-            if passed_over == 0 || report.budget_spent || report.lease_lost {
-                return Ok(report);
-            }
+            return Ok(report);
         }
         self.run_general(guard, started, &trace, &mut report, &mut kept)
             .await?;
@@ -208,16 +205,18 @@ impl ExpiryJob {
 
     /// Releases what is due group by group, one lua/expire.lua call per group and step
     /// (at most `batch_size` orders, two calls in flight), until no group has anything due
-    /// or the budget is spent. Returns how many due orders the calls passed over (orders
-    /// with lines in several groups, or in a state only the general path decides): the
-    /// general path runs next for those.
+    /// or the budget is spent. The orders a call passes over (lines in several groups, or
+    /// a state only the general path decides) go through the general path's release
+    /// (directory, shards, lua/release.lua) before that group's next call, once per run.
+    /// A group whose journal is full is left until the next run; the others go on, and
+    /// the run then fails with `JournalFull`.
     async fn run_per_group(
         &self,
         guard: Option<&LeaseGuard>,
         started: Instant,
         trace: &str,
         report: &mut ExpiryReport,
-    ) -> Result<usize, EngineError> {
+    ) -> Result<(), EngineError> {
         let redis = self.stock.redis();
         let budget = self.budget();
         let batch = self
@@ -229,11 +228,19 @@ impl ExpiryJob {
         let fence = guard.map_or(0, |g| g.token);
         let max_journal_entries = self.settings.journal.max_pending_entries;
         let groups = redis.keys().groups();
+        // Per group: due orders at the head of its range that stay held this run (the
+        // general path could not settle them); its next call skips them. Every order a
+        // call reads either leaves the index or adds one here, so a run always advances.
         let mut offsets: HashMap<u32, usize> = HashMap::new();
+        // Each passed-over order goes to the general path once per run (a multi-group
+        // order is passed over by each of its groups).
+        let mut handed_over: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Of those, the ones it could not settle (they stay in the index).
+        let mut left_held: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut queue: std::collections::VecDeque<u32> = (0..groups).collect();
         let mut in_flight = futures_util::stream::FuturesUnordered::new();
-        let mut passed_over = 0usize;
         let mut failure: Option<EngineError> = None;
+        let mut journal_full = false;
         loop {
             while in_flight.len() < EXPIRE_CALLS_IN_FLIGHT
                 && failure.is_none()
@@ -276,7 +283,7 @@ impl ExpiryJob {
             match result {
                 Ok(ExpireReply::Expired {
                     released,
-                    passed_over: passed,
+                    passed_over,
                     read,
                     forgotten,
                     levels,
@@ -289,13 +296,43 @@ impl ExpiryJob {
                     report.released_in_groups += released;
                     report.settled += forgotten;
                     self.count_many("released", released);
-                    self.metrics
-                        .transitions
+                    let transitions = &self.metrics.transitions;
+                    transitions
                         .with_label_values(&["expire", "done"])
                         .inc_by(released as u64);
-                    if passed > 0 {
-                        *offsets.entry(group).or_insert(0) += passed;
-                        passed_over += passed;
+                    transitions
+                        .with_label_values(&["expire", "exists"])
+                        .inc_by(forgotten as u64);
+                    // Passed over again though handed over before (by this group or
+                    // another of the order's groups): still in this group's index only if
+                    // the general path left it there; otherwise it has gone meanwhile.
+                    let mut still_held = 0;
+                    let mut fresh = Vec::new();
+                    for order in passed_over {
+                        if handed_over.insert(order.clone()) {
+                            fresh.push(order);
+                        } else if left_held.contains(&order) {
+                            still_held += 1;
+                        }
+                    }
+                    if !fresh.is_empty() && failure.is_none() && !report.lease_lost {
+                        report.steps += 1;
+                        let plan = StepPlan {
+                            release: fresh,
+                            ..StepPlan::default()
+                        };
+                        match self.apply_step(plan, trace, fence, report).await {
+                            Ok(left) => {
+                                still_held += left.len();
+                                left_held.extend(left);
+                            }
+                            Err(e) => {
+                                failure.get_or_insert(e);
+                            }
+                        }
+                    }
+                    if still_held > 0 {
+                        *offsets.entry(group).or_insert(0) += still_held;
                     }
                     if read >= batch {
                         queue.push_back(group);
@@ -306,9 +343,8 @@ impl ExpiryJob {
                     report.lease_lost = true;
                     self.count("fenced");
                 }
-                Ok(ExpireReply::JournalFull) => {
-                    failure.get_or_insert(EngineError::JournalFull);
-                }
+                // Not called again this run; the other groups go on.
+                Ok(ExpireReply::JournalFull) => journal_full = true,
                 Err(e) => {
                     failure.get_or_insert(e.into());
                 }
@@ -316,7 +352,8 @@ impl ExpiryJob {
         }
         match failure {
             Some(e) => Err(e),
-            None => Ok(passed_over),
+            None if journal_full => Err(EngineError::JournalFull),
+            None => Ok(()),
         }
     }
 

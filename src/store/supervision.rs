@@ -5,7 +5,7 @@ use redis::Value;
 
 use crate::domain::{ReservationStatus, SkuKey, StockLevels};
 use crate::store::redis::{RedisResult, RedisStore, RedisStoreError};
-use crate::store::wire::{DirectoryEntry, Keys, OrderRecord, RecordLine};
+use crate::store::wire::{DirectoryEntry, Keys, OrderRecord, RecordLine, ReplyItem};
 
 /// An order as the DB has it (every line), for rebuilding its directory entry and records.
 #[derive(Debug, Clone)]
@@ -32,12 +32,13 @@ pub struct ExpireCall<'a> {
 /// What one expire.lua call did in its group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExpireReply {
-    /// Orders released, orders passed over (left to the general path), due orders read
-    /// (as many as the limit: more may be due), orders that left the index unreleased
-    /// (nothing of them held any more), and the positions' counters after.
+    /// Orders released, the orders passed over (still held and in the index: the general
+    /// path decides them), due orders read (as many as the limit: more may be due),
+    /// orders that left the index unreleased (nothing of them held any more), and the
+    /// positions' counters after.
     Expired {
         released: usize,
-        passed_over: usize,
+        passed_over: Vec<String>,
         read: usize,
         forgotten: usize,
         levels: Vec<crate::store::wire::LevelsAfter>,
@@ -110,8 +111,8 @@ impl RedisStore {
     }
 
     /// Releases the due holds of one group in one call (lua/expire.lua; single Redis
-    /// only): at most `limit` due orders, after passing over the first `offset` (orders
-    /// this run left to the general path). `fence` is the leader's token (0: none).
+    /// only): at most `limit` due orders, after skipping the first `offset` (orders this
+    /// run could not settle). `fence` is the leader's token (0: none).
     pub async fn expire_group(
         &self,
         group: u32,
@@ -137,7 +138,7 @@ impl RedisStore {
             .arg(crate::store::wire::word(call.trace_id, 64))
             .arg(keys.stock_prefix(group));
         let items = self.run_script("expire", &invocation, None).await?;
-        let Some((head, levels)) = items.split_first() else {
+        let Some((head, rest)) = items.split_first() else {
             return Err(RedisStoreError::BadReply {
                 script: "expire",
                 detail: "no item".into(),
@@ -148,12 +149,21 @@ impl RedisStore {
             "JOURNAL_FULL" => ExpireReply::JournalFull,
             "EXPIRED" => {
                 let count = |n: i64| usize::try_from(n).unwrap_or(0);
+                let (passed, levels): (Vec<_>, Vec<_>) = rest
+                    .iter()
+                    .partition(|item| item.status.starts_with("PASSED:"));
+                let passed_over = passed
+                    .iter()
+                    .filter_map(|item| item.status.strip_prefix("PASSED:"))
+                    .map(str::to_string)
+                    .collect();
+                let levels: Vec<ReplyItem> = levels.into_iter().cloned().collect();
                 ExpireReply::Expired {
                     released: count(head.n[0]),
-                    passed_over: count(head.n[1]),
+                    passed_over,
                     read: count(head.n[2]),
                     forgotten: count(head.n[3]),
-                    levels: crate::store::wire::named_levels("expire", levels)?,
+                    levels: crate::store::wire::named_levels("expire", &levels)?,
                 }
             }
             other => {

@@ -380,6 +380,59 @@ async fn due_holds_are_released_in_their_groups_and_cross_group_orders_by_the_ge
     assert_eq!(audits[2].db_available, Some(100));
 }
 
+/// Orders with lines in two groups are passed over by the groups' calls and released by the
+/// general path within the same step: a run whose budget ends after its first call still
+/// moves them on, and runs one after the other release them all, once each.
+#[actix_web::test]
+async fn cross_group_orders_expire_even_when_every_run_ends_on_its_budget() {
+    let app = spawn_app_with(&[
+        ("reservation.expire_after_ms", 200.into()),
+        ("reservation.timeout.enabled", false.into()),
+        ("reservation.timeout.batch_size", 5.into()),
+        ("reservation.timeout.run_budget_ms", 1.into()),
+    ])
+    .await;
+    let group = |sku: i64| {
+        app.redis
+            .keys()
+            .group(SkuKey::new(WarehouseId(1), SkuId(sku)))
+    };
+    let a = 1900;
+    let c = (1901..2000).find(|s| group(*s) != group(a)).unwrap();
+    let keys: Vec<SkuKey> = [a, c]
+        .iter()
+        .map(|s| SkuKey::new(WarehouseId(1), SkuId(*s)))
+        .collect();
+    for sku in [a, c] {
+        app.stock_in(SkuId(sku), WarehouseId(1), 100).await;
+    }
+    for n in 0..40 {
+        let items = json!([{"skuId": a, "qty": 1}, {"skuId": c, "qty": 1}]);
+        reserve(&app, &format!("CROSS-{n}"), items).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut released = 0;
+    for _ in 0..100 {
+        let report = app.state.expiry.run_once().await.unwrap();
+        assert_eq!(report.released_in_groups, 0, "{report:?}");
+        released += report.released;
+        if released == 40 {
+            break;
+        }
+    }
+    assert_eq!(released, 40);
+    let audits = app.assert_invariants(&keys).await;
+    for (key, audit) in keys.iter().zip(&audits) {
+        assert_eq!(audit.db_available, Some(100), "{key}");
+        let expired = ledger_reasons(&app, *key)
+            .await
+            .iter()
+            .filter(|r| *r == "EXPIRED")
+            .count();
+        assert_eq!(expired, 40, "{key}: one EXPIRED row per line");
+    }
+}
+
 /// A run stops when its budget is spent and says so; the next runs finish the job.
 #[actix_web::test]
 async fn a_run_stops_at_its_budget_and_the_next_one_goes_on() {
