@@ -292,6 +292,25 @@ async fn one_run_drains_every_due_hold_and_a_racing_confirm_keeps_its_order() {
     assert_eq!(held, 0, "nothing is still held");
 }
 
+/// The first SKU after `sku` (warehouse 1) whose slot group is (`same`) or is not `sku`'s.
+fn sku_after(app: &TestApp, sku: i64, same: bool) -> i64 {
+    let keys = app.redis.keys();
+    let group = |s: i64| keys.group(SkuKey::new(WarehouseId(1), SkuId(s)));
+    (sku + 1..sku + 1000)
+        .find(|s| (group(*s) == group(sku)) == same)
+        .expect("a SKU in the wanted group")
+}
+
+/// Stocks `qty` units of each SKU in warehouse 1; their positions.
+async fn stock_each(app: &TestApp, skus: &[i64], qty: i64) -> Vec<SkuKey> {
+    let mut keys = Vec::new();
+    for sku in skus {
+        app.stock_in(SkuId(*sku), WarehouseId(1), qty).await;
+        keys.push(SkuKey::new(WarehouseId(1), SkuId(*sku)));
+    }
+    keys
+}
+
 /// Without an order-status hook, on a single Redis, due holds are released in their groups
 /// (lua/expire.lua: one call per group, no per-order arguments): single-line orders and
 /// orders whose lines share a group. An order with lines in two groups is left to the
@@ -306,21 +325,10 @@ async fn due_holds_are_released_in_their_groups_and_cross_group_orders_by_the_ge
         ("cache.stock_ttl_ms", 60_000.into()),
     ])
     .await;
-    let group = |sku: i64| {
-        app.redis
-            .keys()
-            .group(SkuKey::new(WarehouseId(1), SkuId(sku)))
-    };
     let a = 1800;
-    let b = (1801..1900).find(|s| group(*s) == group(a)).unwrap();
-    let c = (1801..1900).find(|s| group(*s) != group(a)).unwrap();
-    let keys: Vec<SkuKey> = [a, b, c]
-        .iter()
-        .map(|s| SkuKey::new(WarehouseId(1), SkuId(*s)))
-        .collect();
-    for sku in [a, b, c] {
-        app.stock_in(SkuId(sku), WarehouseId(1), 100).await;
-    }
+    let b = sku_after(&app, a, true);
+    let c = sku_after(&app, a, false);
+    let keys = stock_each(&app, &[a, b, c], 100).await;
     for n in 0..20 {
         reserve(&app, &format!("ONE-{n}"), json!([{"skuId": a, "qty": 1}])).await;
     }
@@ -392,20 +400,9 @@ async fn cross_group_orders_expire_even_when_every_run_ends_on_its_budget() {
         ("reservation.timeout.run_budget_ms", 1.into()),
     ])
     .await;
-    let group = |sku: i64| {
-        app.redis
-            .keys()
-            .group(SkuKey::new(WarehouseId(1), SkuId(sku)))
-    };
     let a = 1900;
-    let c = (1901..2000).find(|s| group(*s) != group(a)).unwrap();
-    let keys: Vec<SkuKey> = [a, c]
-        .iter()
-        .map(|s| SkuKey::new(WarehouseId(1), SkuId(*s)))
-        .collect();
-    for sku in [a, c] {
-        app.stock_in(SkuId(sku), WarehouseId(1), 100).await;
-    }
+    let c = sku_after(&app, a, false);
+    let keys = stock_each(&app, &[a, c], 100).await;
     for n in 0..40 {
         let items = json!([{"skuId": a, "qty": 1}, {"skuId": c, "qty": 1}]);
         reserve(&app, &format!("CROSS-{n}"), items).await;
