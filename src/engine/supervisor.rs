@@ -593,10 +593,7 @@ impl ExpiryJob {
     }
 
     fn count(&self, outcome: &str) {
-        self.metrics
-            .holds_expired
-            .with_label_values(&[outcome])
-            .inc();
+        self.count_many(outcome, 1);
     }
 }
 

@@ -5,7 +5,7 @@ use redis::Value;
 
 use crate::domain::{ReservationStatus, SkuKey, StockLevels};
 use crate::store::redis::{RedisResult, RedisStore, RedisStoreError};
-use crate::store::wire::{DirectoryEntry, Keys, OrderRecord, RecordLine, ReplyItem};
+use crate::store::wire::{DirectoryEntry, Keys, OrderRecord, RecordLine};
 
 /// An order as the DB has it (every line), for rebuilding its directory entry and records.
 #[derive(Debug, Clone)]
@@ -157,13 +157,12 @@ impl RedisStore {
                     .filter_map(|item| item.status.strip_prefix("PASSED:"))
                     .map(str::to_string)
                     .collect();
-                let levels: Vec<ReplyItem> = levels.into_iter().cloned().collect();
                 ExpireReply::Expired {
                     released: count(head.n[0]),
                     passed_over,
                     read: count(head.n[2]),
                     forgotten: count(head.n[3]),
-                    levels: crate::store::wire::named_levels("expire", &levels)?,
+                    levels: crate::store::wire::named_levels("expire", levels)?,
                 }
             }
             other => {

@@ -658,12 +658,12 @@ pub fn split_levels(
 
 /// Reads the `LEVELS:<w>:<s> 0 avail reserved seq` items of a script that finds its
 /// positions itself (lua/expire.lua): the position is named in the status word.
-pub fn named_levels(
+pub fn named_levels<'a>(
     script: &'static str,
-    items: &[ReplyItem],
+    items: impl IntoIterator<Item = &'a ReplyItem>,
 ) -> Result<Vec<LevelsAfter>, BadReply> {
     items
-        .iter()
+        .into_iter()
         .map(|item| {
             let key = item
                 .status
