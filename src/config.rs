@@ -560,6 +560,14 @@ pub struct KafkaSettings {
     /// How long the producer gathers messages into one produce request.
     #[garde(range(max = 1_000))]
     pub linger_ms: u64,
+    /// How long a message's result stays in Redis, so that its redelivery is answered
+    /// without reading the DB's consume log; 0: the DB log only. At least 4 x
+    /// clock_skew_ms (check_relations).
+    #[garde(range(max = 86_400_000))]
+    pub recent_log_window_ms: u64,
+    /// How far a sender's clock may be ahead of this instance's (Kafka timestamps).
+    #[garde(range(min = 100, max = 3_600_000))]
+    pub clock_skew_ms: u64,
     #[garde(range(min = 1, max = 60_000))]
     pub retry_min_ms: u64,
     /// At least retry_min_ms (check_relations).
@@ -736,6 +744,14 @@ impl Settings {
             self.kafka.retry_min_ms as i64,
             600_000,
         )?;
+        if self.kafka.recent_log_window_ms > 0 {
+            limit(
+                "kafka.recent_log_window_ms",
+                self.kafka.recent_log_window_ms as i64,
+                4 * self.kafka.clock_skew_ms as i64,
+                86_400_000,
+            )?;
+        }
         if self.kafka.enabled && self.kafka.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "must name at least one broker"));
         }

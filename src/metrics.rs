@@ -58,6 +58,7 @@ pub struct MetricSet {
     pub transitions: IntCounterVec,
     pub kafka_consumed: IntCounterVec,
     pub kafka_produced: IntCounterVec,
+    pub kafka_consume_log_lookups: IntCounterVec,
     pub kafka_dead_lettered: IntCounterVec,
     pub kafka_consumer_lag: IntGauge,
     pub kafka_rejoins: IntCounter,
@@ -168,6 +169,14 @@ impl Metrics {
                 "Kafka messages consumed by tag and outcome",
             ),
             &["tag", "outcome"],
+        )?;
+        let kafka_consume_log_lookups = IntCounterVec::new(
+            Opts::new(
+                "kafka_consume_log_lookups_total",
+                "Idempotency checks of consumed messages by who answered: redis_found (handled \
+                 before), redis_new (new for sure), db (Redis could not vouch: the DB log was read)",
+            ),
+            &["answer"],
         )?;
         let kafka_produced = IntCounterVec::new(
             Opts::new(
@@ -351,6 +360,7 @@ impl Metrics {
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(kafka_consumed.clone()))?;
         registry.register(Box::new(kafka_produced.clone()))?;
+        registry.register(Box::new(kafka_consume_log_lookups.clone()))?;
         registry.register(Box::new(kafka_dead_lettered.clone()))?;
         registry.register(Box::new(kafka_consumer_lag.clone()))?;
         registry.register(Box::new(kafka_rejoins.clone()))?;
@@ -381,6 +391,7 @@ impl Metrics {
             transitions,
             kafka_consumed,
             kafka_produced,
+            kafka_consume_log_lookups,
             kafka_dead_lettered,
             kafka_consumer_lag,
             kafka_rejoins,

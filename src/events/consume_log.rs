@@ -9,8 +9,10 @@ use std::collections::HashMap;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Metrics;
 use crate::store::db::{self, DbPool};
 use crate::store::models::{ConsumeLog, NewConsumeLog};
+use crate::store::redis::RedisStore;
 
 /// Requests one statement may carry.
 const MAX_BATCH: usize = 1000;
@@ -140,4 +142,306 @@ async fn read(
         .await
         .map_err(|e| e.to_string())?;
     Ok(rows.into_iter().map(|r| (r.event_id.clone(), r)).collect())
+}
+
+/// The most a recent window may be (config check).
+pub const RECENT_WINDOW_MAX_MS: u64 = 86_400_000;
+
+/// What the recent window in Redis says of a messageId.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recent {
+    /// Handled before: the recorded result.
+    Found(String),
+    /// Not handled before, for sure: Redis would hold its result if it had been.
+    New,
+    /// Redis cannot tell (the message is older than the window, has no usable timestamp, or
+    /// Redis lost data or restarted since it was sent): ask the DB's log.
+    Unknown,
+}
+
+/// Whether the absence of a message from the recent window proves it new.
+///
+/// A message is decided no earlier than it was sent (`sent_ms`, its Kafka timestamp, less
+/// the clock allowance), and a result stays in the window for at least `window_ms` after
+/// it was written. So when the message was sent less than `window_ms` (less the allowance)
+/// ago, and after Redis last became whole (loaded from the DB, and on a single Redis
+/// started: a restart may lose its AOF's last second), any result of it would be there.
+/// `skew_ms`: how far the sender's clock may be ahead of this instance's.
+pub fn absence_proves_new(
+    sent_ms: Option<i64>,
+    now_ms: i64,
+    window_ms: i64,
+    skew_ms: i64,
+    whole_since_ms: Option<i64>,
+) -> bool {
+    let (Some(sent), Some(whole_since)) = (sent_ms, whole_since_ms) else {
+        return false;
+    };
+    window_ms > 0
+        && sent <= now_ms + skew_ms
+        && now_ms - sent < window_ms - skew_ms
+        && sent - skew_ms > whole_since
+}
+
+enum RecentRequest {
+    Find {
+        event_id: String,
+        sent_ms: Option<i64>,
+        reply: oneshot::Sender<Result<Recent, String>>,
+    },
+    Remember {
+        event_id: String,
+        result: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// The consume log's recent window in Redis (`store::recent_log`), batched like the DB
+/// log: one task answers every message in flight with one pipeline per batch. Off
+/// (`window_ms` 0): every find is Unknown and nothing is remembered.
+#[derive(Clone)]
+pub struct RecentLog {
+    tx: Option<mpsc::Sender<RecentRequest>>,
+}
+
+impl RecentLog {
+    pub fn start(
+        redis: RedisStore,
+        group: String,
+        window_ms: u64,
+        skew_ms: u64,
+        metrics: Metrics,
+    ) -> Self {
+        if window_ms == 0 {
+            return RecentLog { tx: None };
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let limits = Window {
+            window_ms: window_ms as i64,
+            skew_ms: skew_ms as i64,
+        };
+        tokio::spawn(run_recent(rx, redis, group, limits, metrics));
+        RecentLog { tx: Some(tx) }
+    }
+
+    /// Off: results are recorded in the DB only, and read from it.
+    pub fn is_on(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// What Redis knows of `event_id`, sent at `sent_ms` (its Kafka timestamp).
+    pub async fn find(&self, event_id: &str, sent_ms: Option<i64>) -> Result<Recent, String> {
+        let Some(tx) = &self.tx else {
+            return Ok(Recent::Unknown);
+        };
+        let (reply, rx) = oneshot::channel();
+        let request = RecentRequest::Find {
+            event_id: event_id.to_string(),
+            sent_ms,
+            reply,
+        };
+        tx.send(request)
+            .await
+            .map_err(|_| "the recent consume log is shut down".to_string())?;
+        rx.await
+            .map_err(|_| "the recent consume log dropped the request".to_string())?
+    }
+
+    /// Records a message's result in the window (before its outcome is published: a
+    /// redelivery then republishes it instead of deciding again).
+    pub async fn remember(&self, event_id: &str, result: &str) -> Result<(), String> {
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
+        let (reply, rx) = oneshot::channel();
+        let request = RecentRequest::Remember {
+            event_id: event_id.to_string(),
+            result: result.to_string(),
+            reply,
+        };
+        tx.send(request)
+            .await
+            .map_err(|_| "the recent consume log is shut down".to_string())?;
+        rx.await
+            .map_err(|_| "the recent consume log dropped the request".to_string())?
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Window {
+    window_ms: i64,
+    skew_ms: i64,
+}
+
+type FindReply = (String, Option<i64>, oneshot::Sender<Result<Recent, String>>);
+type RememberReply = (String, String, oneshot::Sender<Result<(), String>>);
+
+async fn run_recent(
+    mut rx: mpsc::Receiver<RecentRequest>,
+    redis: RedisStore,
+    group: String,
+    limits: Window,
+    metrics: Metrics,
+) {
+    let window_ms = limits.window_ms;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let mut finds: Vec<FindReply> = Vec::new();
+        let mut remembers: Vec<RememberReply> = Vec::new();
+        for request in batch {
+            match request {
+                RecentRequest::Find {
+                    event_id,
+                    sent_ms,
+                    reply,
+                } => finds.push((event_id, sent_ms, reply)),
+                RecentRequest::Remember {
+                    event_id,
+                    result,
+                    reply,
+                } => remembers.push((event_id, result, reply)),
+            }
+        }
+        let now_ms = crate::domain::now_ms();
+        let ids: Vec<String> = finds.iter().map(|(id, _, _)| id.clone()).collect();
+        let entries: Vec<(String, String)> = remembers
+            .iter()
+            .map(|(id, result, _)| (id.clone(), result.clone()))
+            .collect();
+        let read = async {
+            if ids.is_empty() {
+                return Ok(None);
+            }
+            redis
+                .recent_log_read(&group, &ids, now_ms, window_ms)
+                .await
+                .map(Some)
+        };
+        let (written, read) = tokio::join!(
+            redis.recent_log_write(&group, &entries, now_ms, window_ms),
+            read
+        );
+        let written = written.map_err(|e| e.to_string());
+        for (_, _, reply) in remembers {
+            let _ = reply.send(written.clone());
+        }
+        match read {
+            Ok(Some(mut read)) => {
+                for (id, sent_ms, reply) in finds {
+                    let answer = match read.found.remove(&id) {
+                        Some(result) => Recent::Found(result),
+                        None if absence_proves_new(
+                            sent_ms,
+                            now_ms,
+                            window_ms,
+                            limits.skew_ms,
+                            read.whole_since_ms,
+                        ) =>
+                        {
+                            Recent::New
+                        }
+                        None => Recent::Unknown,
+                    };
+                    let label = match answer {
+                        Recent::Found(_) => "redis_found",
+                        Recent::New => "redis_new",
+                        Recent::Unknown => "db",
+                    };
+                    metrics
+                        .kafka_consume_log_lookups
+                        .with_label_values(&[label])
+                        .inc();
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let e = e.to_string();
+                for (_, _, reply) in finds {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: i64 = 600_000;
+    const SKEW: i64 = 5_000;
+
+    #[test]
+    fn a_fresh_message_after_redis_became_whole_is_new_when_absent() {
+        let now = 10_000_000;
+        assert!(absence_proves_new(
+            Some(now - 1_000),
+            now,
+            W,
+            SKEW,
+            Some(now - 3_600_000)
+        ));
+        // Sent just inside the window less the allowance.
+        assert!(absence_proves_new(
+            Some(now - (W - SKEW) + 1),
+            now,
+            W,
+            SKEW,
+            Some(0)
+        ));
+    }
+
+    #[test]
+    fn redis_cannot_vouch_for_old_future_or_unstamped_messages() {
+        let now = 10_000_000;
+        // Older than the window less the allowance: its result may have expired.
+        assert!(!absence_proves_new(
+            Some(now - (W - SKEW)),
+            now,
+            W,
+            SKEW,
+            Some(0)
+        ));
+        // From a clock far ahead: when it was really sent is unknown.
+        assert!(!absence_proves_new(
+            Some(now + SKEW + 1),
+            now,
+            W,
+            SKEW,
+            Some(0)
+        ));
+        assert!(!absence_proves_new(None, now, W, SKEW, Some(0)));
+        // The window is off.
+        assert!(!absence_proves_new(Some(now), now, 0, SKEW, Some(0)));
+    }
+
+    #[test]
+    fn redis_cannot_vouch_for_messages_from_before_it_became_whole() {
+        let now = 10_000_000;
+        let whole_since = now - 5_000;
+        // Sent before Redis was reloaded (or restarted): a result may have been lost.
+        assert!(!absence_proves_new(
+            Some(whole_since + SKEW),
+            now,
+            W,
+            SKEW,
+            Some(whole_since)
+        ));
+        assert!(absence_proves_new(
+            Some(whole_since + SKEW + 1),
+            now,
+            W,
+            SKEW,
+            Some(whole_since)
+        ));
+        // Lost and not rebuilt yet.
+        assert!(!absence_proves_new(Some(now), now, W, SKEW, None));
+    }
 }

@@ -19,7 +19,7 @@ use crate::engine::reservation::{ReservationEngine, ReserveRequest, RoutedReques
 use crate::engine::routing::Ask;
 use crate::engine::stock::{AdjustRequest, StockService};
 use crate::engine::EngineError;
-use crate::events::consume_log::ConsumeLogBatcher;
+use crate::events::consume_log::{ConsumeLogBatcher, Recent, RecentLog};
 use crate::events::dlq::DeadLetters;
 use crate::events::producer::EventPublisher;
 use crate::events::wire::{
@@ -61,6 +61,7 @@ pub struct OrderEventHandler {
     pub(crate) publisher: EventPublisher,
     dead_letters: DeadLetters,
     log: ConsumeLogBatcher,
+    recent: RecentLog,
     pub(crate) settings: Settings,
     pub(crate) metrics: Metrics,
 }
@@ -119,6 +120,13 @@ impl OrderEventHandler {
         metrics: Metrics,
     ) -> Self {
         let log = ConsumeLogBatcher::start(pool, settings.kafka.group_id.clone());
+        let recent = RecentLog::start(
+            stock.redis().clone(),
+            settings.kafka.group_id.clone(),
+            settings.kafka.recent_log_window_ms,
+            settings.kafka.clock_skew_ms,
+            metrics.clone(),
+        );
         let dead_letters =
             DeadLetters::new(publisher.clone(), settings.kafka.dead_letter_topic.clone());
         OrderEventHandler {
@@ -127,6 +135,7 @@ impl OrderEventHandler {
             publisher,
             dead_letters,
             log,
+            recent,
             settings,
             metrics,
         }
@@ -221,27 +230,55 @@ impl OrderEventHandler {
                 .await;
         }
 
-        // Idempotency layer 1.
-        let group = k.group_id.clone();
-        let previous = self
-            .log
-            .find(&envelope.message_id)
+        // Idempotency layer 1: the recent window in Redis, or the DB's log when Redis cannot
+        // vouch for this message.
+        let sent_ms = msg.timestamp().to_millis();
+        let previous = match self
+            .recent
+            .find(&envelope.message_id, sent_ms)
             .await
-            .map_err(Retry::Transient)?;
-        if let Some(log) = previous.filter(|l| l.status == "SUCCESS") {
-            if tag == wire::TAG_ORDER_CREATED {
-                if let Some(outcome) = log
-                    .result
-                    .as_deref()
-                    .and_then(|r| serde_json::from_str::<Outcome>(r).ok())
-                {
-                    self.publish(&outcome).await?;
-                    self.count(&tag, "redelivered");
-                    return Ok(Handled::Republished(outcome.tag));
+            .map_err(Retry::Transient)?
+        {
+            Recent::Found(result) => Some((result, true)),
+            Recent::New => None,
+            Recent::Unknown => self
+                .log
+                .find(&envelope.message_id)
+                .await
+                .map_err(Retry::Transient)?
+                .filter(|l| l.status == "SUCCESS")
+                .map(|l| (l.result.unwrap_or_default(), false)),
+        };
+        if let Some((result, from_redis)) = previous {
+            let outcome = if tag == wire::TAG_ORDER_CREATED {
+                serde_json::from_str::<Outcome>(&result).ok()
+            } else {
+                None
+            };
+            // Known to Redis only (a crash or a DB failure came after it was remembered):
+            // the DB row is written again before the offset is stored.
+            let row = self.log_row(msg, &envelope, &tag, result, started);
+            let durable = async {
+                if from_redis {
+                    self.log.record(row).await.map_err(Retry::Transient)
+                } else {
+                    Ok(())
                 }
-            }
+            };
+            let republished = async {
+                match &outcome {
+                    Some(outcome) => self.publish(outcome).await,
+                    None => Ok(()),
+                }
+            };
+            let (durable, republished) = tokio::join!(durable, republished);
+            durable?;
+            republished?;
             self.count(&tag, "redelivered");
-            return Ok(Handled::Ignored);
+            return Ok(match outcome {
+                Some(outcome) => Handled::Republished(outcome.tag),
+                None => Handled::Ignored,
+            });
         }
 
         let trace_id = envelope
@@ -285,11 +322,48 @@ impl OrderEventHandler {
             Ok(done) => done,
             Err(reason) => return self.dead_letter(msg, &tag, &reason).await,
         };
-        let row = NewConsumeLog {
+        let row = self.log_row(msg, &envelope, &tag, result, started);
+        if self.recent.is_on() {
+            // Remembered in Redis first: from here a redelivery republishes this outcome
+            // rather than deciding again. The DB row and the broker's ack are awaited
+            // together; the offset is stored only after both.
+            self.recent
+                .remember(&envelope.message_id, row.result.as_deref().unwrap_or(""))
+                .await
+                .map_err(Retry::Transient)?;
+            let published = async {
+                match &to_publish {
+                    Some(outcome) => self.publish(outcome).await,
+                    None => Ok(()),
+                }
+            };
+            let (recorded, published) = tokio::join!(self.log.record(row), published);
+            recorded.map_err(Retry::Transient)?;
+            published?;
+        } else {
+            self.log.record(row).await.map_err(Retry::Transient)?;
+            if let Some(outcome) = &to_publish {
+                self.publish(outcome).await?;
+            }
+        }
+        self.count(&tag, "ok");
+        Ok(handled)
+    }
+
+    /// The consume-log row of a message handled with `result`.
+    fn log_row(
+        &self,
+        msg: &OwnedMessage,
+        envelope: &Envelope,
+        tag: &str,
+        result: String,
+        started: Instant,
+    ) -> NewConsumeLog {
+        NewConsumeLog {
             event_id: envelope.message_id.clone(),
-            consumer_group: group,
+            consumer_group: self.kafka().group_id.clone(),
             topic: msg.topic().to_string(),
-            tag: Some(tag.clone()),
+            tag: Some(tag.to_string()),
             business_key: envelope
                 .business_key
                 .clone()
@@ -297,13 +371,7 @@ impl OrderEventHandler {
             status: "SUCCESS".to_string(),
             result: Some(result),
             cost_ms: Some(started.elapsed().as_millis().min(i32::MAX as u128) as i32),
-        };
-        self.log.record(row).await.map_err(Retry::Transient)?;
-        if let Some(outcome) = &to_publish {
-            self.publish(outcome).await?;
         }
-        self.count(&tag, "ok");
-        Ok(handled)
     }
 
     /// Reserves and decides the outcome (published by `handle` once recorded); Ok(outcome)

@@ -6,6 +6,7 @@ pub mod conn;
 pub mod db;
 pub mod journal;
 pub mod models;
+pub mod recent_log;
 pub mod redis;
 pub mod reservations;
 pub mod routing;

@@ -195,6 +195,13 @@ impl Keys {
         }
     }
 
+    /// The consume log's recent window in Redis: one hash per consumer group and time
+    /// bucket (`bucket` = ms since the epoch / the window), field messageId, value the
+    /// result the DB row records. One slot (`{clog}`) on a cluster.
+    pub fn recent_log(&self, group: &str, bucket: i64) -> String {
+        format!("{}inv:{{clog}}:{group}:{bucket}", self.prefix)
+    }
+
     /// Set when Redis was loaded from the DB; its absence means Redis lost its data.
     pub fn epoch(&self) -> String {
         format!("{}inv:epoch", self.prefix)

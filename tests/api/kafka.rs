@@ -67,18 +67,31 @@ impl KafkaClient {
     }
 
     pub async fn send(&self, topic: &str, tag: &str, key: &str, body: &str) {
+        self.send_stamped(topic, tag, key, body, None).await
+    }
+
+    /// `send` with the message's timestamp (ms since the epoch) set by hand.
+    pub async fn send_stamped(
+        &self,
+        topic: &str,
+        tag: &str,
+        key: &str,
+        body: &str,
+        timestamp_ms: Option<i64>,
+    ) {
         let headers = OwnedHeaders::new().insert(Header {
             key: "tag",
             value: Some(tag),
         });
+        let mut record = FutureRecord::to(topic)
+            .key(key)
+            .payload(body)
+            .headers(headers);
+        if let Some(ms) = timestamp_ms {
+            record = record.timestamp(ms);
+        }
         self.producer
-            .send(
-                FutureRecord::to(topic)
-                    .key(key)
-                    .payload(body)
-                    .headers(headers),
-                Duration::from_secs(60),
-            )
+            .send(record, Duration::from_secs(60))
             .await
             .expect("test message sent");
     }
@@ -401,6 +414,136 @@ async fn a_redelivered_message_reserves_once_and_republishes_the_same_outcome() 
     assert_eq!(audits[0].lines_reserved, 4);
     assert_eq!(audits[0].db_available, Some(6));
     assert_eq!(audits[0].ledger_rows, 2, "inbound + one reserve");
+}
+
+fn lookups(app: &TestApp, answer: &str) -> u64 {
+    app.state
+        .metrics
+        .kafka_consume_log_lookups
+        .with_label_values(&[answer])
+        .get()
+}
+
+async fn consume_log_result(app: &TestApp, event_id: &str) -> Option<String> {
+    let mut conn = app.db_conn().await;
+    inventory::store::models::ConsumeLog::find_many(
+        &mut conn,
+        &[event_id.to_string()],
+        &app.settings.kafka.group_id,
+    )
+    .await
+    .expect("consume log read")
+    .into_iter()
+    .next()
+    .and_then(|row| row.result)
+}
+
+/// Idempotency layer 1 in two tiers. A redelivery within the recent window is answered by
+/// Redis (and a DB row lost meanwhile is written again); one Redis cannot vouch for (older
+/// than the window, or sent before Redis was reloaded) by the DB's log. Either way a refused
+/// order stays refused after stock came back, and every republish is the identical message.
+#[actix_web::test]
+async fn redeliveries_are_answered_by_redis_within_the_window_and_by_the_db_beyond_it() {
+    let s = setup(&[]).await;
+    let app = &s.app;
+    let prefix = app.redis.keys().prefix().to_string();
+    let epoch_key = format!("{prefix}inv:epoch");
+    let now = || chrono::Utc::now().timestamp_millis();
+    // Redis was loaded an hour ago: it vouches for what was sent since (a load just now
+    // would make it vouch for nothing sent within the clock allowance).
+    let _: () = app
+        .redis_cmd(redis::cmd("SET").arg(&epoch_key).arg(now() - 3_600_000))
+        .await;
+    let sku = SkuKey::new(WarehouseId(1), SkuId(3101));
+    app.stock_in(SkuId(3101), WarehouseId(1), 2).await;
+    let id = mid();
+    let message = order_created(&id, "ORD-REFUSED", r#"[{"skuId":3101,"qty":5}]"#);
+    let send = |stamp: Option<i64>| {
+        s.kafka.send_stamped(
+            "ORDER_TOPIC",
+            "ORDER_CREATED",
+            "ORD-REFUSED",
+            &message,
+            stamp,
+        )
+    };
+
+    send(None).await;
+    let first = s.kafka.collect("INVENTORY_TOPIC", 1, WAIT).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].headers["tag"], "STOCK_RESERVE_FAILED");
+    assert_eq!(
+        lookups(app, "redis_new"),
+        1,
+        "a new message: Redis vouched, no DB read"
+    );
+    assert_eq!(lookups(app, "db"), 0);
+    wait_for("the consume-log row", || async {
+        consume_log_result(app, &id).await.is_some()
+    })
+    .await;
+    // Enough stock now: deciding again would hold it.
+    app.stock_in(SkuId(3101), WarehouseId(1), 10).await;
+
+    // 1. Within the window, with the DB row lost: Redis answers, the row comes back.
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query("DELETE FROM t_mq_consume_log WHERE event_id = ?")
+            .bind::<diesel::sql_types::Text, _>(id.as_str()),
+        &mut app.db_conn().await,
+    )
+    .await
+    .expect("row deleted");
+    send(None).await;
+    let two = s.kafka.collect("INVENTORY_TOPIC", 2, WAIT).await;
+    assert_eq!(two.len(), 2);
+    assert_eq!(lookups(app, "redis_found"), 1);
+    assert_eq!(
+        lookups(app, "db"),
+        0,
+        "no DB read for a redelivery in the window"
+    );
+    wait_for("the consume-log row written again", || async {
+        consume_log_result(app, &id).await.is_some()
+    })
+    .await;
+
+    // 2. Stamped before the window (its result would have left Redis by now): the DB log
+    // answers.
+    let windows: Vec<String> = app
+        .redis_cmd(redis::cmd("KEYS").arg(format!("{prefix}inv:{{clog}}:*")))
+        .await;
+    assert!(!windows.is_empty(), "results are remembered in Redis");
+    let _: () = app.redis_cmd(redis::cmd("DEL").arg(&windows)).await;
+    let window_ms = app.settings.kafka.recent_log_window_ms as i64;
+    send(Some(now() - window_ms)).await;
+    let three = s.kafka.collect("INVENTORY_TOPIC", 3, WAIT).await;
+    assert_eq!(three.len(), 3);
+    assert_eq!(lookups(app, "db"), 1, "an old message is checked in the DB");
+
+    // 3. Redis was reloaded after the message was sent (it lost the window): the DB log.
+    let sent = now();
+    let _: () = app
+        .redis_cmd(redis::cmd("SET").arg(&epoch_key).arg(sent + 1_000))
+        .await;
+    send(Some(sent)).await;
+    let four = s.kafka.collect("INVENTORY_TOPIC", 4, WAIT).await;
+    assert_eq!(four.len(), 4);
+    assert_eq!(lookups(app, "db"), 2);
+
+    for other in &four[1..] {
+        assert_eq!(other.headers["tag"], "STOCK_RESERVE_FAILED");
+        assert_eq!(
+            other.envelope(),
+            four[0].envelope(),
+            "the identical message"
+        );
+    }
+    let audits = app.assert_invariants(&[sku]).await;
+    assert_eq!(
+        audits[0].lines_reserved, 0,
+        "the refused order never held stock"
+    );
+    assert_eq!(audits[0].db_available, Some(12));
 }
 
 #[actix_web::test]
