@@ -1902,6 +1902,21 @@ async fn run(o: Options) -> i32 {
             100.0 * m / echo_rate
         );
     }
+    if o.target == "kafka" {
+        let lookups = |answer: &str| {
+            state
+                .metrics
+                .kafka_consume_log_lookups
+                .with_label_values(&[answer])
+                .get()
+        };
+        println!(
+            "kafka: idempotency checks answered by Redis {} (handled before: {}), by the DB's consume log {}",
+            lookups("redis_new") + lookups("redis_found"),
+            lookups("redis_found"),
+            lookups("db")
+        );
+    }
     if let (Some(m), Some(c)) = (main_rate, ceiling) {
         println!(
             "{}: {:.0}% of the pipelined redis-benchmark ceiling",

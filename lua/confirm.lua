@@ -9,7 +9,8 @@
 -- number of orders, then per order: orderNo, traceId, '1' = confirm even if the hold
 -- expired (the order service says it was paid), the number of its groups, their group#s.
 --
--- Reply items, one per order: CONFIRMED | EXISTS | NOT_FOUND | RETRY | JOURNAL_FULL |
+-- Reply items, one per order: CONFIRMED | EXISTS | NOT_FOUND | MISSING w s (a position
+-- Redis lacks) | RETRY | JOURNAL_FULL |
 -- RELEASED w s | EXPIRED w s (the line that refused).
 -- Then one LEVELS item per position read (lib.lua, report_levels).
 local now = tonumber(ARGV[1])
@@ -42,11 +43,11 @@ for _, o in ipairs(orders) do
       end
     end
     if not refused then
-      local blocked = cannot_change(lines, groups, max_journal)
+      local blocked, bw, bs = cannot_change(lines, groups, max_journal)
       if done == #lines then
         reply(out, 'EXISTS')
       elseif blocked then
-        reply(out, blocked)
+        reply(out, blocked, bw, bs)
       else
         for _, l in ipairs(lines) do
           if l.st == 'RESERVED' then

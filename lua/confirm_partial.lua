@@ -16,7 +16,7 @@
 -- when fewer.
 --
 -- Reply item: CONFIRMED | EXISTS (confirmed before with these quantities) | CONFLICT
--- (confirmed before with others) | NOT_FOUND | RETRY | JOURNAL_FULL | RELEASED w s |
+-- (confirmed before with others) | NOT_FOUND | MISSING w s | RETRY | JOURNAL_FULL | RELEASED w s |
 -- EXPIRED w s | TOO_MANY w s (more units than the line holds). Then LEVELS items.
 local now = tonumber(ARGV[1])
 local max_journal = tonumber(ARGV[2])
@@ -60,9 +60,9 @@ local function decide()
     end
     return reply(out, 'EXISTS')
   end
-  local blocked = cannot_change(lines, groups, max_journal)
+  local blocked, bw, bs = cannot_change(lines, groups, max_journal)
   if blocked then
-    return reply(out, blocked)
+    return reply(out, blocked, bw, bs)
   end
   for _, l in ipairs(lines) do
     local p, q, c = l.p, l.q, want[l.p]

@@ -313,11 +313,13 @@ local function order_lines(o, groups, by_id)
 end
 
 -- Whether every position of the lines is in Redis and no journal they go to is full:
--- nil when the change may go ahead, else the reply status.
+-- nil when the change may go ahead, else the reply status (and for MISSING the position
+-- Redis lacks: the order is known and still held, unlike NOT_FOUND, so the caller must not
+-- forget it).
 local function cannot_change(lines, groups, max_journal)
   for _, l in ipairs(lines) do
     if not load_position(l.p).loaded then
-      return 'NOT_FOUND'
+      return 'MISSING', tonumber(l.w), tonumber(l.s)
     end
     if journal_full(groups[l.p.g], max_journal) then
       return 'JOURNAL_FULL'

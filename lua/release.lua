@@ -12,7 +12,8 @@
 -- a leader-only release ('0': none; lib.lua, fence_refuses), the number of its groups,
 -- their group#s.
 --
--- Reply items, one per order: RELEASED | EXISTS | NOT_FOUND | RETRY | JOURNAL_FULL |
+-- Reply items, one per order: RELEASED | EXISTS | NOT_FOUND | MISSING w s (a position Redis
+-- lacks; the order is kept) | RETRY | JOURNAL_FULL |
 -- NOT_EXPIRED | FENCED (a newer leader's token was seen) | CONFIRMED w s (the line that
 -- refused).
 -- Then one LEVELS item per position read (lib.lua, report_levels).
@@ -49,13 +50,13 @@ for _, o in ipairs(orders) do
       end
     end
     if not refused then
-      local blocked = cannot_change(lines, groups, max_journal)
+      local blocked, bw, bs = cannot_change(lines, groups, max_journal)
       if held == 0 then
         reply(out, 'EXISTS')
       elseif only_expired and x > now then
         reply(out, 'NOT_EXPIRED')
       elseif blocked then
-        reply(out, blocked)
+        reply(out, blocked, bw, bs)
       else
         for _, l in ipairs(lines) do
           if l.st == 'RESERVED' then

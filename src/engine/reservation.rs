@@ -236,6 +236,7 @@ fn release_result(
         TransitionReply::Tombstone | TransitionReply::NotFound => {
             Err(EngineError::ReservationNotFound(order_no.to_string()))
         }
+        TransitionReply::PositionMissing { key } => Err(EngineError::InventoryNotFound(key)),
         TransitionReply::Confirmed { key } => Err(EngineError::InvalidStatus(format!(
             "order {order_no} cannot be released: sku {} is CONFIRMED",
             key.sku_id
@@ -269,6 +270,7 @@ pub(super) fn confirm_result(
         TransitionReply::NotFound | TransitionReply::Tombstone | TransitionReply::Retry => {
             Err(EngineError::ReservationNotFound(order_no.to_string()))
         }
+        TransitionReply::PositionMissing { key } => Err(EngineError::InventoryNotFound(key)),
         TransitionReply::Released { key } => Err(EngineError::InvalidStatus(format!(
             "order {order_no} cannot be confirmed: sku {} is RELEASED",
             key.sku_id

@@ -96,6 +96,11 @@ pub enum TransitionReply {
     Exists,
     /// Redis has no record of the order.
     NotFound,
+    /// The order is known, but Redis lacks the stock hash of one of its positions (lost,
+    /// not yet restored by reconciliation): nothing changed, and the order must be kept.
+    PositionMissing {
+        key: SkuKey,
+    },
     /// A newer supervisor lease's token was seen: this leader-only release is refused.
     Fenced,
     /// A line is released (confirm refused).
@@ -200,6 +205,7 @@ fn parse_transition(script: &'static str, item: &ReplyItem) -> RedisResult<Trans
         "RELEASED" if script == "release" => TransitionReply::Done,
         "EXISTS" => TransitionReply::Exists,
         "NOT_FOUND" => TransitionReply::NotFound,
+        "MISSING" => TransitionReply::PositionMissing { key },
         "RELEASED" => TransitionReply::Released { key },
         "EXPIRED" => TransitionReply::Expired { key },
         "CONFIRMED" => TransitionReply::Confirmed { key },

@@ -388,6 +388,51 @@ async fn due_holds_are_released_in_their_groups_and_cross_group_orders_by_the_ge
     assert_eq!(audits[2].db_available, Some(100));
 }
 
+/// A hold whose position Redis lost (the stock hash gone, the order still held) is kept by
+/// the expiry job, not forgotten: once the position is loaded again (sync), it expires.
+#[actix_web::test]
+async fn a_hold_on_a_position_redis_lost_expires_once_the_position_is_back() {
+    let app = spawn_app_with(&[
+        ("reservation.expire_after_ms", 300.into()),
+        ("reservation.timeout.enabled", false.into()),
+    ])
+    .await;
+    let keys = stock_each(&app, &[1900], 10).await;
+    reserve(&app, "LOST-POS", json!([{"skuId": 1900, "qty": 3}])).await;
+    app.drain_journal().await;
+    let _: () = app
+        .redis_cmd(redis::cmd("DEL").arg(app.redis.keys().stock(keys[0])))
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let report = app.state.expiry.run_once().await.unwrap();
+    assert_eq!(report.released, 0, "{report:?}");
+    let (due, _) = app
+        .redis
+        .due_hold_stats(inventory::engine::now_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        due, 1,
+        "the hold stays due: forgotten, it would never expire"
+    );
+    let (status, body) = app
+        .post("/inventory/reservations/release?orderNo=LOST-POS")
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["code"], "INVENTORY_NOT_FOUND", "{body}");
+    assert_eq!(status_of(&app, "LOST-POS").await, "RESERVED");
+
+    let (status, body) = app.post("/inventory/1900/sync?warehouseId=1").await;
+    assert_eq!(status, 200, "{body}");
+    let report = app.state.expiry.run_once().await.unwrap();
+    assert_eq!(report.released, 1, "{report:?}");
+    assert_eq!(status_of(&app, "LOST-POS").await, "RELEASED");
+    let audits = app.assert_invariants(&keys).await;
+    assert_eq!(audits[0].lines_reserved, 0);
+    assert_eq!(audits[0].db_available, Some(10));
+}
+
 /// Orders with lines in two groups are passed over by the groups' calls and released by the
 /// general path within the same step: a run whose budget ends after its first call still
 /// moves them on, and runs one after the other release them all, once each.
