@@ -269,6 +269,9 @@ struct LoadResult {
     /// flash sale's refusals must be fast.
     held_latencies: Vec<Duration>,
     refused_latencies: Vec<Duration>,
+    /// Latencies of the requests sent after the warm-up (the first WARM_UP of the run,
+    /// when a Kafka consumer group is still forming).
+    warm_latencies: Vec<Duration>,
     held: u64,
     repeats: u64,
     insufficient: u64,
@@ -574,7 +577,9 @@ struct KafkaDriver {
 
 fn envelope(order_no: &str, event_type: &str, payload: &serde_json::Value) -> String {
     json!({
-        "messageId": uuid::Uuid::new_v4().simple().to_string(),
+        // One messageId per order and event kind: a duplicate (--duplicates) is a
+        // redelivery of the same message, which idempotency layer 1 answers.
+        "messageId": inventory::events::wire::derived_id(&format!("{order_no}/{event_type}"), "bench"),
         "businessKey": order_no,
         "traceId": format!("bench-{order_no}"),
         "eventType": event_type,
@@ -990,6 +995,9 @@ async fn drive(
                 let outcome = driver.reserve(order_no.clone(), lines).await;
                 let latency = t.elapsed();
                 r.latencies.push(latency);
+                if t.duration_since(started) >= WARM_UP {
+                    r.warm_latencies.push(latency);
+                }
                 r.requests += 1;
                 match outcome {
                     Outcome::Held => {
@@ -1032,6 +1040,7 @@ async fn drive(
         total.latencies.extend(r.latencies);
         total.held_latencies.extend(r.held_latencies);
         total.refused_latencies.extend(r.refused_latencies);
+        total.warm_latencies.extend(r.warm_latencies);
         total.held += r.held;
         total.repeats += r.repeats;
         total.insufficient += r.insufficient;
@@ -1062,8 +1071,12 @@ async fn drive(
     total.latencies.sort();
     total.held_latencies.sort();
     total.refused_latencies.sort();
+    total.warm_latencies.sort();
     total
 }
+
+/// The start of a run that `warm_latencies` leaves out.
+const WARM_UP: Duration = Duration::from_secs(2);
 
 /// The line changes the DB holds for the run's SKUs: SUM(version) of t_inventory.
 async fn persisted_changes(pool: &DbPool, skus: i64) -> Option<i64> {
@@ -1366,6 +1379,16 @@ fn print_row(name: &str, r: &LoadResult) {
 
 /// Details under the table: held vs refused latency, Redis per order.
 fn print_details(name: &str, r: &LoadResult) {
+    if !r.warm_latencies.is_empty() && r.warm_latencies.len() < r.latencies.len() {
+        println!(
+            "{name}: after the first {} s (warm-up): {} requests, latency p50 {:.2} / p90 {:.2} / p99 {:.2} ms",
+            WARM_UP.as_secs(),
+            r.warm_latencies.len(),
+            percentile(&r.warm_latencies, 0.5),
+            percentile(&r.warm_latencies, 0.9),
+            percentile(&r.warm_latencies, 0.99),
+        );
+    }
     if r.insufficient > 0 {
         println!(
             "{name}: held {} (p50 {:.2} / p99 {:.2} ms), refused INSUFFICIENT_STOCK {} (p50 {:.2} / p99 {:.2} ms)",
@@ -1874,6 +1897,9 @@ async fn run(o: Options) -> i32 {
     println!();
     for (name, r) in &results {
         print_details(name, r);
+    }
+    if let Some(r) = &echo_result {
+        print_details("broker echo ceiling", r);
     }
     if results.iter().any(|(_, r)| r.redis.is_some()) {
         println!("(INFO commandstats counts the whole Redis server: the persister, the samplers and any other client of the same Redis are in it)");

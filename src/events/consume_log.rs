@@ -202,6 +202,7 @@ enum RecentRequest {
 #[derive(Clone)]
 pub struct RecentLog {
     tx: Option<mpsc::Sender<RecentRequest>>,
+    metrics: Metrics,
 }
 
 impl RecentLog {
@@ -213,15 +214,18 @@ impl RecentLog {
         metrics: Metrics,
     ) -> Self {
         if window_ms == 0 {
-            return RecentLog { tx: None };
+            return RecentLog { tx: None, metrics };
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let limits = Window {
             window_ms: window_ms as i64,
             skew_ms: skew_ms as i64,
         };
-        tokio::spawn(run_recent(rx, redis, group, limits, metrics));
-        RecentLog { tx: Some(tx) }
+        tokio::spawn(run_recent(rx, redis, group, limits, metrics.clone()));
+        RecentLog {
+            tx: Some(tx),
+            metrics,
+        }
     }
 
     /// Off: results are recorded in the DB only, and read from it.
@@ -232,6 +236,10 @@ impl RecentLog {
     /// What Redis knows of `event_id`, sent at `sent_ms` (its Kafka timestamp).
     pub async fn find(&self, event_id: &str, sent_ms: Option<i64>) -> Result<Recent, String> {
         let Some(tx) = &self.tx else {
+            self.metrics
+                .kafka_consume_log_lookups
+                .with_label_values(&["db"])
+                .inc();
             return Ok(Recent::Unknown);
         };
         let (reply, rx) = oneshot::channel();
