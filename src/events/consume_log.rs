@@ -72,15 +72,21 @@ impl ConsumeLogBatcher {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Request>, pool: DbPool, group: String) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
+/// The next batch: whatever waits in the queue, up to MAX_BATCH; None when it closed.
+async fn next_batch<T>(rx: &mut mpsc::Receiver<T>) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
         }
+    }
+    Some(batch)
+}
+
+async fn run(mut rx: mpsc::Receiver<Request>, pool: DbPool, group: String) {
+    while let Some(batch) = next_batch(&mut rx).await {
         let mut finds = Vec::new();
         let mut records = Vec::new();
         for request in batch {
@@ -242,17 +248,12 @@ impl RecentLog {
                 .inc();
             return Ok(Recent::Unknown);
         };
-        let (reply, rx) = oneshot::channel();
-        let request = RecentRequest::Find {
+        ask(tx, |reply| RecentRequest::Find {
             event_id: event_id.to_string(),
             sent_ms,
             reply,
-        };
-        tx.send(request)
-            .await
-            .map_err(|_| "the recent consume log is shut down".to_string())?;
-        rx.await
-            .map_err(|_| "the recent consume log dropped the request".to_string())?
+        })
+        .await
     }
 
     /// Records a message's result in the window (before its outcome is published: a
@@ -261,18 +262,26 @@ impl RecentLog {
         let Some(tx) = &self.tx else {
             return Ok(());
         };
-        let (reply, rx) = oneshot::channel();
-        let request = RecentRequest::Remember {
+        ask(tx, |reply| RecentRequest::Remember {
             event_id: event_id.to_string(),
             result: result.to_string(),
             reply,
-        };
-        tx.send(request)
-            .await
-            .map_err(|_| "the recent consume log is shut down".to_string())?;
-        rx.await
-            .map_err(|_| "the recent consume log dropped the request".to_string())?
+        })
+        .await
     }
+}
+
+/// Sends one request to the task and waits for its answer.
+async fn ask<T>(
+    tx: &mpsc::Sender<RecentRequest>,
+    request: impl FnOnce(oneshot::Sender<Result<T, String>>) -> RecentRequest,
+) -> Result<T, String> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(request(reply))
+        .await
+        .map_err(|_| "the recent consume log is shut down".to_string())?;
+    rx.await
+        .map_err(|_| "the recent consume log dropped the request".to_string())?
 }
 
 #[derive(Clone, Copy)]
@@ -292,14 +301,7 @@ async fn run_recent(
     metrics: Metrics,
 ) {
     let window_ms = limits.window_ms;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx).await {
         let mut finds: Vec<FindReply> = Vec::new();
         let mut remembers: Vec<RememberReply> = Vec::new();
         for request in batch {
