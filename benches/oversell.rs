@@ -565,12 +565,16 @@ impl Reference {
 }
 
 /// Orders through Kafka: ORDER_CREATED in, the outcome awaited on INVENTORY_TOPIC.
+type OutcomeSender = tokio::sync::oneshot::Sender<(String, String)>;
+
 #[derive(Clone)]
 struct KafkaDriver {
     producer: rdkafka::producer::FutureProducer,
     order_topic: String,
     payment_topic: String,
-    waiting: Arc<dashmap::DashMap<String, tokio::sync::oneshot::Sender<(String, String)>>>,
+    /// Per orderNo, the sends waiting for an outcome (a duplicate may be in flight with
+    /// its original: the first outcome answers both).
+    waiting: Arc<dashmap::DashMap<String, Vec<OutcomeSender>>>,
     held: Arc<dashmap::DashMap<String, ()>>,
     sent: Arc<AtomicU64>,
 }
@@ -617,7 +621,7 @@ impl KafkaDriver {
             .create()
             .expect("bench consumer");
         consumer.subscribe(&[&topics.inventory]).expect("subscribe");
-        let waiting: Arc<dashmap::DashMap<String, tokio::sync::oneshot::Sender<(String, String)>>> =
+        let waiting: Arc<dashmap::DashMap<String, Vec<OutcomeSender>>> =
             Arc::new(dashmap::DashMap::new());
         let listener = waiting.clone();
         actix_web::rt::spawn(async move {
@@ -638,8 +642,10 @@ impl KafkaDriver {
                     .and_then(|p| serde_json::from_str(p).ok())
                     .unwrap_or_default();
                 let code = payload["errorCode"].as_str().unwrap_or("").to_string();
-                if let Some((_, tx)) = listener.remove(&key) {
-                    let _ = tx.send((tag, code));
+                if let Some((_, waiters)) = listener.remove(&key) {
+                    for tx in waiters {
+                        let _ = tx.send((tag.clone(), code.clone()));
+                    }
                 }
             }
         });
@@ -687,7 +693,10 @@ impl KafkaDriver {
             "orderNo": order_no, "userId": 1, "amount": 1.0, "status": "CREATED", "items": items,
             "eventTime": "2024-01-15T10:30:45.123", "traceId": format!("bench-{order_no}"), "version": "1.0"});
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.waiting.insert(order_no.to_string(), tx);
+        self.waiting
+            .entry(order_no.to_string())
+            .or_default()
+            .push(tx);
         let body = envelope(order_no, "OrderCreatedEvent", &payload);
         if !self
             .send(&self.order_topic, "ORDER_CREATED", order_no, &body)
