@@ -1,7 +1,8 @@
 //! What each inbound event does: the order, payment and after-sales events the
 //! reference's services publish drive the same engine as HTTP, and ORDER_CREATED's outcome
 //! is published. One function per event kind; `handle` parses the envelope, checks
-//! idempotency layer 1 (`t_mq_consume_log`, batched by events::consume_log) and dispatches.
+//! idempotency layer 1 (the recent window in Redis, and `t_mq_consume_log` when Redis
+//! cannot vouch for the message; both batched by events::consume_log) and dispatches.
 //! A redelivered ORDER_CREATED republishes its recorded outcome (identical: its ids are
 //! derived from the incoming messageId) and reserves nothing.
 
