@@ -258,9 +258,18 @@ impl OrderEventHandler {
             };
             // Known to Redis only (a crash or a DB failure came after it was remembered):
             // the DB row is written again before the offset is stored.
+            // It is remembered again as well, so that it stays in Redis while the DB row is
+            // still missing (a DB outage longer than the window would otherwise let it be
+            // decided again).
             let row = self.log_row(msg, &envelope, &tag, result, started);
             let durable = async {
                 if from_redis {
+                    if let Some(result) = row.result.as_deref() {
+                        self.recent
+                            .remember(&envelope.message_id, result)
+                            .await
+                            .map_err(Retry::Transient)?;
+                    }
                     self.log.record(row).await.map_err(Retry::Transient)
                 } else {
                     Ok(())
@@ -520,6 +529,8 @@ impl OrderEventHandler {
             Ok(outcome) => applied(format!("RELEASED existed={}", outcome.existed)),
             // Cancelled before we saw the order: the release left a tombstone.
             Err(EngineError::ReservationNotFound(_)) => applied("TOMBSTONE".to_string()),
+            // Held, but Redis lacks a position of it until reconciliation restores it.
+            Err(e @ EngineError::InventoryNotFound(_)) => Err(transient(e)),
             Err(e) if e.is_retryable() => Err(transient(e)),
             Err(e) => Ok(Err(format!("cancel refused: {e}"))),
         }
@@ -532,6 +543,8 @@ impl OrderEventHandler {
         };
         match self.reservations.confirm(&event.order_no, trace_id).await {
             Ok(outcome) => applied(format!("CONFIRMED existed={}", outcome.existed)),
+            // Held, but Redis lacks a position of it until reconciliation restores it.
+            Err(e @ EngineError::InventoryNotFound(_)) => Err(transient(e)),
             // The payment may have overtaken its order (different topics): retry a little.
             Err(EngineError::ReservationNotFound(order)) => Err(Retry::NotYet(format!(
                 "payment for order {order}, which has no reservation"

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use redis::Value;
 
-use crate::store::redis::{RedisResult, RedisStore};
+use crate::store::redis::{RedisResult, RedisStore, RedisStoreError};
 
 /// What one read of the window found.
 #[derive(Debug, Clone, Default)]
@@ -65,10 +65,21 @@ impl RedisStore {
                 return RedisResult::Ok(Some(i64::MIN));
             }
             let mut conn = self.conn.clone();
-            let info: String = self
+            // A Redis that refuses INFO (some managed ones do) vouches for nothing: the DB
+            // log answers, rather than every message failing.
+            let info: String = match self
                 .timed(redis::cmd("INFO").arg("server").query_async(&mut conn))
-                .await?;
-            RedisResult::Ok(uptime_seconds(&info).map(|up| now_ms - up.saturating_mul(1000) - 1000))
+                .await
+            {
+                Ok(info) => info,
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(_) => return RedisResult::Ok(Some(i64::MAX)),
+            };
+            RedisResult::Ok(Some(
+                uptime_seconds(&info)
+                    .map(|up| now_ms - up.saturating_mul(1000) - 1000)
+                    .unwrap_or(i64::MAX),
+            ))
         };
         let reads = async {
             if ids.is_empty() {
@@ -93,9 +104,7 @@ impl RedisStore {
         }
         let whole_since_ms = match (epoch, started) {
             (Some(e), Some(s)) => Some(e.max(s)),
-            // No uptime in INFO: the epoch is all there is.
-            (Some(e), None) => Some(e),
-            (None, _) => None,
+            _ => None,
         };
         Ok(RecentRead {
             found,
@@ -131,7 +140,27 @@ impl RedisStore {
             .arg((bucket + 2) * window_ms + 60_000)
             .ignore();
         let mut conn = self.conn.clone();
-        let _: Value = self.timed(pipe.query_async(&mut conn)).await?;
+        let Some(wait) = self.wait else {
+            let _: Value = self.timed(pipe.query_async(&mut conn)).await?;
+            return Ok(());
+        };
+        // With redis.wait_replicas, a result counts as recorded (and its outcome may be
+        // published) only once replicas have it, as for the scripts' changes: a failover
+        // must not lose it.
+        pipe.cmd("WAIT")
+            .arg(wait.replicas)
+            .arg(wait.timeout.as_millis() as u64);
+        let limit = self.timeout + wait.timeout;
+        let acked: Vec<i64> = tokio::time::timeout(limit, pipe.query_async(&mut conn))
+            .await
+            .map_err(|_| RedisStoreError::Timeout(limit))??;
+        let acked = acked.first().copied().unwrap_or(0);
+        if acked < i64::from(wait.replicas) {
+            return Err(RedisStoreError::Unavailable(format!(
+                "{acked} of {} replicas acknowledged the consume log's recent window within {:?}",
+                wait.replicas, wait.timeout
+            )));
+        }
         Ok(())
     }
 }
