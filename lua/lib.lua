@@ -14,18 +14,42 @@ local REPLY_WIDTH = 5
 -- Values per variadic call: Lua's unpack has a stack limit (about 8000).
 local SLICE = 4000
 
+-- An item equal to the one before it is not written again: an 'AGAIN k' item after it
+-- says that it is repeated k more times (wire::parse_reply expands it). A batch of one
+-- hot SKU answers 'RESERVED x' or 'INSUFFICIENT 1 0' to hundreds of orders in a row, and
+-- every value of a reply costs Redis an object and the caller a parse. The last item and
+-- the place of its AGAIN live in out's hash part, which Redis does not send.
 local function reply(out, status, a, b, c, d)
-  out[#out + 1] = status
-  out[#out + 1] = a or 0
-  out[#out + 1] = b or 0
-  out[#out + 1] = c or 0
-  out[#out + 1] = d or 0
+  a, b, c, d = a or 0, b or 0, c or 0, d or 0
+  local n = #out
+  if status == out.last_status and a == out.last_a and b == out.last_b and c == out.last_c and d == out.last_d then
+    local again = out.again
+    if again then
+      out[again + 1] = out[again + 1] + 1
+    else
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = 'AGAIN', 1, 0, 0, 0
+      out.again = n + 1
+    end
+    return
+  end
+  out.last_status, out.last_a, out.last_b, out.last_c, out.last_d, out.again = status, a, b, c, d, nil
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = status, a, b, c, d
 end
 
 -- Integers as text: tostring would write large numbers in exponent form.
 local function int(n)
   return string.format('%d', n)
 end
+
+-- Small numeric arguments (position numbers, quantities, line counts) as numbers, each
+-- distinct text converted once per call: tonumber goes through strtod, about 0.12 us a
+-- time here, and a batch of a hot SKU repeats the same few texts for every order. Only
+-- for texts that are there (ARGV values): a nil key is an error.
+local NUM = setmetatable({}, {__index = function(t, k)
+  local n = tonumber(k)
+  t[k] = n
+  return n
+end})
 
 local function parse_record(raw)
   if not raw then
@@ -142,6 +166,11 @@ end
 -- Holds q units (qs: as text) of position p for an order (reserve.lua, route.lua): the
 -- counters, the order's record in p's group (a new record is also added to the holds) and
 -- the RES journal line. tail is ' <x> <now> RESERVE '. Returns the directory line 'w:s:q'.
+-- A journal line's a, r and v are '.' when the call has journalled this position before
+-- (docs/redis-layout.md, "Journal lines"): the values after the previous line of the
+-- position in the same entry plus this line's deltas, and seq + 1. Writing the numbers
+-- costs three number-to-text conversions (sprintf) per order, more than the rest of the
+-- line; the persister works them out instead.
 local function hold_units(groups, p, q, qs, x, tail, order_no, trace)
   p.a = p.a - q
   p.r = p.r + q
@@ -158,8 +187,14 @@ local function hold_units(groups, p, q, qs, x, tail, order_no, trace)
     g.adds[#g.adds + 1] = x
     g.adds[#g.adds + 1] = order_no
   end
-  g.lines[#g.lines + 1] = 'RES ' .. p.w .. ' ' .. p.s .. ' -' .. qs .. ' ' .. qs .. ' ' .. p.a .. ' ' ..
-    p.r .. ' ' .. p.v .. ' ' .. qs .. tail .. order_no .. ' ' .. trace .. ' '
+  if p.journalled then
+    g.lines[#g.lines + 1] = 'RES ' .. p.w .. ' ' .. p.s .. ' -' .. qs .. ' ' .. qs .. ' . . . ' .. qs .. tail ..
+      order_no .. ' ' .. trace .. ' '
+  else
+    p.journalled = true
+    g.lines[#g.lines + 1] = 'RES ' .. p.w .. ' ' .. p.s .. ' -' .. qs .. ' ' .. qs .. ' ' .. p.a .. ' ' ..
+      p.r .. ' ' .. p.v .. ' ' .. qs .. tail .. order_no .. ' ' .. trace .. ' '
+  end
   return line
 end
 
@@ -431,11 +466,11 @@ end
 local function first_short(at, n, positions)
   for j = 1, n do
     local b = at + 2 * (j - 1)
-    local p = load_position(positions[tonumber(ARGV[b])])
+    local p = load_position(positions[NUM[ARGV[b]]])
     if not p.loaded then
       return 'NOT_FOUND', j, 0
     end
-    if p.a < tonumber(ARGV[b + 1]) then
+    if p.a < NUM[ARGV[b + 1]] then
       return 'INSUFFICIENT', j, p.a
     end
   end

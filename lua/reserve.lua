@@ -41,7 +41,7 @@ local names = {}
 for i = 1, norders do
   starts[i] = at
   names[i] = ARGV[at]
-  at = at + 3 + 2 * tonumber(ARGV[at + 2])
+  at = at + 3 + 2 * NUM[ARGV[at + 2]]
 end
 
 local out = {}
@@ -69,9 +69,9 @@ end
 -- The lines of the order that starts at ARGV[a]: {p = position, q = qty}.
 local function lines_at(a)
   local lines = {}
-  for j = 1, tonumber(ARGV[a + 2]) do
+  for j = 1, NUM[ARGV[a + 2]] do
     local b = a + 1 + 2 * j
-    lines[j] = {p = positions[tonumber(ARGV[b])], q = tonumber(ARGV[b + 1])}
+    lines[j] = {p = positions[NUM[ARGV[b]]], q = NUM[ARGV[b + 1]]}
   end
   return lines
 end
@@ -137,7 +137,7 @@ local dir_writes = {}
 local n = 0
 for i = 1, norders do
   local a = starts[i]
-  local order_no, trace, nlines = names[i], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local order_no, trace, nlines = names[i], ARGV[a + 1], NUM[ARGV[a + 2]]
   local listed = directory[order_no]
   if listed then
     local entry = parse_directory(listed)
@@ -156,9 +156,9 @@ for i = 1, norders do
       local value = x
       for j = 1, nlines do
         local b = a + 1 + 2 * j
-        local p = positions[tonumber(ARGV[b])]
+        local p = positions[NUM[ARGV[b]]]
         local qs = ARGV[b + 1]
-        value = value .. ' ' .. hold_units(groups, p, tonumber(qs), qs, x, tail, order_no, trace)
+        value = value .. ' ' .. hold_units(groups, p, NUM[qs], qs, x, tail, order_no, trace)
       end
       directory[order_no] = value
       n = n + 2

@@ -25,16 +25,31 @@ pub fn parse_entry(id: &str, payload: &str) -> Result<Vec<JournalLine>, BadEntry
     if payload.is_empty() {
         return Ok(vec![]);
     }
+    // A line may inherit its values from the previous line of its position in the entry.
+    let mut last: Vec<(SkuKey, (i64, i64, i64))> = Vec::new();
     payload
         .split('\n')
         .map(|line| {
-            let parsed = JournalLine::parse(line).ok_or_else(|| format!("line {line:?}"));
-            parsed
-                .and_then(|l| fits_the_db(&l).map(|()| l))
-                .map_err(|reason| BadEntry {
-                    id: id.to_string(),
-                    reason,
-                })
+            let previous = |key: SkuKey| {
+                last.iter()
+                    .rev()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, values)| *values)
+            };
+            let parsed =
+                JournalLine::parse_after(line, previous).ok_or_else(|| format!("line {line:?}"));
+            let parsed = parsed.and_then(|l| fits_the_db(&l).map(|()| l));
+            if let Ok(l) = &parsed {
+                let values = (l.available, l.reserved, l.seq);
+                match last.iter_mut().find(|(k, _)| *k == l.key) {
+                    Some(slot) => slot.1 = values,
+                    None => last.push((l.key, values)),
+                }
+            }
+            parsed.map_err(|reason| BadEntry {
+                id: id.to_string(),
+                reason,
+            })
         })
         .collect()
 }
@@ -342,6 +357,37 @@ mod tests {
         assert!(parse_entry("1-0", "not a line").is_err());
         assert!(parse_entry("1-0", "").unwrap().is_empty());
         assert_eq!(txn_prefix(3, "1-0"), "g3-1-0");
+    }
+
+    #[test]
+    fn a_line_may_inherit_the_values_of_its_positions_previous_line() {
+        let lines = parse_entry(
+            "1-0",
+            "RES 1 1001 -2 2 108 2 4 2 9 1 RESERVE ORD-1 t \n\
+             RES 1 2002 -1 1 50 1 7 1 9 1 RESERVE ORD-2 t \n\
+             RES 1 1001 -3 3 . . . 3 9 1 RESERVE ORD-3 t \n\
+             RES 1 1001 -1 1 . . . 1 9 1 RESERVE ORD-4 t ",
+        )
+        .unwrap();
+        let values: Vec<(i64, i64, i64)> = lines
+            .iter()
+            .map(|l| (l.available, l.reserved, l.seq))
+            .collect();
+        assert_eq!(values, [(108, 2, 4), (50, 1, 7), (105, 5, 5), (104, 6, 6)]);
+        assert_eq!(lines[3].order_no, "ORD-4");
+        // Nothing to inherit from: the first line of a position, or another entry's.
+        assert!(parse_entry("1-0", "RES 1 1001 -1 1 . . . 1 9 1 RESERVE ORD-4 t ").is_err());
+        assert!(parse_entry(
+            "1-0",
+            "RES 1 2002 -1 1 50 1 7 1 9 1 RESERVE ORD-2 t \nRES 1 1001 -1 1 . . . 1 9 1 RESERVE O t "
+        )
+        .is_err());
+        // All three inherited or none.
+        assert!(parse_entry(
+            "1-0",
+            "RES 1 1001 -2 2 108 2 4 2 9 1 RESERVE ORD-1 t \nRES 1 1001 -1 1 107 . . 1 9 1 RESERVE O t "
+        )
+        .is_err());
     }
 
     #[test]

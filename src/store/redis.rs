@@ -687,8 +687,30 @@ impl RedisStore {
     }
 
     /// Records this deployment's layout and groups, unless another instance recorded
-    /// them first; then checks that they are ours (start-up refuses otherwise).
+    /// them first; then checks that they are ours (start-up refuses otherwise). A record
+    /// of layout 2 (the same keys) is moved to this layout, so that an instance of the
+    /// older version started later refuses to run beside this one (docs/operations.md,
+    /// "Upgrading to layout 3").
     pub async fn claim_layout(&self) -> RedisResult<()> {
+        if let Some((wire::LAYOUT_SAME_KEYS, groups)) = self.layout_meta().await? {
+            if groups == self.keys.groups() {
+                let mut conn = self.conn.clone();
+                let _: i64 = self
+                    .timed(
+                        redis::cmd("HSET")
+                            .arg(self.keys.meta())
+                            .arg("layout")
+                            .arg(wire::LAYOUT_VERSION)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                tracing::warn!(
+                    from = wire::LAYOUT_SAME_KEYS,
+                    to = wire::LAYOUT_VERSION,
+                    "redis layout record moved on; instances of the older version refuse to start now"
+                );
+            }
+        }
         let mut conn = self.conn.clone();
         let _: i64 = self
             .timed(

@@ -1,4 +1,4 @@
-//! The one place where the Rust side and the Lua scripts agree on the Redis layout (v2):
+//! The one place where the Rust side and the Lua scripts agree on the Redis layout (v3):
 //! key names, slot groups, the order directory and order records, the journal line
 //! format, the reply shape every script returns, and the line states with their ranks.
 //! docs/redis-layout.md describes the same in prose; `lua/lib.lua` is the Lua half.
@@ -8,8 +8,14 @@ use redis::Value;
 
 use crate::domain::{ReservationStatus, SkuKey};
 
-/// The layout this code writes; stored in the meta hash.
-pub const LAYOUT_VERSION: i64 = 2;
+/// The layout this code writes; stored in the meta hash. Layout 3 has the keys of layout
+/// 2 and journal lines that may inherit their values ([`INHERITED`]), which a layout-2
+/// persister cannot read: an instance of layout 2 refuses to start on it.
+pub const LAYOUT_VERSION: i64 = 3;
+
+/// The layout whose keys [`LAYOUT_VERSION`] reads as they are: start-up moves its
+/// record to [`LAYOUT_VERSION`] (`RedisStore::claim_layout`).
+pub const LAYOUT_SAME_KEYS: i64 = 2;
 
 /// The slot group of a position: FNV-1a of (warehouse, sku), modulo the deployment's fixed
 /// number of groups. Stable across processes and restarts (the std hasher is seeded).
@@ -465,30 +471,45 @@ pub struct JournalLine {
 
 pub const JOURNAL_FIELDS: usize = 15;
 
+/// The text of `a`, `r` and `v` in a line that inherits them (see [`JournalLine::parse`]).
+pub const INHERITED: &str = ".";
+
 impl JournalLine {
+    /// A line whose `a`, `r` and `v` are all given.
     pub fn parse(line: &str) -> Option<JournalLine> {
+        Self::parse_after(line, |_| None)
+    }
+
+    /// A line of an entry. Its `a`, `r` and `v` may each be `.` (all three or none): the
+    /// values after the previous line of the same position in the same entry (`previous`
+    /// gives them: available, reserved, seq) plus this line's deltas, and seq + 1. The
+    /// reserve script writes them so for every order of a position but the first in a
+    /// call (lua/lib.lua, `hold_units`).
+    pub fn parse_after(
+        line: &str,
+        previous: impl FnOnce(SkuKey) -> Option<(i64, i64, i64)>,
+    ) -> Option<JournalLine> {
         let mut f = line.splitn(JOURNAL_FIELDS, ' ');
         let kind = JournalKind::parse(f.next()?)?;
         let mut num = || f.next()?.parse::<i64>().ok();
-        let (w, s, da, dr, a, r, v, q, x, ts) = (
-            num()?,
-            num()?,
-            num()?,
-            num()?,
-            num()?,
-            num()?,
-            num()?,
-            num()?,
-            num()?,
-            num()?,
-        );
+        let (w, s, da, dr) = (num()?, num()?, num()?, num()?);
+        let key = SkuKey::new(WarehouseId(w), SkuId(s));
+        let (a, r, v) = match (f.next()?, f.next()?, f.next()?) {
+            (INHERITED, INHERITED, INHERITED) => {
+                let (a, r, v) = previous(key)?;
+                (a.checked_add(da)?, r.checked_add(dr)?, v.checked_add(1)?)
+            }
+            (a, r, v) => (a.parse().ok()?, r.parse().ok()?, v.parse().ok()?),
+        };
+        let mut num = || f.next()?.parse::<i64>().ok();
+        let (q, x, ts) = (num()?, num()?, num()?);
         let reason = f.next()?.to_string();
         let order_no = f.next()?.to_string();
         let trace_id = f.next()?.to_string();
         let remark = f.next()?.to_string();
         Some(JournalLine {
             kind,
-            key: SkuKey::new(WarehouseId(w), SkuId(s)),
+            key,
             delta_available: da,
             delta_reserved: dr,
             available: a,
@@ -578,7 +599,17 @@ fn value_text(v: &Value) -> Option<String> {
     }
 }
 
-/// Reads a script's reply; `items`, when given, is how many items it must hold.
+/// The status of a reply item that repeats the item before it `n[0]` more times
+/// (lua/lib.lua, `reply`): equal items in a row are sent once.
+pub const AGAIN: &str = "AGAIN";
+
+/// Most items one reply may expand to: a script answers one item per order of a batch (a
+/// few thousand at most) plus its positions, so a count beyond this is a bad reply, not
+/// a reason to allocate.
+const MAX_REPLY_ITEMS: usize = 1 << 20;
+
+/// Reads a script's reply, `AGAIN` items expanded; `items`, when given, is how many items
+/// it must hold.
 pub fn parse_reply(
     script: &'static str,
     reply: &Value,
@@ -591,25 +622,44 @@ pub fn parse_reply(
     if values.len() % REPLY_WIDTH != 0 {
         return Err(bad(format!("{} values", values.len())));
     }
+    let mut out: Vec<ReplyItem> = Vec::with_capacity(values.len() / REPLY_WIDTH);
+    for chunk in values.chunks(REPLY_WIDTH) {
+        let (status, numbers) = chunk
+            .split_first()
+            .ok_or_else(|| bad("empty item".into()))?;
+        let mut n = [0i64; 4];
+        for (slot, v) in n.iter_mut().zip(numbers) {
+            *slot = value_i64(v).ok_or_else(|| bad(format!("{v:?}")))?;
+        }
+        let is_again = match status {
+            Value::BulkString(bytes) => bytes.as_slice() == AGAIN.as_bytes(),
+            Value::SimpleString(s) => s == AGAIN,
+            _ => false,
+        };
+        if is_again {
+            let previous = out
+                .last()
+                .cloned()
+                .ok_or_else(|| bad(format!("{AGAIN} as the first item")))?;
+            let times = usize::try_from(n[0])
+                .ok()
+                .filter(|t| *t >= 1 && out.len() + t <= MAX_REPLY_ITEMS)
+                .ok_or_else(|| bad(format!("{AGAIN} {}", n[0])))?;
+            out.extend(std::iter::repeat_n(previous, times));
+            continue;
+        }
+        let status = value_text(status).ok_or_else(|| bad(format!("{status:?}")))?;
+        out.push(ReplyItem { status, n });
+    }
     if let Some(items) = items {
-        if values.len() != items * REPLY_WIDTH {
-            return Err(bad(format!("{} values for {items} items", values.len())));
+        if out.len() != items {
+            return Err(bad(format!(
+                "{} items where {items} were expected",
+                out.len()
+            )));
         }
     }
-    values
-        .chunks(REPLY_WIDTH)
-        .map(|chunk| {
-            let (status, numbers) = chunk
-                .split_first()
-                .ok_or_else(|| bad("empty item".into()))?;
-            let status = value_text(status).ok_or_else(|| bad(format!("{status:?}")))?;
-            let mut n = [0i64; 4];
-            for (slot, v) in n.iter_mut().zip(numbers) {
-                *slot = value_i64(v).ok_or_else(|| bad(format!("{v:?}")))?;
-            }
-            Ok(ReplyItem { status, n })
-        })
-        .collect()
+    Ok(out)
 }
 
 /// A position's counters as a script left them (its `LEVELS` reply item).
@@ -860,6 +910,8 @@ mod tests {
             .find(|l| l.starts_with("local REPLY_WIDTH = "))
             .expect("REPLY_WIDTH in lua/lib.lua");
         assert!(width.ends_with(&format!("= {REPLY_WIDTH}")), "{width}");
+        assert!(lib.contains(&format!("'{AGAIN}', 1, 0, 0, 0")));
+        assert!(lib.contains(&format!("' {INHERITED} {INHERITED} {INHERITED} '")));
     }
 
     #[test]
@@ -876,6 +928,62 @@ mod tests {
         assert_eq!(items[0].n, [5, 0, 0, 0]);
         assert!(parse_reply("reserve", &reply, Some(2)).is_err());
         assert!(parse_reply("reserve", &Value::Array(vec![Value::Int(1)]), None).is_err());
+    }
+
+    fn values(items: &[(&str, i64)]) -> Value {
+        Value::Array(
+            items
+                .iter()
+                .flat_map(|(status, n)| {
+                    [
+                        Value::BulkString(status.as_bytes().to_vec()),
+                        Value::Int(*n),
+                        Value::Int(0),
+                        Value::Int(0),
+                        Value::Int(0),
+                    ]
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn an_again_item_repeats_the_item_before_it() {
+        let reply = values(&[
+            ("RESERVED", 5),
+            (AGAIN, 2),
+            ("INSUFFICIENT", 1),
+            (AGAIN, 1),
+            ("RESERVED", 5),
+        ]);
+        let items = parse_reply("reserve", &reply, Some(6)).unwrap();
+        let statuses: Vec<&str> = items.iter().map(|i| i.status.as_str()).collect();
+        assert_eq!(
+            statuses,
+            [
+                "RESERVED",
+                "RESERVED",
+                "RESERVED",
+                "INSUFFICIENT",
+                "INSUFFICIENT",
+                "RESERVED"
+            ]
+        );
+        assert!(items
+            .iter()
+            .all(|i| i.n[0] == 5 || i.status == "INSUFFICIENT"));
+        // The count is checked after the expansion.
+        assert!(parse_reply("reserve", &reply, Some(5)).is_err());
+        // An AGAIN with nothing before it, or with no positive count, is a bad reply.
+        assert!(parse_reply("reserve", &values(&[(AGAIN, 1)]), None).is_err());
+        assert!(parse_reply("reserve", &values(&[("RESERVED", 5), (AGAIN, 0)]), None).is_err());
+        assert!(parse_reply("reserve", &values(&[("RESERVED", 5), (AGAIN, -3)]), None).is_err());
+        assert!(parse_reply(
+            "reserve",
+            &values(&[("RESERVED", 5), (AGAIN, i64::MAX)]),
+            None
+        )
+        .is_err());
     }
 
     #[test]

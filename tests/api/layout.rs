@@ -446,3 +446,60 @@ async fn the_sweep_forgets_settled_orders_once_their_markers_lived_out_and_never
     let audits = app.assert_invariants(&[key]).await;
     assert_eq!(audits[0].lines_reserved, 1);
 }
+
+#[actix_web::test]
+async fn a_layout_2_record_moves_to_layout_3_and_an_unknown_layout_is_refused() {
+    let prefix = format!("lay{}:", uuid::Uuid::new_v4().simple());
+    let settings = test_settings("mysql://unused@127.0.0.1:1/unused", &prefix, &[]);
+    let redis = RedisStore::connect(&settings.redis).await.expect("connect");
+    let meta = format!("{prefix}inv:meta");
+    let client = redis::Client::open(crate::helpers::redis_url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let groups = settings.redis.groups;
+
+    // Layout 2 has the same keys: start-up moves the record on, so that an instance of the
+    // older version (which checks for 2) refuses to start beside this one.
+    let _: () = redis::cmd("HSET")
+        .arg(&meta)
+        .arg("layout")
+        .arg(2)
+        .arg("groups")
+        .arg(groups)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    redis.claim_layout().await.expect("layout 2 is taken over");
+    assert_eq!(
+        redis.layout_meta().await.unwrap(),
+        Some((inventory::store::wire::LAYOUT_VERSION, groups))
+    );
+    assert_eq!(inventory::store::wire::LAYOUT_VERSION, 3);
+
+    // Layout 2 with other groups is not ours to move; a layout this build does not know is
+    // refused, and neither record changes.
+    for (layout, other_groups) in [(2, groups + 1), (4, groups)] {
+        let _: () = redis::cmd("HSET")
+            .arg(&meta)
+            .arg("layout")
+            .arg(layout)
+            .arg("groups")
+            .arg(other_groups)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let refused = redis.claim_layout().await;
+        assert!(refused.is_err(), "layout {layout}, groups {other_groups}");
+        assert_eq!(
+            redis.layout_meta().await.unwrap(),
+            Some((layout, other_groups))
+        );
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(&meta)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
