@@ -279,7 +279,7 @@ impl RedisStore {
         }
         tracing::warn!(
             keys = keys.len(),
-            "redis holds layout 1: upgrading to layout 2"
+            "redis holds layout 1: upgrading to the current layout"
         );
         report.journal_entries = self.drain_legacy_journal(pool).await?;
         report.tombstones = self.convert_legacy_tombstones(&keys, now_ms).await?;
@@ -297,7 +297,7 @@ impl RedisStore {
             .map_err(RedisStoreError::from)?;
             report.keys_deleted += deleted;
         }
-        tracing::warn!(?report, "layout 1 upgraded; the DB now rebuilds layout 2");
+        tracing::warn!(?report, "layout 1 upgraded; the DB now rebuilds the current layout");
         Ok(report)
     }
 }
