@@ -297,7 +297,10 @@ impl RedisStore {
             .map_err(RedisStoreError::from)?;
             report.keys_deleted += deleted;
         }
-        tracing::warn!(?report, "layout 1 upgraded; the DB now rebuilds the current layout");
+        tracing::warn!(
+            ?report,
+            "layout 1 upgraded; the DB now rebuilds the current layout"
+        );
         Ok(report)
     }
 }
