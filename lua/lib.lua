@@ -6,8 +6,11 @@
 --   order record    '<expireAt> <w>:<s>:<qty>:<STATE>[:<sold>] ...'  (an order's lines in one
 --                   group; <sold> after a partial confirm)
 --   directory entry '<expireAt> <w>:<s>:<qty> ...' or '! <until>' (a tombstone)
---   journal line    'KIND w s da dr a r v q x ts reason orderNo traceId remark'
---   reply           a flat array, REPLY_WIDTH values per item: status, then 4 integers
+--   journal line    'KIND w s da dr a r v q x ts reason orderNo traceId remark'; a r v may
+--                   be '. . .': the previous line of the position in the same entry plus
+--                   da, dr and 1 (hold_units)
+--   reply           a flat array, REPLY_WIDTH values per item: status, then 4 integers;
+--                   'AGAIN k' repeats the item before it k times (reply)
 local RANK = {RESERVED = 1, CONFIRMED = 2, RELEASED = 2}
 local JOURNAL_FIELDS = 15
 local REPLY_WIDTH = 5

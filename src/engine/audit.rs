@@ -170,7 +170,7 @@ pub async fn audit_position(
     Ok(audit)
 }
 
-/// `g<group>-<ms>-<seq>-<index>` (layout 2; a position's rows all come from its group's
+/// `g<group>-<ms>-<seq>-<index>` (layouts 2 and 3; a position's rows all come from its group's
 /// stream) or `<ms>-<seq>-<index>` (layout 1): ordered by stream id, then index.
 fn txn_order(txn_id: &str) -> (u64, u64, u64) {
     let id = match txn_id

@@ -2,7 +2,7 @@
 //! entries becomes one DB transaction (ledger rows, reservation rows, one `t_inventory`
 //! update per position).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDateTime;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection};
@@ -26,25 +26,16 @@ pub fn parse_entry(id: &str, payload: &str) -> Result<Vec<JournalLine>, BadEntry
         return Ok(vec![]);
     }
     // A line may inherit its values from the previous line of its position in the entry.
-    let mut last: Vec<(SkuKey, (i64, i64, i64))> = Vec::new();
+    let mut last: HashMap<SkuKey, (i64, i64, i64)> = HashMap::new();
     payload
         .split('\n')
         .map(|line| {
-            let previous = |key: SkuKey| {
-                last.iter()
-                    .rev()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, values)| *values)
-            };
+            let previous = |key: SkuKey| last.get(&key).copied();
             let parsed =
                 JournalLine::parse_after(line, previous).ok_or_else(|| format!("line {line:?}"));
             let parsed = parsed.and_then(|l| fits_the_db(&l).map(|()| l));
             if let Ok(l) = &parsed {
-                let values = (l.available, l.reserved, l.seq);
-                match last.iter_mut().find(|(k, _)| *k == l.key) {
-                    Some(slot) => slot.1 = values,
-                    None => last.push((l.key, values)),
-                }
+                last.insert(l.key, (l.available, l.reserved, l.seq));
             }
             parsed.map_err(|reason| BadEntry {
                 id: id.to_string(),

@@ -86,6 +86,7 @@ pub(super) struct Scripts {
     pub(super) decide: Script,
     pub(super) route: Script,
     pub(super) confirm_partial: Script,
+    pub(super) layout: Script,
 }
 
 impl Scripts {
@@ -108,6 +109,7 @@ impl Scripts {
             hold: script(include_str!("../../lua/hold.lua")),
             commit: script(include_str!("../../lua/commit.lua")),
             abort: script(include_str!("../../lua/abort.lua")),
+            layout: script(include_str!("../../lua/layout.lua")),
             settle: script(include_str!("../../lua/settle.lua")),
             decide: script(include_str!("../../lua/decide.lua")),
             route: script(include_str!("../../lua/route.lua")),
@@ -688,48 +690,29 @@ impl RedisStore {
 
     /// Records this deployment's layout and groups, unless another instance recorded
     /// them first; then checks that they are ours (start-up refuses otherwise). A record
-    /// of layout 2 (the same keys) is moved to this layout, so that an instance of the
-    /// older version started later refuses to run beside this one (docs/operations.md,
-    /// "Upgrading to layout 3").
+    /// of layout 2 (the same keys) with our groups is moved to this layout in the same
+    /// step (lua/layout.lua), so that an instance of the older version started later
+    /// refuses to run beside this one (docs/operations.md, "Upgrading to layout 3").
     pub async fn claim_layout(&self) -> RedisResult<()> {
-        if let Some((wire::LAYOUT_SAME_KEYS, groups)) = self.layout_meta().await? {
-            if groups == self.keys.groups() {
-                let mut conn = self.conn.clone();
-                let _: i64 = self
-                    .timed(
-                        redis::cmd("HSET")
-                            .arg(self.keys.meta())
-                            .arg("layout")
-                            .arg(wire::LAYOUT_VERSION)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                tracing::warn!(
-                    from = wire::LAYOUT_SAME_KEYS,
-                    to = wire::LAYOUT_VERSION,
-                    "redis layout record moved on; instances of the older version refuse to start now"
-                );
-            }
+        let mut invocation = self.scripts.layout.key(self.keys.meta());
+        invocation
+            .arg(wire::LAYOUT_VERSION)
+            .arg(self.keys.groups())
+            .arg(wire::LAYOUT_SAME_KEYS);
+        let item = self.run_script_one("layout", &invocation).await?;
+        if item.status != "LAYOUT" {
+            return Err(RedisStoreError::BadReply {
+                script: "layout",
+                detail: format!("status {}", item.status),
+            });
         }
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .timed(
-                redis::cmd("HSETNX")
-                    .arg(self.keys.meta())
-                    .arg("groups")
-                    .arg(self.keys.groups())
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let _: i64 = self
-            .timed(
-                redis::cmd("HSETNX")
-                    .arg(self.keys.meta())
-                    .arg("layout")
-                    .arg(wire::LAYOUT_VERSION)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        if item.n[2] == 1 {
+            tracing::warn!(
+                from = wire::LAYOUT_SAME_KEYS,
+                to = wire::LAYOUT_VERSION,
+                "redis layout record moved on; instances of the older version refuse to start now"
+            );
+        }
         self.check_layout().await
     }
 

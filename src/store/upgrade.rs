@@ -1,5 +1,6 @@
 //! Upgrade of a Redis that holds layout 1 (a key per line marker and per order, one global
-//! journal and holds set) to layout 2 (slot groups, docs/redis-layout.md), at start-up.
+//! journal and holds set) to the current layout (slot groups, docs/redis-layout.md), at
+//! start-up.
 //!
 //! 1. Drain the layout-1 journal into the DB (every entry, whoever left it pending; the
 //!    ledger's unique txn ids make a replay insert nothing).
