@@ -716,6 +716,52 @@ impl RedisStore {
         self.check_layout().await
     }
 
+    /// Consumers of `group` on the journal streams, other than `own`, that read within the
+    /// last `quiet_ms`: (name, idle ms). Start-up asks this before it moves a layout-2
+    /// record on, because a running instance of the older version never checks the
+    /// layout again and would acknowledge entries it cannot read. A stream or group that
+    /// does not exist yet has no consumers.
+    pub async fn active_journal_consumers(
+        &self,
+        group: &str,
+        own: &str,
+        quiet_ms: u64,
+    ) -> RedisResult<Vec<(String, u64)>> {
+        let mut active = Vec::new();
+        for journal in self.keys.journals() {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("XINFO");
+            cmd.arg("CONSUMERS").arg(&journal).arg(group);
+            let consumers: Vec<HashMap<String, Value>> =
+                match self.timed(cmd.query_async(&mut conn)).await {
+                    Ok(consumers) => consumers,
+                    // "ERR no such key" / NOGROUP: nobody reads this stream yet.
+                    Err(RedisStoreError::Redis(e))
+                        if e.code().is_some_and(|c| c == "NOGROUP" || c == "ERR") =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(e),
+                };
+            for consumer in consumers {
+                let name = consumer.get("name").and_then(value_string);
+                let idle = consumer
+                    .get("idle")
+                    .and_then(|v| match v {
+                        Value::Int(n) => u64::try_from(*n).ok(),
+                        other => value_string(other).and_then(|s| s.parse().ok()),
+                    })
+                    .unwrap_or(u64::MAX);
+                if let Some(name) = name {
+                    if name != own && idle < quiet_ms {
+                        active.push((name, idle));
+                    }
+                }
+            }
+        }
+        Ok(active)
+    }
+
     /// Refuses a Redis whose stored layout or groups differ from this instance's.
     pub async fn check_layout(&self) -> RedisResult<()> {
         match self.layout_meta().await? {

@@ -503,3 +503,100 @@ async fn a_layout_2_record_moves_to_layout_3_and_an_unknown_layout_is_refused() 
         .await
         .unwrap();
 }
+
+#[actix_web::test]
+async fn start_up_moves_layout_2_on_only_once_no_other_instance_reads_the_journal() {
+    let (db_name, db_url) = create_test_database().await;
+    let prefix = format!("t{}:", &db_name["inventory_t_".len()..]);
+    let quiet_ms = 1_500u64;
+    let settings = test_settings(
+        &db_url,
+        &prefix,
+        &[("journal.claim_idle_ms", (quiet_ms as i64).into())],
+    );
+    let keys = inventory::store::wire::Keys::new(&prefix, settings.redis.groups);
+    let client = redis::Client::open(crate::helpers::redis_url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let layout = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let meta = keys.meta();
+        async move {
+            let layout: Option<i64> = redis::cmd("HGET")
+                .arg(meta)
+                .arg("layout")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            layout
+        }
+    };
+    // A deployment of the older version: layout 2 recorded, and one of its instances
+    // reading a journal stream right now.
+    let _: () = redis::cmd("HSET")
+        .arg(keys.meta())
+        .arg("layout")
+        .arg(2)
+        .arg("groups")
+        .arg(settings.redis.groups)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let journal = keys.journal(0);
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&journal)
+        .arg("persist")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Redis lists a consumer once something was delivered to it: an (empty) entry.
+    let _: String = redis::cmd("XADD")
+        .arg(&journal)
+        .arg("*")
+        .arg("e")
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("persist")
+        .arg("old-host:8082")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&journal)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    match inventory::startup::Application::build(settings.clone()).await {
+        Ok(_) => panic!("start-up moved layout 2 on while another instance read the journal"),
+        Err(e) => {
+            let message = e.to_string();
+            assert!(message.contains("old-host:8082"), "{message}");
+            assert!(message.contains("stop them first"), "{message}");
+        }
+    }
+    assert_eq!(
+        layout(&mut conn).await,
+        Some(2),
+        "the record is left as it was"
+    );
+
+    // Once that consumer has been quiet for journal.claim_idle_ms, start-up goes on.
+    tokio::time::sleep(Duration::from_millis(quiet_ms + 300)).await;
+    let app = start(settings, db_name).await;
+    assert_eq!(
+        layout(&mut conn).await,
+        Some(inventory::store::wire::LAYOUT_VERSION)
+    );
+    let (status, _) = app.get("/health").await;
+    assert_eq!(status, 200);
+}
