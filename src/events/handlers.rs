@@ -261,19 +261,16 @@ impl OrderEventHandler {
             // It is remembered again as well, so that it stays in Redis while the DB row is
             // still missing (a DB outage longer than the window would otherwise let it be
             // decided again).
-            let row = self.log_row(msg, &envelope, &tag, result, started);
             let durable = async {
-                if from_redis {
-                    if let Some(result) = row.result.as_deref() {
-                        self.recent
-                            .remember(&envelope.message_id, result)
-                            .await
-                            .map_err(Retry::Transient)?;
-                    }
-                    self.log.record(row).await.map_err(Retry::Transient)
-                } else {
-                    Ok(())
+                if !from_redis {
+                    return Ok(());
                 }
+                self.recent
+                    .remember(&envelope.message_id, &result)
+                    .await
+                    .map_err(Retry::Transient)?;
+                let row = self.log_row(msg, &envelope, &tag, result, started);
+                self.log.record(row).await.map_err(Retry::Transient)
             };
             let republished = async {
                 match &outcome {

@@ -165,7 +165,8 @@ impl RedisStore {
     }
 }
 
-fn uptime_seconds(info: &str) -> Option<i64> {
+/// Redis' `uptime_in_seconds` from the text of `INFO server`.
+pub fn uptime_seconds(info: &str) -> Option<i64> {
     info.lines()
         .find_map(|line| line.strip_prefix("uptime_in_seconds:"))
         .and_then(|v| v.trim().parse().ok())

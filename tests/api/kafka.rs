@@ -452,10 +452,8 @@ async fn redeliveries_are_answered_by_redis_within_the_window_and_by_the_db_beyo
     // Redis vouches only for messages sent clock_skew_ms after its process started: a Redis
     // started just before the test (a fresh CI machine) is given that long.
     let info: String = app.redis_cmd(redis::cmd("INFO").arg("server")).await;
-    let uptime_s: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("uptime_in_seconds:"))
-        .and_then(|v| v.trim().parse().ok())
+    let uptime_s = inventory::store::recent_log::uptime_seconds(&info)
+        .and_then(|s| u64::try_from(s).ok())
         .unwrap_or(0);
     let needed_s = app.settings.kafka.clock_skew_ms / 1000 + 3;
     if uptime_s < needed_s {
