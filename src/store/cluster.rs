@@ -833,9 +833,9 @@ impl RedisStore {
         for (i, lines) in idx.iter().zip(&local) {
             let order = at(orders, *i)?;
             let state = if span(spans, *i).len() == 1 {
-                "RESERVED"
+                ReservationStatus::Reserved.as_str()
             } else {
-                "PENDING"
+                wire::PENDING
             };
             inv.arg(&order.order_no)
                 .arg(wire::word(&order.trace_id, 64))
@@ -966,7 +966,7 @@ impl RedisStore {
             let items = self.run_script_retrying("abort", &inv, None).await?;
             let (items, levels) = wire::split_levels("abort", items, list.len(), &positions)?;
             for item in &items {
-                if !matches!(item.status.as_str(), "ABORTED" | "NONE") {
+                if item.status != wire::ABORTED && item.status != "NONE" {
                     return Err(RedisStoreError::Unavailable(format!(
                         "abort of an order spanning groups answered {}",
                         item.status
@@ -1298,10 +1298,8 @@ impl RedisStore {
                     .map(|((g, _), raw)| (g, raw))
                     .collect();
                 let states: Vec<&str> = records.values().flat_map(|r| record_states(r)).collect();
-                let committed = states
-                    .iter()
-                    .any(|s| matches!(*s, "RESERVED" | "CONFIRMED" | "RELEASED"));
-                let aborted = states.contains(&"ABORTED");
+                let committed = states.iter().any(|s| ReservationStatus::parse(s).is_some());
+                let aborted = states.contains(&wire::ABORTED);
                 if committed && aborted {
                     tracing::error!(
                         order_no,

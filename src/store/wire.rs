@@ -235,13 +235,21 @@ impl Keys {
     }
 }
 
-/// Line states and their ranks (a state of higher rank is never left). The Lua side's
-/// `RANK` table in lua/lib.lua must say the same; a test checks it.
-pub const STATES: [(ReservationStatus, u8); 3] = [
-    (ReservationStatus::Reserved, 1),
-    (ReservationStatus::Confirmed, 2),
-    (ReservationStatus::Released, 2),
+/// The line states a record and the DB share; each one's rank (a state of higher rank is
+/// never left) is `ReservationStatus::rank`, defined there once. The Lua side's `RANK`
+/// table in lua/lib.lua must say the same; a test checks it.
+pub const STATES: [ReservationStatus; 3] = [
+    ReservationStatus::Reserved,
+    ReservationStatus::Confirmed,
+    ReservationStatus::Released,
 ];
+
+/// Cluster mode only (docs/redis-layout.md, "Orders across slots"): a line held in one group
+/// while its order, which spans groups, is being decided. It counts as held; it never
+/// reaches the DB (the journal has its units as a hold; the commit makes it RESERVED).
+pub const PENDING: &str = "PENDING";
+/// Cluster mode only: a PENDING line whose order was aborted; its units went back.
+pub const ABORTED: &str = "ABORTED";
 
 /// One line of an order record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -890,13 +898,13 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("local RANK = "))
             .expect("RANK table in lua/lib.lua");
-        for (state, rank) in STATES {
+        for state in STATES {
+            let rank = state.rank();
             assert!(
                 line.contains(&format!("{} = {rank}", state.as_str())),
                 "lua/lib.lua RANK lacks {} = {rank}: {line}",
                 state.as_str()
             );
-            assert_eq!(state.rank(), i32::from(rank), "{state:?}");
         }
         assert_eq!(line.matches(" = ").count(), STATES.len() + 1);
         // The journal line the Lua side writes has the fields the Rust side reads.
@@ -912,6 +920,44 @@ mod tests {
         assert!(width.ends_with(&format!("= {REPLY_WIDTH}")), "{width}");
         assert!(lib.contains(&format!("'{AGAIN}', 1, 0, 0, 0")));
         assert!(lib.contains(&format!("' {INHERITED} {INHERITED} {INHERITED} '")));
+    }
+
+    /// Every line state a script compares with (`st == 'X'`) or writes into a record
+    /// (`':X'`) is one of `STATES` or a cluster state: a state spelt anywhere else would
+    /// be a record the Rust side cannot read.
+    #[test]
+    fn every_state_a_script_names_is_a_known_one() {
+        let known: Vec<&str> = STATES
+            .iter()
+            .map(|s| s.as_str())
+            .chain([PENDING, ABORTED])
+            .collect();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/lua");
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(dir).expect("lua/") {
+            let path = entry.expect("lua/ entry").path();
+            let text = std::fs::read_to_string(&path).expect("a script");
+            for marker in ["st == '", "st ~= '", "':"] {
+                for (at, _) in text.match_indices(marker) {
+                    let word: String = text[at + marker.len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_uppercase())
+                        .collect();
+                    if word.len() >= 4 {
+                        assert!(
+                            known.contains(&word.as_str()),
+                            "{} names the line state {word}, unknown to store::wire",
+                            path.display()
+                        );
+                        seen.insert(word);
+                    }
+                }
+            }
+        }
+        // The scan finds what it looks for: every state is named somewhere.
+        for state in &known {
+            assert!(seen.contains(*state), "no script names {state}: {seen:?}");
+        }
     }
 
     #[test]

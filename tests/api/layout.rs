@@ -478,9 +478,9 @@ async fn a_layout_2_record_moves_to_layout_3_and_an_unknown_layout_is_refused() 
     );
     assert_eq!(inventory::store::wire::LAYOUT_VERSION, 3);
 
-    // Layout 2 with other groups is not ours to move; a layout this build does not know is
-    // refused, and neither record changes.
-    for (layout, other_groups) in [(2, groups + 1), (4, groups)] {
+    // Layout 2 with other groups is not ours to move; our layout with other groups names
+    // the stored count; a layout this build does not know is refused; no record changes.
+    for (layout, other_groups) in [(2, groups + 1), (3, groups + 1), (4, groups)] {
         let _: () = redis::cmd("HSET")
             .arg(&meta)
             .arg("layout")
@@ -491,7 +491,17 @@ async fn a_layout_2_record_moves_to_layout_3_and_an_unknown_layout_is_refused() 
             .await
             .unwrap();
         let refused = redis.claim_layout().await;
-        assert!(refused.is_err(), "layout {layout}, groups {other_groups}");
+        let Err(refusal) = refused else {
+            panic!("layout {layout}, groups {other_groups} was accepted")
+        };
+        if layout == inventory::store::wire::LAYOUT_VERSION {
+            // Our layout with another group count: positions would live under other keys.
+            let message = refusal.to_string();
+            assert!(
+                message.contains(&format!("set redis.groups = {other_groups}")),
+                "{message}"
+            );
+        }
         assert_eq!(
             redis.layout_meta().await.unwrap(),
             Some((layout, other_groups))
