@@ -577,6 +577,70 @@ struct KafkaDriver {
     waiting: Arc<dashmap::DashMap<String, Vec<OutcomeSender>>>,
     held: Arc<dashmap::DashMap<String, ()>>,
     sent: Arc<AtomicU64>,
+    /// Every outcome the listener saw, checked against the first of its order.
+    outcomes: Arc<OutcomeCheck>,
+}
+
+/// What the service published per orderNo: the first outcome's tag and a hash of its whole
+/// message. A second outcome of another kind, or of the same kind but another message, is
+/// a conflict (an order must have one outcome, republished identically).
+#[derive(Default)]
+struct OutcomeCheck {
+    first: dashmap::DashMap<String, (String, u64)>,
+    republished: AtomicU64,
+    conflicts: AtomicU64,
+    /// The first few conflicts, for the report.
+    examples: std::sync::Mutex<Vec<String>>,
+}
+
+impl OutcomeCheck {
+    fn see(&self, key: &str, tag: &str, message: &[u8]) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        message.hash(&mut hasher);
+        let hash = hasher.finish();
+        let conflict = match self.first.entry(key.to_string()) {
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                v.insert((tag.to_string(), hash));
+                None
+            }
+            dashmap::mapref::entry::Entry::Occupied(o) => {
+                let (first_tag, first_hash) = o.get();
+                if first_tag != tag {
+                    Some(format!("order {key}: {first_tag}, then {tag}"))
+                } else if *first_hash != hash {
+                    Some(format!("order {key}: {tag} published twice, differently"))
+                } else {
+                    self.republished.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        };
+        if let Some(conflict) = conflict {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut examples) = self.examples.lock() {
+                if examples.len() < 5 {
+                    examples.push(conflict);
+                }
+            }
+        }
+    }
+
+    /// Violations for the verdict: every conflict counts.
+    fn violations(&self) -> Vec<String> {
+        let conflicts = self.conflicts.load(Ordering::Relaxed);
+        if conflicts == 0 {
+            return Vec::new();
+        }
+        let examples = self
+            .examples
+            .lock()
+            .map(|e| e.join("; "))
+            .unwrap_or_default();
+        vec![format!(
+            "{conflicts} Kafka outcome(s) conflict with an earlier outcome of the same order ({examples})"
+        )]
+    }
 }
 
 fn envelope(order_no: &str, event_type: &str, payload: &serde_json::Value) -> String {
@@ -624,6 +688,8 @@ impl KafkaDriver {
         let waiting: Arc<dashmap::DashMap<String, Vec<OutcomeSender>>> =
             Arc::new(dashmap::DashMap::new());
         let listener = waiting.clone();
+        let outcomes = Arc::new(OutcomeCheck::default());
+        let check = outcomes.clone();
         actix_web::rt::spawn(async move {
             loop {
                 let Ok(m) = consumer.recv().await else {
@@ -642,6 +708,7 @@ impl KafkaDriver {
                     .and_then(|p| serde_json::from_str(p).ok())
                     .unwrap_or_default();
                 let code = payload["errorCode"].as_str().unwrap_or("").to_string();
+                check.see(&key, &tag, m.payload().unwrap_or_default());
                 if let Some((_, waiters)) = listener.remove(&key) {
                     for tx in waiters {
                         let _ = tx.send((tag.clone(), code.clone()));
@@ -656,6 +723,7 @@ impl KafkaDriver {
             waiting,
             held: Arc::new(dashmap::DashMap::new()),
             sent: Arc::new(AtomicU64::new(0)),
+            outcomes,
         }
     }
 
@@ -1720,6 +1788,10 @@ async fn run(o: Options) -> i32 {
     };
     let mut drain = Duration::ZERO;
     let mut final_persisted = 0;
+    let kafka_outcomes = match &main_driver {
+        Some(Driver::Kafka(k)) => Some(k.outcomes.clone()),
+        _ => None,
+    };
     if let Some(driver) = main_driver {
         eprintln!("load: {}", o.target);
         let kafka_sent = match &driver {
@@ -1815,6 +1887,17 @@ async fn run(o: Options) -> i32 {
         .map(|(_, r)| r);
     if let Some(r) = service_result {
         violations.extend(verify(&state, &keys, &o, r).await);
+        if let Some(check) = &kafka_outcomes {
+            // The listener may still be reading outcomes republished at the end.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            eprintln!(
+                "kafka: {} orders with an outcome, {} outcome(s) republished identically, {} conflicting",
+                check.first.len(),
+                check.republished.load(Ordering::Relaxed),
+                check.conflicts.load(Ordering::Relaxed)
+            );
+            violations.extend(check.violations());
+        }
         // The service's own outcome counters (through Kafka a message may be handled more
         // than once, and an error the bench saw may still have been decided).
         if matches!(o.target.as_str(), "inprocess" | "http") && r.errors.is_empty() {

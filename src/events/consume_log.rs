@@ -10,9 +10,48 @@ use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::store::db::{self, DbPool};
+use crate::store::db::{self, DbError, DbPool};
 use crate::store::models::{ConsumeLog, NewConsumeLog};
-use crate::store::redis::RedisStore;
+use crate::store::redis::{RedisStore, RedisStoreError};
+
+/// A consume-log failure, shared by every message of the batch it hit. `retryable` is the
+/// store's own classification (`DbError::is_retryable`, `RedisStoreError::is_retryable`,
+/// the one `EngineError::is_retryable` builds on): an outage is retried, a bug-class
+/// error (a constraint, a bad reply) is not, so that it cannot block a partition forever.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct LogError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl LogError {
+    fn db(e: &DbError) -> Self {
+        LogError {
+            message: e.to_string(),
+            retryable: e.is_retryable(),
+        }
+    }
+
+    fn redis(e: &RedisStoreError) -> Self {
+        LogError {
+            message: e.to_string(),
+            retryable: e.is_retryable(),
+        }
+    }
+
+    /// The batching task is gone (shutting down): the message is tried again later.
+    fn gone(what: &str) -> Self {
+        LogError {
+            message: what.to_string(),
+            retryable: true,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
 
 /// Requests one statement may carry.
 const MAX_BATCH: usize = 1000;
@@ -22,11 +61,11 @@ const QUEUE: usize = 8192;
 enum Request {
     Find {
         event_id: String,
-        reply: oneshot::Sender<Result<Option<ConsumeLog>, String>>,
+        reply: oneshot::Sender<Result<Option<ConsumeLog>, LogError>>,
     },
     Record {
         row: NewConsumeLog,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), LogError>>,
     },
 }
 
@@ -46,7 +85,7 @@ impl ConsumeLogBatcher {
     }
 
     /// The row of `event_id` in this group, if any.
-    pub async fn find(&self, event_id: &str) -> Result<Option<ConsumeLog>, String> {
+    pub async fn find(&self, event_id: &str) -> Result<Option<ConsumeLog>, LogError> {
         let (reply, rx) = oneshot::channel();
         let request = Request::Find {
             event_id: event_id.to_string(),
@@ -55,20 +94,20 @@ impl ConsumeLogBatcher {
         self.tx
             .send(request)
             .await
-            .map_err(|_| "the consume log is shut down".to_string())?;
+            .map_err(|_| LogError::gone("the consume log is shut down"))?;
         rx.await
-            .map_err(|_| "the consume log dropped the request".to_string())?
+            .map_err(|_| LogError::gone("the consume log dropped the request"))?
     }
 
     /// Inserts or updates the row.
-    pub async fn record(&self, row: NewConsumeLog) -> Result<(), String> {
+    pub async fn record(&self, row: NewConsumeLog) -> Result<(), LogError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Record { row, reply })
             .await
-            .map_err(|_| "the consume log is shut down".to_string())?;
+            .map_err(|_| LogError::gone("the consume log is shut down"))?;
         rx.await
-            .map_err(|_| "the consume log dropped the request".to_string())?
+            .map_err(|_| LogError::gone("the consume log dropped the request"))?
     }
 }
 
@@ -124,29 +163,29 @@ async fn run(mut rx: mpsc::Receiver<Request>, pool: DbPool, group: String) {
     }
 }
 
-async fn write(pool: &DbPool, rows: &[NewConsumeLog]) -> Result<(), String> {
+async fn write(pool: &DbPool, rows: &[NewConsumeLog]) -> Result<(), LogError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut conn = db::connection(pool).await.map_err(|e| e.to_string())?;
+    let mut conn = db::connection(pool).await.map_err(|e| LogError::db(&e))?;
     ConsumeLog::record_many(&mut conn, rows)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| LogError::db(&DbError::from(e)))
 }
 
 async fn read(
     pool: &DbPool,
     ids: &[String],
     group: &str,
-) -> Result<HashMap<String, ConsumeLog>, String> {
+) -> Result<HashMap<String, ConsumeLog>, LogError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut conn = db::connection(pool).await.map_err(|e| e.to_string())?;
+    let mut conn = db::connection(pool).await.map_err(|e| LogError::db(&e))?;
     let rows = ConsumeLog::find_many(&mut conn, ids, group)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| LogError::db(&DbError::from(e)))?;
     Ok(rows.into_iter().map(|r| (r.event_id.clone(), r)).collect())
 }
 
@@ -193,12 +232,12 @@ enum RecentRequest {
     Find {
         event_id: String,
         sent_ms: Option<i64>,
-        reply: oneshot::Sender<Result<Recent, String>>,
+        reply: oneshot::Sender<Result<Recent, LogError>>,
     },
     Remember {
         event_id: String,
         result: String,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), LogError>>,
     },
 }
 
@@ -240,7 +279,7 @@ impl RecentLog {
     }
 
     /// What Redis knows of `event_id`, sent at `sent_ms` (its Kafka timestamp).
-    pub async fn find(&self, event_id: &str, sent_ms: Option<i64>) -> Result<Recent, String> {
+    pub async fn find(&self, event_id: &str, sent_ms: Option<i64>) -> Result<Recent, LogError> {
         let Some(tx) = &self.tx else {
             self.metrics
                 .kafka_consume_log_lookups
@@ -258,7 +297,7 @@ impl RecentLog {
 
     /// Records a message's result in the window (before its outcome is published: a
     /// redelivery then republishes it instead of deciding again).
-    pub async fn remember(&self, event_id: &str, result: &str) -> Result<(), String> {
+    pub async fn remember(&self, event_id: &str, result: &str) -> Result<(), LogError> {
         let Some(tx) = &self.tx else {
             return Ok(());
         };
@@ -274,14 +313,14 @@ impl RecentLog {
 /// Sends one request to the task and waits for its answer.
 async fn ask<T>(
     tx: &mpsc::Sender<RecentRequest>,
-    request: impl FnOnce(oneshot::Sender<Result<T, String>>) -> RecentRequest,
-) -> Result<T, String> {
+    request: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> RecentRequest,
+) -> Result<T, LogError> {
     let (reply, rx) = oneshot::channel();
     tx.send(request(reply))
         .await
-        .map_err(|_| "the recent consume log is shut down".to_string())?;
+        .map_err(|_| LogError::gone("the recent consume log is shut down"))?;
     rx.await
-        .map_err(|_| "the recent consume log dropped the request".to_string())?
+        .map_err(|_| LogError::gone("the recent consume log dropped the request"))?
 }
 
 #[derive(Clone, Copy)]
@@ -290,8 +329,12 @@ struct Window {
     skew_ms: i64,
 }
 
-type FindReply = (String, Option<i64>, oneshot::Sender<Result<Recent, String>>);
-type RememberReply = (String, String, oneshot::Sender<Result<(), String>>);
+type FindReply = (
+    String,
+    Option<i64>,
+    oneshot::Sender<Result<Recent, LogError>>,
+);
+type RememberReply = (String, String, oneshot::Sender<Result<(), LogError>>);
 
 async fn run_recent(
     mut rx: mpsc::Receiver<RecentRequest>,
@@ -337,7 +380,7 @@ async fn run_recent(
             redis.recent_log_write(&group, &entries, now_ms, window_ms),
             read
         );
-        let written = written.map_err(|e| e.to_string());
+        let written = written.map_err(|e| LogError::redis(&e));
         for (_, _, reply) in remembers {
             let _ = reply.send(written.clone());
         }
@@ -372,7 +415,7 @@ async fn run_recent(
             }
             Ok(None) => {}
             Err(e) => {
-                let e = e.to_string();
+                let e = LogError::redis(&e);
                 for (_, _, reply) in finds {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -387,6 +430,19 @@ mod tests {
 
     const W: i64 = 600_000;
     const SKEW: i64 = 5_000;
+
+    #[test]
+    fn a_log_error_keeps_the_stores_classification() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let outage = LogError::db(&DbError::PoolTimeout(std::time::Duration::from_secs(2)));
+        assert!(outage.is_retryable(), "{outage}");
+        let bug = LogError::db(&DbError::Query(Error::DatabaseError(
+            DatabaseErrorKind::CheckViolation,
+            Box::new("check constraint failed".to_string()),
+        )));
+        assert!(!bug.is_retryable(), "{bug}");
+        assert!(LogError::gone("shut down").is_retryable());
+    }
 
     #[test]
     fn a_fresh_message_after_redis_became_whole_is_new_when_absent() {

@@ -20,7 +20,7 @@ use crate::engine::reservation::{ReservationEngine, ReserveRequest, RoutedReques
 use crate::engine::routing::Ask;
 use crate::engine::stock::{AdjustRequest, StockService};
 use crate::engine::EngineError;
-use crate::events::consume_log::{ConsumeLogBatcher, Recent, RecentLog};
+use crate::events::consume_log::{ConsumeLogBatcher, LogError, Recent, RecentLog};
 use crate::events::dlq::DeadLetters;
 use crate::events::producer::EventPublisher;
 use crate::events::wire::{
@@ -233,22 +233,31 @@ impl OrderEventHandler {
 
         // Idempotency layer 1: the recent window in Redis, or the DB's log when Redis cannot
         // vouch for this message.
+        // A read that fails for good (a bug-class store error) sends the message to the
+        // dead-letter topic: nothing was decided yet, and retrying it would block the
+        // partition forever.
         let sent_ms = msg.timestamp().to_millis();
-        let previous = match self
-            .recent
-            .find(&envelope.message_id, sent_ms)
-            .await
-            .map_err(Retry::Transient)?
-        {
+        let recent = match self.recent.find(&envelope.message_id, sent_ms).await {
+            Ok(recent) => recent,
+            Err(e) if e.is_retryable() => return Err(Retry::Transient(e.message)),
+            Err(e) => {
+                let reason = format!("the consume log cannot be read: {e}");
+                return self.dead_letter(msg, &tag, &reason).await;
+            }
+        };
+        let previous = match recent {
             Recent::Found(result) => Some((result, true)),
             Recent::New => None,
-            Recent::Unknown => self
-                .log
-                .find(&envelope.message_id)
-                .await
-                .map_err(Retry::Transient)?
-                .filter(|l| l.status == "SUCCESS")
-                .map(|l| (l.result.unwrap_or_default(), false)),
+            Recent::Unknown => match self.log.find(&envelope.message_id).await {
+                Ok(row) => row
+                    .filter(|l| l.status == "SUCCESS")
+                    .map(|l| (l.result.unwrap_or_default(), false)),
+                Err(e) if e.is_retryable() => return Err(Retry::Transient(e.message)),
+                Err(e) => {
+                    let reason = format!("the consume log cannot be read: {e}");
+                    return self.dead_letter(msg, &tag, &reason).await;
+                }
+            },
         };
         if let Some((result, from_redis)) = previous {
             let outcome = if tag == wire::TAG_ORDER_CREATED {
@@ -265,12 +274,10 @@ impl OrderEventHandler {
                 if !from_redis {
                     return Ok(());
                 }
-                self.recent
-                    .remember(&envelope.message_id, &result)
-                    .await
-                    .map_err(Retry::Transient)?;
+                let remembered = self.recent.remember(&envelope.message_id, &result).await;
+                self.log_kept("remember", remembered)?;
                 let row = self.log_row(msg, &envelope, &tag, result, started);
-                self.log.record(row).await.map_err(Retry::Transient)
+                self.log_kept("record", self.log.record(row).await)
             };
             let republished = async {
                 match &outcome {
@@ -334,10 +341,11 @@ impl OrderEventHandler {
             // Remembered in Redis first: from here a redelivery republishes this outcome
             // rather than deciding again. The DB row and the broker's ack are awaited
             // together; the offset is stored only after both.
-            self.recent
+            let remembered = self
+                .recent
                 .remember(&envelope.message_id, row.result.as_deref().unwrap_or(""))
-                .await
-                .map_err(Retry::Transient)?;
+                .await;
+            self.log_kept("remember", remembered)?;
             let published = async {
                 match &to_publish {
                     Some(outcome) => self.publish(outcome).await,
@@ -345,16 +353,36 @@ impl OrderEventHandler {
                 }
             };
             let (recorded, published) = tokio::join!(self.log.record(row), published);
-            recorded.map_err(Retry::Transient)?;
+            self.log_kept("record", recorded)?;
             published?;
         } else {
-            self.log.record(row).await.map_err(Retry::Transient)?;
+            self.log_kept("record", self.log.record(row).await)?;
             if let Some(outcome) = &to_publish {
                 self.publish(outcome).await?;
             }
         }
         self.count(&tag, "ok");
         Ok(handled)
+    }
+
+    /// A consume-log write after the message's work was done: an outage is retried (the
+    /// redelivery republishes or finds the decision again); a bug-class failure is logged
+    /// and counted (`internal_errors_total{what="kafka_consume_log"}`) and the message goes
+    /// on: its effects are durable in Redis and the journal, and retrying it forever would
+    /// block the partition.
+    fn log_kept(&self, step: &str, written: Result<(), LogError>) -> Result<(), Retry> {
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_retryable() => Err(Retry::Transient(e.message)),
+            Err(e) => {
+                tracing::error!(step, error = %e, "consume log write failed for good; the message goes on without it");
+                self.metrics
+                    .internal_errors
+                    .with_label_values(&["kafka_consume_log"])
+                    .inc();
+                Ok(())
+            }
+        }
     }
 
     /// The consume-log row of a message handled with `result`.
