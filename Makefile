@@ -4,7 +4,7 @@ export DATABASE_URL ?= mysql://inventory:inventory@127.0.0.1:3306/inventory
 export REDIS_URL ?= redis://127.0.0.1:6379
 export KAFKA_BROKERS ?= 127.0.0.1:9092
 
-.PHONY: run run-cluster cluster test alert-rules services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-flash bench-http bench-sustain bench-expiry bench-reads bench-reconcile sim bench-faults
+.PHONY: run run-cluster cluster test alert-rules services fuzz-tools lint fmt clippy clean-test-dbs stop-services bench bench-all bench-flash bench-http bench-sustain bench-expiry bench-reads bench-reconcile sim bench-faults
 
 ## Install and start Redis + MariaDB when missing, build, migrate, load demo stock, serve on :8082.
 run: services
@@ -79,7 +79,12 @@ bench-http: services
 
 ## 60 s at a fixed offered rate on 10,000 SKUs: does the DB keep up?
 bench-sustain: services
-	cargo bench --bench oversell -- --target inprocess --skus 10000 --rate 5000 --sustain-secs 60
+	cargo bench --bench oversell -- --target inprocess --skus 10000 --rate 7000 --sustain-secs 60
+
+## Every reservation-path and Kafka case in one run, one build (docs/benchmarks.md):
+## hot SKU with its ceilings, flash sale, 10k SKUs, mixed, sustained, HTTP (wrk), Kafka.
+bench-all: services
+	bash scripts/bench-all.sh
 
 ## Reads benchmark (wrk, release build): hot SKU, 10,000 SKUs, queries, reserves beside reads.
 bench-reads: services

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::domain::{LedgerReason, ReservationStatus, SkuKey};
 use crate::store::redis::{RedisResult, RedisStore, RedisStoreError};
-use crate::store::wire::{self, DirectoryEntry, Keys, LevelsAfter, OrderRecord, ReplyItem};
+use crate::store::wire::{self, DirectoryEntry, LevelsAfter, OrderRecord, ReplyItem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderLine {
@@ -218,105 +218,6 @@ fn parse_transition(script: &'static str, item: &ReplyItem) -> RedisResult<Trans
     })
 }
 
-/// The groups and positions one script call names, in the order the script numbers them
-/// (1-based), with the keys and arguments that describe them.
-#[derive(Default)]
-pub(super) struct CallLayout {
-    groups: Vec<u32>,
-    group_index: HashMap<u32, usize>,
-    pub(super) positions: Vec<SkuKey>,
-    position_index: HashMap<SkuKey, usize>,
-}
-
-impl CallLayout {
-    fn group(&mut self, group: u32) -> usize {
-        *self.group_index.entry(group).or_insert_with(|| {
-            self.groups.push(group);
-            self.groups.len()
-        })
-    }
-
-    pub(super) fn position(&mut self, keys: &Keys, key: SkuKey) -> usize {
-        if let Some(i) = self.position_index.get(&key) {
-            return *i;
-        }
-        self.group(keys.group(key));
-        self.positions.push(key);
-        let i = self.positions.len();
-        self.position_index.insert(key, i);
-        i
-    }
-
-    /// The call's number of a position's group; the position was added first (by
-    /// `position`, which adds its group), so it is always there.
-    fn group_of(&self, keys: &Keys, key: SkuKey) -> usize {
-        let found = self.group_index.get(&keys.group(key)).copied();
-        debug_assert!(found.is_some(), "group of {key} not in the call");
-        found.unwrap_or(0)
-    }
-
-    /// Group keys (orders, holds, journal per group), then stock keys.
-    pub(super) fn push_keys(&self, keys: &Keys, invocation: &mut redis::ScriptInvocation<'_>) {
-        for g in &self.groups {
-            invocation
-                .key(keys.orders(*g))
-                .key(keys.holds(*g))
-                .key(keys.journal(*g));
-        }
-        for key in &self.positions {
-            invocation.key(keys.stock(*key));
-        }
-    }
-
-    /// The number of the groups of `positions`, then their group#s (ascending, once each).
-    pub(super) fn push_groups_of(
-        &self,
-        keys: &Keys,
-        positions: &[SkuKey],
-        invocation: &mut redis::ScriptInvocation<'_>,
-    ) {
-        let mut groups: Vec<usize> = positions.iter().map(|k| self.group_of(keys, *k)).collect();
-        groups.sort_unstable();
-        groups.dedup();
-        invocation.arg(groups.len());
-        for g in groups {
-            invocation.arg(g);
-        }
-    }
-
-    /// What every reserving script starts with: the directory, the groups' and the
-    /// positions' keys, the call's parameters and its positions.
-    pub(super) fn push_reserve_head(
-        &self,
-        keys: &Keys,
-        params: ReserveParams,
-        invocation: &mut redis::ScriptInvocation<'_>,
-    ) {
-        invocation.key(keys.directory());
-        self.push_keys(keys, invocation);
-        invocation
-            .arg(params.now_ms)
-            .arg(params.hold_ms)
-            .arg(params.max_journal_entries);
-        self.push_position_args(keys, invocation);
-    }
-
-    /// Counts, then (group#, warehouseId, skuId) per position.
-    pub(super) fn push_position_args(
-        &self,
-        keys: &Keys,
-        invocation: &mut redis::ScriptInvocation<'_>,
-    ) {
-        invocation.arg(self.groups.len()).arg(self.positions.len());
-        for key in &self.positions {
-            invocation
-                .arg(self.group_of(keys, *key))
-                .arg(key.warehouse_id)
-                .arg(key.sku_id);
-        }
-    }
-}
-
 impl RedisStore {
     /// Reserves a batch of orders in one script call.
     pub async fn reserve_batch(
@@ -331,7 +232,7 @@ impl RedisStore {
             return self.reserve_batch_cluster(orders, params).await;
         }
         let keys = &self.keys;
-        let mut layout = CallLayout::default();
+        let mut layout = wire::CallLayout::default();
         let line_positions: Vec<Vec<usize>> = orders
             .iter()
             .map(|o| {
@@ -342,7 +243,15 @@ impl RedisStore {
             })
             .collect();
         let mut invocation = self.scripts.reserve.prepare_invoke();
-        layout.push_reserve_head(keys, params, &mut invocation);
+        layout.push_reserve_head(
+            keys,
+            [
+                params.now_ms,
+                params.hold_ms,
+                params.max_journal_entries as i64,
+            ],
+            &mut invocation,
+        );
         invocation.arg(orders.len());
         for (order, positions) in orders.iter().zip(&line_positions) {
             invocation
@@ -456,7 +365,7 @@ impl RedisStore {
             return Err(bad("transition", "a batch mixes confirms and releases"));
         }
         let keys = &self.keys;
-        let mut layout = CallLayout::default();
+        let mut layout = wire::CallLayout::default();
         for order in orders {
             for key in &order.positions {
                 layout.position(keys, *key);
@@ -521,7 +430,7 @@ impl RedisStore {
             return Err(bad("confirm_partial", "not available on a Redis Cluster"));
         }
         let keys = &self.keys;
-        let mut layout = CallLayout::default();
+        let mut layout = wire::CallLayout::default();
         for (key, _) in lines {
             layout.position(keys, *key);
         }
@@ -708,20 +617,5 @@ mod tests {
                 key: SkuKey::new(WarehouseId(1), SkuId(1001))
             }
         );
-    }
-
-    #[test]
-    fn a_call_numbers_groups_and_positions_once() {
-        let keys = Keys::new("", 16);
-        let mut layout = CallLayout::default();
-        let a = SkuKey::new(WarehouseId(1), SkuId(1));
-        let b = SkuKey::new(WarehouseId(1), SkuId(2));
-        assert_eq!(layout.position(&keys, a), 1);
-        assert_eq!(layout.position(&keys, b), 2);
-        assert_eq!(layout.position(&keys, a), 1);
-        assert_eq!(layout.positions.len(), 2);
-        let expected_groups = if keys.group(a) == keys.group(b) { 1 } else { 2 };
-        assert_eq!(layout.groups.len(), expected_groups);
-        assert_eq!(layout.group_of(&keys, a), 1);
     }
 }

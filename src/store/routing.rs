@@ -3,7 +3,7 @@
 
 use crate::domain::{SkuId, SkuKey, WarehouseId};
 use crate::store::redis::{RedisResult, RedisStore, RedisStoreError};
-use crate::store::reservations::{CallLayout, ReserveParams};
+use crate::store::reservations::ReserveParams;
 use crate::store::wire::{self, LevelsAfter};
 
 /// What the script tries, in order (engine::routing builds them).
@@ -62,7 +62,7 @@ impl RedisStore {
             return Err(bad("routing is not built for a Redis Cluster yet".into()));
         }
         let keys = self.keys();
-        let mut layout = CallLayout::default();
+        let mut layout = wire::CallLayout::default();
         let mut numbered: Vec<NumberedPlan> = Vec::with_capacity(plans.len());
         for plan in plans {
             let (kind, lines): (&'static str, Vec<(i64, Vec<SkuKey>)>) = match plan {
@@ -79,7 +79,15 @@ impl RedisStore {
             numbered.push((kind, lines));
         }
         let mut invocation = self.scripts.route.prepare_invoke();
-        layout.push_reserve_head(keys, params, &mut invocation);
+        layout.push_reserve_head(
+            keys,
+            [
+                params.now_ms,
+                params.hold_ms,
+                params.max_journal_entries as i64,
+            ],
+            &mut invocation,
+        );
         invocation
             .arg(order_no)
             .arg(wire::word(trace_id, 64))

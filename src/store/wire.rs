@@ -5,6 +5,7 @@
 
 use crate::domain::{SkuId, WarehouseId};
 use redis::Value;
+use std::collections::HashMap;
 
 use crate::domain::{ReservationStatus, SkuKey};
 
@@ -232,6 +233,103 @@ impl Keys {
     /// Every group's journal stream, in group order.
     pub fn journals(&self) -> Vec<String> {
         (0..self.groups).map(|g| self.journal(g)).collect()
+    }
+}
+
+/// The groups and positions one script call names, in the order the script numbers them
+/// (1-based), with the keys and arguments that describe them: the argument layout the
+/// batch scripts share (docs/redis-layout.md, "Arguments"; lib.lua `call_groups`,
+/// `call_positions`).
+#[derive(Default)]
+pub struct CallLayout {
+    groups: Vec<u32>,
+    group_index: HashMap<u32, usize>,
+    pub positions: Vec<SkuKey>,
+    position_index: HashMap<SkuKey, usize>,
+}
+
+impl CallLayout {
+    fn group(&mut self, group: u32) -> usize {
+        *self.group_index.entry(group).or_insert_with(|| {
+            self.groups.push(group);
+            self.groups.len()
+        })
+    }
+
+    pub fn position(&mut self, keys: &Keys, key: SkuKey) -> usize {
+        if let Some(i) = self.position_index.get(&key) {
+            return *i;
+        }
+        self.group(keys.group(key));
+        self.positions.push(key);
+        let i = self.positions.len();
+        self.position_index.insert(key, i);
+        i
+    }
+
+    /// The call's number of a position's group; the position was added first (by
+    /// `position`, which adds its group), so it is always there.
+    fn group_of(&self, keys: &Keys, key: SkuKey) -> usize {
+        let found = self.group_index.get(&keys.group(key)).copied();
+        debug_assert!(found.is_some(), "group of {key} not in the call");
+        found.unwrap_or(0)
+    }
+
+    /// Group keys (orders, holds, journal per group), then stock keys.
+    pub fn push_keys(&self, keys: &Keys, invocation: &mut redis::ScriptInvocation<'_>) {
+        for g in &self.groups {
+            invocation
+                .key(keys.orders(*g))
+                .key(keys.holds(*g))
+                .key(keys.journal(*g));
+        }
+        for key in &self.positions {
+            invocation.key(keys.stock(*key));
+        }
+    }
+
+    /// The number of the groups of `positions`, then their group#s (ascending, once each).
+    pub fn push_groups_of(
+        &self,
+        keys: &Keys,
+        positions: &[SkuKey],
+        invocation: &mut redis::ScriptInvocation<'_>,
+    ) {
+        let mut groups: Vec<usize> = positions.iter().map(|k| self.group_of(keys, *k)).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        invocation.arg(groups.len());
+        for g in groups {
+            invocation.arg(g);
+        }
+    }
+
+    /// What every reserving script starts with: the directory, the groups' and the
+    /// positions' keys, the call's parameters and its positions.
+    /// `head`: now (ms), hold (ms), the most entries a journal stream may hold.
+    pub fn push_reserve_head(
+        &self,
+        keys: &Keys,
+        head: [i64; 3],
+        invocation: &mut redis::ScriptInvocation<'_>,
+    ) {
+        invocation.key(keys.directory());
+        self.push_keys(keys, invocation);
+        for value in head {
+            invocation.arg(value);
+        }
+        self.push_position_args(keys, invocation);
+    }
+
+    /// Counts, then (group#, warehouseId, skuId) per position.
+    pub fn push_position_args(&self, keys: &Keys, invocation: &mut redis::ScriptInvocation<'_>) {
+        invocation.arg(self.groups.len()).arg(self.positions.len());
+        for key in &self.positions {
+            invocation
+                .arg(self.group_of(keys, *key))
+                .arg(key.warehouse_id)
+                .arg(key.sku_id);
+        }
     }
 }
 
@@ -958,6 +1056,21 @@ mod tests {
         for state in &known {
             assert!(seen.contains(*state), "no script names {state}: {seen:?}");
         }
+    }
+
+    #[test]
+    fn a_call_numbers_groups_and_positions_once() {
+        let keys = Keys::new("", 16);
+        let mut layout = CallLayout::default();
+        let a = SkuKey::new(WarehouseId(1), SkuId(1));
+        let b = SkuKey::new(WarehouseId(1), SkuId(2));
+        assert_eq!(layout.position(&keys, a), 1);
+        assert_eq!(layout.position(&keys, b), 2);
+        assert_eq!(layout.position(&keys, a), 1);
+        assert_eq!(layout.positions.len(), 2);
+        let expected_groups = if keys.group(a) == keys.group(b) { 1 } else { 2 };
+        assert_eq!(layout.groups.len(), expected_groups);
+        assert_eq!(layout.group_of(&keys, a), 1);
     }
 
     #[test]
