@@ -1934,6 +1934,20 @@ async fn run(o: Options) -> i32 {
                     caught[0]
                 );
             }
+            // The Kafka outcome check, fed an identical republish, then a second kind and a
+            // different message of one order.
+            let check = OutcomeCheck::default();
+            check.see("SELF-1", "STOCK_RESERVED", b"one");
+            check.see("SELF-1", "STOCK_RESERVED", b"one");
+            let clean = check.violations().is_empty();
+            check.see("SELF-1", "STOCK_RESERVE_FAILED", b"two");
+            check.see("SELF-2", "STOCK_RESERVED", b"one");
+            check.see("SELF-2", "STOCK_RESERVED", b"other");
+            if clean && check.conflicts.load(Ordering::Relaxed) == 2 {
+                println!("self-test: conflicting Kafka outcomes were caught");
+            } else {
+                violations.push("self-test: the Kafka outcome check is wrong".to_string());
+            }
         }
     }
     // ... and the reference's (no oversell there either, or the comparison is void).
