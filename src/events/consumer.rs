@@ -3,6 +3,7 @@
 //! on shutdown: finish the messages in hand, commit stored offsets, flush the producer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,9 +30,33 @@ pub struct ConsumerEvents {
     log: KafkaLogContext,
     /// Revoked (topic, partition)s not yet handled; at most the partitions assigned.
     revoked: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+    /// Each live partition worker's revoked flag. A revoke sets it at once, inside the
+    /// rebalance: the worker drops its queued messages and stops retrying (its offsets can
+    /// no longer be stored), without waiting for the receive loop's next message.
+    flags: std::sync::Mutex<HashMap<(String, i32), Arc<AtomicBool>>>,
 }
 
 impl ConsumerEvents {
+    /// The flag a revoke of `partition` sets (the receive loop registers each new worker).
+    fn register(&self, partition: (String, i32), flag: Arc<AtomicBool>) {
+        if let Ok(mut flags) = self.flags.lock() {
+            flags.insert(partition, flag);
+        }
+    }
+
+    /// Records revoked partitions and tells their workers at once.
+    fn revoke(&self, partitions: impl IntoIterator<Item = (String, i32)>) {
+        let (Ok(mut revoked), Ok(mut flags)) = (self.revoked.lock(), self.flags.lock()) else {
+            return;
+        };
+        for partition in partitions {
+            if let Some(flag) = flags.remove(&partition) {
+                flag.store(true, Ordering::Relaxed);
+            }
+            revoked.insert(partition);
+        }
+    }
+
     /// The partitions revoked since the last call.
     fn take_revoked(&self) -> Vec<(String, i32)> {
         match self.revoked.lock() {
@@ -54,11 +79,12 @@ impl ClientContext for ConsumerEvents {
 impl ConsumerContext for ConsumerEvents {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
-            if let Ok(mut revoked) = self.revoked.lock() {
-                for p in partitions.elements() {
-                    revoked.insert((p.topic().to_string(), p.partition()));
-                }
-            }
+            self.revoke(
+                partitions
+                    .elements()
+                    .iter()
+                    .map(|p| (p.topic().to_string(), p.partition())),
+            );
         }
     }
 }
@@ -199,10 +225,7 @@ impl KafkaConsumer {
     /// Runs until `stop` turns true; then lets the workers finish the message in hand,
     /// commits the stored offsets and flushes the producer.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        type Worker = (
-            mpsc::Sender<OwnedMessage>,
-            Arc<std::sync::atomic::AtomicBool>,
-        );
+        type Worker = (mpsc::Sender<OwnedMessage>, Arc<AtomicBool>);
         let mut workers: HashMap<(String, i32), Worker> = HashMap::new();
         let mut handles = Vec::new();
         let watchdog = actix::spawn(Self::rejoin_watchdog(
@@ -233,16 +256,17 @@ impl KafkaConsumer {
             // committed offset); a later message of the partition gets a new worker.
             for partition in self.consumer.context().take_revoked() {
                 if let Some((_, revoked)) = workers.remove(&partition) {
-                    revoked.store(true, std::sync::atomic::Ordering::Relaxed);
+                    revoked.store(true, Ordering::Relaxed);
                 }
             }
             handles.retain(|h: &tokio::task::JoinHandle<()>| !h.is_finished());
             match received {
                 Ok(msg) => {
                     let key = (msg.topic().to_string(), msg.partition());
-                    let (tx, _) = workers.entry(key).or_insert_with(|| {
+                    let (tx, _) = workers.entry(key.clone()).or_insert_with(|| {
                         let (tx, rx) = mpsc::channel(self.settings.partition_queue);
-                        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                        let revoked = Arc::new(AtomicBool::new(false));
+                        self.consumer.context().register(key, revoked.clone());
                         handles.push(actix::spawn(partition_worker(
                             rx,
                             self.consumer.clone(),
@@ -325,5 +349,39 @@ impl KafkaConsumer {
         })
         .await;
         lag.ok().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoke_tells_the_partitions_workers_at_once_and_only_them() {
+        let events = ConsumerEvents::default();
+        let (p0, p1) = (("T".to_string(), 0), ("T".to_string(), 1));
+        let (f0, f1) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        events.register(p0.clone(), f0.clone());
+        events.register(p1.clone(), f1.clone());
+        events.revoke([p0.clone()]);
+        assert!(
+            f0.load(Ordering::Relaxed),
+            "the revoked partition's worker is told"
+        );
+        assert!(
+            !f1.load(Ordering::Relaxed),
+            "another partition's worker is not"
+        );
+        assert_eq!(events.take_revoked(), vec![p0.clone()]);
+        assert!(events.take_revoked().is_empty());
+        // A new worker of the partition, assigned again later, has a flag of its own.
+        let again = Arc::new(AtomicBool::new(false));
+        events.register(p0.clone(), again.clone());
+        assert!(!again.load(Ordering::Relaxed));
+        events.revoke([p0, p1]);
+        assert!(again.load(Ordering::Relaxed) && f1.load(Ordering::Relaxed));
     }
 }
