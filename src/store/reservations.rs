@@ -29,6 +29,17 @@ pub struct ReserveParams {
     pub max_journal_entries: u64,
 }
 
+impl ReserveParams {
+    /// The head of a reserving script's arguments (`wire::CallLayout::push_reserve_head`).
+    pub fn head(&self) -> [i64; 3] {
+        [
+            self.now_ms,
+            self.hold_ms,
+            i64::try_from(self.max_journal_entries).unwrap_or(i64::MAX),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveReply {
     Reserved {
@@ -243,15 +254,7 @@ impl RedisStore {
             })
             .collect();
         let mut invocation = self.scripts.reserve.prepare_invoke();
-        layout.push_reserve_head(
-            keys,
-            [
-                params.now_ms,
-                params.hold_ms,
-                params.max_journal_entries as i64,
-            ],
-            &mut invocation,
-        );
+        layout.push_reserve_head(keys, params.head(), &mut invocation);
         invocation.arg(orders.len());
         for (order, positions) in orders.iter().zip(&line_positions) {
             invocation

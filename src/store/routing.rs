@@ -79,15 +79,7 @@ impl RedisStore {
             numbered.push((kind, lines));
         }
         let mut invocation = self.scripts.route.prepare_invoke();
-        layout.push_reserve_head(
-            keys,
-            [
-                params.now_ms,
-                params.hold_ms,
-                params.max_journal_entries as i64,
-            ],
-            &mut invocation,
-        );
+        layout.push_reserve_head(keys, params.head(), &mut invocation);
         invocation
             .arg(order_no)
             .arg(wire::word(trace_id, 64))
