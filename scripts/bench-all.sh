@@ -21,16 +21,22 @@ export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
 CASES=${CASES:-hot flash skus10k mixed sustain http kafka-hot kafka-16p}
 SUSTAIN_RATE=${SUSTAIN_RATE:-7000}
 OUT_DIR=${OUT_DIR:-$CARGO_TARGET_DIR/bench-all/$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$OUT_DIR"
 log() { printf '[bench-all] %s\n' "$*" >&2; }
+for case in $CASES; do
+    case $case in
+    hot | flash | skus10k | mixed | sustain | http | kafka-hot | kafka-16p) ;;
+    *) log "unknown case $case (known: hot flash skus10k mixed sustain http kafka-hot kafka-16p)"; exit 2 ;;
+    esac
+done
+mkdir -p "$OUT_DIR"
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     log "building the bench and the service (release)"
     cargo bench --bench oversell --no-run 2>&1 | tail -1 >&2
     cargo build --release --bin inventory-service 2>&1 | tail -1 >&2
 fi
-BENCH=$(ls -t "$CARGO_TARGET_DIR"/release/deps/oversell-* | grep -v '\.d$' | head -1)
-[ -x "$BENCH" ] || { log "no bench binary under $CARGO_TARGET_DIR/release/deps"; exit 2; }
+BENCH=$(ls -t "$CARGO_TARGET_DIR"/release/deps/oversell-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+[ -n "$BENCH" ] && [ -x "$BENCH" ] || { log "no bench binary under $CARGO_TARGET_DIR/release/deps (build it: cargo bench --bench oversell --no-run)"; exit 2; }
 log "bench binary: $BENCH; output in $OUT_DIR"
 
 SUMMARY="$OUT_DIR/summary.md"
@@ -63,8 +69,10 @@ run() {
     printf '| %s | `%s` | %s %s; %s |\n' "$name" "$*" "$verdict" "$rows" "$extra" >> "$SUMMARY"
 }
 
+# The machine's own tansu (scripts/services.sh started it); a restart that fails fails
+# the Kafka case, not the script.
 restart_tansu() {
-    pkill -f "tansu broker" 2>/dev/null || true
+    pkill -f "tansu broker --listener-url tcp://127.0.0.1:9092" 2>/dev/null || true
     sleep 1
     bash scripts/services.sh > "$OUT_DIR/services.log" 2>&1
 }
@@ -90,16 +98,15 @@ for case in $CASES; do
         printf '| http | `%s` | %s %s |\n' "scripts/bench-http.sh (-c64, -c256)" "$verdict" "$rows" >> "$SUMMARY"
         ;;
     kafka-hot)
-        restart_tansu
+        restart_tansu || { printf '| kafka-hot | | FAILED: tansu did not restart (%s) |\n' "$OUT_DIR/services.log" >> "$SUMMARY"; failed=1; continue; }
         run kafka-hot --target kafka --skus 1 --stock 100000 --requests 40000 --concurrency 2000 \
             --set kafka.clock_skew_ms=500
         ;;
     kafka-16p)
-        restart_tansu
+        restart_tansu || { printf '| kafka-16p | | FAILED: tansu did not restart (%s) |\n' "$OUT_DIR/services.log" >> "$SUMMARY"; failed=1; continue; }
         run kafka-16p --target kafka --skus 10000 --stock 10 --requests 40000 --concurrency 2000 \
             --set kafka.topic_partitions=16 --set kafka.clock_skew_ms=500
         ;;
-    *) log "unknown case $case"; exit 2 ;;
     esac
 done
 

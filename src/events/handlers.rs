@@ -233,16 +233,17 @@ impl OrderEventHandler {
 
         // Idempotency layer 1: the recent window in Redis, or the DB's log when Redis cannot
         // vouch for this message.
-        // A read that fails for good (a bug-class store error) sends the message to the
-        // dead-letter topic: nothing was decided yet, and retrying it would block the
-        // partition forever.
+        // A read of the recent window that fails for good leaves the answer to the DB's
+        // log. A DB read that fails for good is tried a few times (NotYet) and then the
+        // message goes to the dead-letter topic: nothing was decided yet, and retrying it
+        // forever would block the partition.
         let sent_ms = msg.timestamp().to_millis();
         let recent = match self.recent.find(&envelope.message_id, sent_ms).await {
             Ok(recent) => recent,
             Err(e) if e.is_retryable() => return Err(Retry::Transient(e.message)),
             Err(e) => {
-                let reason = format!("the consume log cannot be read: {e}");
-                return self.dead_letter(msg, &tag, &reason).await;
+                tracing::warn!(error = %e, "recent consume log unreadable; asking the DB's log");
+                Recent::Unknown
             }
         };
         let previous = match recent {
@@ -254,8 +255,9 @@ impl OrderEventHandler {
                     .map(|l| (l.result.unwrap_or_default(), false)),
                 Err(e) if e.is_retryable() => return Err(Retry::Transient(e.message)),
                 Err(e) => {
-                    let reason = format!("the consume log cannot be read: {e}");
-                    return self.dead_letter(msg, &tag, &reason).await;
+                    return Err(Retry::NotYet(format!(
+                        "the consume log cannot be read: {e}"
+                    )))
                 }
             },
         };
@@ -274,10 +276,13 @@ impl OrderEventHandler {
                 if !from_redis {
                     return Ok(());
                 }
-                let remembered = self.recent.remember(&envelope.message_id, &result).await;
-                self.log_kept("remember", remembered)?;
+                self.recent
+                    .remember(&envelope.message_id, &result)
+                    .await
+                    .map_err(|e| Retry::Transient(e.message))?;
+                // Remembered in Redis: a DB row that fails for good may be passed over.
                 let row = self.log_row(msg, &envelope, &tag, result, started);
-                self.log_kept("record", self.log.record(row).await)
+                self.record_beside_redis(self.log.record(row).await)
             };
             let republished = async {
                 match &outcome {
@@ -341,11 +346,13 @@ impl OrderEventHandler {
             // Remembered in Redis first: from here a redelivery republishes this outcome
             // rather than deciding again. The DB row and the broker's ack are awaited
             // together; the offset is stored only after both.
-            let remembered = self
-                .recent
+            // Always retried when it fails: published without it, a redelivery could be
+            // decided again (a refusal turned into a hold) and the order service would get
+            // both outcomes.
+            self.recent
                 .remember(&envelope.message_id, row.result.as_deref().unwrap_or(""))
-                .await;
-            self.log_kept("remember", remembered)?;
+                .await
+                .map_err(|e| Retry::Transient(e.message))?;
             let published = async {
                 match &to_publish {
                     Some(outcome) => self.publish(outcome).await,
@@ -353,10 +360,14 @@ impl OrderEventHandler {
                 }
             };
             let (recorded, published) = tokio::join!(self.log.record(row), published);
-            self.log_kept("record", recorded)?;
+            self.record_beside_redis(recorded)?;
             published?;
         } else {
-            self.log_kept("record", self.log.record(row).await)?;
+            // The DB's log is the only record of the decision here: retried until written.
+            self.log
+                .record(row)
+                .await
+                .map_err(|e| Retry::Transient(e.message))?;
             if let Some(outcome) = &to_publish {
                 self.publish(outcome).await?;
             }
@@ -365,17 +376,17 @@ impl OrderEventHandler {
         Ok(handled)
     }
 
-    /// A consume-log write after the message's work was done: an outage is retried (the
-    /// redelivery republishes or finds the decision again); a bug-class failure is logged
-    /// and counted (`internal_errors_total{what="kafka_consume_log"}`) and the message goes
-    /// on: its effects are durable in Redis and the journal, and retrying it forever would
+    /// The DB's consume-log row of a message whose result Redis' recent window already
+    /// remembers (the caller wrote it first): an outage is retried; a bug-class failure is
+    /// logged and counted (`internal_errors_total{what="kafka_consume_log"}`) and the
+    /// message goes on, since Redis answers its redeliveries and retrying it forever would
     /// block the partition.
-    fn log_kept(&self, step: &str, written: Result<(), LogError>) -> Result<(), Retry> {
+    fn record_beside_redis(&self, written: Result<(), LogError>) -> Result<(), Retry> {
         match written {
             Ok(()) => Ok(()),
             Err(e) if e.is_retryable() => Err(Retry::Transient(e.message)),
             Err(e) => {
-                tracing::error!(step, error = %e, "consume log write failed for good; the message goes on without it");
+                tracing::error!(error = %e, "consume log row failed for good; Redis remembers the result, the message goes on");
                 self.metrics
                     .internal_errors
                     .with_label_values(&["kafka_consume_log"])

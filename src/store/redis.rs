@@ -40,7 +40,14 @@ impl RedisStoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RedisStoreError::Timeout(_) | RedisStoreError::Unavailable(_) => true,
-            RedisStoreError::Redis(e) => !matches!(e.retry_method(), redis::RetryMethod::NoRetry),
+            RedisStoreError::Redis(e) => {
+                !matches!(e.retry_method(), redis::RetryMethod::NoRetry)
+                    // A busy script, a full memory, a failed snapshot and a loading replica
+                    // pass; the client files them as NoRetry (codes it does not list).
+                    || e.code().is_some_and(|code| {
+                        matches!(code, "BUSY" | "OOM" | "MISCONF" | "LOADING" | "TRYAGAIN")
+                    })
+            }
             RedisStoreError::BadReply { .. } | RedisStoreError::Layout(_) => false,
         }
     }
@@ -1320,6 +1327,32 @@ pub(super) fn parse_entries(group: u32, v: &Value) -> RedisResult<Vec<JournalEnt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server error as the client hands it over (parsed from the wire).
+    fn server_error(wire: &[u8]) -> RedisStoreError {
+        let value = redis::parse_redis_value(wire).expect("a RESP error");
+        match value.extract_error() {
+            Err(e) => RedisStoreError::Redis(e),
+            Ok(v) => panic!("not an error: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_busy_or_full_redis_is_retried_and_a_script_error_is_not() {
+        for wire in [
+            &b"-BUSY Redis is busy running a script.\r\n"[..],
+            b"-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            b"-LOADING Redis is loading the dataset in memory\r\n",
+        ] {
+            let e = server_error(wire);
+            assert!(e.is_retryable(), "{e}");
+        }
+        let bug = server_error(
+            b"-ERR user_script:1: Script attempted to access nonexistent global variable\r\n",
+        );
+        assert!(!bug.is_retryable(), "{bug}");
+        assert!(!RedisStoreError::Layout("other groups".into()).is_retryable());
+    }
 
     #[test]
     fn stream_ids_compare_numerically() {

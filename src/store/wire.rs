@@ -1035,7 +1035,7 @@ mod tests {
         for entry in std::fs::read_dir(dir).expect("lua/") {
             let path = entry.expect("lua/ entry").path();
             let text = std::fs::read_to_string(&path).expect("a script");
-            for marker in ["st == '", "st ~= '", "':"] {
+            for marker in ["st == '", "st ~= '", "st = '", "':"] {
                 for (at, _) in text.match_indices(marker) {
                     let word: String = text[at + marker.len()..]
                         .chars()
