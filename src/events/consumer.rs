@@ -254,6 +254,10 @@ impl KafkaConsumer {
             // Partitions a rebalance took away: their workers finish the messages in
             // flight and drop the queued ones (the new owner reads them again from the
             // committed offset); a later message of the partition gets a new worker.
+            // This must stay between `recv` and the send below: rdkafka runs the rebalance
+            // callback only inside `recv`, so a worker told to stop (it may have returned)
+            // is out of the map before any message could be sent to it (a failed send ends
+            // this loop).
             for partition in self.consumer.context().take_revoked() {
                 if let Some((_, revoked)) = workers.remove(&partition) {
                     revoked.store(true, Ordering::Relaxed);
