@@ -104,21 +104,19 @@ impl Application {
         // Layout 3 is read only by this version: while the record still says 2, an
         // instance of the older version that is running would acknowledge entries it cannot
         // read. Refuse to move the record on while one reads the journal.
-        if let Some((crate::store::wire::LAYOUT_SAME_KEYS, groups)) = redis.layout_meta().await? {
-            if groups == redis.keys().groups() {
-                let quiet_ms = settings.journal.claim_idle_ms;
-                let active = redis
-                    .active_journal_consumers(PERSIST_GROUP, &consumer_name(port), quiet_ms)
-                    .await?;
-                if !active.is_empty() {
-                    return Err(StartupError::Redis(RedisStoreError::Layout(format!(
-                        "Redis holds layout {} and these journal consumers read it within the \
-                         last {quiet_ms} ms: {active:?}. They may be instances of the older \
-                         version, which cannot read what this one writes: stop them first \
-                         (docs/operations.md, \"Upgrading to layout 3\")",
-                        crate::store::wire::LAYOUT_SAME_KEYS
-                    ))));
-                }
+        if redis.layout_moves_on().await? {
+            let quiet_ms = settings.journal.claim_idle_ms;
+            let active = redis
+                .active_journal_consumers(PERSIST_GROUP, &consumer_name(port), quiet_ms)
+                .await?;
+            if !active.is_empty() {
+                return Err(StartupError::Redis(RedisStoreError::Layout(format!(
+                    "Redis holds layout {} and these journal consumers read it within the \
+                     last {quiet_ms} ms: {active:?}. They may be instances of the older \
+                     version, which cannot read what this one writes: stop them first \
+                     (docs/operations.md, \"Upgrading to layout 3\")",
+                    crate::store::wire::LAYOUT_SAME_KEYS
+                ))));
             }
         }
         // The number of groups is fixed per deployment: refuse another one.

@@ -225,8 +225,8 @@ impl KafkaConsumer {
     /// Runs until `stop` turns true; then lets the workers finish the message in hand,
     /// commits the stored offsets and flushes the producer.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        type Worker = (mpsc::Sender<OwnedMessage>, Arc<AtomicBool>);
-        let mut workers: HashMap<(String, i32), Worker> = HashMap::new();
+        // Each partition's worker; its revoked flag is with the context (`register`).
+        let mut workers: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
         let mut handles = Vec::new();
         let watchdog = actix::spawn(Self::rejoin_watchdog(
             self.consumer.clone(),
@@ -258,16 +258,15 @@ impl KafkaConsumer {
             // callback only inside `recv`, so a worker told to stop (it may have returned)
             // is out of the map before any message could be sent to it (a failed send ends
             // this loop).
+            // (The rebalance already set their flags: here they only leave the map.)
             for partition in self.consumer.context().take_revoked() {
-                if let Some((_, revoked)) = workers.remove(&partition) {
-                    revoked.store(true, Ordering::Relaxed);
-                }
+                workers.remove(&partition);
             }
             handles.retain(|h: &tokio::task::JoinHandle<()>| !h.is_finished());
             match received {
                 Ok(msg) => {
                     let key = (msg.topic().to_string(), msg.partition());
-                    let (tx, _) = workers.entry(key.clone()).or_insert_with(|| {
+                    let tx = workers.entry(key.clone()).or_insert_with(|| {
                         let (tx, rx) = mpsc::channel(self.settings.partition_queue);
                         let revoked = Arc::new(AtomicBool::new(false));
                         self.consumer.context().register(key, revoked.clone());
@@ -277,9 +276,9 @@ impl KafkaConsumer {
                             self.handler.clone(),
                             self.settings.clone(),
                             stop.clone(),
-                            revoked.clone(),
+                            revoked,
                         )));
-                        (tx, revoked)
+                        tx
                     });
                     // Waits when the worker is behind: backpressure on consumption.
                     if tx.send(msg).await.is_err() {

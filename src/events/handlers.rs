@@ -240,7 +240,7 @@ impl OrderEventHandler {
         let sent_ms = msg.timestamp().to_millis();
         let recent = match self.recent.find(&envelope.message_id, sent_ms).await {
             Ok(recent) => recent,
-            Err(e) if e.is_retryable() => return Err(Retry::Transient(e.message)),
+            Err(e) if e.is_retryable() => return Err(transient(e)),
             Err(e) => {
                 tracing::warn!(error = %e, "recent consume log unreadable; asking the DB's log");
                 Recent::Unknown
@@ -253,7 +253,7 @@ impl OrderEventHandler {
                 Ok(row) => row
                     .filter(|l| l.status == "SUCCESS")
                     .map(|l| (l.result.unwrap_or_default(), false)),
-                Err(e) if e.is_retryable() => return Err(Retry::Transient(e.message)),
+                Err(e) if e.is_retryable() => return Err(transient(e)),
                 Err(e) => {
                     return Err(Retry::NotYet(format!(
                         "the consume log cannot be read: {e}"
@@ -279,7 +279,7 @@ impl OrderEventHandler {
                 self.recent
                     .remember(&envelope.message_id, &result)
                     .await
-                    .map_err(|e| Retry::Transient(e.message))?;
+                    .map_err(transient)?;
                 // Remembered in Redis: a DB row that fails for good may be passed over.
                 let row = self.log_row(msg, &envelope, &tag, result, started);
                 self.record_beside_redis(self.log.record(row).await)
@@ -352,7 +352,7 @@ impl OrderEventHandler {
             self.recent
                 .remember(&envelope.message_id, row.result.as_deref().unwrap_or(""))
                 .await
-                .map_err(|e| Retry::Transient(e.message))?;
+                .map_err(transient)?;
             let published = async {
                 match &to_publish {
                     Some(outcome) => self.publish(outcome).await,
@@ -364,10 +364,7 @@ impl OrderEventHandler {
             published?;
         } else {
             // The DB's log is the only record of the decision here: retried until written.
-            self.log
-                .record(row)
-                .await
-                .map_err(|e| Retry::Transient(e.message))?;
+            self.log.record(row).await.map_err(transient)?;
             if let Some(outcome) = &to_publish {
                 self.publish(outcome).await?;
             }
@@ -384,7 +381,7 @@ impl OrderEventHandler {
     fn record_beside_redis(&self, written: Result<(), LogError>) -> Result<(), Retry> {
         match written {
             Ok(()) => Ok(()),
-            Err(e) if e.is_retryable() => Err(Retry::Transient(e.message)),
+            Err(e) if e.is_retryable() => Err(transient(e)),
             Err(e) => {
                 tracing::error!(error = %e, "consume log row failed for good; Redis remembers the result, the message goes on");
                 self.metrics

@@ -720,7 +720,15 @@ impl RedisStore {
                 "redis layout record moved on; instances of the older version refuse to start now"
             );
         }
-        self.check_layout().await
+        // The script answers with the record as it is now: no second read.
+        let groups = u32::try_from(item.n[1]).unwrap_or(0);
+        self.refuse_other_layout(Some((item.n[0], groups)))
+    }
+
+    /// Whether `claim_layout` would move the record on from layout 2 (the same keys, our
+    /// groups): start-up first makes sure no older instance still reads the journal.
+    pub async fn layout_moves_on(&self) -> RedisResult<bool> {
+        Ok(self.layout_meta().await? == Some((wire::LAYOUT_SAME_KEYS, self.keys.groups())))
     }
 
     /// Consumers of `group` on the journal streams, other than `own`, that read within the
@@ -769,9 +777,9 @@ impl RedisStore {
         Ok(active)
     }
 
-    /// Refuses a Redis whose stored layout or groups differ from this instance's.
-    pub async fn check_layout(&self) -> RedisResult<()> {
-        match self.layout_meta().await? {
+    /// Refuses a Redis whose stored (layout, groups) differ from this instance's.
+    fn refuse_other_layout(&self, stored: Option<(i64, u32)>) -> RedisResult<()> {
+        match stored {
             Some((layout, groups))
                 if layout == wire::LAYOUT_VERSION && groups == self.keys.groups() =>
             {
